@@ -1,0 +1,440 @@
+//! The event handlers: one implementation of every client event, shared by both socket
+//! dialects and the HTTP API.
+//!
+//! A dialect decodes a frame into (event name, payload JSON, optional ack), calls
+//! [`Chat::dispatch`], and encodes the [`Reply`]. Each handler runs the protocol's checks
+//! in its order (shape, who, room, content, idempotency, rate limit) and either answers at
+//! once or hands a write to the group-commit writer and answers when it is durable.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::hub::{Hub, Outbound};
+use crate::protocol::event::{
+    self, ClientEvent, MessagesRequest, ReadItem, RoomsRequest, SendMessage, Typing, MAX_READ_ITEMS,
+};
+use crate::protocol::room::resolve_partner;
+use crate::protocol::time::{format_millis, parse_rfc3339_millis};
+use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::store::batch::SeenOutcome;
+use crate::store::{InboxCursor, RoomKey, Store};
+use crate::writer::{outcome, AppendJob, SeenItem, Writer};
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Success {
+    /// The reply object, `"ok": true` included.
+    pub body: Value,
+    /// For requests (`rooms`, `messages`): the event that carries `body` when the client
+    /// gave no `ack`. Commands (`message`, `typing`) answer nothing without an `ack`.
+    pub reply_event: Option<&'static str>,
+    /// What to report as an `error` event when the client gave no `ack` although the request
+    /// as a whole succeeded (a `message:read` with rejected items).
+    pub error_without_ack: Option<ChatError>,
+}
+
+impl Success {
+    fn command(body: Value) -> Success {
+        Success {
+            body,
+            reply_event: None,
+            error_without_ack: None,
+        }
+    }
+
+    fn request(event: ClientEvent, body: Value) -> Success {
+        Success {
+            body,
+            reply_event: Some(event.name()),
+            error_without_ack: None,
+        }
+    }
+}
+
+pub type Reply = Result<Success, ChatError>;
+
+/// A reply that is ready, or one that waits for the writer's commit.
+pub enum Handled {
+    Done(Reply),
+    Pending(Pin<Box<dyn Future<Output = Reply> + Send>>),
+}
+
+impl Handled {
+    /// Waits for the reply, however it comes.
+    pub async fn into_reply(self) -> Reply {
+        match self {
+            Handled::Done(reply) => reply,
+            Handled::Pending(fut) => fut.await,
+        }
+    }
+}
+
+impl From<Reply> for Handled {
+    fn from(reply: Reply) -> Handled {
+        Handled::Done(reply)
+    }
+}
+
+/// Limits the handlers enforce.
+#[derive(Debug, Clone)]
+pub struct ChatLimits {
+    pub max_message_bytes: usize,
+}
+
+/// Everything the handlers need: the store for reads, the writer for writes, the hub for
+/// relaying events that are not stored (typing).
+pub struct Chat {
+    store: Store,
+    writer: Writer,
+    hub: Arc<Hub>,
+    limits: ChatLimits,
+}
+
+/// Resolves a room id for `user`, returning the room's pair.
+fn room_for(user: &str, room_id: &str) -> Result<RoomKey, ChatError> {
+    let partner = resolve_partner(user, room_id).map_err(|e| ChatError::room(e, room_id))?;
+    Ok(RoomKey::new(user, &partner))
+}
+
+fn check_sender(user: &SessionUser, claimed: &str) -> Result<(), ChatError> {
+    if claimed == user.id {
+        Ok(())
+    } else {
+        Err(ChatError::forbidden(format!(
+            "userId must be your own id ({:?}), not {claimed:?}",
+            user.id
+        )))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ChatError {
+    ChatError::internal(e)
+}
+
+impl Chat {
+    pub fn new(store: Store, writer: Writer, hub: Arc<Hub>, limits: ChatLimits) -> Chat {
+        Chat {
+            store,
+            writer,
+            hub,
+            limits,
+        }
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Handles one client event. `data` is the payload's JSON text (`null` when absent).
+    pub async fn dispatch(&self, user: &SessionUser, event: &str, data: &str) -> Handled {
+        let Some(event) = ClientEvent::from_name(event) else {
+            return Handled::Done(Err(ChatError::new(
+                ErrorCode::UnknownEvent,
+                format!("unknown event {event:?}"),
+            )));
+        };
+        match event {
+            ClientEvent::Message => self.send_message(user, data).await,
+            ClientEvent::Read => self.mark_read(user, data).await,
+            ClientEvent::Typing => self.typing(user, data).into(),
+            ClientEvent::Rooms => self.rooms(user, data).into(),
+            ClientEvent::Messages => self.messages(user, data).into(),
+        }
+    }
+
+    /// Remembers the user's latest name when it changed (PROTOCOL.md section 1).
+    pub async fn remember_profile(&self, user: &SessionUser) {
+        match self.store.profile(&user.id) {
+            Ok(stored) if stored.name == user.name && stored.name != user.id => {}
+            Ok(_) => self.writer.put_profile(user.clone()).await,
+            Err(e) => tracing::warn!(error = %e, "profile lookup failed"),
+        }
+    }
+
+    async fn send_message(&self, user: &SessionUser, data: &str) -> Handled {
+        let checked = (|| {
+            let req: SendMessage = event::parse(ClientEvent::Message, data)?;
+            req.check_shape()?;
+            check_sender(user, &req.user_id)?;
+            let room = room_for(&user.id, &req.room_id)?;
+            if req.message.is_empty() {
+                return Err(ChatError::new(
+                    ErrorCode::InvalidMessage,
+                    "message must not be empty",
+                ));
+            }
+            if req.message.len() > self.limits.max_message_bytes {
+                return Err(ChatError::new(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "message is {} bytes; the limit is {}",
+                        req.message.len(),
+                        self.limits.max_message_bytes
+                    ),
+                ));
+            }
+            Ok((req, room))
+        })();
+        let (req, room) = match checked {
+            Ok(ok) => ok,
+            Err(e) => return Handled::Done(Err(e)),
+        };
+        let sender = user.clone();
+        let rx = self
+            .writer
+            .append(|reply| AppendJob {
+                room,
+                sender,
+                text: req.message,
+                client_message_id: req.client_message_id,
+                reply,
+            })
+            .await;
+        Handled::Pending(Box::pin(async move {
+            let appended = outcome(rx).await?;
+            Ok(Success::command(
+                json!({ "ok": true, "message": appended.message }),
+            ))
+        }))
+    }
+
+    async fn mark_read(&self, user: &SessionUser, data: &str) -> Handled {
+        let items: Vec<serde_json::Map<String, Value>> = match event::parse(ClientEvent::Read, data)
+        {
+            Ok(items) => items,
+            Err(_) => {
+                return Handled::Done(Err(ChatError::bad_request(format!(
+                    "message:read takes an array of 1 to {MAX_READ_ITEMS} objects"
+                ))))
+            }
+        };
+        if items.is_empty() || items.len() > MAX_READ_ITEMS {
+            return Handled::Done(Err(ChatError::bad_request(format!(
+                "message:read takes an array of 1 to {MAX_READ_ITEMS} objects, got {}",
+                items.len()
+            ))));
+        }
+        let mut rejected = Vec::new();
+        let mut valid = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            match check_read_item(user, item) {
+                Ok((room, room_id, message_id, seen_date_ms)) => valid.push(SeenItem {
+                    index,
+                    room,
+                    room_id,
+                    message_id,
+                    seen_date_ms,
+                }),
+                Err(e) => rejected.push((index, e)),
+            }
+        }
+        let room_ids: Vec<(usize, String)> =
+            valid.iter().map(|i| (i.index, i.room_id.clone())).collect();
+        let rx = if valid.is_empty() {
+            None
+        } else {
+            Some(self.writer.mark_seen(user.id.clone(), valid).await)
+        };
+        let reader = user.id.clone();
+        Handled::Pending(Box::pin(async move {
+            let outcomes = match rx {
+                Some(rx) => outcome(rx).await?,
+                None => Vec::new(),
+            };
+            Ok(read_reply(&reader, &room_ids, outcomes, rejected))
+        }))
+    }
+
+    fn typing(&self, user: &SessionUser, data: &str) -> Reply {
+        let req: Typing = event::parse(ClientEvent::Typing, data)?;
+        let room = room_for(&user.id, &req.room_id)?;
+        if !room.is_self_room() {
+            let payload = json!({ "roomId": req.room_id, "userId": user.id });
+            let event = Outbound::new("typing", payload.to_string());
+            self.hub.publish(room.partner_of(&user.id), &event);
+        }
+        Ok(Success::command(json!({ "ok": true })))
+    }
+
+    /// One page of the user's inbox (the `rooms` event and `GET /api/rooms`).
+    pub fn rooms(&self, user: &SessionUser, data: &str) -> Reply {
+        let req: RoomsRequest = if data == "null" {
+            RoomsRequest::default()
+        } else {
+            event::parse(ClientEvent::Rooms, data)?
+        };
+        self.rooms_page(user, &req)
+    }
+
+    pub fn rooms_page(&self, user: &SessionUser, req: &RoomsRequest) -> Reply {
+        let limit = req.checked_limit()?;
+        let cursor = req.cursor.as_deref().map(decode_cursor).transpose()?;
+        let page = self
+            .store
+            .inbox_page(&user.id, cursor.as_ref(), limit)
+            .map_err(internal)?;
+        let next_cursor = match page.last() {
+            Some(last) if page.len() == limit => Some(encode_cursor(&InboxCursor {
+                updated_ms: last.updated_ms,
+                room_id: last.room_id.clone(),
+                room_num: last.room_num,
+            })),
+            _ => None,
+        };
+        let mut rooms = Vec::with_capacity(page.len());
+        for row in page {
+            let partner = self.store.profile(&row.partner).map_err(internal)?;
+            rooms.push(json!({
+                "roomId": row.room_id,
+                "user": partner,
+                "lastMessage": row.last_message,
+                "unread": row.unread,
+                "updatedAt": format_millis(row.updated_ms),
+            }));
+        }
+        Ok(Success::request(
+            ClientEvent::Rooms,
+            json!({ "ok": true, "rooms": rooms, "nextCursor": next_cursor }),
+        ))
+    }
+
+    /// One page of a room's history (the `messages` event).
+    pub fn messages(&self, user: &SessionUser, data: &str) -> Reply {
+        let req: MessagesRequest = event::parse(ClientEvent::Messages, data)?;
+        self.messages_page(user, &req)
+    }
+
+    /// One page of a room's history (`messages` and `GET /api/rooms/{id}/messages`).
+    pub fn messages_page(&self, user: &SessionUser, req: &MessagesRequest) -> Reply {
+        let limit = req.checked_limit()?;
+        let before = req.checked_before()?;
+        let room = room_for(&user.id, &req.room_id)?;
+        let messages = self
+            .store
+            .messages_page(&room, before, limit)
+            .map_err(internal)?;
+        let partner = self
+            .store
+            .profile(room.partner_of(&user.id))
+            .map_err(internal)?;
+        Ok(Success::request(
+            ClientEvent::Messages,
+            json!({
+                "ok": true,
+                "room": { "roomId": req.room_id, "user": partner, "messages": messages },
+            }),
+        ))
+    }
+}
+
+/// Checks one `message:read` item: shape, reader, room. Returns what the writer needs.
+fn check_read_item(
+    user: &SessionUser,
+    item: serde_json::Map<String, Value>,
+) -> Result<(RoomKey, String, u64, i64), ChatError> {
+    let item: ReadItem = serde_json::from_value(Value::Object(item))
+        .map_err(|e| ChatError::bad_request(format!("invalid message:read item: {e}")))?;
+    if item.message_id == 0 {
+        return Err(ChatError::bad_request("messageId must be at least 1"));
+    }
+    let seen_date_ms = parse_rfc3339_millis(&item.seen_date).ok_or_else(|| {
+        ChatError::bad_request(format!(
+            "seenDate {:?} is not an RFC 3339 date-time",
+            item.seen_date
+        ))
+    })?;
+    check_sender(user, &item.user_id)?;
+    let room = room_for(&user.id, &item.room_id)?;
+    Ok((room, item.room_id, item.message_id, seen_date_ms))
+}
+
+/// The `message:read` reply: what changed, and every rejected item with its reason.
+fn read_reply(
+    reader: &str,
+    room_ids: &[(usize, String)],
+    outcomes: Vec<(usize, SeenOutcome)>,
+    mut rejected: Vec<(usize, ChatError)>,
+) -> Success {
+    let mut seen = Vec::new();
+    for (index, outcome) in outcomes {
+        match outcome {
+            SeenOutcome::Changed(message) => seen.push((index, message)),
+            SeenOutcome::AlreadySeen => {}
+            SeenOutcome::NotFound => rejected.push((
+                index,
+                ChatError::not_found("no message with that id in this room"),
+            )),
+            SeenOutcome::OwnMessage => rejected.push((
+                index,
+                ChatError::forbidden("you cannot mark your own message as seen"),
+            )),
+        }
+    }
+    rejected.sort_by_key(|(index, _)| *index);
+    let rejections: Vec<_> = rejected
+        .into_iter()
+        .map(|(index, e)| crate::protocol::error::Rejection {
+            index,
+            code: e.code,
+            message: e.message,
+        })
+        .collect();
+    let error_without_ack = rejections.first().map(|first| ChatError {
+        rejected: Some(rejections.clone()),
+        ..ChatError::new(
+            first.code,
+            format!("{} of the items were rejected", rejections.len()),
+        )
+    });
+    let room_of = |index: usize| {
+        room_ids
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, id)| id.as_str())
+    };
+    let seen: Vec<Value> = seen
+        .into_iter()
+        .map(|(index, m)| {
+            json!({
+                "userId": reader,
+                "roomId": room_of(index),
+                "messageId": m.id,
+                "seenAt": m.seen_ms.map(format_millis),
+            })
+        })
+        .collect();
+    Success {
+        body: json!({ "ok": true, "seen": seen, "rejected": rejections }),
+        reply_event: None,
+        error_without_ack,
+    }
+}
+
+const CURSOR_PREFIX: &str = "c1.";
+
+fn encode_cursor(c: &InboxCursor) -> String {
+    format!(
+        "{CURSOR_PREFIX}{}.{}.{}",
+        c.updated_ms, c.room_num, c.room_id
+    )
+}
+
+fn decode_cursor(s: &str) -> Result<InboxCursor, ChatError> {
+    let bad = || ChatError::bad_request("cursor is not one this server issued");
+    let rest = s.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
+    let mut parts = rest.splitn(3, '.');
+    let updated_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let room_num = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let room_id = parts.next().ok_or_else(bad)?;
+    if room_id.is_empty() || room_id.len() > 129 {
+        return Err(bad());
+    }
+    Ok(InboxCursor {
+        updated_ms,
+        room_id: room_id.to_owned(),
+        room_num,
+    })
+}

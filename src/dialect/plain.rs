@@ -1,0 +1,371 @@
+//! Where a plain-dialect frame is parsed: the JSON envelope over a raw WebSocket, and the
+//! session loop of one connection.
+//!
+//! A connection runs two halves. The reader parses frames, dispatches them to the
+//! handlers, and keeps the replies that wait for a commit in request order. The writer
+//! sends those replies and the user's channel events, and is the one place that closes the
+//! socket: 1001 on shutdown, 1008 when the client stops reading (its queue overflowed),
+//! 1009 for an oversize message. Splitting them means a client that does not read can
+//! stall only its own writer, never the reader of anyone else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesOrdered, SplitSink};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::chat::{Chat, Reply};
+use crate::hub::Subscription;
+use crate::protocol::{ChatError, SessionUser};
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How long a closing client gets to complete the close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Timing of liveness checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Silence from the client after which the server pings.
+    pub ping_after: Duration,
+    /// Further silence after which the connection is dropped.
+    pub drop_after: Duration,
+}
+
+/// The envelope `{ "event", "data", "ack" }`; `data` stays raw JSON for the handler.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    event: Option<Value>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    ack: Option<Value>,
+}
+
+/// A decoded frame: what to run, and how to answer.
+#[derive(Debug, PartialEq)]
+pub struct Frame<'a> {
+    pub event: String,
+    pub data: &'a str,
+    pub ack: Option<Value>,
+}
+
+/// A frame that cannot run; answered with an `error` event naming `event` when readable.
+#[derive(Debug, PartialEq)]
+pub struct Unusable {
+    pub event: Option<String>,
+    pub error: ChatError,
+}
+
+/// Parses one text frame into an envelope, checking the envelope's own shape.
+pub fn decode(text: &str) -> Result<Frame<'_>, Unusable> {
+    let unusable = |event: Option<String>, message: String| Unusable {
+        event,
+        error: ChatError::bad_request(message),
+    };
+    // serde would also accept a JSON array as a struct; the protocol wants an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(unusable(None, "a frame must be a JSON object".into()));
+    }
+    let envelope: Envelope = serde_json::from_str(text)
+        .map_err(|e| unusable(None, format!("frame is not a valid envelope: {e}")))?;
+    let event = match envelope.event {
+        Some(Value::String(name)) => name,
+        _ => return Err(unusable(None, "frame has no string `event`".into())),
+    };
+    let ack = match envelope.ack {
+        None | Some(Value::Number(_)) | Some(Value::String(_)) => envelope.ack,
+        Some(_) => {
+            return Err(unusable(
+                Some(event),
+                "`ack` must be a number or a string".into(),
+            ))
+        }
+    };
+    Ok(Frame {
+        event,
+        data: envelope.data.map_or("null", RawValue::get),
+        ack,
+    })
+}
+
+/// `{"event":"error","data":{code, message, …, event}}`
+fn error_frame(error: &ChatError, event: Option<&str>) -> String {
+    let mut data = serde_json::to_value(error).expect("errors serialize");
+    data["event"] = json!(event);
+    json!({ "event": "error", "data": data }).to_string()
+}
+
+/// The frames that answer one request: an ack reply, a reply event, an error event, or
+/// nothing (a command without ack that succeeded).
+fn reply_frames(event: Option<&str>, ack: Option<Value>, reply: Reply) -> Vec<String> {
+    match (ack, reply) {
+        (Some(ack), Ok(success)) => {
+            vec![json!({ "event": "ack", "ack": ack, "data": success.body }).to_string()]
+        }
+        (Some(ack), Err(error)) => vec![json!({
+            "event": "ack",
+            "ack": ack,
+            "data": { "ok": false, "error": error },
+        })
+        .to_string()],
+        (None, Err(error)) => vec![error_frame(&error, event)],
+        (None, Ok(success)) => {
+            let mut frames = Vec::new();
+            if let Some(error) = &success.error_without_ack {
+                frames.push(error_frame(error, event));
+            }
+            if let Some(name) = success.reply_event {
+                frames.push(json!({ "event": name, "data": success.body }).to_string());
+            }
+            frames
+        }
+    }
+}
+
+/// What the reader hands the writer half.
+enum Outgoing {
+    Text(String),
+    Ping,
+    Close(CloseCode, &'static str),
+}
+
+/// Runs one plain-dialect connection until either side ends it.
+pub async fn serve(
+    socket: Socket,
+    user: SessionUser,
+    subscription: Subscription,
+    chat: Arc<Chat>,
+    liveness: Liveness,
+    shutdown: CancellationToken,
+) {
+    let (sink, stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let reader = read_half(stream, &user, &chat, out_tx, liveness);
+    let writer = write_half(sink, subscription, out_rx, shutdown);
+    tokio::pin!(reader, writer);
+    // Whichever half ends first ends the connection: the writer after closing, the
+    // reader when the client closed or vanished.
+    tokio::select! {
+        _ = &mut reader => {}
+        _ = &mut writer => {}
+    }
+    tracing::debug!(user = %user.id, "plain connection closed");
+}
+
+type PendingReply = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Option<String>, Option<Value>, Reply)> + Send>,
+>;
+
+async fn read_half(
+    mut stream: futures_util::stream::SplitStream<Socket>,
+    user: &SessionUser,
+    chat: &Chat,
+    out: mpsc::Sender<Outgoing>,
+    liveness: Liveness,
+) {
+    let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
+    loop {
+        let deadline = if pinged {
+            last_heard + liveness.ping_after + liveness.drop_after
+        } else {
+            last_heard + liveness.ping_after
+        };
+        tokio::select! {
+            Some((event, ack, reply)) = pending.next(), if !pending.is_empty() => {
+                for frame in reply_frames(event.as_deref(), ack, reply) {
+                    if out.send(Outgoing::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                pinged = false;
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        let error = ChatError::bad_request("binary frames are not supported; send JSON text");
+                        pending.push_back(Box::pin(async move { (None, None, Err(error)) }));
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(_)) => continue,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        return close_via_writer(&out, CloseCode::Size, "message too large").await;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "plain connection read failed");
+                        return;
+                    }
+                };
+                pending.push_back(handle_text(&text, user, chat).await);
+            }
+            _ = sleep_until(deadline) => {
+                if pinged {
+                    tracing::debug!(user = %user.id, "dropping a silent connection");
+                    return close_via_writer(&out, CloseCode::Away, "idle timeout").await;
+                }
+                pinged = true;
+                if out.send(Outgoing::Ping).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Asks the writer half to close the socket, then waits for it to do so: returning
+/// would end the connection before the close frame is out.
+async fn close_via_writer(out: &mpsc::Sender<Outgoing>, code: CloseCode, reason: &'static str) {
+    if out.send(Outgoing::Close(code, reason)).await.is_ok() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Decodes and dispatches one text frame; the reply may wait for a commit.
+async fn handle_text(text: &Utf8Bytes, user: &SessionUser, chat: &Chat) -> PendingReply {
+    match decode(text.as_str()) {
+        Err(Unusable { event, error }) => Box::pin(async move { (event, None, Err(error)) }),
+        Ok(frame) => {
+            let handled = chat.dispatch(user, &frame.event, frame.data).await;
+            let (event, ack) = (frame.event, frame.ack);
+            Box::pin(async move { (Some(event), ack, handled.into_reply().await) })
+        }
+    }
+}
+
+async fn write_half(
+    mut sink: SplitSink<Socket, Message>,
+    mut subscription: Subscription,
+    mut out: mpsc::Receiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    let overflow = subscription.overflow_signal();
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                return close(&mut sink, CloseCode::Away, "server shutting down").await;
+            }
+            _ = overflow.overflowed() => {
+                return close(&mut sink, CloseCode::Policy, "too slow: outbound queue full").await;
+            }
+            outgoing = out.recv() => match outgoing {
+                Some(Outgoing::Text(text)) => Message::text(text),
+                Some(Outgoing::Ping) => Message::Ping(Default::default()),
+                Some(Outgoing::Close(code, reason)) => return close(&mut sink, code, reason).await,
+                None => return,
+            },
+            event = subscription.recv() => match event {
+                Some(event) => {
+                    subscription.sent(&event);
+                    Message::Text(event.plain_frame())
+                }
+                None => return,
+            },
+        };
+        let sent = tokio::select! {
+            sent = sink.send(message) => sent,
+            _ = shutdown.cancelled() => {
+                return close(&mut sink, CloseCode::Away, "server shutting down").await;
+            }
+            _ = overflow.overflowed() => {
+                return close(&mut sink, CloseCode::Policy, "too slow: outbound queue full").await;
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends a close frame and gives the client [`CLOSE_GRACE`] to take it.
+async fn close(sink: &mut SplitSink<Socket, Message>, code: CloseCode, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    #[test]
+    fn decodes_envelopes() {
+        let frame = decode(r#"{"event":"message","data":{"a":1},"ack":7,"x":0}"#).unwrap();
+        assert_eq!(frame.event, "message");
+        assert_eq!(frame.data, r#"{"a":1}"#);
+        assert_eq!(frame.ack, Some(json!(7)));
+        let no_data = decode(r#"{"event":"rooms","ack":null}"#).unwrap();
+        assert_eq!((no_data.data, no_data.ack), ("null", None));
+        assert_eq!(
+            decode(r#"{"event":"x","ack":"k"}"#).unwrap().ack,
+            Some(json!("k"))
+        );
+    }
+
+    #[test]
+    fn refuses_unusable_frames() {
+        for (text, event) in [
+            ("not json", None),
+            ("[\"message\", {}]", None),
+            (r#"{"data":{}}"#, None),
+            (r#"{"event":5}"#, None),
+            (
+                r#"{"event":"message","ack":{}}"#,
+                Some("message".to_string()),
+            ),
+            (
+                r#"{"event":"message","ack":true}"#,
+                Some("message".to_string()),
+            ),
+        ] {
+            let err = decode(text).unwrap_err();
+            assert_eq!(err.error.code, ErrorCode::BadRequest, "{text}");
+            assert_eq!(err.event, event, "{text}");
+        }
+    }
+
+    #[test]
+    fn replies_follow_the_ack_rules() {
+        let ok = || {
+            Ok(crate::chat::Success {
+                body: json!({"ok": true}),
+                reply_event: Some("rooms"),
+                error_without_ack: None,
+            })
+        };
+        let with_ack = reply_frames(Some("rooms"), Some(json!(1)), ok());
+        assert_eq!(with_ack.len(), 1);
+        assert!(with_ack[0].contains(r#""event":"ack""#));
+        let without = reply_frames(Some("rooms"), None, ok());
+        assert_eq!(
+            without,
+            vec![r#"{"data":{"ok":true},"event":"rooms"}"#.to_string()]
+        );
+        let failed = reply_frames(Some("rooms"), None, Err(ChatError::bad_request("x")));
+        let v: Value = serde_json::from_str(&failed[0]).unwrap();
+        assert_eq!(v["data"]["event"], "rooms");
+        assert_eq!(v["data"]["code"], "bad_request");
+    }
+}

@@ -1,0 +1,29 @@
+//! chat-server: a self-hosted, single-binary direct-message chat server.
+//!
+//! # Layout
+//!
+//! A frame travels through these modules, one responsibility each:
+//!
+//! - [`server`]: the accept loop, one task per connection, the connection cap, shutdown.
+//! - [`http`]: the `/ws` handshake, the REST API, `/healthz`, JSON errors.
+//! - [`dialect::plain`]: where a plain-dialect frame is parsed, and the session loop.
+//! - [`chat`]: the event handlers, shared by every dialect and the HTTP API.
+//! - [`protocol`]: payload shapes, room ids, timestamps, error codes.
+//! - [`writer`]: the group-commit writer, the only code that writes to the store; it
+//!   fans out `message:sent` / `message:seen` once a batch is durable.
+//! - [`snapshot`]: the in-memory latest-50 of active rooms behind every `message:sent`.
+//! - [`hub`]: where fan-out happens: per-user channels with bounded queues.
+//! - [`store`]: where a message is stored: redb behind a typed API.
+//! - [`auth`], [`config`]: tokens; flags, environment and the config file.
+
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod dialect;
+pub mod http;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod snapshot;
+pub mod store;
+pub mod writer;

@@ -1,0 +1,140 @@
+//! `chat-server`: parse the command line, then serve or mint a token.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chat_server::auth::{resolve_secret, Auth};
+use chat_server::chat::{Chat, ChatLimits};
+use chat_server::config::{self, Command, Config, LogFormat};
+use chat_server::hub::Hub;
+use chat_server::protocol::room::is_valid_user_id;
+use chat_server::server::{self, App};
+use chat_server::store::Store;
+use chat_server::writer::{Writer, WriterConfig};
+
+fn main() -> ExitCode {
+    match config::load() {
+        Command::Serve(config) => serve(config),
+        Command::Token {
+            config,
+            user_id,
+            name,
+            ttl,
+        } => mint_token(&config, &user_id, name.as_deref(), ttl),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("chat-server: {message}");
+    ExitCode::FAILURE
+}
+
+fn mint_token(
+    config: &Config,
+    user_id: &str,
+    name: Option<&str>,
+    ttl: std::time::Duration,
+) -> ExitCode {
+    if !is_valid_user_id(user_id) {
+        eprintln!(
+            "chat-server: {user_id:?} is not a valid user id (1 to 64 of A-Z a-z 0-9 _ . @ + -)"
+        );
+        return ExitCode::from(2);
+    }
+    let secret = match resolve_secret(config.jwt_secret.as_deref(), &config.data_dir) {
+        Ok(secret) => secret,
+        Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
+    };
+    let token = Auth::new(&secret).mint(user_id, name, ttl);
+    println!("{token}");
+    println!("http://{}/#token={token}", config.bind);
+    ExitCode::SUCCESS
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(format_args!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let secret = match resolve_secret(config.jwt_secret.as_deref(), &config.data_dir) {
+            Ok(secret) => secret,
+            Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
+        };
+        let store = match Store::open(&config.data_dir) {
+            Ok(store) => store,
+            Err(e) => {
+                return fail(format_args!(
+                    "cannot open {}: {e}",
+                    config.data_dir.display()
+                ))
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(config.bind).await {
+            Ok(listener) => listener,
+            Err(e) => return fail(format_args!("cannot listen on {}: {e}", config.bind)),
+        };
+        let hub = Hub::new();
+        let writer = Writer::spawn(
+            store.clone(),
+            hub.clone(),
+            WriterConfig {
+                cache_rooms: config.storage.cache_rooms,
+                max_batch: config.storage.max_batch,
+            },
+        );
+        let chat = Arc::new(Chat::new(
+            store,
+            writer.writer(),
+            hub,
+            ChatLimits {
+                max_message_bytes: config.limits.max_message_bytes,
+            },
+        ));
+        let addr = listener.local_addr().map_or(config.bind, |a| a);
+        let data_dir = config.data_dir.display().to_string();
+        let app = App::new(chat, Auth::new(&secret), config);
+        tracing::info!(%addr, data = %data_dir, "chat-server listening");
+        // One plain line on stdout for scripts and tests that wait for the port.
+        println!("listening on http://{addr}");
+        server::run(listener, app, shutdown_signal()).await;
+        writer.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,231 @@
+//! Client events and the shape check of their payloads.
+//!
+//! The shape check is the first of the protocol's checks (shape, who, room, content,
+//! idempotency, rate limit): a payload that passes it is well typed and in range, so later
+//! checks never meet a malformed value. Unknown fields are ignored, as the protocol asks,
+//! so newer clients keep working.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::ChatError;
+
+/// The events a client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent {
+    Message,
+    Read,
+    Typing,
+    Rooms,
+    Messages,
+}
+
+impl ClientEvent {
+    /// The event for a wire name; `None` for unknown names, including server-to-client ones.
+    pub fn from_name(name: &str) -> Option<ClientEvent> {
+        Some(match name {
+            "message" => ClientEvent::Message,
+            "message:read" => ClientEvent::Read,
+            "typing" => ClientEvent::Typing,
+            "rooms" => ClientEvent::Rooms,
+            "messages" => ClientEvent::Messages,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientEvent::Message => "message",
+            ClientEvent::Read => "message:read",
+            ClientEvent::Typing => "typing",
+            ClientEvent::Rooms => "rooms",
+            ClientEvent::Messages => "messages",
+        }
+    }
+}
+
+/// Most items one `message:read` may carry.
+pub const MAX_READ_ITEMS: usize = 100;
+/// Most rooms one `rooms` page may carry.
+pub const MAX_ROOMS_LIMIT: usize = 100;
+/// Most messages one `messages` page (and one `message:sent` snapshot) may carry.
+pub const MAX_MESSAGES_LIMIT: usize = 50;
+
+/// `message`: a new message from the connection's user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessage {
+    pub user_id: String,
+    pub room_id: String,
+    pub message: String,
+    #[serde(default)]
+    pub client_message_id: Option<String>,
+}
+
+/// One item of `message:read`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadItem {
+    pub user_id: String,
+    pub room_id: String,
+    pub message_id: u64,
+    pub seen_date: String,
+}
+
+/// `typing`: the user is typing in a room.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Typing {
+    pub room_id: String,
+}
+
+/// `rooms`: one page of the inbox.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RoomsRequest {
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// `messages`: one page of a room's history.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagesRequest {
+    pub room_id: String,
+    #[serde(default)]
+    pub before: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// Parses a payload (raw JSON text) into `T`, mapping every serde failure to `bad_request`.
+pub fn parse<T: DeserializeOwned>(event: ClientEvent, json: &str) -> Result<T, ChatError> {
+    serde_json::from_str(json)
+        .map_err(|e| ChatError::bad_request(format!("invalid `{}` payload: {e}", event.name())))
+}
+
+impl SendMessage {
+    /// Shape checks serde cannot express.
+    pub fn check_shape(&self) -> Result<(), ChatError> {
+        match &self.client_message_id {
+            Some(id) if !is_valid_client_message_id(id) => Err(ChatError::bad_request(
+                "clientMessageId must be 1 to 64 printable ASCII characters (0x21 to 0x7E)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RoomsRequest {
+    /// The page size, checked against 1..=100; 50 when absent.
+    pub fn checked_limit(&self) -> Result<usize, ChatError> {
+        checked_limit(self.limit, MAX_ROOMS_LIMIT, 50)
+    }
+}
+
+impl MessagesRequest {
+    /// The page size, checked against 1..=50; 50 when absent.
+    pub fn checked_limit(&self) -> Result<usize, ChatError> {
+        checked_limit(self.limit, MAX_MESSAGES_LIMIT, MAX_MESSAGES_LIMIT)
+    }
+
+    /// `before`, checked to be at least 1 when present.
+    pub fn checked_before(&self) -> Result<Option<u64>, ChatError> {
+        match self.before {
+            Some(0) => Err(ChatError::bad_request(
+                "before must be a message id of at least 1",
+            )),
+            other => Ok(other),
+        }
+    }
+}
+
+fn checked_limit(limit: Option<u64>, max: usize, default: usize) -> Result<usize, ChatError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if n >= 1 && n <= max as u64 => Ok(n as usize),
+        Some(n) => Err(ChatError::bad_request(format!(
+            "limit must be between 1 and {max}, got {n}"
+        ))),
+    }
+}
+
+/// 1 to 64 characters from 0x21 to 0x7E, as PROTOCOL.md section 8 settles.
+pub fn is_valid_client_message_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    #[test]
+    fn message_payload_shapes() {
+        let ok: SendMessage = parse(
+            ClientEvent::Message,
+            r#"{"userId":"a","roomId":"a-b","message":"hi","extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.client_message_id, None);
+        let null_id: SendMessage = parse(
+            ClientEvent::Message,
+            r#"{"userId":"a","roomId":"a-b","message":"hi","clientMessageId":null}"#,
+        )
+        .unwrap();
+        assert_eq!(null_id.client_message_id, None);
+        for bad in [
+            r#"{"userId":"a","roomId":"a-b"}"#,
+            r#"{"userId":"a","roomId":"a-b","message":5}"#,
+            r#"{"userId":1,"roomId":"a-b","message":"x"}"#,
+            r#"{"userId":"a","roomId":"a-b","message":"x","clientMessageId":7}"#,
+            r#"[]"#,
+            r#"null"#,
+        ] {
+            let err = parse::<SendMessage>(ClientEvent::Message, bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_message_id_alphabet() {
+        assert!(is_valid_client_message_id("b6f3-~!"));
+        assert!(is_valid_client_message_id(&"x".repeat(64)));
+        assert!(!is_valid_client_message_id(&"x".repeat(65)));
+        assert!(!is_valid_client_message_id(""));
+        assert!(!is_valid_client_message_id("a b"));
+        assert!(!is_valid_client_message_id("é"));
+    }
+
+    #[test]
+    fn limits_and_before() {
+        let req: MessagesRequest =
+            parse(ClientEvent::Messages, r#"{"roomId":"a-b","limit":null}"#).unwrap();
+        assert_eq!(req.checked_limit().unwrap(), 50);
+        for bad in [
+            r#"{"roomId":"a-b","limit":0}"#,
+            r#"{"roomId":"a-b","limit":51}"#,
+            r#"{"roomId":"a-b","before":0}"#,
+        ] {
+            let req: MessagesRequest = parse(ClientEvent::Messages, bad).unwrap();
+            assert!(req.checked_limit().is_err() || req.checked_before().is_err());
+        }
+        for bad in [
+            r#"{"roomId":"a-b","limit":-1}"#,
+            r#"{"roomId":"a-b","limit":"5"}"#,
+            r#"{"roomId":"a-b","before":1.5}"#,
+        ] {
+            assert!(parse::<MessagesRequest>(ClientEvent::Messages, bad).is_err());
+        }
+        let rooms: RoomsRequest = parse(ClientEvent::Rooms, r#"{"limit":100}"#).unwrap();
+        assert_eq!(rooms.checked_limit().unwrap(), 100);
+    }
+
+    #[test]
+    fn server_event_names_are_unknown() {
+        for name in ["message:sent", "message:seen", "ack", "error", ""] {
+            assert_eq!(ClientEvent::from_name(name), None);
+        }
+    }
+}

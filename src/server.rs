@@ -1,0 +1,146 @@
+//! The server's lifecycle: accept loop, one task per connection, limits, graceful drain.
+//!
+//! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown future. Each
+//! accepted TCP connection first takes a permit from the global connection semaphore, so
+//! past the cap the server simply stops accepting and the kernel backlog holds the rest.
+//! Requests go to the plain-dialect handshake for `/ws` and to the warp routes for
+//! everything else. On shutdown the loop stops accepting, every session is told to close
+//! (1001), HTTP connections finish their in-flight requests, and `run` returns once all
+//! tasks are done (or a grace period passed); the caller then drains the writer.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+use warp::reply::Response;
+
+use crate::auth::Auth;
+use crate::chat::Chat;
+use crate::config::Config;
+use crate::http;
+
+/// How long shutdown waits for connections to finish before giving up on them.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Shared state of the running server.
+pub struct App {
+    /// The event handlers.
+    pub chat: Arc<Chat>,
+    /// Verifies tokens on every handshake and API request.
+    pub auth: Auth,
+    /// The settings, limits included.
+    pub config: Config,
+    /// Cancelled once on shutdown; every session watches it.
+    pub shutdown: CancellationToken,
+    /// Every connection and session task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl App {
+    pub fn new(chat: Arc<Chat>, auth: Auth, config: Config) -> Arc<App> {
+        Arc::new(App {
+            chat,
+            auth,
+            config,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+}
+
+/// Serves connections from `listener` until `signal` resolves, then drains.
+pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Output = ()>) {
+    let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let routes = warp::service(http::routes(app.clone()));
+    tokio::pin!(signal);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut signal => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, ?backoff, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        backoff = Duration::from_millis(100);
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let routes = routes.clone();
+        app.tracker
+            .clone()
+            .spawn(serve_connection(stream, app, routes, permit));
+    }
+
+    tracing::info!("shutting down: closing connections");
+    app.shutdown.cancel();
+    app.tracker.close();
+    if tokio::time::timeout(DRAIN_GRACE, app.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within the grace period");
+    }
+}
+
+async fn serve_connection<S>(
+    stream: tokio::net::TcpStream,
+    app: Arc<App>,
+    routes: S,
+    permit: OwnedSemaphorePermit,
+) where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let permit = Arc::new(permit);
+    let shutdown = app.shutdown.clone();
+    let request_timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let app = app.clone();
+        let mut routes = routes.clone();
+        let permit = permit.clone();
+        async move {
+            if req.uri().path() == "/ws" {
+                return Ok::<_, Infallible>(http::upgrade_plain(&app, req, permit));
+            }
+            routes.call(req).await
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The write side of the store: one redb write transaction, applied op by op and committed
+//! once. The group-commit writer opens one `Batch` per round, so many sends share one fsync.
+//!
+//! A write transaction sees its own uncommitted writes, so two sends with the same
+//! `clientMessageId` in one batch still store one message.
+
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+
+use super::records::{self, MessageRecord, RoomRecord};
+use super::{
+    latest_messages, newest_first, read_message, Result, RoomKey, StoreError, CLIENT_IDS, INBOX,
+    MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
+};
+use crate::protocol::{ChatMessage, SessionUser};
+
+/// What a send did.
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// A new message, with its id and `sentAt`.
+    New(ChatMessage),
+    /// The sender already sent this `clientMessageId` here; nothing was stored.
+    Duplicate(ChatMessage),
+}
+
+/// What marking one message as seen did.
+#[derive(Debug, Clone)]
+pub enum SeenOutcome {
+    /// It became seen now.
+    Changed(ChatMessage),
+    /// It was already seen; the first `seenAt` stays.
+    AlreadySeen,
+    /// The room has no message with that id.
+    NotFound,
+    /// The reader sent it (every message of a self room).
+    OwnMessage,
+}
+
+/// One write transaction, committed with fsync.
+pub struct Batch {
+    txn: WriteTransaction,
+}
+
+impl Batch {
+    pub(super) fn begin(db: &Database) -> Result<Batch> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Corrupt(format!("durability: {e}")))?;
+        // Persist allocator state with each commit so a restart after a crash does not
+        // walk the whole file to repair it.
+        txn.set_quick_repair(true);
+        Ok(Batch { txn })
+    }
+
+    /// Stores a new message (upserting the room), or finds the one this sender already
+    /// stored under `client_message_id`.
+    pub fn append(
+        &mut self,
+        room: &RoomKey,
+        sender: &str,
+        text: &str,
+        client_message_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Appended> {
+        let (num, mut record) = self.room_for_write(room)?;
+        if let Some(cmid) = client_message_id {
+            let existing = self
+                .txn
+                .open_table(CLIENT_IDS)?
+                .get((num, sender, cmid))?
+                .map(|g| g.value());
+            if let Some(id) = existing {
+                let message = read_message(&self.txn.open_table(MESSAGES)?, num, id)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("client id names lost {id}")))?;
+                return Ok(Appended::Duplicate(message));
+            }
+        }
+
+        let message = ChatMessage {
+            id: record.last_id + 1,
+            user_id: sender.to_owned(),
+            message: text.to_owned(),
+            sent_ms: now_ms.max(record.last_sent_ms),
+            seen_ms: None,
+            client_message_id: client_message_id.map(str::to_owned),
+        };
+        self.txn.open_table(MESSAGES)?.insert(
+            (num, message.id),
+            records::encode(&MessageRecord::from_message(&message)).as_slice(),
+        )?;
+        if let Some(cmid) = client_message_id {
+            self.txn
+                .open_table(CLIENT_IDS)?
+                .insert((num, sender, cmid), message.id)?;
+        }
+
+        let room_id = room.id();
+        {
+            let mut inbox = self.txn.open_table(INBOX)?;
+            for user in participants(room) {
+                if record.last_id > 0 {
+                    inbox.remove((
+                        user,
+                        newest_first(record.last_sent_ms),
+                        room_id.as_str(),
+                        num,
+                    ))?;
+                }
+                inbox.insert(
+                    (user, newest_first(message.sent_ms), room_id.as_str(), num),
+                    (),
+                )?;
+            }
+        }
+        if !room.is_self_room() {
+            *record.unread_mut(room.partner_of(sender)) += 1;
+        }
+        record.last_id = message.id;
+        record.last_sent_ms = message.sent_ms;
+        self.put_room(num, &record)?;
+        Ok(Appended::New(message))
+    }
+
+    /// The room's newest messages as this transaction sees them, newest first.
+    pub fn latest(&self, room: &RoomKey, limit: usize) -> Result<Vec<ChatMessage>> {
+        let num = self
+            .txn
+            .open_table(ROOM_NUMS)?
+            .get((room.low.as_str(), room.high.as_str()))?
+            .map(|g| g.value());
+        match num {
+            Some(num) => latest_messages(&self.txn.open_table(MESSAGES)?, num, None, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Marks a message the reader received as seen at `seen_date_ms`, clamped into
+    /// `[sentAt, max(sentAt, now)]`. The first `seenAt` wins.
+    pub fn mark_seen(
+        &mut self,
+        room: &RoomKey,
+        reader: &str,
+        message_id: u64,
+        seen_date_ms: i64,
+        now_ms: i64,
+    ) -> Result<SeenOutcome> {
+        let num = self
+            .txn
+            .open_table(ROOM_NUMS)?
+            .get((room.low.as_str(), room.high.as_str()))?
+            .map(|g| g.value());
+        let Some(num) = num else {
+            return Ok(SeenOutcome::NotFound);
+        };
+        let mut messages = self.txn.open_table(MESSAGES)?;
+        let Some(mut message) = read_message(&messages, num, message_id)? else {
+            return Ok(SeenOutcome::NotFound);
+        };
+        if message.user_id == reader {
+            return Ok(SeenOutcome::OwnMessage);
+        }
+        if message.seen_ms.is_some() {
+            return Ok(SeenOutcome::AlreadySeen);
+        }
+        let seen = seen_date_ms.clamp(message.sent_ms, message.sent_ms.max(now_ms));
+        message.seen_ms = Some(seen);
+        messages.insert(
+            (num, message_id),
+            records::encode(&MessageRecord::from_message(&message)).as_slice(),
+        )?;
+        drop(messages);
+        let mut record = self.room_record(num)?;
+        let unread = record.unread_mut(reader);
+        *unread = unread.saturating_sub(1);
+        self.put_room(num, &record)?;
+        Ok(SeenOutcome::Changed(message))
+    }
+
+    /// Remembers a user's display name.
+    pub fn put_profile(&mut self, user: &SessionUser) -> Result<()> {
+        self.txn
+            .open_table(PROFILES)?
+            .insert(user.id.as_str(), user.name.as_str())?;
+        Ok(())
+    }
+
+    /// Commits and fsyncs everything applied to this batch.
+    pub fn commit(self) -> Result<()> {
+        self.txn.commit()?;
+        Ok(())
+    }
+
+    /// The room's number and record, creating both when the room is new.
+    fn room_for_write(&mut self, room: &RoomKey) -> Result<(u64, RoomRecord)> {
+        let pair = (room.low.as_str(), room.high.as_str());
+        let existing = self
+            .txn
+            .open_table(ROOM_NUMS)?
+            .get(pair)?
+            .map(|g| g.value());
+        if let Some(num) = existing {
+            return Ok((num, self.room_record(num)?));
+        }
+        let num = {
+            let mut meta = self.txn.open_table(META)?;
+            let num = meta.get("next_room_num")?.map_or(1, |g| g.value());
+            meta.insert("next_room_num", num + 1)?;
+            num
+        };
+        self.txn.open_table(ROOM_NUMS)?.insert(pair, num)?;
+        let record = RoomRecord {
+            low: room.low.clone(),
+            high: room.high.clone(),
+            last_id: 0,
+            last_sent_ms: i64::MIN,
+            unread_low: 0,
+            unread_high: 0,
+        };
+        Ok((num, record))
+    }
+
+    fn room_record(&self, num: u64) -> Result<RoomRecord> {
+        let rooms = self.txn.open_table(ROOMS)?;
+        let value = rooms
+            .get(num)?
+            .ok_or_else(|| StoreError::Corrupt(format!("room {num} has no record")))?;
+        records::decode_room(value.value())
+    }
+
+    fn put_room(&mut self, num: u64, record: &RoomRecord) -> Result<()> {
+        self.txn
+            .open_table(ROOMS)?
+            .insert(num, records::encode(record).as_slice())?;
+        Ok(())
+    }
+}
+
+/// Each participant once (a self room has one).
+fn participants(room: &RoomKey) -> impl Iterator<Item = &str> {
+    let second = (!room.is_self_room()).then_some(room.high.as_str());
+    std::iter::once(room.low.as_str()).chain(second)
+}

@@ -1,0 +1,336 @@
+//! Where messages are stored: a redb database behind a narrow, typed API.
+//!
+//! Nothing outside this module touches redb. Reads ([`Store`]) run in MVCC read
+//! transactions and never wait for the writer; writes go through a [`batch::Batch`], which
+//! only the group-commit writer (`crate::writer`) opens, so there is exactly one write
+//! transaction at a time and every commit is fsync'd (`Durability::Immediate`).
+//!
+//! Layout (values are `postcard`-encoded records from [`records`]):
+//! - `meta`: `format_version`, `next_room_num`.
+//! - `room_nums`: (low user, high user) → room number. Rooms are stored under their *pair* of
+//!   participants, never under the id string alone, because ids with `-` can make two pairs
+//!   share one id string (PROTOCOL.md section 1).
+//! - `rooms`: room number → [`records::RoomRecord`] (pair, last id, last `sentAt`, unread).
+//! - `messages`: (room number, message id) → [`records::MessageRecord`]. Big-endian tuple
+//!   keys, so "latest 50" is one reverse range scan.
+//! - `client_ids`: (room number, sender, clientMessageId) → message id, for exactly-once.
+//! - `inbox`: (user, newest-first time key, room id, room number) → (), one row per room a
+//!   user has, so an inbox page is one forward range scan.
+//! - `profiles`: user id → latest display name.
+
+pub mod batch;
+mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::protocol::room::canonical_room_id;
+use crate::protocol::{ChatMessage, SessionUser};
+use records::RoomRecord;
+
+/// The on-disk format this binary writes. A store with a higher number is refused.
+pub const FORMAT_VERSION: u64 = 1;
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "chat.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ROOM_NUMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("room_nums");
+const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
+const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
+const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("client_ids");
+const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
+const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
+
+/// Why the store failed. Callers report it as `internal`; the detail goes to the log.
+#[derive(Debug)]
+pub enum StoreError {
+    /// redb reported an I/O or consistency failure.
+    Db(redb::Error),
+    /// A stored value did not decode: the file is damaged or from an unknown format.
+    Corrupt(String),
+    /// The data directory was written by a newer chat-server.
+    NewerFormat(u64),
+    /// The data directory could not be created.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Db(e) => write!(f, "storage error: {e}"),
+            StoreError::Corrupt(what) => write!(f, "corrupt record: {what}"),
+            StoreError::NewerFormat(v) => write!(
+                f,
+                "the data directory uses store format {v}, newer than this chat-server \
+                 understands ({FORMAT_VERSION}); run a newer chat-server"
+            ),
+            StoreError::Io(e) => write!(f, "cannot create the data directory: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl<E: Into<redb::Error>> From<E> for StoreError {
+    fn from(e: E) -> StoreError {
+        StoreError::Db(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The pair of participants of a room, lowest id first: the room's identity in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoomKey {
+    pub low: String,
+    pub high: String,
+}
+
+impl RoomKey {
+    pub fn new(a: &str, b: &str) -> RoomKey {
+        let (low, high) = if a.as_bytes() <= b.as_bytes() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        RoomKey {
+            low: low.to_owned(),
+            high: high.to_owned(),
+        }
+    }
+
+    /// The id string that travels on the wire.
+    pub fn id(&self) -> String {
+        canonical_room_id(&self.low, &self.high)
+    }
+
+    /// The other participant (the user themself in a self room).
+    pub fn partner_of<'a>(&'a self, user: &str) -> &'a str {
+        if self.low == user {
+            &self.high
+        } else {
+            &self.low
+        }
+    }
+
+    pub fn is_self_room(&self) -> bool {
+        self.low == self.high
+    }
+}
+
+/// One row of a user's inbox.
+#[derive(Debug, Clone)]
+pub struct InboxRoom {
+    pub room_num: u64,
+    pub room_id: String,
+    pub partner: String,
+    pub last_message: ChatMessage,
+    pub unread: u64,
+    pub updated_ms: i64,
+}
+
+/// Position in an inbox listing: the sort key of the last row returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxCursor {
+    pub updated_ms: i64,
+    pub room_id: String,
+    pub room_num: u64,
+}
+
+/// Sort key that lists the most recent activity first in a forward scan.
+fn newest_first(updated_ms: i64) -> u64 {
+    u64::MAX - updated_ms.max(0) as u64
+}
+
+/// The store: cheap to clone, safe to share; reads never block on the writer.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (creating when absent) the store in `data_dir`, refusing a newer format.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir).map_err(StoreError::Io)?;
+        let db = Database::create(data_dir.join(DB_FILE))?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let version = meta.get("format_version")?.map(|v| v.value());
+            match version {
+                Some(v) if v > FORMAT_VERSION => return Err(StoreError::NewerFormat(v)),
+                Some(_) => {}
+                None => {
+                    meta.insert("format_version", FORMAT_VERSION)?;
+                }
+            }
+            // Create every table up front so read transactions never meet a missing one.
+            txn.open_table(ROOM_NUMS)?;
+            txn.open_table(ROOMS)?;
+            txn.open_table(MESSAGES)?;
+            txn.open_table(CLIENT_IDS)?;
+            txn.open_table(INBOX)?;
+            txn.open_table(PROFILES)?;
+        }
+        txn.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Starts the one write transaction; only the writer task calls this.
+    pub fn begin(&self) -> Result<batch::Batch> {
+        batch::Batch::begin(&self.db)
+    }
+
+    /// The stored message a sender already sent with this `clientMessageId`, if any.
+    pub fn find_by_client_id(
+        &self,
+        room: &RoomKey,
+        sender: &str,
+        client_message_id: &str,
+    ) -> Result<Option<ChatMessage>> {
+        let txn = self.db.begin_read()?;
+        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
+            return Ok(None);
+        };
+        let id = txn
+            .open_table(CLIENT_IDS)?
+            .get((num, sender, client_message_id))?
+            .map(|g| g.value());
+        match id {
+            Some(id) => read_message(&txn.open_table(MESSAGES)?, num, id),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` messages of a room, newest first, all with ids below `before` if given.
+    /// A room without messages gives an empty page.
+    pub fn messages_page(
+        &self,
+        room: &RoomKey,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>> {
+        let txn = self.db.begin_read()?;
+        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
+            return Ok(Vec::new());
+        };
+        latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)
+    }
+
+    /// One page of a user's rooms, most recent activity first, strictly after `after`.
+    pub fn inbox_page(
+        &self,
+        user: &str,
+        after: Option<&InboxCursor>,
+        limit: usize,
+    ) -> Result<Vec<InboxRoom>> {
+        let txn = self.db.begin_read()?;
+        let inbox = txn.open_table(INBOX)?;
+        let rooms = txn.open_table(ROOMS)?;
+        let messages = txn.open_table(MESSAGES)?;
+        let start = match after {
+            Some(c) => (
+                user,
+                newest_first(c.updated_ms),
+                c.room_id.as_str(),
+                c.room_num,
+            ),
+            None => (user, 0, "", 0),
+        };
+        let mut page = Vec::with_capacity(limit);
+        for row in inbox.range(start..(user, u64::MAX, "\u{7f}", u64::MAX))? {
+            let (key, _) = row?;
+            let (_, _, room_id, num) = key.value();
+            if after.is_some_and(|c| c.room_num == num && c.room_id == room_id) {
+                continue;
+            }
+            let record: RoomRecord = records::decode_room(
+                rooms
+                    .get(num)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("inbox names missing room {num}")))?
+                    .value(),
+            )?;
+            let last_message = read_message(&messages, num, record.last_id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("room {num} lost message {}", record.last_id))
+            })?;
+            let partner = record.partner_of(user).to_owned();
+            page.push(InboxRoom {
+                room_num: num,
+                room_id: room_id.to_owned(),
+                unread: record.unread_of(user),
+                updated_ms: record.last_sent_ms,
+                partner,
+                last_message,
+            });
+            if page.len() == limit {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    /// The profile remembered for a user; a user never seen is named by their id.
+    pub fn profile(&self, user: &str) -> Result<SessionUser> {
+        let txn = self.db.begin_read()?;
+        let name = txn
+            .open_table(PROFILES)?
+            .get(user)?
+            .map(|g| g.value().to_owned());
+        Ok(SessionUser {
+            id: user.to_owned(),
+            name: name.unwrap_or_else(|| user.to_owned()),
+        })
+    }
+
+    /// The room's per-user unread count (0 for a room without messages).
+    pub fn unread(&self, room: &RoomKey, user: &str) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
+            return Ok(0);
+        };
+        match txn.open_table(ROOMS)?.get(num)? {
+            Some(v) => Ok(records::decode_room(v.value())?.unread_of(user)),
+            None => Ok(0),
+        }
+    }
+}
+
+fn room_num(
+    table: &impl ReadableTable<(&'static str, &'static str), u64>,
+    room: &RoomKey,
+) -> Result<Option<u64>> {
+    Ok(table
+        .get((room.low.as_str(), room.high.as_str()))?
+        .map(|g| g.value()))
+}
+
+fn read_message(
+    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    num: u64,
+    id: u64,
+) -> Result<Option<ChatMessage>> {
+    match table.get((num, id))? {
+        Some(v) => Ok(Some(records::decode_message(id, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn latest_messages(
+    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    num: u64,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<ChatMessage>> {
+    let end = before.unwrap_or(u64::MAX);
+    let mut page = Vec::with_capacity(limit.min(64));
+    for row in table.range((num, 0)..(num, end))?.rev().take(limit) {
+        let (key, value) = row?;
+        page.push(records::decode_message(key.value().1, value.value())?);
+    }
+    Ok(page)
+}
+
+#[cfg(test)]
+mod tests;

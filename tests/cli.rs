@@ -1,0 +1,111 @@
+//! The command line: configuration errors, the token command, refusing a newer store.
+
+mod common;
+
+use std::process::Command;
+
+fn chat_server() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+    cmd.env_remove("CHAT_JWT_SECRET").env_remove("CHAT_CONFIG");
+    cmd
+}
+
+#[test]
+fn a_bad_setting_is_one_line_naming_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.toml");
+    std::fs::write(&file, "[limits]\nmax_frame_byte = 10\n").unwrap();
+    let out = chat_server()
+        .args([
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("limits.max_frame_byte"), "{stderr}");
+
+    let out = chat_server()
+        .args(["--data", dir.path().to_str().unwrap()])
+        .env("CHAT_LIMITS_MAX_MESSAGE_BYTES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("max_message_bytes"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_token_command_mints_a_token_the_server_accepts() {
+    // Both the server and the token command use the secret generated in the data dir.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = chat_server()
+        .args([
+            "token", "alice", "--name", "Alice", "--ttl", "1h", "--data", data,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let token = lines.next().unwrap().to_owned();
+    assert!(lines.next().unwrap().ends_with(&format!("/#token={token}")));
+
+    let mut child = chat_server()
+        .args(["--data", data, "--bind", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_owned();
+    let (status, body) = common::http_get(addr.parse().unwrap(), "/api/rooms", Some(&token)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let secret = std::fs::metadata(dir.path().join("jwt-secret")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn a_store_from_a_newer_version_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join("chat.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        txn.open_table(meta)
+            .unwrap()
+            .insert("format_version", 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let out = chat_server()
+        .args([
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .env("CHAT_JWT_SECRET", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("format 99"), "{stderr}");
+}

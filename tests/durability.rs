@@ -1,0 +1,146 @@
+//! Nothing acknowledged is lost: kill -9, SIGTERM and restarts on the same data dir.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ids, Server};
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn full_history(client: &mut common::Client, room: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut before = Value::Null;
+    loop {
+        let reply = client
+            .request("messages", json!({ "roomId": room, "before": before }))
+            .await;
+        let page = reply["room"]["messages"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return all;
+        }
+        before = page.last().unwrap()["id"].clone();
+        all.extend(page);
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_9() {
+    let mut server = Server::start();
+    let mut acked = Vec::new();
+    {
+        let mut alice = server.connect("alice").await;
+        for i in 0..120 {
+            let room = if i % 3 == 0 {
+                "alice-carol"
+            } else {
+                "alice-bob"
+            };
+            let text = format!("message {i} ✓");
+            alice.send_message(room, &text).await;
+            let sent = alice.recv_event("message:sent").await;
+            acked.push((room, sent["messages"][0].clone()));
+        }
+    }
+    server.kill9();
+    server.restart();
+
+    let mut alice = server.connect("alice").await;
+    for room in ["alice-bob", "alice-carol"] {
+        let stored = full_history(&mut alice, room).await;
+        let mut expected: Vec<Value> = acked
+            .iter()
+            .filter(|(r, _)| *r == room)
+            .map(|(_, m)| m.clone())
+            .collect();
+        expected.reverse();
+        assert_eq!(stored, expected, "room {room} after kill -9");
+        let n = stored.len() as u64;
+        assert_eq!(
+            ids(&Value::Array(stored)),
+            (1..=n).rev().collect::<Vec<_>>()
+        );
+    }
+    // New messages continue the same id sequence.
+    let ack = alice.send_message("alice-bob", "after restart").await;
+    assert_eq!(ack["message"]["id"], 81);
+}
+
+#[tokio::test]
+async fn idempotent_retry_survives_a_restart() {
+    let mut server = Server::start();
+    let payload = json!({"userId": "alice", "roomId": "alice-bob", "message": "once", "clientMessageId": "retry-me"});
+    let first = {
+        let mut alice = server.connect("alice").await;
+        alice.request("message", payload.clone()).await
+    };
+    server.kill9();
+    server.restart();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    let retry = alice.request("message", payload).await;
+    assert_eq!(retry["message"], first["message"]);
+    let sent = alice.recv_event("message:sent").await;
+    assert_eq!(ids(&sent["messages"]), vec![1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(full_history(&mut alice, "alice-bob").await.len(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_keeps_every_acknowledged_message() {
+    let mut server = Server::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    // Pipeline a burst, then terminate while it is being written.
+    for i in 0..300 {
+        alice
+            .ws
+            .feed(Message::text(
+                json!({"event": "message", "data": {"userId": "alice", "roomId": "alice-bob",
+                    "message": format!("m{i}")}})
+                .to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    alice.ws.flush().await.unwrap();
+    // Wait until some are acknowledged so the shutdown lands mid-load.
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        acked.push(bob.recv_event("message:sent").await["messages"][0].clone());
+    }
+    assert!(server.terminate(), "clean exit on SIGTERM");
+
+    // Bob reads what was delivered before the close, then the close code.
+    loop {
+        match bob.recv_raw().await {
+            Some(Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                acked.push(frame["data"]["messages"][0].clone());
+            }
+            Some(Message::Close(frame)) => {
+                assert_eq!(frame.expect("close frame").code, CloseCode::Away);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    server.restart();
+    let mut alice = server.connect("alice").await;
+    let stored = full_history(&mut alice, "alice-bob").await;
+    for message in &acked {
+        let id = message["id"].as_u64().unwrap();
+        let found = stored
+            .iter()
+            .find(|m| m["id"] == id)
+            .expect("acknowledged id stored");
+        assert_eq!(found, message);
+    }
+    let n = stored.len() as u64;
+    assert_eq!(
+        ids(&Value::Array(stored)),
+        (1..=n).rev().collect::<Vec<_>>()
+    );
+}
