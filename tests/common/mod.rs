@@ -330,3 +330,21 @@ pub fn ids(messages: &Value) -> Vec<u64> {
 pub fn data_dir_of(server: &Server) -> PathBuf {
     server.data_dir().to_path_buf()
 }
+
+/// The folder of the JavaScript test clients, with its npm packages installed (`npm ci`
+/// once per test binary, when `scripts/test` has not already done it).
+pub fn js_dir() -> PathBuf {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    INSTALL.call_once(|| {
+        if !dir.join("node_modules").is_dir() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm is needed for the JavaScript client tests");
+            assert!(status.success(), "npm ci failed in {}", dir.display());
+        }
+    });
+    dir
+}
