@@ -148,7 +148,7 @@ impl Chat {
     /// Remembers the user's latest name when it changed (PROTOCOL.md section 1).
     pub async fn remember_profile(&self, user: &SessionUser) {
         match self.store.profile(&user.id) {
-            Ok(stored) if stored.name == user.name && stored.name != user.id => {}
+            Ok(stored) if stored.name == user.name => {}
             Ok(_) => self.writer.put_profile(user.clone()).await,
             Err(e) => tracing::warn!(error = %e, "profile lookup failed"),
         }
