@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::hub::{Hub, Outbound};
+use crate::protocol::cursor::CursorCodec;
 use crate::protocol::event::{
     self, ClientEvent, MessagesRequest, ReadItem, RoomsRequest, SendMessage, Typing, MAX_READ_ITEMS,
 };
@@ -91,6 +92,7 @@ pub struct Chat {
     writer: Writer,
     hub: Arc<Hub>,
     limits: ChatLimits,
+    cursors: CursorCodec,
 }
 
 /// Resolves a room id for `user`, returning the room's pair.
@@ -115,12 +117,20 @@ fn internal(e: impl std::fmt::Display) -> ChatError {
 }
 
 impl Chat {
-    pub fn new(store: Store, writer: Writer, hub: Arc<Hub>, limits: ChatLimits) -> Chat {
+    /// `secret` keys the inbox cursors, so only cursors this server issued are accepted.
+    pub fn new(
+        store: Store,
+        writer: Writer,
+        hub: Arc<Hub>,
+        limits: ChatLimits,
+        secret: &[u8],
+    ) -> Chat {
         Chat {
             store,
             writer,
             hub,
             limits,
+            cursors: CursorCodec::new(secret),
         }
     }
 
@@ -271,13 +281,17 @@ impl Chat {
 
     pub fn rooms_page(&self, user: &SessionUser, req: &RoomsRequest) -> Reply {
         let limit = req.checked_limit()?;
-        let cursor = req.cursor.as_deref().map(decode_cursor).transpose()?;
+        let cursor = req
+            .cursor
+            .as_deref()
+            .map(|c| self.cursors.decode(c))
+            .transpose()?;
         let page = self
             .store
             .inbox_page(&user.id, cursor.as_ref(), limit)
             .map_err(internal)?;
         let next_cursor = match page.last() {
-            Some(last) if page.len() == limit => Some(encode_cursor(&InboxCursor {
+            Some(last) if page.len() == limit => Some(self.cursors.encode(&InboxCursor {
                 updated_ms: last.updated_ms,
                 room_id: last.room_id.clone(),
                 room_num: last.room_num,
@@ -411,30 +425,4 @@ fn read_reply(
         reply_event: None,
         error_without_ack,
     }
-}
-
-const CURSOR_PREFIX: &str = "c1.";
-
-fn encode_cursor(c: &InboxCursor) -> String {
-    format!(
-        "{CURSOR_PREFIX}{}.{}.{}",
-        c.updated_ms, c.room_num, c.room_id
-    )
-}
-
-fn decode_cursor(s: &str) -> Result<InboxCursor, ChatError> {
-    let bad = || ChatError::bad_request("cursor is not one this server issued");
-    let rest = s.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
-    let mut parts = rest.splitn(3, '.');
-    let updated_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let room_num = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let room_id = parts.next().ok_or_else(bad)?;
-    if room_id.is_empty() || room_id.len() > 129 {
-        return Err(bad());
-    }
-    Ok(InboxCursor {
-        updated_ms,
-        room_id: room_id.to_owned(),
-        room_num,
-    })
 }

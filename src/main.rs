@@ -103,6 +103,7 @@ fn serve(config: Config) -> ExitCode {
             ChatLimits {
                 max_message_bytes: config.limits.max_message_bytes,
             },
+            &secret,
         ));
         let addr = listener.local_addr().map_or(config.bind, |a| a);
         let data_dir = config.data_dir.display().to_string();

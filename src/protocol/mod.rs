@@ -5,6 +5,7 @@
 //! as the protocol spells them ([`time`]), and every refusal is a typed [`ChatError`]
 //! ([`error`]) that the dialects turn into `ack` replies, `error` events or HTTP statuses.
 
+pub mod cursor;
 pub mod error;
 pub mod event;
 pub mod room;
