@@ -91,6 +91,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Outpu
             .spawn(serve_connection(stream, app, routes, permit));
     }
 
+    // New connections are refused from here on instead of waiting in the backlog.
+    drop(listener);
     tracing::info!("shutting down: closing connections");
     app.shutdown.cancel();
     app.tracker.close();

@@ -135,3 +135,15 @@ async fn an_oversize_frame_closes_only_that_connection_with_1009() {
     let ack = bob.send_message("alice-bob", "still here").await;
     assert_eq!(ack["ok"], true);
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use futures_util::SinkExt;
+    let server = Server::start();
+    let mut alice = server.connect("alice").await;
+    alice.ws.send(Message::Close(None)).await.unwrap();
+    match alice.recv_raw().await {
+        Some(Message::Close(_)) => {}
+        other => panic!("expected the close reply, got {other:?}"),
+    }
+}

@@ -205,8 +205,10 @@ async fn read_half(
                         pending.push_back(Box::pin(async move { (None, None, Err(error)) }));
                         continue;
                     }
-                    Some(Ok(Message::Close(_))) | None => return,
+                    // tungstenite answers a close frame itself; polling on lets that answer
+                    // go out, and the stream ends once the handshake is complete.
                     Some(Ok(_)) => continue,
+                    None => return,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                         return close_via_writer(&out, CloseCode::Size, "message too large").await;
                     }
