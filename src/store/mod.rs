@@ -52,7 +52,7 @@ pub enum StoreError {
     Corrupt(String),
     /// The data directory was written by a newer chat-server.
     NewerFormat(u64),
-    /// The data directory could not be created.
+    /// The data directory could not be created or synced.
     Io(std::io::Error),
 }
 
@@ -66,7 +66,7 @@ impl std::fmt::Display for StoreError {
                 "the data directory uses store format {v}, newer than this chat-server \
                  understands ({FORMAT_VERSION}); run a newer chat-server"
             ),
-            StoreError::Io(e) => write!(f, "cannot create the data directory: {e}"),
+            StoreError::Io(e) => write!(f, "cannot prepare the data directory: {e}"),
         }
     }
 }
@@ -175,6 +175,11 @@ impl Store {
             txn.open_table(PROFILES)?;
         }
         txn.commit()?;
+        // A new file's directory entry is durable only once the directory is synced; without
+        // this a power cut could lose the whole file along with acknowledged messages.
+        std::fs::File::open(data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(StoreError::Io)?;
         Ok(Store { db: Arc::new(db) })
     }
 
