@@ -155,6 +155,9 @@ fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, SocketAddr) {
         .args(["--data", dir.to_str().unwrap(), "--bind", "127.0.0.1:0"])
         .env("CHAT_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
+        // Tests send faster than a person types; rate-limit tests set their own rates.
+        .env("CHAT_LIMITS_SEND_BURST", "100000")
+        .env("CHAT_LIMITS_REQUEST_BURST", "100000")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
