@@ -268,25 +268,26 @@ impl State {
             return;
         }
         let durable_at = Instant::now();
+        let new_messages = replies
+            .iter()
+            .filter(|r| matches!(r, Reply::Append(_, Ok(appended), _) if !appended.duplicate))
+            .count();
+        // Recorded before anyone hears of the commit, so a scrape after an ack sees it.
+        metrics::committed(round_size, new_messages as u64);
         for delivery in deliveries {
             for user in &delivery.users {
                 self.hub.publish(user, &delivery.event);
             }
         }
-        let mut new_messages = 0;
         for reply in replies {
             match reply {
                 Reply::Append(tx, result, arrived) => {
-                    if matches!(&result, Ok(appended) if !appended.duplicate) {
-                        new_messages += 1;
-                    }
                     metrics::send_durable(durable_at.saturating_duration_since(arrived));
                     drop(tx.send(result));
                 }
                 Reply::Seen(tx, result) => drop(tx.send(result)),
             }
         }
-        metrics::committed(round_size, new_messages);
     }
 
     fn apply_append(
