@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -20,6 +21,7 @@ use crate::protocol::event::{
 use crate::protocol::room::resolve_partner;
 use crate::protocol::time::{format_millis, parse_rfc3339_millis};
 use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::ratelimit::{Bucket, Rate, RateLimiter};
 use crate::store::batch::SeenOutcome;
 use crate::store::{InboxCursor, RoomKey, Store};
 use crate::writer::{outcome, AppendJob, SeenItem, Writer};
@@ -83,6 +85,26 @@ impl From<Reply> for Handled {
 #[derive(Debug, Clone)]
 pub struct ChatLimits {
     pub max_message_bytes: usize,
+    /// Each user's budget of new messages.
+    pub send_rate: Rate,
+    /// Each user's budget of reads, typing and requests (sockets and HTTP together).
+    pub request_rate: Rate,
+}
+
+impl From<&crate::config::Limits> for ChatLimits {
+    fn from(limits: &crate::config::Limits) -> ChatLimits {
+        ChatLimits {
+            max_message_bytes: limits.max_message_bytes,
+            send_rate: Rate {
+                per_sec: limits.send_rate_per_sec,
+                burst: limits.send_burst,
+            },
+            request_rate: Rate {
+                per_sec: limits.request_rate_per_sec,
+                burst: limits.request_burst,
+            },
+        }
+    }
 }
 
 /// Everything the handlers need: the store for reads, the writer for writes, the hub for
@@ -93,6 +115,7 @@ pub struct Chat {
     hub: Arc<Hub>,
     limits: ChatLimits,
     cursors: CursorCodec,
+    rate_limiter: Arc<RateLimiter>,
 }
 
 /// Resolves a room id for `user`, returning the room's pair.
@@ -129,6 +152,7 @@ impl Chat {
             store,
             writer,
             hub,
+            rate_limiter: Arc::new(RateLimiter::new(limits.send_rate, limits.request_rate)),
             limits,
             cursors: CursorCodec::new(secret),
         }
@@ -139,7 +163,9 @@ impl Chat {
     }
 
     /// Handles one client event. `data` is the payload's JSON text (`null` when absent).
+    /// Call it as soon as the frame has arrived: it starts the send-to-durable clock.
     pub async fn dispatch(&self, user: &SessionUser, event: &str, data: &str) -> Handled {
+        let arrived = Instant::now();
         let Some(event) = ClientEvent::from_name(event) else {
             return Handled::Done(Err(ChatError::new(
                 ErrorCode::UnknownEvent,
@@ -147,7 +173,7 @@ impl Chat {
             )));
         };
         match event {
-            ClientEvent::Message => self.send_message(user, data).await,
+            ClientEvent::Message => self.send_message(user, data, arrived).await,
             ClientEvent::Read => self.mark_read(user, data).await,
             ClientEvent::Typing => self.typing(user, data).into(),
             ClientEvent::Rooms => self.rooms(user, data).into(),
@@ -164,7 +190,7 @@ impl Chat {
         }
     }
 
-    async fn send_message(&self, user: &SessionUser, data: &str) -> Handled {
+    async fn send_message(&self, user: &SessionUser, data: &str, arrived: Instant) -> Handled {
         let checked = (|| {
             let req: SendMessage = event::parse(ClientEvent::Message, data)?;
             req.check_shape()?;
@@ -192,6 +218,10 @@ impl Chat {
             Ok(ok) => ok,
             Err(e) => return Handled::Done(Err(e)),
         };
+        let took_token = match self.send_allowance(user, &room, req.client_message_id.as_deref()) {
+            Ok(took_token) => took_token,
+            Err(e) => return Handled::Done(Err(e)),
+        };
         let sender = user.clone();
         let rx = self
             .writer
@@ -200,15 +230,48 @@ impl Chat {
                 sender,
                 text: req.message,
                 client_message_id: req.client_message_id,
+                arrived,
                 reply,
             })
             .await;
+        let refund = took_token.then(|| (self.rate_limiter.clone(), user.id.clone()));
         Handled::Pending(Box::pin(async move {
             let appended = outcome(rx).await?;
+            if let (true, Some((limiter, user))) = (appended.duplicate, refund) {
+                // A retry stores nothing, so it must not cost anything either.
+                limiter.give_back(&user, Bucket::Send);
+            }
             Ok(Success::command(
                 json!({ "ok": true, "message": appended.message }),
             ))
         }))
+    }
+
+    /// The idempotency and rate-limit checks of a send: takes a send token (returning
+    /// true), or lets a retry of an already stored message through without one (false),
+    /// or refuses with `rate_limited`.
+    fn send_allowance(
+        &self,
+        user: &SessionUser,
+        room: &RoomKey,
+        client_message_id: Option<&str>,
+    ) -> Result<bool, ChatError> {
+        let refused = match self.rate_limiter.take(&user.id, Bucket::Send) {
+            Ok(()) => return Ok(true),
+            Err(refused) => refused,
+        };
+        // Only an empty bucket pays for this lookup; the writer dedups the rest.
+        let Some(client_message_id) = client_message_id else {
+            return Err(refused);
+        };
+        match self
+            .store
+            .find_by_client_id(room, &user.id, client_message_id)
+        {
+            Ok(Some(_)) => Ok(false),
+            Ok(None) => Err(refused),
+            Err(e) => Err(internal(e)),
+        }
     }
 
     async fn mark_read(&self, user: &SessionUser, data: &str) -> Handled {
@@ -226,6 +289,9 @@ impl Chat {
                 "message:read takes an array of 1 to {MAX_READ_ITEMS} objects, got {}",
                 items.len()
             ))));
+        }
+        if let Err(e) = self.rate_limiter.take(&user.id, Bucket::Request) {
+            return Handled::Done(Err(e));
         }
         let mut rejected = Vec::new();
         let mut valid = Vec::with_capacity(items.len());
@@ -261,6 +327,7 @@ impl Chat {
     fn typing(&self, user: &SessionUser, data: &str) -> Reply {
         let req: Typing = event::parse(ClientEvent::Typing, data)?;
         let room = room_for(&user.id, &req.room_id)?;
+        self.rate_limiter.take(&user.id, Bucket::Request)?;
         if !room.is_self_room() {
             let payload = json!({ "roomId": req.room_id, "userId": user.id });
             let event = Outbound::new("typing", payload.to_string());
@@ -286,6 +353,7 @@ impl Chat {
             .as_deref()
             .map(|c| self.cursors.decode(c))
             .transpose()?;
+        self.rate_limiter.take(&user.id, Bucket::Request)?;
         let page = self
             .store
             .inbox_page(&user.id, cursor.as_ref(), limit)
@@ -326,6 +394,7 @@ impl Chat {
         let limit = req.checked_limit()?;
         let before = req.checked_before()?;
         let room = room_for(&user.id, &req.room_id)?;
+        self.rate_limiter.take(&user.id, Bucket::Request)?;
         let messages = self
             .store
             .messages_page(&room, before, limit)

@@ -21,12 +21,14 @@ use warp::{Filter, Reply};
 
 use crate::auth::bearer_token;
 use crate::dialect::plain;
+use crate::metrics::{self, Dialect};
 use crate::protocol::event::{MessagesRequest, RoomsRequest};
 use crate::protocol::{ChatError, ErrorCode, SessionUser};
 use crate::server::App;
 
 /// `{ "error": { "code", "message", … } }` with the status of its code.
 pub fn error_response(error: &ChatError) -> Response {
+    metrics::rejected(error.code);
     let status =
         StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     warp::reply::with_status(
@@ -34,6 +36,17 @@ pub fn error_response(error: &ChatError) -> Response {
         status,
     )
     .into_response()
+}
+
+/// A request whose body is larger than `max_bytes` (by its declared length) is refused
+/// before routing. No endpoint reads a body, so one of unknown length is never buffered.
+pub fn refuse_body<B: hyper::body::Body>(req: &Request<B>, max_bytes: usize) -> Option<Response> {
+    let declared = req.body().size_hint().lower();
+    (declared > max_bytes as u64).then(|| {
+        error_response(&ChatError::bad_request(format!(
+            "the request body is {declared} bytes; the limit is {max_bytes}"
+        )))
+    })
 }
 
 fn reply_response(reply: crate::chat::Reply) -> Response {
@@ -145,6 +158,15 @@ pub fn routes(
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
 
+    let metrics = warp::path!("metrics").and(warp::get()).map(|| {
+        warp::reply::with_header(
+            metrics::render(),
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .into_response()
+    });
+
     let rooms = warp::path!("api" / "rooms")
         .and(warp::get())
         .and(with_app.clone())
@@ -185,6 +207,8 @@ pub fn routes(
     let not_found = warp::any().map(|| error_response(&ChatError::not_found("no such endpoint")));
 
     healthz
+        .or(metrics)
+        .unify()
         .or(rooms)
         .unify()
         .or(messages)
@@ -265,6 +289,7 @@ pub fn upgrade_plain(
                 return;
             }
         };
+        let _counted = metrics::connection_opened(Dialect::Plain);
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;

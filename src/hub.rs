@@ -17,6 +17,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::metrics;
+
 /// One server-to-client event, serialized once for all its recipients.
 #[derive(Debug)]
 pub struct Outbound {
@@ -140,6 +142,7 @@ impl Hub {
                 state: Arc::clone(&state),
             };
             conns.push((id, queue));
+            metrics::users_online(users.len());
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
@@ -184,6 +187,7 @@ impl Hub {
                 users.remove(user);
             }
         }
+        metrics::users_online(users.len());
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -230,6 +234,7 @@ impl OverflowSignal {
             let notified = self.state.overflow.notified();
             if self.state.overflowed.load(Ordering::Acquire) {
                 self.hub.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                metrics::slow_consumer();
                 return;
             }
             notified.await;

@@ -13,6 +13,8 @@
 //!   fans out `message:sent` / `message:seen` once a batch is durable.
 //! - [`snapshot`]: the in-memory latest-50 of active rooms behind every `message:sent`.
 //! - [`hub`]: where fan-out happens: per-user channels with bounded queues.
+//! - [`ratelimit`]: the per-user token buckets over sends and requests.
+//! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`store`]: where a message is stored: redb behind a typed API.
 //! - [`auth`], [`config`]: tokens; flags, environment and the config file.
 
@@ -22,7 +24,9 @@ pub mod config;
 pub mod dialect;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
+pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
 pub mod store;

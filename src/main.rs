@@ -87,6 +87,9 @@ fn serve(config: Config) -> ExitCode {
             Ok(listener) => listener,
             Err(e) => return fail(format_args!("cannot listen on {}: {e}", config.bind)),
         };
+        if let Err(e) = chat_server::metrics::install() {
+            return fail(format_args!("cannot set up metrics: {e}"));
+        }
         let hub = Hub::new();
         let writer = Writer::spawn(
             store.clone(),
@@ -100,9 +103,7 @@ fn serve(config: Config) -> ExitCode {
             store,
             writer.writer(),
             hub,
-            ChatLimits {
-                max_message_bytes: config.limits.max_message_bytes,
-            },
+            ChatLimits::from(&config.limits),
             &secret,
         ));
         let addr = listener.local_addr().map_or(config.bind, |a| a);

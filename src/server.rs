@@ -4,9 +4,12 @@
 //! accepted TCP connection first takes a permit from the global connection semaphore, so
 //! past the cap the server simply stops accepting and the kernel backlog holds the rest.
 //! Requests go to the plain-dialect handshake for `/ws` and to the warp routes for
-//! everything else. On shutdown the loop stops accepting, every session is told to close
-//! (1001), HTTP connections finish their in-flight requests, and `run` returns once all
-//! tasks are done (or a grace period passed); the caller then drains the writer.
+//! everything else. Each request first takes a permit from a second semaphore capping
+//! requests and upgrades in progress (`limits.max_pending_upgrades`), has its body size
+//! checked, and (for the API) runs under `limits.request_timeout_secs`. On shutdown the
+//! loop stops accepting, every session is told to close (1001), HTTP connections finish
+//! their in-flight requests, and `run` returns once all tasks are done (or a grace period
+//! passed); the caller then drains the writer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +31,7 @@ use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::http;
+use crate::protocol::{ChatError, ErrorCode};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -61,6 +65,7 @@ impl App {
 /// Serves connections from `listener` until `signal` resolves, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let in_flight = Arc::new(Semaphore::new(app.config.limits.max_pending_upgrades));
     let routes = warp::service(http::routes(app.clone()));
     tokio::pin!(signal);
     let mut backoff = Duration::from_millis(100);
@@ -86,9 +91,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Outpu
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let routes = routes.clone();
+        let in_flight = in_flight.clone();
         app.tracker
             .clone()
-            .spawn(serve_connection(stream, app, routes, permit));
+            .spawn(serve_connection(stream, app, routes, permit, in_flight));
     }
 
     // New connections are refused from here on instead of waiting in the backlog.
@@ -104,11 +110,21 @@ pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Outpu
     }
 }
 
+/// The answer when `limits.max_pending_upgrades` requests are already in progress: 429,
+/// like the per-user connection cap, because for the client both mean "back off and retry".
+fn too_busy() -> ChatError {
+    ChatError::new(
+        ErrorCode::TooManyConnections,
+        "the server is handling too many requests at once; retry shortly",
+    )
+}
+
 async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     app: Arc<App>,
     routes: S,
     permit: OwnedSemaphorePermit,
+    in_flight: Arc<Semaphore>,
 ) where
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
@@ -120,11 +136,25 @@ async fn serve_connection<S>(
         let app = app.clone();
         let mut routes = routes.clone();
         let permit = permit.clone();
+        let in_flight = in_flight.clone();
         async move {
+            // Held until the response (for `/ws`: the 101) is ready.
+            let _in_flight = match in_flight.try_acquire_owned() {
+                Ok(in_flight) => in_flight,
+                Err(_) => return Ok(http::error_response(&too_busy())),
+            };
+            if let Some(refusal) = http::refuse_body(&req, app.config.limits.max_http_body_bytes) {
+                return Ok(refusal);
+            }
             if req.uri().path() == "/ws" {
                 return Ok::<_, Infallible>(http::upgrade_plain(&app, req, permit));
             }
-            routes.call(req).await
+            match tokio::time::timeout(request_timeout, routes.call(req)).await {
+                Ok(response) => response,
+                Err(_) => Ok(http::error_response(&ChatError::internal(
+                    "an HTTP request exceeded limits.request_timeout_secs",
+                ))),
+            }
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

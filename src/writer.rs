@@ -13,10 +13,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{Hub, Outbound};
+use crate::metrics;
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::{ChatError, ChatMessage, SessionUser};
@@ -30,6 +32,8 @@ pub struct AppendJob {
     pub sender: SessionUser,
     pub text: String,
     pub client_message_id: Option<String>,
+    /// When the `message` frame arrived, for `chat_send_durable_seconds`.
+    pub arrived: Instant,
     pub reply: oneshot::Sender<Result<AppendOutcome, ChatError>>,
 }
 
@@ -186,6 +190,7 @@ enum Reply {
     Append(
         oneshot::Sender<Result<AppendOutcome, ChatError>>,
         Result<AppendOutcome, ChatError>,
+        Instant,
     ),
     Seen(
         oneshot::Sender<Result<Vec<(usize, SeenOutcome)>, ChatError>>,
@@ -225,13 +230,14 @@ impl State {
     /// Applies one round of jobs in one transaction, commits, then delivers and replies.
     fn commit_round(&mut self, jobs: Vec<Job>) {
         let mut deliveries = Vec::new();
+        let round_size = jobs.len();
         let mut replies = Vec::with_capacity(jobs.len());
         let committed = self.store.begin().and_then(|mut batch| {
             for job in jobs {
                 match job {
                     Job::Append(job) => {
                         let result = self.apply_append(&mut batch, &job, &mut deliveries);
-                        replies.push(Reply::Append(job.reply, result));
+                        replies.push(Reply::Append(job.reply, result, job.arrived));
                     }
                     Job::Seen(job) => {
                         let result = self.apply_seen(&mut batch, &job, &mut deliveries);
@@ -255,12 +261,19 @@ impl State {
             self.cache.clear();
             for reply in replies {
                 match reply {
-                    Reply::Append(tx, _) => drop(tx.send(Err(closed_by(&e)))),
+                    Reply::Append(tx, _, _) => drop(tx.send(Err(closed_by(&e)))),
                     Reply::Seen(tx, _) => drop(tx.send(Err(closed_by(&e)))),
                 }
             }
             return;
         }
+        let durable_at = Instant::now();
+        let new_messages = replies
+            .iter()
+            .filter(|r| matches!(r, Reply::Append(_, Ok(appended), _) if !appended.duplicate))
+            .count();
+        // Recorded before anyone hears of the commit, so a scrape after an ack sees it.
+        metrics::committed(round_size, new_messages as u64);
         for delivery in deliveries {
             for user in &delivery.users {
                 self.hub.publish(user, &delivery.event);
@@ -268,7 +281,10 @@ impl State {
         }
         for reply in replies {
             match reply {
-                Reply::Append(tx, result) => drop(tx.send(result)),
+                Reply::Append(tx, result, arrived) => {
+                    metrics::send_durable(durable_at.saturating_duration_since(arrived));
+                    drop(tx.send(result));
+                }
                 Reply::Seen(tx, result) => drop(tx.send(result)),
             }
         }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chat::{Chat, Reply};
 use crate::hub::Subscription;
+use crate::metrics;
 use crate::protocol::{ChatError, SessionUser};
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -111,8 +112,17 @@ fn error_frame(error: &ChatError, event: Option<&str>) -> String {
 }
 
 /// The frames that answer one request: an ack reply, a reply event, an error event, or
-/// nothing (a command without ack that succeeded).
+/// nothing (a command without ack that succeeded). Every refusal is counted here, with or
+/// without an ack (a `message:read` with rejected items counts its first code).
 fn reply_frames(event: Option<&str>, ack: Option<Value>, reply: Reply) -> Vec<String> {
+    match &reply {
+        Err(error) => metrics::rejected(error.code),
+        Ok(success) => {
+            if let Some(error) = &success.error_without_ack {
+                metrics::rejected(error.code);
+            }
+        }
+    }
     match (ack, reply) {
         (Some(ack), Ok(success)) => {
             vec![json!({ "event": "ack", "ack": ack, "data": success.body }).to_string()]

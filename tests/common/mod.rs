@@ -155,6 +155,9 @@ fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, SocketAddr) {
         .args(["--data", dir.to_str().unwrap(), "--bind", "127.0.0.1:0"])
         .env("CHAT_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
+        // Tests send faster than a person types; rate-limit tests set their own rates.
+        .env("CHAT_LIMITS_SEND_BURST", "100000")
+        .env("CHAT_LIMITS_REQUEST_BURST", "100000")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -347,4 +350,161 @@ pub fn js_dir() -> PathBuf {
         }
     });
     dir
+}
+
+impl Server {
+    /// The server process's id (for /proc/<pid>/status and the like).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// The server's resident memory in KiB, from /proc/<pid>/status.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line")
+    }
+
+    /// A plain-dialect connection whose WebSocket handshake is done by hand over a raw
+    /// socket, so nothing answers pings or reads unless the test does. `recv_buffer`
+    /// shrinks the socket's receive buffer (before connecting, so the window is small).
+    pub async fn raw_ws(&self, user: &str, recv_buffer: Option<u32>) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut stream = socket.connect(self.addr).await.expect("connect");
+        let request = format!(
+            "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            self.token(user),
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Byte by byte, so that nothing after the response head is consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+                .await
+                .expect("handshake response in time")
+                .unwrap();
+            assert_eq!(n, 1, "connection closed during the handshake");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "handshake refused: {head}"
+        );
+        RawWs {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+/// A server-to-client WebSocket frame as read off a raw socket.
+#[derive(Debug)]
+pub enum RawFrame {
+    Text(String),
+    Ping,
+    /// The close code, if the frame had one.
+    Close(Option<u16>),
+    Other(u8),
+}
+
+/// A WebSocket client reduced to a socket: it reads only when asked and never answers.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawWs {
+    /// The next frame, or `None` once the server closed the TCP connection.
+    pub async fn next_frame(&mut self) -> Option<RawFrame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// One unmasked, unfragmented frame from the start of `bytes`, and its length.
+fn parse_server_frame(bytes: &[u8]) -> Option<(RawFrame, usize)> {
+    let (&b0, &b1) = (bytes.first()?, bytes.get(1)?);
+    let (len, mut at) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let payload = bytes.get(at..at + len)?;
+    at += len;
+    let frame = match b0 & 0x0f {
+        0x1 => RawFrame::Text(String::from_utf8(payload.to_vec()).expect("UTF-8 text")),
+        0x8 => RawFrame::Close(
+            payload
+                .get(..2)
+                .map(|code| u16::from_be_bytes([code[0], code[1]])),
+        ),
+        0x9 => RawFrame::Ping,
+        other => RawFrame::Other(other),
+    };
+    Some((frame, at))
+}
+
+/// A GET over a raw socket that also sends `body`, declaring its length; returns the
+/// status and the JSON body of the answer.
+pub async fn http_get_with_body(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
 }

@@ -1,0 +1,177 @@
+//! The Prometheus metrics behind `GET /metrics`.
+//!
+//! Recording goes through the `metrics` crate's global recorder, so the code that observes
+//! an event (the writer, the hub, a dialect's reply encoder) calls one function here and
+//! holds no handle. [`install`] sets `metrics-exporter-prometheus` as that recorder; until
+//! then (unit tests) every call is a no-op. Metric names and labels live only in this file,
+//! so the README's table of metrics can be checked against one place.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::ErrorCode;
+
+const CONNECTIONS: &str = "chat_connections";
+const USERS_ONLINE: &str = "chat_users_online";
+const MESSAGES_STORED: &str = "chat_messages_stored_total";
+const COMMIT_BATCH_SIZE: &str = "chat_commit_batch_size";
+const SEND_DURABLE: &str = "chat_send_durable_seconds";
+const SLOW_CONSUMERS: &str = "chat_slow_consumers_total";
+const REJECTED: &str = "chat_rejected_total";
+
+/// Every error code, so that each `chat_rejected_total{code}` series exists from the start.
+const ERROR_CODES: [ErrorCode; 11] = [
+    ErrorCode::BadRequest,
+    ErrorCode::UnknownEvent,
+    ErrorCode::InvalidRoom,
+    ErrorCode::InvalidMessage,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::NotFound,
+    ErrorCode::Forbidden,
+    ErrorCode::RateLimited,
+    ErrorCode::TooManyConnections,
+    ErrorCode::Unauthorized,
+    ErrorCode::Internal,
+];
+
+/// How often histogram samples are folded into their buckets between scrapes, which keeps
+/// their memory bounded on a server nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder and starts its upkeep task; call once, inside the
+/// runtime, before serving.
+pub fn install() -> Result<(), String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(COMMIT_BATCH_SIZE.into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(SEND_DURABLE.into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
+            )
+        })
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| e.to_string())?;
+    describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    HANDLE
+        .set(handle)
+        .map_err(|_| "metrics installed twice".to_owned())
+}
+
+/// HELP texts, and zero values so that every series is present before its first event.
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections, by dialect.");
+    describe_gauge!(USERS_ONLINE, "Users with at least one open connection.");
+    describe_counter!(MESSAGES_STORED, "New messages committed to disk.");
+    describe_histogram!(
+        COMMIT_BATCH_SIZE,
+        "Writes (sends, reads, profile updates) committed per writer round."
+    );
+    describe_histogram!(
+        SEND_DURABLE,
+        metrics::Unit::Seconds,
+        "Time from a message frame's arrival to the commit that made it durable."
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections cut off (1008) because their outbound queue overflowed."
+    );
+    describe_counter!(REJECTED, "Error replies sent to clients, by error code.");
+    for dialect in [Dialect::Plain, Dialect::SocketIo] {
+        gauge!(CONNECTIONS, "dialect" => dialect.label()).set(0.0);
+    }
+    gauge!(USERS_ONLINE).set(0.0);
+    counter!(MESSAGES_STORED).absolute(0);
+    counter!(SLOW_CONSUMERS).absolute(0);
+    for code in ERROR_CODES {
+        counter!(REJECTED, "code" => code.as_str()).absolute(0);
+    }
+}
+
+/// Everything recorded so far, in the Prometheus text format; empty before [`install`].
+pub fn render() -> String {
+    HANDLE
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+/// The wire dialect of a connection, the `dialect` label of `chat_connections`.
+#[derive(Debug, Clone, Copy)]
+pub enum Dialect {
+    /// The JSON envelope over a raw WebSocket (`/ws`).
+    Plain,
+    /// Socket.IO (`/socket.io/`).
+    SocketIo,
+}
+
+impl Dialect {
+    fn label(self) -> &'static str {
+        match self {
+            Dialect::Plain => "plain",
+            Dialect::SocketIo => "socketio",
+        }
+    }
+}
+
+/// Counts one open connection in `chat_connections` for as long as it lives.
+#[must_use = "the connection is counted only while the guard lives"]
+pub struct ConnectionGauge(Dialect);
+
+/// Counts a connection as open until the returned guard is dropped.
+pub fn connection_opened(dialect: Dialect) -> ConnectionGauge {
+    gauge!(CONNECTIONS, "dialect" => dialect.label()).increment(1.0);
+    ConnectionGauge(dialect)
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        gauge!(CONNECTIONS, "dialect" => self.0.label()).decrement(1.0);
+    }
+}
+
+/// The number of users with at least one connection changed.
+pub fn users_online(count: usize) {
+    gauge!(USERS_ONLINE).set(count as f64);
+}
+
+/// A writer round committed `jobs` writes, `new_messages` of them new messages.
+pub fn committed(jobs: usize, new_messages: u64) {
+    histogram!(COMMIT_BATCH_SIZE).record(jobs as f64);
+    counter!(MESSAGES_STORED).increment(new_messages);
+}
+
+/// A send became durable this long after its frame arrived.
+pub fn send_durable(elapsed: Duration) {
+    histogram!(SEND_DURABLE).record(elapsed.as_secs_f64());
+}
+
+/// A connection was cut off for not reading its events.
+pub fn slow_consumer() {
+    counter!(SLOW_CONSUMERS).increment(1);
+}
+
+/// An error reply with `code` went to a client.
+pub fn rejected(code: ErrorCode) {
+    counter!(REJECTED, "code" => code.as_str()).increment(1);
+}
