@@ -3,31 +3,41 @@
 //! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown future. Each
 //! accepted TCP connection first takes a permit from the global connection semaphore, so
 //! past the cap the server simply stops accepting and the kernel backlog holds the rest.
-//! Requests go to the plain-dialect handshake for `/ws` and to the warp routes for
-//! everything else. On shutdown the loop stops accepting, every session is told to close
-//! (1001), HTTP connections finish their in-flight requests, and `run` returns once all
-//! tasks are done (or a grace period passed); the caller then drains the writer.
+//! The permit travels with the TCP stream itself ([`Counted`]), so a connection upgraded
+//! to a WebSocket of either dialect keeps its slot for as long as it lives.
+//!
+//! One service stack serves every request: CORS, then Socket.IO (socketioxide, at
+//! `/socket.io/`), then the plain-dialect handshake for `/ws`, then the warp routes. On
+//! shutdown the loop stops accepting, every plain session is told to close (1001), every
+//! Socket.IO socket is disconnected, HTTP connections finish their in-flight requests,
+//! and `run` returns once all tasks are done (or a grace period passed); the caller then
+//! drains the writer.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_layer::Layer;
 use tower_service::Service;
 use warp::reply::Response;
 
 use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::http;
+use crate::{dialect, http};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -61,7 +71,12 @@ impl App {
 /// Serves connections from `listener` until `signal` resolves, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
-    let routes = warp::service(http::routes(app.clone()));
+    let routes = Routes {
+        app: app.clone(),
+        warp: warp::service(http::routes(app.clone())),
+    };
+    let (socketio, io) = dialect::socketio::service(&app, routes);
+    let service = http::cors_layer(&app.config.cors).layer(socketio);
     tokio::pin!(signal);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -84,53 +99,125 @@ pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Outpu
         };
         backoff = Duration::from_millis(100);
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let routes = routes.clone();
+        let stream = Counted {
+            stream,
+            _permit: permit,
+        };
         app.tracker
             .clone()
-            .spawn(serve_connection(stream, app, routes, permit));
+            .spawn(serve_connection(stream, app.clone(), service.clone()));
     }
 
     tracing::info!("shutting down: closing connections");
     app.shutdown.cancel();
     app.tracker.close();
-    if tokio::time::timeout(DRAIN_GRACE, app.tracker.wait())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        io.close().await;
+        app.tracker.wait().await;
+    };
+    if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
         tracing::warn!("some connections did not close within the grace period");
     }
 }
 
-async fn serve_connection<S>(
-    stream: tokio::net::TcpStream,
+/// The plain dialect's handshake at `/ws`, and warp's routes for every other path: what
+/// the Socket.IO layer passes on.
+#[derive(Clone)]
+struct Routes<W> {
     app: Arc<App>,
-    routes: S,
-    permit: OwnedSemaphorePermit,
-) where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
+    warp: W,
+}
+
+impl<W> Service<Request<Incoming>> for Routes<W>
+where
+    W: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    W::Future: Send,
 {
-    let permit = Arc::new(permit);
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if req.uri().path() == "/ws" {
+            let response = http::upgrade_plain(&self.app, req);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        let mut warp = self.warp.clone();
+        Box::pin(async move { warp.call(req).await })
+    }
+}
+
+/// A TCP stream holding its slot of the connection cap until it is dropped, wherever an
+/// upgrade took it.
+struct Counted {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection<S, B>(stream: Counted, app: Arc<App>, service: S)
+where
+    S: Service<Request<Incoming>, Response = hyper::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let shutdown = app.shutdown.clone();
     let request_timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let app = app.clone();
-        let mut routes = routes.clone();
-        let permit = permit.clone();
-        async move {
-            if req.uri().path() == "/ws" {
-                return Ok::<_, Infallible>(http::upgrade_plain(&app, req, permit));
-            }
-            routes.call(req).await
-        }
-    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
