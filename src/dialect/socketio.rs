@@ -129,7 +129,7 @@ struct Session {
     subscription: Subscription,
     inbox: mpsc::UnboundedReceiver<Incoming>,
     inbox_bytes: Arc<AtomicUsize>,
-    /// Cancelled when socketioxide reports the socket disconnected, for any reason.
+    /// Cancelled when socketioxide reports the socket disconnected, or on shutdown.
     gone: CancellationToken,
 }
 
@@ -171,7 +171,9 @@ fn admit(app: &App, socket: &SocketHandle, auth: Option<serde_json::Value>) -> R
         queued: inbox_bytes.clone(),
         max_bytes: INBOX_FRAMES_OF_MAX_SIZE * limits.max_frame_bytes,
     });
-    let gone = CancellationToken::new();
+    // Also a child of shutdown: socketioxide's `close` drops its namespaces before the
+    // transports, so disconnect handlers do not run then.
+    let gone = app.shutdown.child_token();
     socket.on_disconnect({
         let gone = gone.clone();
         move || {
