@@ -161,3 +161,124 @@ fn a_graceful_shutdown_disconnects_socketio_clients_promptly() {
         "shutdown took {stopped_in:?}"
     );
 }
+
+/// One HTTP/1.1 request over a fresh connection; returns the whole response as text.
+async fn raw_http(server: &Server, method: &str, path: &str, headers: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Type: text/plain;charset=UTF-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("a response in time")
+        .unwrap();
+    response
+}
+
+/// Opens an Engine.IO long-polling session and connects it to `/` with `token`; returns
+/// the session id. The caller then never polls: a client that stopped reading.
+async fn polling_session(server: &Server, token: &str) -> String {
+    let open = raw_http(server, "GET", "/socket.io/?EIO=4&transport=polling", "", "").await;
+    let sid = open
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {open}"))
+        .to_owned();
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let connect = format!("40{}", json!({ "token": token }));
+    let posted = raw_http(server, "POST", &path, "", &connect).await;
+    assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
+    sid
+}
+
+#[tokio::test]
+async fn polling_requests_from_allowed_origins_get_cors_headers() {
+    let server = Server::start_with(&[("CHAT_CORS_ALLOWED_ORIGINS", "http://app.example")]);
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let allowed = raw_http(
+        &server,
+        "GET",
+        handshake,
+        "Origin: http://app.example\r\n",
+        "",
+    )
+    .await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert!(
+        allowed
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: http://app.example"),
+        "{allowed}"
+    );
+    let other = raw_http(
+        &server,
+        "GET",
+        handshake,
+        "Origin: http://evil.example\r\n",
+        "",
+    )
+    .await;
+    assert!(
+        !other
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{other}"
+    );
+    let preflight = raw_http(
+        &server,
+        "OPTIONS",
+        "/api/rooms",
+        "Origin: http://app.example\r\nAccess-Control-Request-Method: GET\r\n\
+         Access-Control-Request-Headers: authorization\r\n",
+        "",
+    )
+    .await;
+    let preflight = preflight.to_ascii_lowercase();
+    assert!(
+        preflight.contains("access-control-allow-origin: http://app.example"),
+        "{preflight}"
+    );
+    assert!(preflight.contains("authorization"), "{preflight}");
+}
+
+#[tokio::test]
+async fn a_socketio_client_that_stops_reading_is_cut_off() {
+    let server = Server::start_with(&[
+        ("CHAT_LIMITS_MAX_OUTBOUND_BYTES", "65536"),
+        ("CHAT_LIMITS_MAX_CONNECTIONS_PER_USER", "1"),
+    ]);
+    let _stalled = polling_session(&server, &server.token("sam")).await;
+    // While the stalled socket holds sam's only slot, another connection is refused.
+    let (status, _) = server
+        .refused_handshake(&format!("/ws?token={}", server.token("sam")), None)
+        .await;
+    assert_eq!(status, 429);
+
+    // bob writes until Engine.IO's buffer and then the hub's 64 KiB bound are full (each
+    // message:sent carries up to 50 messages, about 5 KiB here).
+    let mut bob = server.connect("bob").await;
+    for i in 0..120 {
+        let reply = bob.send_message("bob-sam", &format!("message {i}")).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    // Cut off, the stalled socket gave its slot back.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let url = format!("ws://{}/ws?token={}", server.addr, server.token("sam"));
+        if tokio_tungstenite::connect_async(url).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow consumer kept its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
