@@ -200,12 +200,15 @@ pub fn cors_layer(config: &CorsConfig) -> CorsLayer {
     let origins = if config.allowed_origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            config
-                .allowed_origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
+        AllowOrigin::list(config.allowed_origins.iter().filter_map(|origin| {
+            match HeaderValue::from_str(origin) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    tracing::warn!(%origin, "ignoring a CORS origin that is no header value");
+                    None
+                }
+            }
+        }))
     };
     CorsLayer::new()
         .allow_origin(origins)

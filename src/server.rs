@@ -3,7 +3,7 @@
 //! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown future. Each
 //! accepted TCP connection first takes a permit from the global connection semaphore, so
 //! past the cap the server simply stops accepting and the kernel backlog holds the rest.
-//! The permit travels with the TCP stream itself ([`Counted`]), so a connection upgraded
+//! The permit travels with the TCP stream itself (`Counted`), so a connection upgraded
 //! to a WebSocket of either dialect keeps its slot for as long as it lives.
 //!
 //! One service stack serves every request: CORS, then Socket.IO (socketioxide, at
