@@ -64,7 +64,7 @@ pub struct Config {
     pub limits: Limits,
     /// Storage tuning (section `[storage]`).
     pub storage: StorageConfig,
-    /// Cross-origin settings for the HTTP API (section `[cors]`).
+    /// Cross-origin settings for the HTTP API and Socket.IO (section `[cors]`).
     pub cors: CorsConfig,
 }
 
@@ -119,10 +119,10 @@ pub struct StorageConfig {
     pub max_batch: usize,
 }
 
-/// Cross-origin resource sharing for the HTTP API.
+/// Cross-origin resource sharing for the HTTP API and Socket.IO's long-polling.
 #[derive(Debug, Clone, Default)]
 pub struct CorsConfig {
-    /// Origins allowed to call the HTTP API from a browser; empty allows none.
+    /// Origins allowed to call the HTTP API from a browser; empty allows none, `*` any.
     pub allowed_origins: Vec<String>,
 }
 

@@ -12,14 +12,15 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONNECTION, UPGRADE};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::auth::bearer_token;
+use crate::config::CorsConfig;
 use crate::dialect::plain;
 use crate::metrics::{self, Dialect};
 use crate::protocol::event::{MessagesRequest, RoomsRequest};
@@ -75,7 +76,7 @@ fn authenticate(
 }
 
 /// Decodes a query string into (name, value) pairs.
-fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ChatError> {
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ChatError> {
     query
         .split('&')
         .filter(|part| !part.is_empty())
@@ -93,7 +94,7 @@ fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ChatError> {
         .collect()
 }
 
-fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(n, _)| n == name)
@@ -217,6 +218,29 @@ pub fn routes(
         .unify()
 }
 
+/// Cross-origin access for browser front ends served from another origin (the HTTP API
+/// and Socket.IO's long-polling requests): only the configured origins, none by default.
+pub fn cors_layer(config: &CorsConfig) -> CorsLayer {
+    let origins = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.allowed_origins.iter().filter_map(|origin| {
+            match HeaderValue::from_str(origin) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    tracing::warn!(%origin, "ignoring a CORS origin that is no header value");
+                    None
+                }
+            }
+        }))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([hyper::Method::GET, hyper::Method::POST])
+        .allow_headers([AUTHORIZATION, hyper::header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
 fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
@@ -227,11 +251,7 @@ fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token:
 
 /// `GET /ws`: authenticates, reserves the user's connection slot, answers 101 and runs
 /// the plain dialect on the upgraded connection.
-pub fn upgrade_plain(
-    app: &Arc<App>,
-    mut req: Request<Incoming>,
-    permit: Arc<OwnedSemaphorePermit>,
-) -> Response {
+pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
     let pairs = match query_pairs(req.uri().query().unwrap_or("")) {
         Ok(pairs) => pairs,
         Err(e) => return error_response(&e),
@@ -281,7 +301,6 @@ pub fn upgrade_plain(
     };
     let session_app = app.clone();
     app.tracker.spawn(async move {
-        let _permit = permit;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {

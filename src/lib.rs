@@ -4,9 +4,12 @@
 //!
 //! A frame travels through these modules, one responsibility each:
 //!
-//! - [`server`]: the accept loop, one task per connection, the connection cap, shutdown.
+//! - [`server`]: the accept loop, one task per connection, the connection cap, shutdown,
+//!   and the service stack (CORS, Socket.IO, the `/ws` handshake, warp).
 //! - [`http`]: the `/ws` handshake, the REST API, `/healthz`, JSON errors.
 //! - [`dialect::plain`]: where a plain-dialect frame is parsed, and the session loop.
+//! - [`dialect::socketio`]: where a Socket.IO packet is decoded (socketioxide), and its
+//!   session; [`dialect`] itself decides how a reply is answered, for both dialects.
 //! - [`chat`]: the event handlers, shared by every dialect and the HTTP API.
 //! - [`protocol`]: payload shapes, room ids, timestamps, error codes.
 //! - [`writer`]: the group-commit writer, the only code that writes to the store; it

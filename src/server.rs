@@ -3,35 +3,47 @@
 //! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown future. Each
 //! accepted TCP connection first takes a permit from the global connection semaphore, so
 //! past the cap the server simply stops accepting and the kernel backlog holds the rest.
-//! Requests go to the plain-dialect handshake for `/ws` and to the warp routes for
-//! everything else. Each request first takes a permit from a second semaphore capping
-//! requests and upgrades in progress (`limits.max_pending_upgrades`), has its body size
-//! checked, and (for the API) runs under `limits.request_timeout_secs`. On shutdown the
-//! loop stops accepting, every session is told to close (1001), HTTP connections finish
-//! their in-flight requests, and `run` returns once all tasks are done (or a grace period
-//! passed); the caller then drains the writer.
+//! The permit travels with the TCP stream itself (`Counted`), so a connection upgraded
+//! to a WebSocket of either dialect keeps its slot for as long as it lives.
+//!
+//! One service stack serves every request: CORS, then Socket.IO (socketioxide, at
+//! `/socket.io/`), then the plain-dialect handshake for `/ws`, then the warp routes.
+//! Requests that reach `/ws` or the warp routes first take a permit from a second
+//! semaphore capping requests and upgrades in progress (`limits.max_pending_upgrades`)
+//! and have their body size checked; API requests run under `limits.request_timeout_secs`.
+//! Socket.IO long-polling requests are exempt: they are held open by design, and
+//! Engine.IO bounds their bodies by `maxPayload`. On
+//! shutdown the loop stops accepting, every plain session is told to close (1001), every
+//! Socket.IO socket is disconnected, HTTP connections finish their in-flight requests,
+//! and `run` returns once all tasks are done (or a grace period passed); the caller then
+//! drains the writer.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_layer::Layer;
 use tower_service::Service;
 use warp::reply::Response;
 
 use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::http;
 use crate::protocol::{ChatError, ErrorCode};
+use crate::{dialect, http};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -65,8 +77,13 @@ impl App {
 /// Serves connections from `listener` until `signal` resolves, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
-    let in_flight = Arc::new(Semaphore::new(app.config.limits.max_pending_upgrades));
-    let routes = warp::service(http::routes(app.clone()));
+    let routes = Routes {
+        app: app.clone(),
+        warp: warp::service(http::routes(app.clone())),
+        in_flight: Arc::new(Semaphore::new(app.config.limits.max_pending_upgrades)),
+    };
+    let (socketio, io) = dialect::socketio::service(&app, routes);
+    let service = http::cors_layer(&app.config.cors).layer(socketio);
     tokio::pin!(signal);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -89,25 +106,35 @@ pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Outpu
         };
         backoff = Duration::from_millis(100);
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let routes = routes.clone();
-        let in_flight = in_flight.clone();
+        let stream = Counted {
+            stream,
+            _permit: permit,
+        };
         app.tracker
             .clone()
-            .spawn(serve_connection(stream, app, routes, permit, in_flight));
+            .spawn(serve_connection(stream, app.clone(), service.clone()));
     }
 
-    // New connections are refused from here on instead of waiting in the backlog.
-    drop(listener);
     tracing::info!("shutting down: closing connections");
     app.shutdown.cancel();
     app.tracker.close();
-    if tokio::time::timeout(DRAIN_GRACE, app.tracker.wait())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        io.close().await;
+        app.tracker.wait().await;
+    };
+    if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
         tracing::warn!("some connections did not close within the grace period");
     }
+}
+
+/// The plain dialect's handshake at `/ws`, and warp's routes for every other path: what
+/// the Socket.IO layer passes on.
+#[derive(Clone)]
+struct Routes<W> {
+    app: Arc<App>,
+    warp: W,
+    /// Caps requests and upgrades in progress.
+    in_flight: Arc<Semaphore>,
 }
 
 /// The answer when `limits.max_pending_upgrades` requests are already in progress: 429,
@@ -119,50 +146,113 @@ fn too_busy() -> ChatError {
     )
 }
 
-async fn serve_connection<S>(
-    stream: tokio::net::TcpStream,
-    app: Arc<App>,
-    routes: S,
-    permit: OwnedSemaphorePermit,
-    in_flight: Arc<Semaphore>,
-) where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
+impl<W> Service<Request<Incoming>> for Routes<W>
+where
+    W: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    W::Future: Send,
 {
-    let permit = Arc::new(permit);
-    let shutdown = app.shutdown.clone();
-    let request_timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let app = app.clone();
-        let mut routes = routes.clone();
-        let permit = permit.clone();
-        let in_flight = in_flight.clone();
-        async move {
-            // Held until the response (for `/ws`: the 101) is ready.
-            let _in_flight = match in_flight.try_acquire_owned() {
-                Ok(in_flight) => in_flight,
-                Err(_) => return Ok(http::error_response(&too_busy())),
-            };
-            if let Some(refusal) = http::refuse_body(&req, app.config.limits.max_http_body_bytes) {
-                return Ok(refusal);
-            }
-            if req.uri().path() == "/ws" {
-                return Ok::<_, Infallible>(http::upgrade_plain(&app, req, permit));
-            }
-            match tokio::time::timeout(request_timeout, routes.call(req)).await {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let answer = |response| -> Self::Future { Box::pin(std::future::ready(Ok(response))) };
+        // Held until the response (for `/ws`: the 101) is ready.
+        let Ok(in_flight) = self.in_flight.clone().try_acquire_owned() else {
+            return answer(http::error_response(&too_busy()));
+        };
+        let limits = &self.app.config.limits;
+        if let Some(refusal) = http::refuse_body(&req, limits.max_http_body_bytes) {
+            return answer(refusal);
+        }
+        if req.uri().path() == "/ws" {
+            return answer(http::upgrade_plain(&self.app, req));
+        }
+        let request_timeout = Duration::from_secs(limits.request_timeout_secs);
+        let mut warp = self.warp.clone();
+        Box::pin(async move {
+            let _in_flight = in_flight;
+            match tokio::time::timeout(request_timeout, warp.call(req)).await {
                 Ok(response) => response,
                 Err(_) => Ok(http::error_response(&ChatError::internal(
                     "an HTTP request exceeded limits.request_timeout_secs",
                 ))),
             }
-        }
-    });
+        })
+    }
+}
+
+/// A TCP stream holding its slot of the connection cap until it is dropped, wherever an
+/// upgrade took it.
+struct Counted {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection<S, B>(stream: Counted, app: Arc<App>, service: S)
+where
+    S: Service<Request<Incoming>, Response = hyper::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let shutdown = app.shutdown.clone();
+    let request_timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {

@@ -27,9 +27,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::{answer, Answer};
 use crate::chat::{Chat, Reply};
 use crate::hub::Subscription;
-use crate::metrics;
 use crate::protocol::{ChatError, SessionUser};
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -104,46 +104,16 @@ pub fn decode(text: &str) -> Result<Frame<'_>, Unusable> {
     })
 }
 
-/// `{"event":"error","data":{code, message, …, event}}`
-fn error_frame(error: &ChatError, event: Option<&str>) -> String {
-    let mut data = serde_json::to_value(error).expect("errors serialize");
-    data["event"] = json!(event);
-    json!({ "event": "error", "data": data }).to_string()
-}
-
-/// The frames that answer one request: an ack reply, a reply event, an error event, or
-/// nothing (a command without ack that succeeded). Every refusal is counted here, with or
-/// without an ack (a `message:read` with rejected items counts its first code).
+/// The frames that answer one request, as [`answer`] decides.
 fn reply_frames(event: Option<&str>, ack: Option<Value>, reply: Reply) -> Vec<String> {
-    match &reply {
-        Err(error) => metrics::rejected(error.code),
-        Ok(success) => {
-            if let Some(error) = &success.error_without_ack {
-                metrics::rejected(error.code);
-            }
+    match answer(event, ack, reply) {
+        Answer::Ack(ack, data) => {
+            vec![json!({ "event": "ack", "ack": ack, "data": data }).to_string()]
         }
-    }
-    match (ack, reply) {
-        (Some(ack), Ok(success)) => {
-            vec![json!({ "event": "ack", "ack": ack, "data": success.body }).to_string()]
-        }
-        (Some(ack), Err(error)) => vec![json!({
-            "event": "ack",
-            "ack": ack,
-            "data": { "ok": false, "error": error },
-        })
-        .to_string()],
-        (None, Err(error)) => vec![error_frame(&error, event)],
-        (None, Ok(success)) => {
-            let mut frames = Vec::new();
-            if let Some(error) = &success.error_without_ack {
-                frames.push(error_frame(error, event));
-            }
-            if let Some(name) = success.reply_event {
-                frames.push(json!({ "event": name, "data": success.body }).to_string());
-            }
-            frames
-        }
+        Answer::Events(events) => events
+            .into_iter()
+            .map(|(name, data)| json!({ "event": name, "data": data }).to_string())
+            .collect(),
     }
 }
 

@@ -151,8 +151,12 @@ impl Drop for Server {
 }
 
 fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, SocketAddr) {
+    spawn_at(dir, env, "127.0.0.1:0")
+}
+
+fn spawn_at(dir: &Path, env: &[(String, String)], bind: &str) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--data", dir.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+        .args(["--data", dir.to_str().unwrap(), "--bind", bind])
         .env("CHAT_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         // Tests send faster than a person types; rate-limit tests set their own rates.
@@ -507,4 +511,15 @@ pub async fn http_get_with_body(
         status,
         serde_json::from_str(&body).unwrap_or(Value::String(body)),
     )
+}
+
+impl Server {
+    /// Starts the binary again on the same data dir and the same port, so that clients
+    /// which reconnect by themselves (Socket.IO) find it again.
+    pub fn restart_same_port(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        let (child, addr) = spawn_at(self.dir.path(), &self.env, &self.addr.to_string());
+        self.child = Some(child);
+        self.addr = addr;
+    }
 }

@@ -1,0 +1,449 @@
+//! Where a Socket.IO packet is decoded: the Socket.IO dialect (Engine.IO v4 / Socket.IO v5
+//! at `/socket.io/`, long-polling and WebSocket), served by socketioxide.
+//!
+//! socketioxide owns the transports, the handshake, heartbeats and the packet codec; this
+//! module is the thin codec between its events and [`Chat::dispatch`], like the plain
+//! dialect. Three choices shape it:
+//!
+//! - Admission happens in the namespace's CONNECT middleware, so a bad token or a full
+//!   per-user cap is answered with a CONNECT_ERROR (`unauthorized`, `too_many_connections`)
+//!   and the event handlers are registered before the client can emit anything.
+//! - socketioxide runs each handler call as its own task, which would let a later `message`
+//!   overtake an earlier one. So one fallback handler only queues each event packet, in
+//!   arrival order, and a single session task per socket decodes and dispatches them,
+//!   answering in request order as the plain dialect does.
+//! - The user's channel is the same hub as the plain dialect's. Engine.IO's own buffer per
+//!   socket is a few packets deep; when it is full the session waits, the hub queue fills
+//!   up to `limits.max_outbound_bytes`, and the slow consumer is disconnected. (If even the
+//!   DISCONNECT packet cannot be queued, Engine.IO's next heartbeat ping cannot be either,
+//!   and that closes the transport.)
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, TryData};
+use socketioxide::handler::{ConnectHandler, FromConnectParts, FromMessageParts, MessageHandler};
+use socketioxide::service::SocketIoService;
+use socketioxide::socket::Socket;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{answer, Answer};
+use crate::chat::{Chat, Reply};
+use crate::http::{query_pairs, query_value};
+use crate::hub::{OverflowSignal, Subscription};
+use crate::metrics::{self, Dialect};
+use crate::protocol::{ChatError, SessionUser};
+use crate::server::App;
+
+/// Engine.IO's heartbeat: a ping every 25 s, answered within 20 s (Socket.IO's defaults).
+const PING_INTERVAL: Duration = Duration::from_secs(25);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Packets Engine.IO buffers per socket before a send reports it full. Kept small: what
+/// waits beyond it waits in the hub queue, which is bounded in bytes.
+const ENGINE_BUFFER_PACKETS: usize = 32;
+/// How often a send into a full Engine.IO buffer is retried.
+const FULL_RETRY: Duration = Duration::from_millis(20);
+/// Incoming frames queued for the session, in units of `limits.max_frame_bytes`: a client
+/// that sends this much faster than it is served is disconnected.
+const INBOX_FRAMES_OF_MAX_SIZE: usize = 16;
+
+/// The raw socket handle: acks are sent through it after the handler returned.
+type SocketHandle = Arc<Socket<LocalAdapter>>;
+/// One event packet as socketioxide hands it over (for Socket.IO's default parser, the
+/// JSON text of `["event", data, …]` plus any binary attachments).
+type Packet = socketioxide::handler::Value;
+
+/// Builds the Socket.IO service in front of `inner`, which gets every request outside
+/// `/socket.io/`; the returned handle closes every socket on shutdown.
+pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, SocketIo) {
+    let limits = &app.config.limits;
+    let (service, io) = SocketIo::builder()
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(PING_TIMEOUT)
+        .max_payload(limits.max_frame_bytes as u64)
+        .ws_max_message_size(limits.max_frame_bytes)
+        .ws_max_frame_size(limits.max_frame_bytes)
+        .max_buffer_size(ENGINE_BUFFER_PACKETS)
+        .build_with_inner_svc(inner);
+    let admit = {
+        let app = app.clone();
+        move |Handle(socket): Handle, TryData(auth): TryData<serde_json::Value>| {
+            let app = app.clone();
+            async move { admit(&app, &socket, auth.ok()) }
+        }
+    };
+    let start = {
+        let app = app.clone();
+        move |Handle(socket): Handle| {
+            let app = app.clone();
+            async move { start(&app, socket) }
+        }
+    };
+    io.ns("/", start.with(admit));
+    (service, io)
+}
+
+/// The socket handle as a connect extractor.
+struct Handle(SocketHandle);
+
+impl FromConnectParts<LocalAdapter> for Handle {
+    type Error = std::convert::Infallible;
+
+    fn from_connect_parts(
+        socket: &SocketHandle,
+        _: &Option<Packet>,
+    ) -> Result<Handle, Self::Error> {
+        Ok(Handle(socket.clone()))
+    }
+}
+
+/// Why a CONNECT is refused; its text is the CONNECT_ERROR's `message`.
+#[derive(Debug)]
+enum Refusal {
+    Unauthorized,
+    TooManyConnections,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::TooManyConnections => "too_many_connections",
+        })
+    }
+}
+
+/// What admission hands the connect handler, through the socket's extensions.
+#[derive(Clone)]
+struct Admitted(Arc<Mutex<Option<Session>>>);
+
+/// One admitted socket's state, owned by its session task.
+struct Session {
+    user: SessionUser,
+    subscription: Subscription,
+    inbox: mpsc::UnboundedReceiver<Incoming>,
+    inbox_bytes: Arc<AtomicUsize>,
+    /// Cancelled when socketioxide reports the socket disconnected, or on shutdown.
+    gone: CancellationToken,
+}
+
+/// The token: the CONNECT auth payload's `token` wins over the `token` query parameter.
+fn token_of<'a>(
+    auth: Option<&'a serde_json::Value>,
+    query: &'a [(String, String)],
+) -> Option<&'a str> {
+    match auth.and_then(|auth| auth.get("token")) {
+        Some(token) => token.as_str(),
+        None => query_value(query, "token"),
+    }
+}
+
+/// The CONNECT middleware: authenticates, takes a slot in the user's channel, and
+/// registers the socket's handlers before the client learns it is connected.
+fn admit(app: &App, socket: &SocketHandle, auth: Option<serde_json::Value>) -> Result<(), Refusal> {
+    let query = query_pairs(socket.req_parts().uri.query().unwrap_or("")).unwrap_or_default();
+    let token = token_of(auth.as_ref(), &query).ok_or(Refusal::Unauthorized)?;
+    let user = app.auth.verify(token).map_err(|e| {
+        tracing::debug!(error = %e, "socket.io connect refused");
+        Refusal::Unauthorized
+    })?;
+    let limits = &app.config.limits;
+    let subscription = app
+        .chat
+        .hub()
+        .subscribe(
+            &user.id,
+            limits.max_connections_per_user,
+            limits.max_outbound_bytes,
+        )
+        .map_err(|_| Refusal::TooManyConnections)?;
+
+    let (tx, inbox) = mpsc::unbounded_channel();
+    let inbox_bytes = Arc::new(AtomicUsize::new(0));
+    socket.on_fallback(Inbox {
+        tx,
+        queued: inbox_bytes.clone(),
+        max_bytes: INBOX_FRAMES_OF_MAX_SIZE * limits.max_frame_bytes,
+    });
+    // Also a child of shutdown: socketioxide's `close` drops its namespaces before the
+    // transports, so disconnect handlers do not run then.
+    let gone = app.shutdown.child_token();
+    socket.on_disconnect({
+        let gone = gone.clone();
+        move || {
+            gone.cancel();
+            async {}
+        }
+    });
+    socket
+        .extensions
+        .insert(Admitted(Arc::new(Mutex::new(Some(Session {
+            user,
+            subscription,
+            inbox,
+            inbox_bytes,
+            gone,
+        })))));
+    Ok(())
+}
+
+/// The connect handler: runs the admitted socket's session.
+fn start(app: &Arc<App>, socket: SocketHandle) {
+    let admitted = socket.extensions.remove::<Admitted>();
+    let Some(session) = admitted.and_then(|a| a.0.lock().expect("not poisoned").take()) else {
+        return;
+    };
+    let chat = app.chat.clone();
+    app.tracker.spawn(async move {
+        let _counted = metrics::connection_opened(Dialect::SocketIo);
+        chat.remember_profile(&session.user).await;
+        serve(socket, session, &chat).await;
+    });
+}
+
+/// One event packet waiting for the session.
+struct Incoming {
+    packet: Packet,
+    ack: Option<i64>,
+    cost: usize,
+}
+
+/// The fallback handler of every event: queues the packet for the session, in order.
+struct Inbox {
+    tx: mpsc::UnboundedSender<Incoming>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// Marks [`Inbox`]'s own [`MessageHandler`] implementation.
+struct Queued;
+
+impl MessageHandler<LocalAdapter, Queued> for Inbox {
+    fn call(&self, socket: SocketHandle, packet: Packet, ack: Option<i64>) {
+        let cost = packet.len();
+        if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.max_bytes {
+            tracing::debug!("socket.io client sends faster than it is served; disconnecting");
+            let _ = socket.disconnect();
+            return;
+        }
+        if self.tx.send(Incoming { packet, ack, cost }).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+        }
+    }
+}
+
+/// An event packet's name and payload JSON (`null` when it has none); a packet that
+/// cannot run is refused with `bad_request`, naming the event when it is readable.
+fn decode(packet: &Packet) -> Result<(String, &str), (Option<String>, ChatError)> {
+    let Packet::Str(text, attachments) = packet else {
+        return Err((None, binary_refused()));
+    };
+    let parts: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            ChatError::bad_request(format!("invalid event packet: {e}")),
+        )
+    })?;
+    let event: Option<String> = parts
+        .first()
+        .and_then(|p| serde_json::from_str(p.get()).ok());
+    let Some(event) = event else {
+        return Err((
+            None,
+            ChatError::bad_request("event packet without an event name"),
+        ));
+    };
+    if attachments.as_ref().is_some_and(|a| !a.is_empty()) {
+        return Err((Some(event), binary_refused()));
+    }
+    Ok((event, parts.get(1).map_or("null", |data| data.get())))
+}
+
+fn binary_refused() -> ChatError {
+    ChatError::bad_request("binary payloads are not supported; send JSON")
+}
+
+type PendingReply = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Option<String>, Option<i64>, Reply)> + Send>,
+>;
+
+/// Decodes and dispatches one event packet; the reply may wait for a commit.
+async fn handle(incoming: Incoming, user: &SessionUser, chat: &Chat) -> PendingReply {
+    let ack = incoming.ack;
+    match decode(&incoming.packet) {
+        Err((event, error)) => Box::pin(async move { (event, ack, Err(error)) }),
+        Ok((event, data)) => {
+            let handled = chat.dispatch(user, &event, data).await;
+            Box::pin(async move { (Some(event), ack, handled.into_reply().await) })
+        }
+    }
+}
+
+/// Why a session stops.
+enum Stop {
+    /// socketioxide reported the socket closed.
+    Gone,
+    /// The client does not take its events: it is cut off.
+    SlowConsumer,
+}
+
+/// Runs one socket until it disconnects: requests in order, replies in request order, and
+/// the user's channel events.
+async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
+    let Session {
+        user,
+        mut subscription,
+        mut inbox,
+        inbox_bytes,
+        gone,
+    } = session;
+    let overflow = subscription.overflow_signal();
+    let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
+    let stop = loop {
+        let step = tokio::select! {
+            biased;
+            _ = gone.cancelled() => Err(Stop::Gone),
+            _ = overflow.overflowed() => Err(Stop::SlowConsumer),
+            Some((event, ack, reply)) = pending.next(), if !pending.is_empty() => {
+                let answer = answer(event.as_deref(), ack, reply);
+                send_answer(&socket, answer, &overflow, &gone).await
+            }
+            Some(incoming) = inbox.recv() => {
+                inbox_bytes.fetch_sub(incoming.cost, Ordering::AcqRel);
+                pending.push_back(handle(incoming, &user, chat).await);
+                Ok(())
+            }
+            Some(event) = subscription.recv() => {
+                let sent = match serde_json::from_str::<&RawValue>(&event.data) {
+                    Ok(data) => deliver(|| socket.emit(event.event, data), &overflow, &gone).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "hub event is not JSON");
+                        Ok(())
+                    }
+                };
+                subscription.sent(&event);
+                sent
+            }
+        };
+        if let Err(stop) = step {
+            break stop;
+        }
+    };
+    if let Stop::SlowConsumer = stop {
+        drop(subscription);
+        disconnect_slow_consumer(&socket, &gone).await;
+    }
+    tracing::debug!(user = %user.id, "socket.io connection closed");
+}
+
+/// Sends a DISCONNECT to a slow consumer as soon as its buffer has room for it, until the
+/// socket is gone (Engine.IO's heartbeat closes a transport whose buffer stays full).
+async fn disconnect_slow_consumer(socket: &SocketHandle, gone: &CancellationToken) {
+    tracing::debug!("socket.io client too slow: outbound queue full; disconnecting");
+    while let Err(SocketError::InternalChannelFull) = socket.clone().disconnect() {
+        tokio::select! {
+            _ = tokio::time::sleep(FULL_RETRY) => {}
+            _ = gone.cancelled() => return,
+        }
+    }
+}
+
+/// Sends one answer: the ack reply, or its events.
+async fn send_answer(
+    socket: &SocketHandle,
+    answer: Answer<i64>,
+    overflow: &OverflowSignal,
+    gone: &CancellationToken,
+) -> Result<(), Stop> {
+    match answer {
+        Answer::Ack(ack, reply) => {
+            deliver(|| ack_sender(socket, ack).send(&reply), overflow, gone).await
+        }
+        Answer::Events(events) => {
+            for (name, data) in events {
+                deliver(|| socket.emit(name, &data), overflow, gone).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The sender of the ack numbered `ack` on `socket`.
+fn ack_sender(socket: &SocketHandle, ack: i64) -> AckSender {
+    let mut unused = Packet::Bytes(Default::default());
+    let Ok(sender) = AckSender::from_message_parts(socket, &mut unused, &Some(ack));
+    sender
+}
+
+/// Runs `send` until Engine.IO's buffer takes the packet, waiting while it is full.
+async fn deliver(
+    mut send: impl FnMut() -> Result<(), SendError>,
+    overflow: &OverflowSignal,
+    gone: &CancellationToken,
+) -> Result<(), Stop> {
+    loop {
+        match send() {
+            Ok(()) => return Ok(()),
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => tokio::select! {
+                _ = tokio::time::sleep(FULL_RETRY) => {}
+                _ = overflow.overflowed() => return Err(Stop::SlowConsumer),
+                _ = gone.cancelled() => return Err(Stop::Gone),
+            },
+            Err(SendError::Socket(_)) => return Err(Stop::Gone),
+            Err(SendError::Serialize(e)) => {
+                tracing::error!(error = %e, "cannot encode a socket.io packet");
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    fn packet(text: &str) -> Packet {
+        Packet::Str(text.to_owned().into(), None)
+    }
+
+    #[test]
+    fn decodes_event_packets() {
+        let p = packet(r#"["message",{"a":1},"extra"]"#);
+        assert_eq!(decode(&p).unwrap(), ("message".to_owned(), r#"{"a":1}"#));
+        let p = packet(r#"["rooms"]"#);
+        assert_eq!(decode(&p).unwrap(), ("rooms".to_owned(), "null"));
+    }
+
+    #[test]
+    fn refuses_binary_attachments_naming_the_event() {
+        let p = Packet::Str(
+            r#"["message",{"_placeholder":true,"num":0}]"#.into(),
+            Some([bytes::Bytes::from_static(b"\x01")].into()),
+        );
+        let (event, error) = decode(&p).unwrap_err();
+        assert_eq!(event.as_deref(), Some("message"));
+        assert_eq!(error.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn the_auth_payload_token_wins_over_the_query() {
+        let query = vec![("token".to_owned(), "q".to_owned())];
+        let auth = serde_json::json!({ "token": "a" });
+        assert_eq!(token_of(Some(&auth), &query), Some("a"));
+        assert_eq!(token_of(Some(&serde_json::json!({})), &query), Some("q"));
+        assert_eq!(token_of(None, &query), Some("q"));
+        assert_eq!(
+            token_of(Some(&serde_json::json!({ "token": 5 })), &query),
+            None
+        );
+        assert_eq!(token_of(None, &[]), None);
+    }
+}

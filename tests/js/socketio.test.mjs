@@ -1,0 +1,379 @@
+// The Socket.IO dialect, driven by the official socket.io-client exactly as a front end
+// uses it. Run by tests/socketio.rs, which starts the server and passes:
+//   CHAT_URL            the server's base URL (http://127.0.0.1:PORT)
+//   SIO_SCENARIO        which group of cases to run: protocol | tabs | restart
+//   TOKEN_<USER>        tokens minted by the test (TOKEN_ALICE, TOKEN_FORGED, ...)
+// Cases that need the Rust side (plain-dialect tabs, killing the server) talk to it
+// through their own events and through marker lines on stdout.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { io } from "socket.io-client";
+
+const URL = process.env.CHAT_URL;
+const SCENARIO = process.env.SIO_SCENARIO;
+const WAIT_MS = 10_000;
+
+function token(name) {
+  const value = process.env[`TOKEN_${name.toUpperCase()}`];
+  assert.ok(value, `TOKEN_${name.toUpperCase()} is set`);
+  return value;
+}
+
+/** Opens a socket and resolves once it is connected; rejects on connect_error. */
+function connect(options, path = "") {
+  const socket = io(URL + path, { forceNew: true, ...options });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no connect in time")), WAIT_MS);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    socket.once("connect_error", (err) => {
+      clearTimeout(timer);
+      socket.close();
+      reject(err);
+    });
+  });
+}
+
+/** Resolves with the connect_error of a connection that must be refused. */
+async function refused(options, path = "") {
+  try {
+    const socket = await connect({ reconnection: false, ...options }, path);
+    socket.close();
+  } catch (err) {
+    return err;
+  }
+  assert.fail("the connection was accepted");
+}
+
+/** The next `event` whose data satisfies `pred`. */
+function next(socket, event, pred = () => true) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.off(event, listener);
+      reject(new Error(`no ${event} in time`));
+    }, WAIT_MS);
+    function listener(data) {
+      if (pred(data)) {
+        clearTimeout(timer);
+        socket.off(event, listener);
+        resolve(data);
+      }
+    }
+    socket.on(event, listener);
+  });
+}
+
+/** Emits with an ack callback, as front ends do, and resolves with the reply. */
+function request(socket, event, data) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ack for ${event}`)), WAIT_MS);
+    socket.emit(event, data, (reply) => {
+      clearTimeout(timer);
+      resolve(reply);
+    });
+  });
+}
+
+const sentWith = (cmid) => (room) => room.messages[0]?.clientMessageId === cmid;
+
+if (SCENARIO === "protocol") {
+  test("default options: long-polling first, then the upgrade to WebSocket", async () => {
+    const socket = io(URL, { auth: { token: token("alice") } });
+    let firstTransport;
+    socket.io.on("open", () => (firstTransport = socket.io.engine.transport.name));
+    await next(socket, "connect");
+    assert.equal(firstTransport, "polling");
+
+    const sent = next(socket, "message:sent", sentWith("default-1"));
+    const reply = await request(socket, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "over long-polling",
+      clientMessageId: "default-1",
+    });
+    assert.equal(reply.ok, true);
+    assert.equal(reply.message.userId, "alice");
+    assert.equal(reply.message.message, "over long-polling");
+    assert.equal(reply.message.clientMessageId, "default-1");
+    assert.equal(reply.message.seenAt, null);
+    assert.match(reply.message.sentAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    const room = await sent;
+    assert.equal(room.roomId, "alice-bob");
+    assert.deepEqual(room.user, { id: "alice", name: "alice" });
+    assert.deepEqual(room.messages[0], reply.message);
+
+    if (socket.io.engine.transport.name !== "websocket") {
+      await next(socket.io.engine, "upgrade");
+    }
+    assert.equal(socket.io.engine.transport.name, "websocket");
+    const again = await request(socket, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "over the upgraded WebSocket",
+    });
+    assert.equal(again.ok, true);
+    assert.equal(again.message.id, reply.message.id + 1);
+    assert.equal(again.message.clientMessageId, null);
+    socket.close();
+  });
+
+  test("websocket-only transport", async () => {
+    const socket = await connect({ auth: { token: token("alice") }, transports: ["websocket"] });
+    assert.equal(socket.io.engine.transport.name, "websocket");
+    const reply = await request(socket, "message", {
+      userId: "alice",
+      roomId: "alice-carol",
+      message: "ws only",
+    });
+    assert.equal(reply.ok, true);
+    assert.equal(reply.message.id, 1);
+    socket.close();
+  });
+
+  test("bad tokens get CONNECT_ERROR unauthorized; the auth payload wins over the query", async () => {
+    for (const [what, options] of [
+      ["forged", { auth: { token: token("forged") } }],
+      ["expired", { auth: { token: token("expired") } }],
+      ["garbage", { auth: { token: "garbage" } }],
+      ["missing", {}],
+      ["not a string", { auth: { token: 42 } }],
+      ["forged in the query", { query: { token: token("forged") } }],
+      ["forged auth, good query", { auth: { token: token("forged") }, query: { token: token("alice") } }],
+      ["websocket, expired", { auth: { token: token("expired") }, transports: ["websocket"] }],
+    ]) {
+      const err = await refused(options);
+      assert.equal(err.message, "unauthorized", what);
+    }
+    const byQuery = await connect({ query: { token: token("alice") } });
+    const reply = await request(byQuery, "rooms", {});
+    assert.equal(reply.ok, true);
+    byQuery.close();
+  });
+
+  test("namespaces other than / are refused", async () => {
+    const err = await refused({ auth: { token: token("alice") } }, "/admin");
+    // socketioxide's own wording for an unknown namespace (see docs/protocol.md).
+    assert.equal(err.message, "Invalid namespace");
+  });
+
+  test("the per-user connection cap answers CONNECT_ERROR too_many_connections", async () => {
+    const auth = { token: token("dave") };
+    const tabs = [];
+    for (let i = 0; i < 3; i++) tabs.push(await connect({ auth }));
+    const err = await refused({ auth });
+    assert.equal(err.message, "too_many_connections");
+    tabs.pop().close();
+    // The slot is freed once the server has seen the disconnect.
+    const deadline = Date.now() + WAIT_MS;
+    for (;;) {
+      try {
+        tabs.push(await connect({ auth, reconnection: false }));
+        break;
+      } catch (e) {
+        assert.equal(e.message, "too_many_connections");
+        assert.ok(Date.now() < deadline, "the slot was never freed");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    tabs.forEach((t) => t.close());
+  });
+
+  test("message:read gives the sender message:seen", async () => {
+    const alice = await connect({ auth: { token: token("alice") } });
+    const bob = await connect({ auth: { token: token("bob") } });
+    const bobSees = next(bob, "message:sent", sentWith("read-1"));
+    const sent = await request(alice, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "read me",
+      clientMessageId: "read-1",
+    });
+    const room = await bobSees;
+    assert.equal(room.user.id, "alice");
+    assert.equal(room.messages[0].id, sent.message.id);
+
+    const seen = next(alice, "message:seen");
+    const seenDate = new Date().toISOString();
+    const reply = await request(bob, "message:read", [
+      { userId: "bob", roomId: "alice-bob", messageId: sent.message.id, seenDate },
+      { userId: "bob", roomId: "alice-bob", messageId: 999, seenDate },
+    ]);
+    assert.equal(reply.ok, true);
+    assert.equal(reply.seen.length, 1);
+    assert.deepEqual(reply.rejected.map((r) => [r.index, r.code]), [[1, "not_found"]]);
+    const event = await seen;
+    assert.deepEqual(event, reply.seen);
+    assert.equal(event[0].userId, "bob");
+    assert.equal(event[0].roomId, "alice-bob");
+    assert.equal(event[0].messageId, sent.message.id);
+    assert.match(event[0].seenAt, /Z$/);
+
+    // Without an ack, the rejections come as one error event.
+    const error = next(bob, "error");
+    bob.emit("message:read", [{ userId: "bob", roomId: "alice-bob", messageId: 999, seenDate }]);
+    const err = await error;
+    assert.equal(err.code, "not_found");
+    assert.equal(err.event, "message:read");
+    assert.equal(err.rejected.length, 1);
+    alice.close();
+    bob.close();
+  });
+
+  test("typing, requests without ack, unknown events and bad payloads", async () => {
+    const alice = await connect({ auth: { token: token("alice") } });
+    const bob = await connect({ auth: { token: token("bob") }, transports: ["websocket"] });
+
+    const typing = next(alice, "typing");
+    const typed = await request(bob, "typing", { roomId: "alice-bob" });
+    assert.deepEqual(typed, { ok: true });
+    assert.deepEqual(await typing, { roomId: "alice-bob", userId: "bob" });
+
+    const rooms = next(alice, "rooms");
+    alice.emit("rooms", { limit: 10 });
+    const inbox = await rooms;
+    assert.equal(inbox.ok, true);
+    assert.ok(inbox.rooms.some((r) => r.roomId === "alice-bob" && r.user.id === "bob"));
+
+    const messages = next(alice, "messages");
+    alice.emit("messages", { roomId: "alice-bob", limit: 2 });
+    const history = await messages;
+    assert.equal(history.ok, true);
+    assert.equal(history.room.roomId, "alice-bob");
+    assert.equal(history.room.messages.length, 2);
+
+    const unknown = next(alice, "error");
+    alice.emit("shout", { loud: true });
+    assert.deepEqual(
+      { ...(await unknown), message: undefined },
+      { code: "unknown_event", event: "shout", message: undefined },
+    );
+    const serverEvent = await request(alice, "message:sent", {});
+    assert.equal(serverEvent.ok, false);
+    assert.equal(serverEvent.error.code, "unknown_event");
+
+    const shapeless = await request(alice, "message", { userId: "alice", roomId: "alice-bob" });
+    assert.equal(shapeless.error.code, "bad_request");
+    const forbidden = await request(alice, "message", {
+      userId: "alice",
+      roomId: "bob-carol",
+      message: "x",
+    });
+    assert.equal(forbidden.error.code, "forbidden");
+    const notCanonical = await request(alice, "message", {
+      userId: "alice",
+      roomId: "bob-alice",
+      message: "x",
+    });
+    assert.equal(notCanonical.error.code, "invalid_room");
+
+    // Binary payloads are refused, the connection and everyone else's stay up.
+    const binary = await request(alice, "message", new Uint8Array([1, 2, 3]));
+    assert.deepEqual(binary.ok, false);
+    assert.equal(binary.error.code, "bad_request");
+    const binaryError = next(alice, "error");
+    alice.emit("message", { userId: "alice", roomId: "alice-bob", blob: new Uint8Array([4]) });
+    const err = await binaryError;
+    assert.equal(err.code, "bad_request");
+    assert.equal(err.event, "message");
+    assert.ok(alice.connected);
+    const bobStillHears = next(bob, "message:sent", sentWith("after-binary"));
+    const after = await request(alice, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "still here",
+      clientMessageId: "after-binary",
+    });
+    assert.equal(after.ok, true);
+    await bobStillHears;
+    alice.close();
+    bob.close();
+  });
+}
+
+if (SCENARIO === "tabs") {
+  // The Rust side holds plain-dialect tabs of alice and bob.
+  test("a Socket.IO tab and a plain tab of one user both get every event", async () => {
+    const alice = await connect({ auth: { token: token("alice") } });
+    const ownEcho = next(alice, "message:sent", sentWith("from-socketio"));
+    const fromPlainTab = next(alice, "message:sent", sentWith("from-plain"));
+    const seen = next(alice, "message:seen");
+    const reply = await request(alice, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "typed in the Socket.IO tab",
+      clientMessageId: "from-socketio",
+    });
+    assert.equal(reply.ok, true);
+    assert.equal((await ownEcho).messages[0].id, reply.message.id);
+    const other = await fromPlainTab;
+    assert.equal(other.user.id, "alice");
+    assert.equal(other.messages[0].message, "typed in the plain tab");
+    const [item] = await seen;
+    assert.equal(item.userId, "bob");
+    assert.equal(item.messageId, reply.message.id);
+    alice.close();
+  });
+}
+
+if (SCENARIO === "restart") {
+  test("reconnects after a server restart and resends by clientMessageId without duplicates", async () => {
+    const alice = await connect({ auth: { token: token("alice") } });
+    const first = await request(alice, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "before the crash",
+      clientMessageId: "restart-1",
+    });
+    assert.equal(first.ok, true);
+
+    const down = next(alice, "disconnect");
+    console.log("##KILL-AND-RESTART-SERVER##");
+    await down;
+    // Offline: the client queues these and sends them once it is connected again,
+    // including a blind resend of the message that was already acknowledged.
+    const resent = request(alice, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "before the crash",
+      clientMessageId: "restart-1",
+    });
+    const fresh = request(alice, "message", {
+      userId: "alice",
+      roomId: "alice-bob",
+      message: "after the crash",
+      clientMessageId: "restart-2",
+    });
+    await next(alice, "connect");
+    const again = await resent;
+    assert.equal(again.ok, true);
+    assert.deepEqual(again.message, first.message);
+    const second = await fresh;
+    assert.equal(second.message.id, first.message.id + 1);
+
+    const history = await request(alice, "messages", { roomId: "alice-bob" });
+    assert.deepEqual(
+      history.room.messages.map((m) => [m.id, m.clientMessageId]),
+      [
+        [second.message.id, "restart-2"],
+        [first.message.id, "restart-1"],
+      ],
+    );
+    alice.close();
+  });
+}
+
+if (SCENARIO === "shutdown") {
+  test("a server shutdown disconnects every Socket.IO socket", async () => {
+    const auth = { token: token("alice") };
+    const sockets = await Promise.all([
+      connect({ auth, reconnection: false }),
+      connect({ auth, reconnection: false, transports: ["polling"] }),
+      connect({ auth, reconnection: false, transports: ["websocket"] }),
+    ]);
+    const reasons = Promise.all(sockets.map((s) => next(s, "disconnect")));
+    console.log("##TERMINATE-SERVER##");
+    assert.deepEqual(await reasons, ["transport close", "transport close", "transport close"]);
+  });
+}

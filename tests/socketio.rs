@@ -1,0 +1,284 @@
+//! The Socket.IO dialect with the official `socket.io-client` (tests/js/socketio.test.mjs):
+//! this file starts the real server, mints the tokens, plays the plain-dialect tabs and
+//! kills the server when the JavaScript side asks, and requires node to exit 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chat_server::auth::Auth;
+use common::{Server, SECRET};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::json;
+
+/// What the JavaScript side prints when it wants the server killed and restarted.
+const RESTART_MARKER: &str = "##KILL-AND-RESTART-SERVER##";
+/// What it prints when it wants the server shut down gracefully.
+const TERMINATE_MARKER: &str = "##TERMINATE-SERVER##";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Starts `node socketio.test.mjs` for one scenario, with tokens for `users` plus a forged
+/// and an expired token for alice.
+fn start_node(server: &Server, scenario: &str, users: &[&str]) -> Child {
+    let forged =
+        Auth::new(b"not the server's secret").mint("alice", None, Duration::from_secs(600));
+    let expired = encode(
+        &Header::default(),
+        &json!({ "sub": "alice", "exp": now() - 120 }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut command = Command::new("node");
+    command
+        .arg("socketio.test.mjs")
+        .current_dir(common::js_dir())
+        .env("CHAT_URL", server.url(""))
+        .env("SIO_SCENARIO", scenario)
+        .env("TOKEN_FORGED", forged)
+        .env("TOKEN_EXPIRED", expired)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for user in users {
+        command.env(format!("TOKEN_{}", user.to_uppercase()), server.token(user));
+    }
+    command
+        .spawn()
+        .expect("node is needed for the Socket.IO tests")
+}
+
+/// Reads node's output to the end, calling `on_line` for each stdout line, and asserts
+/// that it exited 0 (printing everything it said otherwise).
+fn finish_node(mut node: Child, mut on_line: impl FnMut(&str)) {
+    let stderr = node.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut stdout = String::new();
+    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
+        let line = line.expect("node's stdout");
+        on_line(&line);
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let status = node.wait().expect("node exits");
+    let stderr = stderr.join().unwrap();
+    assert!(
+        status.success(),
+        "socket.io-client tests failed ({status}):\n{stdout}\n{stderr}"
+    );
+    // node:test prints its counts; a run that defined no test would still exit 0.
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+    assert!(!stdout.contains("# pass 0"), "no test ran:\n{stdout}");
+}
+
+#[test]
+fn socketio_client_speaks_the_protocol() {
+    let server = Server::start_with(&[("CHAT_LIMITS_MAX_CONNECTIONS_PER_USER", "3")]);
+    let node = start_node(&server, "protocol", &["alice", "bob", "dave"]);
+    finish_node(node, |_| {});
+}
+
+#[tokio::test]
+async fn a_socketio_tab_and_a_plain_tab_of_one_user_share_every_event() {
+    let server = Server::start();
+    let mut alice_plain = server.connect("alice").await;
+    let mut bob_plain = server.connect("bob").await;
+    let node = start_node(&server, "tabs", &["alice"]);
+
+    // The Socket.IO tab's message reaches alice's plain tab and bob.
+    let room = alice_plain.recv_event("message:sent").await;
+    assert_eq!(room["messages"][0]["clientMessageId"], "from-socketio");
+    let id = room["messages"][0]["id"].clone();
+    let room = bob_plain.recv_event("message:sent").await;
+    assert_eq!(room["messages"][0]["clientMessageId"], "from-socketio");
+
+    // The plain tab's message reaches the Socket.IO tab.
+    let reply = alice_plain
+        .request(
+            "message",
+            json!({ "userId": "alice", "roomId": "alice-bob", "message": "typed in the plain tab",
+                    "clientMessageId": "from-plain" }),
+        )
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let room = alice_plain.recv_event("message:sent").await;
+    assert_eq!(room["messages"][0]["clientMessageId"], "from-plain");
+
+    // bob reads: message:seen goes to both of alice's tabs.
+    let read = bob_plain
+        .request(
+            "message:read",
+            json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": id,
+                     "seenDate": "2030-01-01T00:00:00.000Z" }]),
+        )
+        .await;
+    assert_eq!(read["seen"].as_array().unwrap().len(), 1, "{read}");
+    let seen = alice_plain.recv_event("message:seen").await;
+    assert_eq!(seen[0]["messageId"], id);
+
+    tokio::task::spawn_blocking(move || finish_node(node, |_| {}))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn socketio_client_reconnects_after_a_restart_and_resends_without_duplicates() {
+    let mut server = Server::start();
+    let node = start_node(&server, "restart", &["alice"]);
+    let mut restarted = false;
+    finish_node(node, |line| {
+        if line.trim() == RESTART_MARKER {
+            server.kill9();
+            server.restart_same_port();
+            restarted = true;
+        }
+    });
+    assert!(restarted, "the JavaScript side never asked for the restart");
+}
+
+#[test]
+fn a_graceful_shutdown_disconnects_socketio_clients_promptly() {
+    let mut server = Server::start();
+    let node = start_node(&server, "shutdown", &["alice"]);
+    let mut stopped_in = None;
+    finish_node(node, |line| {
+        if line.trim() == TERMINATE_MARKER {
+            let started = std::time::Instant::now();
+            assert!(server.terminate(), "the server exited with an error");
+            stopped_in = Some(started.elapsed());
+        }
+    });
+    let stopped_in = stopped_in.expect("the JavaScript side never asked for the shutdown");
+    // Sockets that are not closed hold the drain until its 10 s grace period ends.
+    assert!(
+        stopped_in < Duration::from_secs(8),
+        "shutdown took {stopped_in:?}"
+    );
+}
+
+/// One HTTP/1.1 request over a fresh connection; returns the whole response as text.
+async fn raw_http(server: &Server, method: &str, path: &str, headers: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Type: text/plain;charset=UTF-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("a response in time")
+        .unwrap();
+    response
+}
+
+/// Opens an Engine.IO long-polling session and connects it to `/` with `token`; returns
+/// the session id. The caller then never polls: a client that stopped reading.
+async fn polling_session(server: &Server, token: &str) -> String {
+    let open = raw_http(server, "GET", "/socket.io/?EIO=4&transport=polling", "", "").await;
+    let sid = open
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {open}"))
+        .to_owned();
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let connect = format!("40{}", json!({ "token": token }));
+    let posted = raw_http(server, "POST", &path, "", &connect).await;
+    assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
+    sid
+}
+
+#[tokio::test]
+async fn polling_requests_from_allowed_origins_get_cors_headers() {
+    let server = Server::start_with(&[("CHAT_CORS_ALLOWED_ORIGINS", "http://app.example")]);
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let allowed = raw_http(
+        &server,
+        "GET",
+        handshake,
+        "Origin: http://app.example\r\n",
+        "",
+    )
+    .await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert!(
+        allowed
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: http://app.example"),
+        "{allowed}"
+    );
+    let other = raw_http(
+        &server,
+        "GET",
+        handshake,
+        "Origin: http://evil.example\r\n",
+        "",
+    )
+    .await;
+    assert!(
+        !other
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{other}"
+    );
+    let preflight = raw_http(
+        &server,
+        "OPTIONS",
+        "/api/rooms",
+        "Origin: http://app.example\r\nAccess-Control-Request-Method: GET\r\n\
+         Access-Control-Request-Headers: authorization\r\n",
+        "",
+    )
+    .await;
+    let preflight = preflight.to_ascii_lowercase();
+    assert!(
+        preflight.contains("access-control-allow-origin: http://app.example"),
+        "{preflight}"
+    );
+    assert!(preflight.contains("authorization"), "{preflight}");
+}
+
+#[tokio::test]
+async fn a_socketio_client_that_stops_reading_is_cut_off() {
+    let server = Server::start_with(&[
+        ("CHAT_LIMITS_MAX_OUTBOUND_BYTES", "65536"),
+        ("CHAT_LIMITS_MAX_CONNECTIONS_PER_USER", "1"),
+    ]);
+    let _stalled = polling_session(&server, &server.token("sam")).await;
+    // While the stalled socket holds sam's only slot, another connection is refused.
+    let (status, _) = server
+        .refused_handshake(&format!("/ws?token={}", server.token("sam")), None)
+        .await;
+    assert_eq!(status, 429);
+
+    // bob writes until Engine.IO's buffer and then the hub's 64 KiB bound are full (each
+    // message:sent carries up to 50 messages, about 5 KiB here).
+    let mut bob = server.connect("bob").await;
+    for i in 0..120 {
+        let reply = bob.send_message("bob-sam", &format!("message {i}")).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    // Cut off, the stalled socket gave its slot back.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let url = format!("ws://{}/ws?token={}", server.addr, server.token("sam"));
+        if tokio_tungstenite::connect_async(url).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow consumer kept its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
