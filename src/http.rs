@@ -131,7 +131,8 @@ fn room_id_from_path(segment: &str) -> Result<String, ChatError> {
         })
 }
 
-/// The warp routes: health, the REST API, and a JSON 404 for everything else.
+/// The warp routes: health, the REST API, the built-in web client, and a JSON 404 for
+/// everything else.
 pub fn routes(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
@@ -188,6 +189,8 @@ pub fn routes(
         .or(rooms)
         .unify()
         .or(messages)
+        .unify()
+        .or(crate::web::routes())
         .unify()
         .or(not_found)
         .unify()

@@ -15,6 +15,7 @@
 //! - [`hub`]: where fan-out happens: per-user channels with bounded queues.
 //! - [`store`]: where a message is stored: redb behind a typed API.
 //! - [`auth`], [`config`]: tokens; flags, environment and the config file.
+//! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 
 pub mod auth;
 pub mod chat;
@@ -26,4 +27,5 @@ pub mod protocol;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod web;
 pub mod writer;
