@@ -348,3 +348,63 @@ pub fn js_dir() -> PathBuf {
     });
     dir
 }
+
+impl Server {
+    /// Starts the binary again on the same data dir and the same address as before, so
+    /// clients that reconnect to the old URL find it (a browser tab, say). Retries the
+    /// bind for a few seconds while the old socket is released.
+    pub fn restart_same_port(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match spawn_bound(self.dir.path(), &self.env, self.addr) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("restart on {}: {e}; retrying", self.addr);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot restart on {}: {e}", self.addr),
+            }
+        }
+    }
+}
+
+/// Starts the binary bound to `addr`; an error when it exits instead of listening.
+fn spawn_bound(dir: &Path, env: &[(String, String)], addr: SocketAddr) -> Result<Child, String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--data", dir.to_str().unwrap(), "--bind", &addr.to_string()])
+        .env("CHAT_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start chat-server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read the listening line");
+    if line.trim() == format!("listening on http://{addr}") {
+        Ok(child)
+    } else {
+        let status = child.wait().expect("reap");
+        Err(format!("exited with {status} before listening"))
+    }
+}
+
+/// A GET whose raw status line, headers and body are returned as text (to check
+/// content types and other headers).
+pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    (head.to_ascii_lowercase(), body.to_owned())
+}
