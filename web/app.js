@@ -80,7 +80,9 @@ class Session {
     this.state = new ChatState(this.me, sessionStorage);
     this.openRoomId = null;
     this.nodes = new Map(); // timeline key -> <li> of the open conversation
-    this.sending = new Set(); // clientMessageIds with a request on the wire
+    this.sending = false; // an outbox message is on the wire
+    this.pausedUntil = 0; // rate limited: no send before this time
+    this.pumpTimer = null;
     this.visible = new Set(); // ids of partner messages visible in the open conversation
     this.reading = new Set(); // ids with a `message:read` on the wire
     this.readTimer = null;
@@ -114,6 +116,7 @@ class Session {
     this.listeners.abort();
     clearTimeout(this.readTimer);
     clearTimeout(this.typingTimer);
+    clearTimeout(this.pumpTimer);
     $('banner').hidden = true;
     $('inbox').replaceChildren();
     $('messages').replaceChildren();
@@ -172,13 +175,10 @@ class Session {
     $('banner').hidden = true;
     // Events may have been missed while we were away: keep only the open window (the
     // reload below merges into it, or replaces it when there is a gap).
-    for (const room of this.state.rooms.values()) {
-      if (room.roomId !== this.openRoomId) {
-        room.messages = new Map();
-        room.loaded = false;
-      }
-    }
-    for (const entry of this.state.outbox) if (!entry.error) this.sendPending(entry);
+    this.state.forgetWindows(this.openRoomId);
+    // An echo may have been lost with the old connection: resending is harmless.
+    for (const entry of this.state.outbox) entry.stored = false;
+    this.pumpOutbox();
     this.loadInbox(null);
     if (this.openRoomId) this.loadLatest(this.openRoomId);
   }
@@ -419,44 +419,56 @@ class Session {
     const text = input.value;
     if (!this.openRoomId || text.trim() === '') return;
     input.value = '';
-    const entry = this.state.addPending(this.openRoomId, text);
+    this.state.addPending(this.openRoomId, text);
     this.renderConversation({ toBottom: true });
-    this.sendPending(entry);
+    this.pumpOutbox();
   }
 
-  // Sends (or resends) an outbox entry. The clientMessageId makes a resend after a
-  // reconnect safe: the server stores each (room, sender, clientMessageId) once.
-  async sendPending(entry) {
-    const id = entry.clientMessageId;
-    if (this.sending.has(id) || !this.socket.isOpen) return; // onOpen sends it later
-    this.sending.add(id);
+  // Sends the outbox one message at a time, in the order typed, so that a retry (after
+  // rate_limited or a reconnect) can never overtake a later message. A resend is safe:
+  // the server stores each (room, sender, clientMessageId) once.
+  async pumpOutbox() {
+    if (this.sending || !this.socket.isOpen || session !== this) return;
+    const wait = this.pausedUntil - Date.now();
+    if (wait > 0) {
+      clearTimeout(this.pumpTimer);
+      this.pumpTimer = setTimeout(() => this.pumpOutbox(), wait);
+      return;
+    }
+    const entry = this.state.outbox.find((p) => !p.error && !p.stored);
+    if (!entry) return;
+    this.sending = true;
     let reply;
     try {
       reply = await this.socket.request('message', {
         userId: this.me.id,
         roomId: entry.roomId,
         message: entry.text,
-        clientMessageId: id,
+        clientMessageId: entry.clientMessageId,
       });
     } catch {
-      return; // the connection went away; it stays pending and onOpen resends it
+      // Connection lost: it stays pending and onOpen pumps again. No reply in time on a
+      // live connection: try again shortly (the server stores it once either way).
+      if (this.socket.isOpen) this.pumpTimer = setTimeout(() => this.pumpOutbox(), 1000);
+      return;
     } finally {
-      this.sending.delete(id);
+      this.sending = false;
     }
     if (session !== this) return;
     if (reply.ok) {
+      // Stored. If it does not fit the window yet, its `message:sent` is on the way.
       this.state.confirm(entry.roomId, reply.message);
+      entry.stored = true;
       this.renderInbox();
     } else if (reply.error.code === 'rate_limited') {
+      this.pausedUntil = Date.now() + (reply.error.retryAfterMs ?? 1000);
       this.toast(describe(reply.error));
-      setTimeout(() => {
-        if (this.state.pending(id)) this.sendPending(entry);
-      }, reply.error.retryAfterMs ?? 1000);
     } else {
-      this.state.failPending(id, { code: reply.error.code, message: describe(reply.error) });
+      this.state.failPending(entry.clientMessageId, { code: reply.error.code, message: describe(reply.error) });
       this.toast(describe(reply.error));
     }
     if (entry.roomId === this.openRoomId) this.renderConversation();
+    this.pumpOutbox();
   }
 
   maybeSendTyping() {

@@ -111,10 +111,11 @@ export class ChatState {
     if (!room.lastMessage || message.id >= room.lastMessage.id) room.lastMessage = message;
   }
 
-  // Forgets every message window (after a reconnect we may have missed events); the
-  // inbox stays until it is reloaded.
-  forgetWindows() {
+  // Forgets every message window but `keep`'s (after a reconnect, events may have been
+  // missed); the inbox stays until it is reloaded.
+  forgetWindows(keep) {
     for (const room of this.rooms.values()) {
+      if (room.roomId === keep) continue;
       room.messages = new Map();
       room.loaded = false;
     }
