@@ -1,6 +1,7 @@
 //! The built-in web client, end to end: the real server, headless Chromium driven by
 //! `tests/js/browser.test.mjs` (playwright-core), two people chatting across a server
-//! restart. Also the static files' headers, which the browser test cannot see.
+//! restart. Also the static files' headers, which the browser test cannot see, and the
+//! client's state rules in Node (`tests/js/client-state.test.mjs`).
 
 mod common;
 
@@ -37,6 +38,22 @@ async fn the_client_is_served_with_its_content_types_and_a_strict_policy() {
     let (status, body) = server.get("/web/missing.js", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[test]
+fn the_client_state_rules_hold() {
+    // web/protocol.js and web/state.js are plain modules: tested in Node directly.
+    let out = Command::new("node")
+        .args(["--test", "client-state.test.mjs"])
+        .current_dir(js_dir())
+        .output()
+        .expect("node is needed for the web client tests");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -198,11 +198,20 @@ test('two people chat in the built-in client, across a server restart', { timeou
   const lost = 'my ack got lost';
   let dropAnswers = false;
   let sends = 0; // `message` frames carrying the text: the first send and any resend
+  let limitNext = false; // refuse the next 'slow 1' with rate_limited
   await tab2.context.routeWebSocket(/\/ws/, (ws) => {
     const server = ws.connectToServer();
     let cutting = false; // from the first lost answer on, this connection is dead air
     ws.onMessage((frame) => {
       if (String(frame).includes(lost)) sends += 1;
+      const parsed = JSON.parse(frame);
+      if (limitNext && parsed.event === 'message' && parsed.data.message === 'slow 1') {
+        // Answer for the server, as its rate limiter would.
+        limitNext = false;
+        const error = { code: 'rate_limited', message: 'too many requests; slow down', retryAfterMs: 800 };
+        ws.send(JSON.stringify({ event: 'ack', ack: parsed.ack, data: { ok: false, error } }));
+        return;
+      }
       server.send(frame);
     });
     server.onMessage((frame) => {
@@ -228,6 +237,18 @@ test('two people chat in the built-in client, across a server restart', { timeou
   await bubbles(b, lost).waitFor();
   await new Promise((r) => setTimeout(r, 500));
   for (const page of [a, b, t]) assert.equal(await bubbles(page, lost).count(), 1);
+
+  // rate_limited: the message waits (with a notice) and is retried after retryAfterMs;
+  // the one typed after it waits its turn, so the order typed is kept.
+  limitNext = true;
+  await send(t, 'slow 1');
+  await send(t, 'slow 2');
+  await t.locator('#toast', { hasText: 'sending too fast' }).waitFor();
+  assert.equal(await stateOf(bubbles(t, 'slow 2')), 'pending');
+  await bubbles(b, 'slow 2').waitFor();
+  const bobTexts = await b.locator('#messages .msg .text').allTextContents();
+  assert.deepEqual(bobTexts.slice(-2), ['slow 1', 'slow 2']);
+  await tab2.context.close();
 
   // History: a long conversation opens at its latest 50 and pages older ones on scroll up.
   // (A second socket from Alice's page writes them, as another device would.)
@@ -267,7 +288,7 @@ test('two people chat in the built-in client, across a server restart', { timeou
   // The store agrees: every message once, ids 1, 2, 3, … without gaps.
   const stored = await storedMessages(BOB);
   const texts = stored.map((m) => m.message).reverse();
-  assert.deepEqual(texts, ['Hello Bob!', XSS, outage, lost]);
-  assert.deepEqual(stored.map((m) => m.id).reverse(), [1, 2, 3, 4]);
+  assert.deepEqual(texts, ['Hello Bob!', XSS, outage, lost, 'slow 1', 'slow 2']);
+  assert.deepEqual(stored.map((m) => m.id).reverse(), [1, 2, 3, 4, 5, 6]);
   assert.deepEqual(dialogs, []);
 });
