@@ -89,9 +89,12 @@ fn response(asset: &Asset) -> Response {
     response
 }
 
-/// `GET` of an embedded file; any other path is rejected (and ends as the JSON 404).
+/// `GET` (or `HEAD`) of an embedded file; any other path is rejected (and ends as the
+/// JSON 404).
 pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync {
     warp::get()
+        .or(warp::head())
+        .unify()
         .and(warp::path::full())
         .and_then(|path: FullPath| async move {
             asset(path.as_str())

@@ -71,6 +71,7 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
         .env("CHAT_URL", server.url(""))
         .env("ALICE_TOKEN", server.named_token("alice", "Alice"))
         .env("BOB_TOKEN", server.named_token("bob", "Bob"))
+        .env("CAROL_TOKEN", server.named_token("carol", "Carol"))
         .env("SCREENSHOT_DIR", &shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -125,6 +126,7 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
         "phone-login.png",
         "phone-inbox.png",
         "phone-conversation.png",
+        "phone-history.png",
     ] {
         assert!(shots.join(shot).is_file(), "missing screenshot {shot}");
     }

@@ -1,7 +1,7 @@
 // End-to-end test of the built-in web client in headless Chromium, driven by
-// tests/browser.rs, which owns the server and passes CHAT_URL, ALICE_TOKEN, BOB_TOKEN and
-// SCREENSHOT_DIR. Lines starting with "@@control " on stdout ask the Rust side to act on
-// the server ("kill", "restart"); it answers with one line on stdin when done.
+// tests/browser.rs, which owns the server and passes CHAT_URL, ALICE_TOKEN, BOB_TOKEN,
+// CAROL_TOKEN and SCREENSHOT_DIR. Lines starting with "@@control " on stdout ask the Rust
+// side to act on the server ("kill", "restart"); it answers with one line on stdin.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,6 +13,7 @@ import { chromium } from 'playwright-core';
 const URL = process.env.CHAT_URL;
 const ALICE = process.env.ALICE_TOKEN;
 const BOB = process.env.BOB_TOKEN;
+const CAROL = process.env.CAROL_TOKEN;
 const SHOTS = process.env.SCREENSHOT_DIR;
 const XSS = '<script>alert(1)</script>';
 const WAIT = 15_000;
@@ -87,12 +88,28 @@ async function eventually(check, what, timeout = WAIT) {
   assert.fail(`${what} (last: ${JSON.stringify(last)})`);
 }
 
-async function storedMessages(token) {
-  const response = await fetch(`${URL}/api/rooms/alice-bob/messages?limit=50`, {
-    headers: { Authorization: `Bearer ${token}` },
-  });
-  assert.equal(response.status, 200);
-  return (await response.json()).room.messages;
+async function api(path, token) {
+  const response = await fetch(`${URL}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  assert.equal(response.status, 200, path);
+  return response.json();
+}
+
+async function storedMessages(token, roomId = 'alice-bob', before = null) {
+  const query = before ? `limit=50&before=${before}` : 'limit=50';
+  return (await api(`/api/rooms/${roomId}/messages?${query}`, token)).room.messages;
+}
+
+async function unreadOf(token, roomId) {
+  return (await api('/api/rooms', token)).rooms.find((r) => r.roomId === roomId).unread;
+}
+
+// The ids of a room's messages that are marked seen (the whole room, paging back).
+async function seenIds(token, roomId) {
+  const all = [...(await storedMessages(token, roomId))];
+  while (all.length && all[all.length - 1].id > 1) {
+    all.push(...(await storedMessages(token, roomId, all[all.length - 1].id)));
+  }
+  return all.filter((m) => m.seenAt).map((m) => m.id).sort((x, y) => x - y);
 }
 
 test('two people chat in the built-in client, across a server restart', { timeout: 90_000 }, async () => {
@@ -250,8 +267,9 @@ test('two people chat in the built-in client, across a server restart', { timeou
   assert.deepEqual(bobTexts.slice(-2), ['slow 1', 'slow 2']);
   await tab2.context.close();
 
-  // History: a long conversation opens at its latest 50 and pages older ones on scroll up.
-  // (A second socket from Alice's page writes them, as another device would.)
+  // History, on the phone: Carol (another device) sends Bob 70 messages. After a reload
+  // (still signed in) the conversation opens at its latest 50, pages older ones on
+  // scroll up, and marks read only what was actually on screen.
   await a.evaluate(async ({ token, count }) => {
     const ws = new WebSocket(`ws://${location.host}/ws?token=${token}`);
     await new Promise((resolve) => (ws.onopen = resolve));
@@ -266,24 +284,35 @@ test('two people chat in the built-in client, across a server restart', { timeou
         ws.send(JSON.stringify({ event: 'message', ack, data }));
       });
     for (let i = 1, ack = 1; i <= count; ack++) {
-      const reply = await request(ack, { userId: 'alice', roomId: 'alice-carol', message: `note ${i}` });
+      const reply = await request(ack, { userId: 'carol', roomId: 'bob-carol', message: `note ${i}` });
       if (reply.ok) i++;
       else await new Promise((r) => setTimeout(r, reply.error.retryAfterMs ?? 100));
     }
     ws.close();
-  }, { token: ALICE, count: 70 });
-  // The open tab took all 70 in live; a reload (still signed in) starts from the server.
-  await a.reload();
-  await a.locator('#me-name', { hasText: 'Alice' }).waitFor();
-  const carol = a.locator('#inbox [data-room="alice-carol"]');
-  await carol.locator('.preview', { hasText: 'note 70' }).waitFor();
+  }, { token: CAROL, count: 70 });
+  await b.locator('#back').click();
+  const carol = b.locator('#inbox [data-room="bob-carol"]');
+  await carol.locator('.badge', { hasText: '70' }).waitFor();
+  await b.reload();
+  await b.locator('#me-name', { hasText: 'Bob' }).waitFor();
+  await carol.locator('.badge', { hasText: '70' }).waitFor();
+  assert.equal(await carol.locator('.partner').textContent(), 'Carol');
   await carol.click();
-  await bubbles(a, 'note 70').waitFor();
-  assert.equal(await bubbles(a, 'note 1').count(), 0, 'only the latest page at first');
-  await a.locator('#scroller').evaluate((scroller) => (scroller.scrollTop = 0));
-  await bubbles(a, 'note 1').waitFor();
-  await a.locator('#history-note', { hasText: 'beginning of the conversation' }).waitFor();
-  assert.equal(await a.locator('#messages .msg').count(), 70);
+  await bubbles(b, 'note 70').waitFor();
+  assert.equal(await bubbles(b, 'note 1').count(), 0, 'only the latest page at first');
+  await eventually(async () => (await unreadOf(BOB, 'bob-carol')) < 70 || (await unreadOf(BOB, 'bob-carol')), 'the visible messages are read');
+  await b.locator('#scroller').evaluate((scroller) => (scroller.scrollTop = 0));
+  await bubbles(b, 'note 1').waitFor();
+  await b.locator('#history-note', { hasText: 'beginning of the conversation' }).waitFor();
+  assert.equal(await b.locator('#messages .msg').count(), 70);
+  // Prepending kept the reader's place (around note 20); the oldest is one more swipe up.
+  assert.equal(await seenIds(BOB, 'bob-carol').then((ids) => ids.includes(1)), false);
+  await b.locator('#scroller').evaluate((scroller) => (scroller.scrollTop = 0));
+  await eventually(async () => (await seenIds(BOB, 'bob-carol')).includes(1) || (await seenIds(BOB, 'bob-carol')), 'the oldest message is read once on screen');
+  const seen = await seenIds(BOB, 'bob-carol');
+  assert.ok(seen.includes(70), 'the newest was on screen');
+  assert.ok(!seen.includes(35), `the middle was never on screen, yet read: ${seen}`);
+  await b.screenshot({ path: join(SHOTS, 'phone-history.png') });
 
   // The store agrees: every message once, ids 1, 2, 3, … without gaps.
   const stored = await storedMessages(BOB);
