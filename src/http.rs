@@ -145,7 +145,8 @@ fn room_id_from_path(segment: &str) -> Result<String, ChatError> {
         })
 }
 
-/// The warp routes: health, the REST API, and a JSON 404 for everything else.
+/// The warp routes: health, the REST API, the built-in web client, and a JSON 404 for
+/// everything else.
 pub fn routes(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
@@ -213,6 +214,8 @@ pub fn routes(
         .or(rooms)
         .unify()
         .or(messages)
+        .unify()
+        .or(crate::web::routes())
         .unify()
         .or(not_found)
         .unify()

@@ -20,6 +20,7 @@
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`store`]: where a message is stored: redb behind a typed API.
 //! - [`auth`], [`config`]: tokens; flags, environment and the config file.
+//! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 
 pub mod auth;
 pub mod chat;
@@ -33,4 +34,5 @@ pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod web;
 pub mod writer;

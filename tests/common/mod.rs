@@ -155,6 +155,15 @@ fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, SocketAddr) {
 }
 
 fn spawn_at(dir: &Path, env: &[(String, String)], bind: &str) -> (Child, SocketAddr) {
+    try_spawn_at(dir, env, bind).unwrap_or_else(|e| panic!("chat-server on {bind}: {e}"))
+}
+
+/// Starts the binary; an error when it exits instead of printing its listening line.
+fn try_spawn_at(
+    dir: &Path,
+    env: &[(String, String)],
+    bind: &str,
+) -> Result<(Child, SocketAddr), String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
         .args(["--data", dir.to_str().unwrap(), "--bind", bind])
         .env("CHAT_JWT_SECRET", SECRET)
@@ -172,13 +181,13 @@ fn spawn_at(dir: &Path, env: &[(String, String)], bind: &str) -> (Child, SocketA
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("socket address");
-    (child, addr)
+    match line.trim().strip_prefix("listening on http://") {
+        Some(addr) => Ok((child, addr.parse().expect("socket address"))),
+        None => {
+            let status = child.wait().expect("reap");
+            Err(format!("exited with {status} before listening"))
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 GET over a raw TCP stream (no client library needed).
@@ -514,12 +523,37 @@ pub async fn http_get_with_body(
 }
 
 impl Server {
-    /// Starts the binary again on the same data dir and the same port, so that clients
-    /// which reconnect by themselves (Socket.IO) find it again.
+    /// Starts the binary again on the same data dir and the same address as before, so
+    /// clients that reconnect to the old URL find it (Socket.IO, a browser tab). Retries
+    /// the bind for a few seconds while the old socket is released.
     pub fn restart_same_port(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
-        let (child, addr) = spawn_at(self.dir.path(), &self.env, &self.addr.to_string());
-        self.child = Some(child);
-        self.addr = addr;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match try_spawn_at(self.dir.path(), &self.env, &self.addr.to_string()) {
+                Ok((child, _)) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("restart on {}: {e}; retrying", self.addr);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot restart on {}: {e}", self.addr),
+            }
+        }
     }
+}
+/// A GET whose raw status line, headers and body are returned as text (to check
+/// content types and other headers).
+pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    (head.to_ascii_lowercase(), body.to_owned())
 }

@@ -1,0 +1,108 @@
+// Unit tests of the web client's pure modules (web/protocol.js, web/state.js) in Node:
+// room ids, token decoding, merging events into message windows, unread counts and the
+// outbox. Run by tests/browser.rs.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decodeToken, isExpired, partnerOf, roomIdOf, sessionUserOf } from '../../web/protocol.js';
+import { ChatState } from '../../web/state.js';
+
+const me = { id: 'alice', name: 'Alice' };
+
+function memoryStorage() {
+  const items = new Map();
+  return {
+    getItem: (k) => (items.has(k) ? items.get(k) : null),
+    setItem: (k, v) => items.set(k, String(v)),
+    removeItem: (k) => items.delete(k),
+  };
+}
+
+function msg(id, userId, extra = {}) {
+  const sentAt = new Date(Date.UTC(2026, 0, 1, 0, 0, id)).toISOString();
+  return { id, userId, message: `m${id}`, sentAt, seenAt: null, clientMessageId: null, ...extra };
+}
+
+// A `message:sent` snapshot of ids from..to, newest first.
+function snapshot(roomId, user, from, to, make = (id) => msg(id, 'bob')) {
+  const messages = [];
+  for (let id = to; id >= from; id--) messages.push(make(id));
+  return { roomId, user, messages };
+}
+
+test('room ids compare bytes, partners are read relative to me', () => {
+  assert.equal(roomIdOf('alice', 'bob'), 'alice-bob');
+  assert.equal(roomIdOf('bob', 'alice'), 'alice-bob');
+  assert.equal(roomIdOf('10', '9'), '10-9');
+  assert.equal(roomIdOf('Zed', 'alice'), 'Zed-alice');
+  assert.equal(partnerOf('alice-bob', 'alice'), 'bob');
+  assert.equal(partnerOf('alice-bob', 'bob'), 'alice');
+  assert.equal(partnerOf('alice-alice', 'alice'), 'alice');
+  assert.equal(partnerOf('bob-carol', 'alice'), null);
+  assert.equal(partnerOf('bob-alice', 'alice'), null, 'not canonical');
+});
+
+test('token claims are decoded for display, names trimmed as the server does', () => {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const token = (claims) => `${part({ alg: 'HS256' })}.${part(claims)}.sig`;
+  const claims = decodeToken(token({ sub: 'alice', name: '  Alice ✓ ', exp: 1 }));
+  assert.deepEqual(sessionUserOf(claims), { id: 'alice', name: 'Alice ✓' });
+  assert.deepEqual(sessionUserOf(decodeToken(token({ sub: 'bob', name: '   ' }))), { id: 'bob', name: 'bob' });
+  assert.equal(decodeToken(token({ sub: 'not valid!' })), null);
+  assert.equal(decodeToken('garbage'), null);
+  assert.ok(isExpired({ exp: 100 }, 200_000));
+  assert.ok(!isExpired({ exp: 100 }, 110_000), '30 s of leeway, like the server');
+});
+
+test('live snapshots extend the window, a gap replaces it', () => {
+  const state = new ChatState(me, memoryStorage());
+  const bob = { id: 'bob', name: 'Bob' };
+  state.applySent(snapshot('alice-bob', bob, 1, 3));
+  state.applySent(snapshot('alice-bob', bob, 1, 4));
+  assert.deepEqual([...state.room('alice-bob').messages.keys()].sort((a, b) => a - b), [1, 2, 3, 4]);
+  assert.equal(state.room('alice-bob').partner.name, 'Bob');
+  // Missed 5..50 (say, while offline): the next snapshot 11..60 does not touch 1..4.
+  state.applySent(snapshot('alice-bob', bob, 11, 60));
+  const ids = [...state.room('alice-bob').messages.keys()];
+  assert.equal(Math.min(...ids), 11);
+  assert.equal(ids.length, 50);
+  assert.ok(state.hasOlder('alice-bob'));
+  state.applyHistory({ roomId: 'alice-bob', user: bob, messages: [msg(10, 'bob'), msg(9, 'bob')] }, 11);
+  assert.equal(state.oldestId('alice-bob'), 9);
+});
+
+test('unread counts follow snapshots and my own reads', () => {
+  const state = new ChatState(me, memoryStorage());
+  const bob = { id: 'bob', name: 'Bob' };
+  assert.ok(state.applySent(snapshot('alice-bob', bob, 1, 2)), 'an incoming message');
+  assert.equal(state.room('alice-bob').unread, 2);
+  state.applyMyReads([{ userId: 'alice', roomId: 'alice-bob', messageId: 1, seenAt: msg(1, 'bob').sentAt }]);
+  assert.equal(state.room('alice-bob').unread, 1);
+  state.applyMyReads([{ userId: 'alice', roomId: 'alice-bob', messageId: 1, seenAt: msg(1, 'bob').sentAt }]);
+  assert.equal(state.room('alice-bob').unread, 1, 'reading twice counts once');
+  // My own message: not incoming, unread unchanged.
+  const mine = snapshot('alice-bob', me, 1, 3, (id) => (id === 3 ? msg(3, 'alice') : msg(id, 'bob', id === 1 ? { seenAt: 'x' } : {})));
+  assert.equal(state.applySent(mine), null);
+  assert.equal(state.room('alice-bob').unread, 1);
+  assert.deepEqual(state.inbox().map((r) => r.roomId), ['alice-bob']);
+});
+
+test('the outbox keeps typed order, survives a reload and settles on the echo', () => {
+  const storage = memoryStorage();
+  const state = new ChatState(me, storage);
+  const first = state.addPending('alice-bob', 'one');
+  state.addPending('alice-bob', 'two');
+  const reloaded = new ChatState(me, storage);
+  assert.deepEqual(reloaded.outbox.map((p) => p.text), ['one', 'two']);
+  assert.deepEqual(reloaded.timeline('alice-bob').map((i) => i.key), reloaded.outbox.map((p) => `c:${p.clientMessageId}`));
+
+  const echo = msg(1, 'alice', { message: 'one', clientMessageId: first.clientMessageId });
+  reloaded.applySent({ roomId: 'alice-bob', user: me, messages: [echo] });
+  assert.deepEqual(reloaded.outbox.map((p) => p.text), ['two']);
+  const keys = reloaded.timeline('alice-bob').map((i) => i.key);
+  assert.equal(keys[0], `c:${first.clientMessageId}`, 'the element key survives confirmation');
+  assert.equal(keys.length, 2);
+
+  reloaded.applySeen([{ userId: 'bob', roomId: 'alice-bob', messageId: 1, seenAt: echo.sentAt }]);
+  assert.equal(reloaded.timeline('alice-bob')[0].message.seenAt, echo.sentAt);
+});

@@ -1,0 +1,251 @@
+// What the client knows: the inbox, a contiguous window of each room's messages, and the
+// outbox of messages not yet confirmed by the server. Pure data, no DOM and no network,
+// so the rules (ordering, unread counts, deduplication by clientMessageId) live in one
+// place. The outbox is kept in sessionStorage so a reload loses no typed message.
+
+import { partnerOf } from './protocol.js';
+
+// `message:sent` carries at most this many of a room's latest messages.
+const SNAPSHOT_SIZE = 50;
+
+export class ChatState {
+  constructor(me, storage) {
+    this.me = me; // SessionUser
+    this.storage = storage;
+    this.outboxKey = `chat.outbox.${me.id}`;
+    this.rooms = new Map(); // roomId -> Room
+    this.inboxCursor = null;
+    this.outbox = this.loadOutbox(); // [{ clientMessageId, roomId, text, error }]
+  }
+
+  room(roomId) {
+    let room = this.rooms.get(roomId);
+    if (!room) {
+      const partnerId = partnerOf(roomId, this.me.id) ?? roomId;
+      room = {
+        roomId,
+        partner: { id: partnerId, name: partnerId },
+        messages: new Map(), // id -> ChatMessage, always a run of consecutive ids
+        loaded: false,
+        lastMessage: null,
+        unread: 0,
+      };
+      this.rooms.set(roomId, room);
+    }
+    return room;
+  }
+
+  // Rooms with at least one message, most recent first (ties by room id, as the server).
+  inbox() {
+    return [...this.rooms.values()]
+      .filter((r) => r.lastMessage)
+      .sort((a, b) => {
+        const byTime = b.lastMessage.sentAt.localeCompare(a.lastMessage.sentAt);
+        return byTime !== 0 ? byTime : a.roomId < b.roomId ? -1 : 1;
+      });
+  }
+
+  // A page of the `rooms` reply.
+  applyInbox(reply) {
+    for (const entry of reply.rooms) {
+      const room = this.room(entry.roomId);
+      room.partner = entry.user;
+      room.unread = entry.unread;
+      this.setLastMessage(room, entry.lastMessage);
+    }
+    this.inboxCursor = reply.nextCursor;
+  }
+
+  // A `message:sent` event. Returns the message that caused it when it is new to this
+  // client and from the partner (an incoming message), else null.
+  applySent(chatRoom) {
+    const room = this.room(chatRoom.roomId);
+    if (chatRoom.user.id !== this.me.id) room.partner = chatRoom.user;
+    const snapshot = chatRoom.messages;
+    const newest = snapshot[0];
+    if (!newest) return null;
+    const isNewIncoming =
+      newest.userId !== this.me.id && (!room.lastMessage || newest.id > room.lastMessage.id);
+    this.setLastMessage(room, newest);
+
+    // The snapshot is exact about unread messages unless it may have cut some off.
+    const unseen = snapshot.filter((m) => m.userId !== this.me.id && !m.seenAt).length;
+    const oldest = snapshot[snapshot.length - 1];
+    const mayBeCut = snapshot.length >= SNAPSHOT_SIZE && oldest.userId !== this.me.id && !oldest.seenAt;
+    room.unread = mayBeCut ? Math.max(unseen, room.unread + (isNewIncoming ? 1 : 0)) : unseen;
+
+    this.mergeWindow(room, snapshot);
+    return isNewIncoming ? newest : null;
+  }
+
+  // A `messages` reply; `before` is the id the request paged from (undefined: latest).
+  applyHistory(chatRoom, before) {
+    const room = this.room(chatRoom.roomId);
+    room.partner = chatRoom.user;
+    if (before === undefined) {
+      if (chatRoom.messages[0]) this.setLastMessage(room, chatRoom.messages[0]);
+      this.mergeWindow(room, chatRoom.messages);
+    } else {
+      for (const m of chatRoom.messages) room.messages.set(m.id, m);
+      this.settleOutbox(chatRoom.messages);
+    }
+    room.loaded = true;
+  }
+
+  // Newest-first messages that end at the room's latest message: merged when they touch
+  // the window we hold, otherwise they replace it (we missed messages in between, e.g.
+  // while disconnected), so the window never has a gap.
+  mergeWindow(room, newestFirst) {
+    if (newestFirst.length > 0) {
+      const oldestNew = newestFirst[newestFirst.length - 1].id;
+      const held = [...room.messages.keys()];
+      const newestHeld = held.length ? Math.max(...held) : 0;
+      if (!room.loaded || oldestNew > newestHeld + 1) room.messages = new Map();
+      for (const m of newestFirst) room.messages.set(m.id, m);
+      room.loaded = true;
+    }
+    this.settleOutbox(newestFirst);
+  }
+
+  setLastMessage(room, message) {
+    if (!room.lastMessage || message.id >= room.lastMessage.id) room.lastMessage = message;
+  }
+
+  // Forgets every message window but `keep`'s (after a reconnect, events may have been
+  // missed); the inbox stays until it is reloaded.
+  forgetWindows(keep) {
+    for (const room of this.rooms.values()) {
+      if (room.roomId === keep) continue;
+      room.messages = new Map();
+      room.loaded = false;
+    }
+  }
+
+  hasOlder(roomId) {
+    const room = this.room(roomId);
+    return room.loaded && room.messages.size > 0 && Math.min(...room.messages.keys()) > 1;
+  }
+
+  oldestId(roomId) {
+    return Math.min(...this.room(roomId).messages.keys());
+  }
+
+  // `message:seen`: the partner saw some of my messages.
+  applySeen(items) {
+    for (const item of items) this.setSeen(item.roomId, item.messageId, item.seenAt);
+  }
+
+  // The `seen` list of my own `message:read` reply: fewer unread messages.
+  applyMyReads(items) {
+    for (const item of items) {
+      if (this.setSeen(item.roomId, item.messageId, item.seenAt)) {
+        const room = this.room(item.roomId);
+        room.unread = Math.max(0, room.unread - 1);
+      }
+    }
+  }
+
+  setSeen(roomId, messageId, seenAt) {
+    const room = this.rooms.get(roomId);
+    if (!room) return false;
+    let changed = false;
+    const held = room.messages.get(messageId);
+    if (held && !held.seenAt) {
+      room.messages.set(messageId, { ...held, seenAt });
+      changed = true;
+    }
+    if (room.lastMessage?.id === messageId && !room.lastMessage.seenAt) {
+      room.lastMessage = { ...room.lastMessage, seenAt };
+      changed = true;
+    }
+    return changed;
+  }
+
+  // Partner messages in the window that nobody marked seen yet.
+  unseenIncoming(roomId) {
+    return [...this.room(roomId).messages.values()].filter(
+      (m) => m.userId !== this.me.id && !m.seenAt,
+    );
+  }
+
+  // The conversation as shown: stored messages by id, then my pending ones in the order
+  // they were typed. Each item has a stable key, so a message keeps its element from
+  // "pending" through "sent" to "seen".
+  timeline(roomId) {
+    const stored = [...this.room(roomId).messages.values()]
+      .sort((a, b) => a.id - b.id)
+      .map((message) => ({ key: this.keyOf(message), message, pending: null }));
+    const pending = this.outbox
+      .filter((p) => p.roomId === roomId)
+      .map((p) => ({ key: `c:${p.clientMessageId}`, message: null, pending: p }));
+    return stored.concat(pending);
+  }
+
+  keyOf(message) {
+    return message.userId === this.me.id && message.clientMessageId
+      ? `c:${message.clientMessageId}`
+      : `m:${message.id}`;
+  }
+
+  addPending(roomId, text) {
+    const entry = { clientMessageId: crypto.randomUUID(), roomId, text, error: null };
+    this.outbox.push(entry);
+    this.saveOutbox();
+    return entry;
+  }
+
+  pending(clientMessageId) {
+    return this.outbox.find((p) => p.clientMessageId === clientMessageId) ?? null;
+  }
+
+  // The ack of my `message`: the server has it. It replaces the pending copy only where
+  // it fits the window without a gap; otherwise the `message:sent` that follows does.
+  confirm(roomId, message) {
+    const room = this.room(roomId);
+    this.setLastMessage(room, message);
+    const held = [...room.messages.keys()];
+    const newestHeld = held.length ? Math.max(...held) : 0;
+    const fits = room.messages.has(message.id) || message.id === newestHeld + 1;
+    if (room.loaded && !fits) return;
+    if (room.loaded) room.messages.set(message.id, message);
+    this.settleOutbox([message]);
+  }
+
+  failPending(clientMessageId, error) {
+    const entry = this.pending(clientMessageId);
+    if (entry) {
+      entry.error = error;
+      this.saveOutbox();
+    }
+  }
+
+  discardPending(clientMessageId) {
+    this.outbox = this.outbox.filter((p) => p.clientMessageId !== clientMessageId);
+    this.saveOutbox();
+  }
+
+  // Drops outbox entries whose message the server has stored.
+  settleOutbox(messages) {
+    const stored = new Set(
+      messages.filter((m) => m.userId === this.me.id && m.clientMessageId).map((m) => m.clientMessageId),
+    );
+    if (stored.size === 0) return;
+    const before = this.outbox.length;
+    this.outbox = this.outbox.filter((p) => !stored.has(p.clientMessageId));
+    if (this.outbox.length !== before) this.saveOutbox();
+  }
+
+  loadOutbox() {
+    try {
+      const saved = JSON.parse(this.storage.getItem(this.outboxKey) ?? '[]');
+      return Array.isArray(saved) ? saved : [];
+    } catch {
+      return [];
+    }
+  }
+
+  saveOutbox() {
+    if (this.outbox.length) this.storage.setItem(this.outboxKey, JSON.stringify(this.outbox));
+    else this.storage.removeItem(this.outboxKey);
+  }
+}
