@@ -1,5 +1,6 @@
 //! `chat-server`: parse the command line, then serve or mint a token.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -46,9 +47,15 @@ fn mint_token(
         Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
     };
     let token = Auth::new(&secret).mint(user_id, name, ttl);
-    println!("{token}");
-    println!("http://{}/#token={token}", config.bind);
-    ExitCode::SUCCESS
+    // Written without println! so that `chat-server token alice | head -1` ends quietly
+    // when the reader closes the pipe.
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{token}")
+        .and_then(|()| writeln!(out, "http://{}/#token={token}", config.bind));
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => fail(e),
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 fn init_tracing(format: LogFormat) {
