@@ -249,7 +249,8 @@ fn throughput_on(
         warmup: Duration::from_secs_f64(opts.warmup_secs),
         duration: Duration::from_secs_f64(opts.duration_secs),
     };
-    let (mut rates, mut details, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rates, mut details, mut frames, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let (target, addr) = match &relay {
             Some(launch) => {
@@ -259,7 +260,8 @@ fn throughput_on(
             }
             None => start_server(opts, name)?,
         };
-        let result = runtime.block_on(throughput::run(addr, &auth, config))?;
+        let pid = target.as_ref().map(Target::pid);
+        let result = runtime.block_on(throughput::run(addr, pid, &auth, config))?;
         if let Some(target) = target {
             target.stop();
         }
@@ -271,24 +273,28 @@ fn throughput_on(
         }
         rates.push(result.msgs_per_sec);
         frames.push(result.avg_frame_bytes);
+        cpu.extend(result.server_cpu_us_per_msg);
         details.push(json!({
             "msgs_per_sec": result.msgs_per_sec,
             "completed": result.completed,
             "avg_frame_bytes": result.avg_frame_bytes,
             "other_frames": result.other_frames,
+            "server_cpu_us_per_msg": result.server_cpu_us_per_msg,
         }));
     }
     let spread = Spread::of(&rates);
     let frame = Spread::of(&frames).median;
     println!(
         "{name}: {} msgs/s delivered to both participants, median (lowest–highest) of {runs}; \
-         {} users, window {}, {:.0}-byte message:sent frames",
+         {} users, window {}, {:.0}-byte message:sent frames; server CPU {} µs per message",
         spread.text(0),
         opts.users,
         opts.window,
-        frame
+        frame,
+        Spread::of(&cpu).text(1),
     );
     let value = json!({
+        "server_cpu_us_per_msg": Spread::of(&cpu).json(&cpu),
         "msgs_per_sec": spread.json(&rates),
         "avg_frame_bytes": frame,
         "users": opts.users,

@@ -31,6 +31,9 @@ pub struct LoadResult {
     /// Frames that were not a `message:sent` (errors from the server).
     pub other_frames: u64,
     pub first_other: Option<String>,
+    /// CPU time the server process spent per completed message, in µs, when its pid is
+    /// known: steadier than the rate on a shared machine, since others' load adds little.
+    pub server_cpu_us_per_msg: Option<f64>,
 }
 
 /// What the connection tasks count, per sender.
@@ -57,7 +60,12 @@ impl Counters {
     }
 }
 
-pub async fn run(addr: SocketAddr, auth: &Auth, config: LoadConfig) -> Result<LoadResult, String> {
+pub async fn run(
+    addr: SocketAddr,
+    server_pid: Option<u32>,
+    auth: &Auth,
+    config: LoadConfig,
+) -> Result<LoadResult, String> {
     let users = config.users.max(2) & !1;
     let conns = client::connect_users(addr, auth, 0..users, 0, 64 * 1024).await?;
     let counters = Arc::new(Counters {
@@ -84,9 +92,10 @@ pub async fn run(addr: SocketAddr, auth: &Auth, config: LoadConfig) -> Result<Lo
         .collect();
 
     tokio::time::sleep(config.warmup).await;
-    let (before, start) = (counters.completed(), Instant::now());
+    let cpu = || server_pid.map(crate::target::cpu_secs);
+    let (before, start, cpu_before) = (counters.completed(), Instant::now(), cpu());
     tokio::time::sleep(config.duration).await;
-    let (after, elapsed) = (counters.completed(), start.elapsed());
+    let (after, elapsed, cpu_after) = (counters.completed(), start.elapsed(), cpu());
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
@@ -100,6 +109,9 @@ pub async fn run(addr: SocketAddr, auth: &Auth, config: LoadConfig) -> Result<Lo
         avg_frame_bytes: counters.frame_bytes.load(Ordering::Relaxed) as f64 / frames as f64,
         other_frames: counters.other_frames.load(Ordering::Relaxed),
         first_other,
+        server_cpu_us_per_msg: cpu_before
+            .zip(cpu_after)
+            .map(|(b, a)| (a - b) * 1e6 / (after - before).max(1) as f64),
     })
 }
 
