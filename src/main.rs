@@ -12,6 +12,12 @@ use chat_server::server::{self, App};
 use chat_server::store::Store;
 use chat_server::writer::{Writer, WriterConfig};
 
+/// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
+/// KiB-sized strings across threads, and under load glibc's arena bookkeeping
+/// (`_int_malloc`, `malloc_consolidate`, `unlink_chunk`) took ~18% of the server's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match config::load() {
         Command::Serve(config) => serve(config),
