@@ -293,8 +293,11 @@ pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // Client frames are small; tungstenite allocates the read buffer up front for every
+    // connection, so 1 KiB instead of 4 KiB is 3 KiB less per idle connection. Larger
+    // frames still arrive, in more reads.
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));

@@ -15,6 +15,8 @@ use serde_json::json;
 
 /// What the JavaScript side prints when it wants the server killed and restarted.
 const RESTART_MARKER: &str = "##KILL-AND-RESTART-SERVER##";
+/// How long one node run may take before the watchdog kills it.
+const NODE_DEADLINE: Duration = Duration::from_secs(180);
 /// What it prints when it wants the server shut down gracefully.
 const TERMINATE_MARKER: &str = "##TERMINATE-SERVER##";
 
@@ -57,6 +59,15 @@ fn start_node(server: &Server, scenario: &str, users: &[&str]) -> Child {
 /// Reads node's output to the end, calling `on_line` for each stdout line, and asserts
 /// that it exited 0 (printing everything it said otherwise).
 fn finish_node(mut node: Child, mut on_line: impl FnMut(&str)) {
+    // A watchdog, so that a hung client fails the test instead of hanging the suite.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let pid = node.id().to_string();
+    std::thread::spawn(move || {
+        if finished.recv_timeout(NODE_DEADLINE).is_err() {
+            eprintln!("socket.io-client tests still running after {NODE_DEADLINE:?}; killing node");
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    });
     let stderr = node.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let mut stdout = String::new();
@@ -67,6 +78,7 @@ fn finish_node(mut node: Child, mut on_line: impl FnMut(&str)) {
         stdout.push('\n');
     }
     let status = node.wait().expect("node exits");
+    let _ = done.send(());
     let stderr = stderr.join().unwrap();
     assert!(
         status.success(),

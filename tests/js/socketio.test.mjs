@@ -5,13 +5,18 @@
 //   TOKEN_<USER>        tokens minted by the test (TOKEN_ALICE, TOKEN_FORGED, ...)
 // Cases that need the Rust side (plain-dialect tabs, killing the server) talk to it
 // through their own events and through marker lines on stdout.
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
 
 const URL = process.env.CHAT_URL;
 const SCENARIO = process.env.SIO_SCENARIO;
-const WAIT_MS = 10_000;
+// Generous: CI machines are small and busy.
+const WAIT_MS = 20_000;
+
+// A failed case can leave a socket behind whose client keeps reconnecting, which would keep
+// node alive forever; once every case has run, exit with the status node:test set.
+after(() => setTimeout(() => process.exit(), 2_000).unref());
 
 function token(name) {
   const value = process.env[`TOKEN_${name.toUpperCase()}`];

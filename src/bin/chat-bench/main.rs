@@ -1,0 +1,466 @@
+//! `chat-bench`: the reproducible load harness behind BENCHMARKS.md.
+//!
+//! It starts `chat-server` itself (or targets a given loopback address), mints its own
+//! tokens with the server's secret, runs each scenario `--runs` times, prints one summary
+//! line per scenario (median, lowest–highest) and writes every figure to a JSON file.
+//! Scenarios: `throughput`, `latency`, `idle`, `restart`, `ceiling` (the throughput load
+//! through a bare relay, see `relay`). Everything targets loopback and is bounded in time
+//! and count.
+
+mod client;
+mod idle;
+mod latency;
+mod relay;
+mod restart;
+mod stats;
+mod target;
+mod throughput;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chat_server::auth::Auth;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use stats::Spread;
+use target::{Launch, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "chat-bench",
+    about = "Load harness for chat-server (loopback only)"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// The bare relay of the ceiling scenario (started by the bench).
+    #[command(hide = true)]
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
+        #[arg(long)]
+        frame_bytes: usize,
+    },
+    /// Holds idle connections for the idle scenario (started by the bench).
+    #[command(hide = true)]
+    IdleWorker {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        first: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct Opts {
+    /// Comma-separated scenarios to run.
+    #[arg(long, default_value = "throughput,latency,idle,restart,ceiling")]
+    scenarios: String,
+    /// The server binary to start.
+    #[arg(long, default_value = "target/release/chat-server")]
+    server: PathBuf,
+    /// Target an already running server on this loopback address instead (throughput and
+    /// latency only); it must use `--secret` as its CHAT_JWT_SECRET.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// JWT secret given to the server and used to mint tokens.
+    #[arg(long, default_value = "chat-bench-secret")]
+    secret: String,
+    /// Repetitions of each scenario; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// `taskset -c` CPUs for the server (and the relay).
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// CPUs to pin the generator to.
+    #[arg(long)]
+    bench_cpus: Option<String>,
+    /// Throughput: users (pairs share a room).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Throughput: messages each sender keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Throughput: seconds before counting starts.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Throughput: seconds counted.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Latency: connected users.
+    #[arg(long, default_value_t = 10_000)]
+    latency_users: usize,
+    /// Latency: offered messages per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Latency: seconds measured (after one second of warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    latency_secs: f64,
+    /// Idle: connection counts to measure at (clipped to the open-file hard limit).
+    #[arg(long, default_value = "5000,10000,19000")]
+    idle_counts: String,
+    /// Idle: connections per generator process (default: the hard limit less headroom).
+    #[arg(long)]
+    conns_per_process: Option<usize>,
+    /// Restart: messages in the big store.
+    #[arg(long, default_value_t = 1_000_000)]
+    restart_messages: usize,
+    /// Restart: messages in the small store it is compared with.
+    #[arg(long, default_value_t = 1_000)]
+    restart_small: usize,
+    /// Ceiling: relay frame size when the throughput scenario did not run.
+    #[arg(long, default_value_t = 7000)]
+    frame_bytes: usize,
+}
+
+/// Open files a process keeps for itself besides connections.
+const FD_HEADROOM: usize = 200;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    target::raise_nofile_limit();
+    match cli.mode {
+        Some(Mode::Relay { bind, frame_bytes }) => {
+            relay::main(bind, frame_bytes);
+            ExitCode::SUCCESS
+        }
+        Some(Mode::IdleWorker { addr, first }) => {
+            let secret = std::env::var("CHAT_BENCH_SECRET").unwrap_or_default();
+            idle::worker(addr, &secret, first);
+            ExitCode::SUCCESS
+        }
+        None => match bench(&cli.opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chat-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn bench(opts: &Opts) -> Result<(), String> {
+    if let Some(addr) = opts.addr {
+        if !addr.ip().is_loopback() {
+            return Err(format!("{addr} is not a loopback address"));
+        }
+    }
+    if let Some(cpus) = &opts.bench_cpus {
+        target::pin_self(cpus)?;
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let runs = opts.runs.max(1);
+    let mut results = serde_json::Map::new();
+    let mut frame_bytes = opts.frame_bytes;
+    let mut server_rate = None;
+    for scenario in opts.scenarios.split(',').map(str::trim) {
+        let value = match scenario {
+            "throughput" => {
+                let (value, median, frame) = throughput_on(opts, &runtime, runs, None)?;
+                server_rate = Some(median);
+                frame_bytes = frame;
+                value
+            }
+            "latency" => latency(opts, &runtime, runs)?,
+            "idle" => idle(opts, runs)?,
+            "restart" => restart(opts, runs)?,
+            "ceiling" => {
+                let launch = Launch {
+                    program: std::env::current_exe().map_err(|e| e.to_string())?,
+                    args: vec![
+                        "relay".into(),
+                        "--frame-bytes".into(),
+                        frame_bytes.to_string(),
+                    ],
+                    env: Vec::new(),
+                    cpus: opts.server_cpus.clone(),
+                };
+                let (mut value, median, _) = throughput_on(opts, &runtime, runs, Some(launch))?;
+                if let Some(rate) = server_rate {
+                    let ratio = rate / median.max(f64::MIN_POSITIVE);
+                    value["server_to_ceiling_ratio"] = json!(ratio);
+                    println!(
+                        "ceiling: chat-server reaches {:.0}% of the bare relay",
+                        ratio * 100.0
+                    );
+                }
+                value
+            }
+            other => return Err(format!("unknown scenario {other:?}")),
+        };
+        results.insert(scenario.to_owned(), value);
+    }
+    let report = json!({
+        "machine": machine(),
+        "runs": runs,
+        "scenarios": results,
+    });
+    std::fs::write(
+        &opts.out,
+        serde_json::to_string_pretty(&report).expect("values serialize"),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", opts.out.display()))?;
+    println!("results: {}", opts.out.display());
+    Ok(())
+}
+
+/// Starts a fresh server (or uses `--addr`) for one run.
+fn start_server(opts: &Opts, label: &str) -> Result<(Option<Target>, SocketAddr), String> {
+    if let Some(addr) = opts.addr {
+        return Ok((None, addr));
+    }
+    let dir = target::temp_dir(label);
+    let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
+    let server = Target::start(&launch, Some(dir))?;
+    idle::wait_healthy(server.addr)?;
+    let addr = server.addr;
+    Ok((Some(server), addr))
+}
+
+/// The throughput load against the server, or against `relay` when given.
+fn throughput_on(
+    opts: &Opts,
+    runtime: &tokio::runtime::Runtime,
+    runs: usize,
+    relay: Option<Launch>,
+) -> Result<(Value, f64, usize), String> {
+    let name = if relay.is_some() {
+        "ceiling"
+    } else {
+        "throughput"
+    };
+    let auth = Auth::new(opts.secret.as_bytes());
+    let config = throughput::LoadConfig {
+        users: opts.users,
+        window: opts.window,
+        warmup: Duration::from_secs_f64(opts.warmup_secs),
+        duration: Duration::from_secs_f64(opts.duration_secs),
+    };
+    let (mut rates, mut details, mut frames, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (target, addr) = match &relay {
+            Some(launch) => {
+                let target = Target::start(launch, None)?;
+                let addr = target.addr;
+                (Some(target), addr)
+            }
+            None => start_server(opts, name)?,
+        };
+        let pid = target.as_ref().map(Target::pid);
+        let result = runtime.block_on(throughput::run(addr, pid, &auth, config))?;
+        if let Some(target) = target {
+            target.stop();
+        }
+        if result.completed == 0 {
+            return Err(format!(
+                "{name}: no message completed (first other frame: {:?})",
+                result.first_other
+            ));
+        }
+        rates.push(result.msgs_per_sec);
+        frames.push(result.avg_frame_bytes);
+        cpu.extend(result.server_cpu_us_per_msg);
+        details.push(json!({
+            "msgs_per_sec": result.msgs_per_sec,
+            "completed": result.completed,
+            "avg_frame_bytes": result.avg_frame_bytes,
+            "other_frames": result.other_frames,
+            "server_cpu_us_per_msg": result.server_cpu_us_per_msg,
+        }));
+    }
+    let spread = Spread::of(&rates);
+    let frame = Spread::of(&frames).median;
+    println!(
+        "{name}: {} msgs/s delivered to both participants, median (lowest–highest) of {runs}; \
+         {} users, window {}, {:.0}-byte message:sent frames; server CPU {} µs per message",
+        spread.text(0),
+        opts.users,
+        opts.window,
+        frame,
+        Spread::of(&cpu).text(1),
+    );
+    let value = json!({
+        "server_cpu_us_per_msg": Spread::of(&cpu).json(&cpu),
+        "msgs_per_sec": spread.json(&rates),
+        "avg_frame_bytes": frame,
+        "users": opts.users,
+        "window": opts.window,
+        "duration_secs": opts.duration_secs,
+        "details": details,
+    });
+    Ok((value, spread.median, frame.round() as usize))
+}
+
+fn latency(opts: &Opts, runtime: &tokio::runtime::Runtime, runs: usize) -> Result<Value, String> {
+    let auth = Auth::new(opts.secret.as_bytes());
+    let config = latency::LatencyConfig {
+        users: opts.latency_users,
+        rate: opts.rate,
+        warmup: Duration::from_secs(1),
+        duration: Duration::from_secs_f64(opts.latency_secs),
+    };
+    let (mut p50, mut p99, mut p999, mut details) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (target, addr) = start_server(opts, "latency")?;
+        let result = runtime.block_on(latency::run(addr, &auth, config))?;
+        if let Some(target) = target {
+            target.stop();
+        }
+        if result.delivered == 0 {
+            return Err("latency: no message was delivered".into());
+        }
+        p50.push(result.p50);
+        p99.push(result.p99);
+        p999.push(result.p999);
+        details.push(json!({
+            "p50_ms": result.p50, "p99_ms": result.p99, "p999_ms": result.p999,
+            "max_ms": result.max, "offered": result.offered, "delivered": result.delivered,
+            "offered_rate": result.offered_rate,
+        }));
+    }
+    let (a, b, c) = (Spread::of(&p50), Spread::of(&p99), Spread::of(&p999));
+    println!(
+        "latency: p50 {} ms, p99 {} ms, p99.9 {} ms (median, lowest–highest of {runs}); \
+         {} users, {} msgs/s offered open-loop",
+        a.text(2),
+        b.text(2),
+        c.text(2),
+        opts.latency_users,
+        opts.rate
+    );
+    Ok(json!({
+        "p50_ms": a.json(&p50), "p99_ms": b.json(&p99), "p999_ms": c.json(&p999),
+        "users": opts.latency_users, "rate": opts.rate, "details": details,
+    }))
+}
+
+fn idle(opts: &Opts, runs: usize) -> Result<Value, String> {
+    let hard = target::nofile_hard_limit() as usize;
+    let cap = hard.saturating_sub(FD_HEADROOM).max(1);
+    let per_process = opts.conns_per_process.unwrap_or(cap).clamp(1, cap);
+    let mut counts: Vec<usize> = opts
+        .idle_counts
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad count {c:?}"))
+        })
+        .collect::<Result<_, _>>()?;
+    counts.iter_mut().for_each(|c| *c = (*c).min(cap));
+    counts.dedup();
+    let (mut slopes, mut details) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let dir = target::temp_dir("idle");
+        let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
+        let result = idle::run(&launch, &opts.secret, &counts, per_process, dir)?;
+        slopes.push(result.slope);
+        details.push(json!({
+            "rss_before": result.rss_before,
+            "points": result.points.iter().map(|&(n, b)| json!({
+                "connections": n, "rss_growth": b, "bytes_per_connection": b as f64 / n as f64,
+            })).collect::<Vec<_>>(),
+            "fitted_bytes_per_connection": result.slope,
+            "fitted_intercept": result.intercept,
+            "generator_processes": result.workers,
+        }));
+    }
+    let spread = Spread::of(&slopes);
+    let kib: Vec<f64> = slopes.iter().map(|s| s / 1024.0).collect();
+    println!(
+        "idle: {} KiB of server RSS per idle connection (fitted slope, median, lowest–highest \
+         of {runs}) at {:?} connections; open-file hard limit {hard}",
+        Spread::of(&kib).text(2),
+        counts
+    );
+    Ok(json!({
+        "bytes_per_connection": spread.json(&slopes),
+        "counts": counts,
+        "nofile_hard_limit": hard,
+        "details": details,
+    }))
+}
+
+fn restart(opts: &Opts, runs: usize) -> Result<Value, String> {
+    let mut value = serde_json::Map::new();
+    let mut line = Vec::new();
+    for messages in [opts.restart_small, opts.restart_messages] {
+        let dir = target::temp_dir("restart");
+        let filled = restart::fill(&dir, messages);
+        let result = filled.and_then(|fill| {
+            let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
+            let (mut secs, mut rss) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let r = restart::measure(&launch)?;
+                secs.push(r.to_healthy.as_secs_f64());
+                rss.push(r.rss as f64);
+            }
+            let size =
+                std::fs::metadata(dir.join(chat_server::store::DB_FILE)).map_or(0, |m| m.len());
+            Ok((fill, secs, rss, size))
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let (fill, secs, rss, size) = result?;
+        let (s, r) = (Spread::of(&secs), Spread::of(&rss));
+        let mib: Vec<f64> = rss.iter().map(|b| b / 1048576.0).collect();
+        line.push(format!(
+            "{messages} messages ({:.0} MiB): healthy after {} s, RSS {} MiB",
+            size as f64 / 1048576.0,
+            s.text(3),
+            Spread::of(&mib).text(1)
+        ));
+        value.insert(
+            messages.to_string(),
+            json!({
+                "to_healthy_secs": s.json(&secs), "rss_bytes": r.json(&rss),
+                "store_bytes": size, "fill_secs": fill.as_secs_f64(),
+            }),
+        );
+    }
+    println!(
+        "restart: {} (median, lowest–highest of {runs})",
+        line.join("; ")
+    );
+    Ok(Value::Object(value))
+}
+
+/// What the figures were measured on.
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": cpu,
+        "memory_gib": mem_kib as f64 / 1048576.0,
+        "nofile_hard_limit": target::nofile_hard_limit(),
+    })
+}

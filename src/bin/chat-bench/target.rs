@@ -1,0 +1,233 @@
+//! The process under test: a `chat-server` (or the bare relay) started by the bench on
+//! 127.0.0.1:0 with a temporary data directory, or a loopback address given by the user.
+//!
+//! A started server gets the bench's JWT secret and generous rate limits through the
+//! environment, so the figures measure the server, not its abuse limits.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to start a process that prints `listening on http://ADDR` first.
+#[derive(Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `taskset -c` list to pin the process to.
+    pub cpus: Option<String>,
+}
+
+impl Launch {
+    /// `chat-server --data DIR --bind 127.0.0.1:0` with the bench's secret and limits.
+    pub fn server(program: &Path, data_dir: &Path, secret: &str, cpus: Option<String>) -> Launch {
+        let open = u64::from(nofile_hard_limit()).to_string();
+        let generous = "1000000".to_string();
+        Launch {
+            program: program.to_path_buf(),
+            args: vec![
+                "--data".into(),
+                data_dir.display().to_string(),
+                "--bind".into(),
+                "127.0.0.1:0".into(),
+            ],
+            env: vec![
+                ("CHAT_JWT_SECRET".into(), secret.into()),
+                ("RUST_LOG".into(), "warn".into()),
+                ("CHAT_LIMITS_SEND_RATE_PER_SEC".into(), generous.clone()),
+                ("CHAT_LIMITS_SEND_BURST".into(), generous.clone()),
+                ("CHAT_LIMITS_REQUEST_RATE_PER_SEC".into(), generous.clone()),
+                ("CHAT_LIMITS_REQUEST_BURST".into(), generous),
+                ("CHAT_LIMITS_MAX_CONNECTIONS".into(), open),
+            ],
+            cpus,
+        }
+    }
+}
+
+/// A running process under test, killed on drop.
+pub struct Target {
+    pub addr: SocketAddr,
+    child: Child,
+    /// Kept open so the process never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    /// Removed on drop when the bench created it.
+    temp_dir: Option<PathBuf>,
+}
+
+impl Target {
+    /// Starts `launch` and waits for its listening line.
+    pub fn start(launch: &Launch, temp_dir: Option<PathBuf>) -> Result<Target, String> {
+        let mut command = match &launch.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(&launch.program);
+                c
+            }
+            None => Command::new(&launch.program),
+        };
+        let mut child = command
+            .args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", launch.program.display()))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the listening line: {e}"))?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
+        Ok(Target {
+            addr,
+            child,
+            _stdout: stdout,
+            temp_dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size of the process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `VmRSS` of a process, in bytes (0 when unreadable).
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds (0 when unreadable).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_sec as f64
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "chat-bench-{}-{label}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
+
+/// True once `GET /healthz` answers 200.
+pub fn healthz_ok(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+/// The hard open-file limit of this process.
+pub fn nofile_hard_limit() -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_max.min(u64::from(u32::MAX) as libc::rlim_t) as u32
+}
+
+/// Raises this process's soft open-file limit to the hard limit.
+pub fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on our own process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Pins this process to the given CPUs (`"1"` or `"0,1"`).
+pub fn pin_self(cpus: &str) -> Result<(), String> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only
+    // touch the set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in cpus.split(',') {
+            let cpu: usize = cpu
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad cpu {cpu:?} in {cpus:?}"))?;
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            return Err(format!("sched_setaffinity({cpus}) failed"));
+        }
+    }
+    Ok(())
+}

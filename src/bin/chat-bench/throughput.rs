@@ -1,0 +1,193 @@
+//! The throughput load: pairs of users in their own rooms, every user a sender that keeps
+//! a window of messages in flight. A message counts once its `message:sent` reached both
+//! participants. The same load runs against the bare relay for the ceiling.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat_server::auth::Auth;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Ws};
+
+/// The shape of one throughput run.
+#[derive(Clone, Copy)]
+pub struct LoadConfig {
+    pub users: usize,
+    pub window: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+pub struct LoadResult {
+    /// Messages per second whose `message:sent` reached both participants.
+    pub msgs_per_sec: f64,
+    pub completed: u64,
+    /// Mean size of a received `message:sent` frame.
+    pub avg_frame_bytes: f64,
+    /// Frames that were not a `message:sent` (errors from the server).
+    pub other_frames: u64,
+    pub first_other: Option<String>,
+    /// CPU time the server process spent per completed message, in µs, when its pid is
+    /// known: steadier than the rate on a shared machine, since others' load adds little.
+    pub server_cpu_us_per_msg: Option<f64>,
+}
+
+/// What the connection tasks count, per sender.
+struct Counters {
+    /// `message:sent` of sender `s` received by `s` itself.
+    own: Vec<AtomicU64>,
+    /// `message:sent` of sender `s` received by its partner.
+    partner: Vec<AtomicU64>,
+    frame_bytes: AtomicU64,
+    frames: AtomicU64,
+    other_frames: AtomicU64,
+    first_other: Mutex<Option<String>>,
+}
+
+impl Counters {
+    /// Messages that reached both: per sender both sides see them in send order, so the
+    /// smaller of the two counts.
+    fn completed(&self) -> u64 {
+        self.own
+            .iter()
+            .zip(&self.partner)
+            .map(|(a, b)| a.load(Ordering::Relaxed).min(b.load(Ordering::Relaxed)))
+            .sum()
+    }
+}
+
+pub async fn run(
+    addr: SocketAddr,
+    server_pid: Option<u32>,
+    auth: &Auth,
+    config: LoadConfig,
+) -> Result<LoadResult, String> {
+    let users = config.users.max(2) & !1;
+    let conns = client::connect_users(addr, auth, 0..users, 0, 64 * 1024).await?;
+    let counters = Arc::new(Counters {
+        own: (0..users).map(|_| AtomicU64::new(0)).collect(),
+        partner: (0..users).map(|_| AtomicU64::new(0)).collect(),
+        frame_bytes: AtomicU64::new(0),
+        frames: AtomicU64::new(0),
+        other_frames: AtomicU64::new(0),
+        first_other: Mutex::new(None),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            tokio::spawn(sender(
+                i,
+                ws,
+                config.window.max(1),
+                counters.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    tokio::time::sleep(config.warmup).await;
+    let cpu = || server_pid.map(crate::target::cpu_secs);
+    let (before, start, cpu_before) = (counters.completed(), Instant::now(), cpu());
+    tokio::time::sleep(config.duration).await;
+    let (after, elapsed, cpu_after) = (counters.completed(), start.elapsed(), cpu());
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+
+    let frames = counters.frames.load(Ordering::Relaxed).max(1);
+    let first_other = counters.first_other.lock().expect("not poisoned").take();
+    Ok(LoadResult {
+        msgs_per_sec: (after - before) as f64 / elapsed.as_secs_f64(),
+        completed: after - before,
+        avg_frame_bytes: counters.frame_bytes.load(Ordering::Relaxed) as f64 / frames as f64,
+        other_frames: counters.other_frames.load(Ordering::Relaxed),
+        first_other,
+        server_cpu_us_per_msg: cpu_before
+            .zip(cpu_after)
+            .map(|(b, a)| (a - b) * 1e6 / (after - before).max(1) as f64),
+    })
+}
+
+/// How long a connection keeps draining after the stop before it gives up.
+const DRAIN: Duration = Duration::from_secs(3);
+
+async fn sender(
+    me: usize,
+    mut ws: Ws,
+    window: usize,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) {
+    let (room, _) = client::room_of(me);
+    let my_id = client::user(me);
+    let mut seq = 0u64;
+    let mut in_flight = 0usize;
+    let frame = |seq: u64| {
+        Message::text(client::message_frame(
+            &my_id,
+            &room,
+            &client::message_text(me, seq, 0),
+        ))
+    };
+    for _ in 0..window {
+        seq += 1;
+        if ws.send(frame(seq)).await.is_err() {
+            return;
+        }
+        in_flight += 1;
+    }
+    let mut drain_until = None;
+    loop {
+        if stop.load(Ordering::Relaxed) && drain_until.is_none() {
+            drain_until = Some(tokio::time::Instant::now() + DRAIN);
+        }
+        let next = match drain_until {
+            Some(deadline) => match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(next) => next,
+                Err(_) => return,
+            },
+            None => match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(next) => next,
+                Err(_) => continue,
+            },
+        };
+        let text = match next {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+            _ => return,
+        };
+        let Some(sent) = client::parse_sent(&text) else {
+            counters.other_frames.fetch_add(1, Ordering::Relaxed);
+            let mut first = counters.first_other.lock().expect("not poisoned");
+            first.get_or_insert_with(|| text.as_str().chars().take(300).collect());
+            continue;
+        };
+        counters.frames.fetch_add(1, Ordering::Relaxed);
+        counters
+            .frame_bytes
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        if sent.sender != me {
+            counters.partner[sent.sender].fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        counters.own[me].fetch_add(1, Ordering::Relaxed);
+        in_flight = in_flight.saturating_sub(1);
+        if drain_until.is_none() {
+            seq += 1;
+            if ws.send(frame(seq)).await.is_err() {
+                return;
+            }
+            in_flight += 1;
+        } else if in_flight == 0 {
+            // Our own are all back; the partner's last few may still be coming.
+            drain_until = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+        }
+    }
+}
