@@ -1,5 +1,6 @@
 //! `chat-server`: parse the command line, then serve or mint a token.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -46,8 +47,14 @@ fn mint_token(
         Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
     };
     let token = Auth::new(&secret).mint(user_id, name, ttl);
-    println!("{token}");
-    println!("http://{}/#token={token}", config.bind);
+    // Written by hand rather than with `println!`, which panics on a closed pipe.
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{token}").and_then(|()| out.flush()).is_err() {
+        return ExitCode::FAILURE;
+    }
+    // The link is a convenience: a reader that takes only the token (`| head -1`) may
+    // already have closed the pipe.
+    let _ = writeln!(out, "http://{}/#token={token}", config.bind);
     ExitCode::SUCCESS
 }
 
