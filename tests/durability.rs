@@ -154,8 +154,12 @@ async fn sigterm_under_concurrent_load_loses_nothing_and_the_next_start_serves_a
 
     let mut server = Server::start_with(UNTHROTTLED);
     let users = load::users(4);
+    let mut observer = server.connect(&users[1]).await;
     let load = Load::start(&server, &users, "term", 16, 20_000).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Terminate mid-load: once commits are flowing, whatever the machine's speed.
+    for _ in 0..50 {
+        observer.recv_event("message:sent").await;
+    }
     let terminating = Instant::now();
     assert!(server.terminate(), "clean exit on SIGTERM under load");
     let shutdown = terminating.elapsed();
