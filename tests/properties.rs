@@ -286,3 +286,18 @@ proptest! {
         prop_assert_eq!(message.check_shape().is_ok(), expected);
     }
 }
+
+/// Found by the `plain_decode` fuzz target: a lone surrogate escape is valid JSON syntax,
+/// so the envelope decodes and names its event, but no Rust string can hold it, so the
+/// payload parser refuses the data with `bad_request` (never a panic, never stored).
+#[test]
+fn a_lone_surrogate_in_data_is_refused_by_the_payload_parser() {
+    let text = r#"{"event":"message","data":{"userId":"a","roomId":"a-b","message":"\ud800"}}"#;
+    let frame = decode(text).expect("the envelope itself is valid JSON");
+    assert_eq!(frame.event, "message");
+    let refused = parse::<SendMessage>(ClientEvent::Message, frame.data).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BadRequest);
+    let paired = r#"{"userId":"a","roomId":"a-b","message":"\ud83d\ude00"}"#;
+    let message: SendMessage = parse(ClientEvent::Message, paired).unwrap();
+    assert_eq!(message.message, "\u{1f600}");
+}

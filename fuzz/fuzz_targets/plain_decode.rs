@@ -1,6 +1,6 @@
 //! The plain dialect's frame decoder on arbitrary text frames: it never panics, a decoded
-//! frame carries valid JSON data and an ack of an allowed type, and re-encoding a decoded
-//! frame decodes to the same frame.
+//! frame carries syntactically valid JSON data and an ack of an allowed type, and
+//! re-encoding a decoded frame decodes to the same frame.
 #![no_main]
 
 use chat_server::dialect::plain::decode;
@@ -15,7 +15,13 @@ fuzz_target!(|data: &[u8]| {
     };
     match decode(text) {
         Ok(frame) => {
-            let payload: Value = serde_json::from_str(frame.data).expect("data is valid JSON");
+            let Ok(payload) = serde_json::from_str::<Value>(frame.data) else {
+                // `data` is checked for JSON syntax only; a lone surrogate escape such as
+                // "\ud800" is valid syntax that no Rust string can hold, so it is refused
+                // later, by the payload parser, still as `bad_request`.
+                assert!(frame.data.contains("\\u"), "{}", frame.data);
+                return;
+            };
             assert!(matches!(
                 frame.ack,
                 None | Some(Value::Number(_)) | Some(Value::String(_))
