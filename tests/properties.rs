@@ -301,3 +301,28 @@ fn a_lone_surrogate_in_data_is_refused_by_the_payload_parser() {
     let message: SendMessage = parse(ClientEvent::Message, paired).unwrap();
     assert_eq!(message.message, "\u{1f600}");
 }
+
+/// Found by the `plain_decode` fuzz target: `ack` is echoed back and must be the same
+/// value, but serde_json's default float parsing may be off by one unit in the last place
+/// (the fuzzer's 7.000000000000001e25 and proptest's -1.4187828003672035e133 came back as
+/// other doubles). The `float_roundtrip` feature parses floats exactly, as JavaScript does.
+#[test]
+fn a_float_ack_comes_back_as_the_same_number() {
+    for literal in ["7.000000000000001e25", "-1.4187828003672035e133"] {
+        let text = format!(r#"{{"event":"x","ack":{literal}}}"#);
+        let frame = decode(&text).unwrap();
+        let expected: f64 = literal.parse().unwrap();
+        assert_eq!(frame.ack.unwrap().as_f64(), Some(expected), "{literal}");
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_float_ack_round_trips(ack in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+        let text = json!({ "event": "x", "ack": ack }).to_string();
+        let frame = decode(&text).unwrap();
+        prop_assert_eq!(frame.ack.and_then(|a| a.as_f64()), Some(ack));
+    }
+}
