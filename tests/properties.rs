@@ -291,10 +291,15 @@ proptest! {
 /// so the envelope decodes and names its event, but no Rust string can hold it, so the
 /// payload parser refuses the data with `bad_request` (never a panic, never stored).
 #[test]
-fn a_lone_surrogate_in_data_is_refused_by_the_payload_parser() {
+fn a_lone_surrogate_or_huge_number_in_data_is_refused_by_the_payload_parser() {
     let text = r#"{"event":"message","data":{"userId":"a","roomId":"a-b","message":"\ud800"}}"#;
     let frame = decode(text).expect("the envelope itself is valid JSON");
     assert_eq!(frame.event, "message");
+    let refused = parse::<SendMessage>(ClientEvent::Message, frame.data).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BadRequest);
+    // Likewise a number beyond f64, also found by the fuzzer.
+    let huge = r#"{"event":"message","data":{"userId":"a","roomId":"a-b","message":1e999}}"#;
+    let frame = decode(huge).expect("the envelope itself is valid JSON");
     let refused = parse::<SendMessage>(ClientEvent::Message, frame.data).unwrap_err();
     assert_eq!(refused.code, ErrorCode::BadRequest);
     let paired = r#"{"userId":"a","roomId":"a-b","message":"\ud83d\ude00"}"#;
