@@ -53,15 +53,15 @@ fn mint_token(
         Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
     };
     let token = Auth::new(&secret).mint(user_id, name, ttl);
-    // Written without println! so that `chat-server token alice | head -1` ends quietly
-    // when the reader closes the pipe.
+    // Written by hand rather than with `println!`, which panics on a closed pipe.
     let mut out = std::io::stdout().lock();
-    let written = writeln!(out, "{token}")
-        .and_then(|()| writeln!(out, "http://{}/#token={token}", config.bind));
-    match written {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => fail(e),
-        _ => ExitCode::SUCCESS,
+    if writeln!(out, "{token}").and_then(|()| out.flush()).is_err() {
+        return ExitCode::FAILURE;
     }
+    // The link is a convenience: a reader that takes only the token (`| head -1`) may
+    // already have closed the pipe.
+    let _ = writeln!(out, "http://{}/#token={token}", config.bind);
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(format: LogFormat) {

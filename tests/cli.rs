@@ -109,3 +109,21 @@ fn a_store_from_a_newer_version_is_refused_with_a_clear_error() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("format 99"), "{stderr}");
 }
+
+#[test]
+fn the_token_command_survives_a_closed_pipe() {
+    // `chat-server token alice | head -1` closes the pipe before the second line; here the
+    // reader is gone before the first, the harshest case. Regression: it used to panic.
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = chat_server()
+        .args(["token", "alice", "--data", dir.path().to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+}

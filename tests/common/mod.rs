@@ -557,3 +557,29 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     (head.to_ascii_lowercase(), body.to_owned())
 }
+pub mod load;
+
+/// Polls `GET /healthz` until it answers 200 and returns how long that took; panics after
+/// `within`. Connection errors count as "not yet".
+pub async fn wait_healthy(addr: SocketAddr, within: Duration) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(addr).await {
+            let request =
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 12];
+            if stream.write_all(request.as_bytes()).await.is_ok()
+                && stream.read_exact(&mut head).await.is_ok()
+                && head.starts_with(b"HTTP/1.1 200")
+            {
+                return started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < within,
+            "/healthz not 200 within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
