@@ -379,6 +379,11 @@ if (SCENARIO === "shutdown") {
     ]);
     const reasons = Promise.all(sockets.map((s) => next(s, "disconnect")));
     console.log("##TERMINATE-SERVER##");
-    assert.deepEqual(await reasons, ["transport close", "transport close", "transport close"]);
+    // The server closes every transport. A long-polling client whose pending poll is cut
+    // as the connection closes reports that as a transport error rather than a close; both
+    // mean the server ended the session (tests/socketio.rs checks it did so promptly).
+    for (const reason of await reasons) {
+      assert.ok(["transport close", "transport error"].includes(reason), reason);
+    }
   });
 }
