@@ -201,6 +201,11 @@ pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
+    status_and_json(raw)
+}
+
+/// The status and JSON body (or the text, when it is not JSON) of a raw HTTP response.
+fn status_and_json(raw: Vec<u8>) -> (u16, Value) {
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
@@ -505,21 +510,7 @@ pub async fn http_get_with_body(
     stream.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    status_and_json(raw)
 }
 
 impl Server {
