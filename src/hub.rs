@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -28,6 +29,8 @@ pub struct Outbound {
     pub data: String,
     /// The plain dialect's frame, built by the first plain connection that sends it.
     plain: OnceLock<Utf8Bytes>,
+    /// The payload as a raw JSON value, built by the first Socket.IO connection that sends it.
+    raw: OnceLock<Box<RawValue>>,
 }
 
 impl Outbound {
@@ -36,6 +39,16 @@ impl Outbound {
             event,
             data,
             plain: OnceLock::new(),
+            raw: OnceLock::new(),
+        })
+    }
+
+    /// The payload as a JSON value for emitters that take one (Socket.IO), checked once
+    /// per event rather than once per recipient.
+    pub fn raw_data(&self) -> &RawValue {
+        self.raw.get_or_init(|| {
+            RawValue::from_string(self.data.clone())
+                .expect("hub payloads are serialized by the server")
         })
     }
 
@@ -302,5 +315,7 @@ mod tests {
             frame.as_str().as_ptr(),
             event.plain_frame().as_str().as_ptr()
         );
+        assert_eq!(event.raw_data().get(), r#"{"roomId":"a-b"}"#);
+        assert!(std::ptr::eq(event.raw_data(), event.raw_data()));
     }
 }

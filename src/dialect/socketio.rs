@@ -321,13 +321,8 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
                 Ok(())
             }
             Some(event) = subscription.recv() => {
-                let sent = match serde_json::from_str::<&RawValue>(&event.data) {
-                    Ok(data) => deliver(|| socket.emit(event.event, data), &overflow, &gone).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "hub event is not JSON");
-                        Ok(())
-                    }
-                };
+                let data = event.raw_data();
+                let sent = deliver(|| socket.emit(event.event, data), &overflow, &gone).await;
                 subscription.sent(&event);
                 sent
             }
