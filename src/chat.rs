@@ -368,10 +368,9 @@ impl Chat {
         };
         let mut rooms = Vec::with_capacity(page.len());
         for row in page {
-            let partner = self.store.profile(&row.partner).map_err(internal)?;
             rooms.push(json!({
                 "roomId": row.room_id,
-                "user": partner,
+                "user": row.partner,
                 "lastMessage": row.last_message,
                 "unread": row.unread,
                 "updatedAt": format_millis(row.updated_ms),

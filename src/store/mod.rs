@@ -125,7 +125,8 @@ impl RoomKey {
 pub struct InboxRoom {
     pub room_num: u64,
     pub room_id: String,
-    pub partner: String,
+    /// The other participant, with their remembered name.
+    pub partner: SessionUser,
     pub last_message: ChatMessage,
     pub unread: u64,
     pub updated_ms: i64,
@@ -235,6 +236,7 @@ impl Store {
         let inbox = txn.open_table(INBOX)?;
         let rooms = txn.open_table(ROOMS)?;
         let messages = txn.open_table(MESSAGES)?;
+        let profiles = txn.open_table(PROFILES)?;
         let start = match after {
             Some(c) => (
                 user,
@@ -260,7 +262,7 @@ impl Store {
             let last_message = read_message(&messages, num, record.last_id)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("room {num} lost message {}", record.last_id))
             })?;
-            let partner = record.partner_of(user).to_owned();
+            let partner = profile_in(&profiles, record.partner_of(user))?;
             page.push(InboxRoom {
                 room_num: num,
                 room_id: room_id.to_owned(),
@@ -279,14 +281,7 @@ impl Store {
     /// The profile remembered for a user; a user never seen is named by their id.
     pub fn profile(&self, user: &str) -> Result<SessionUser> {
         let txn = self.db.begin_read()?;
-        let name = txn
-            .open_table(PROFILES)?
-            .get(user)?
-            .map(|g| g.value().to_owned());
-        Ok(SessionUser {
-            id: user.to_owned(),
-            name: name.unwrap_or_else(|| user.to_owned()),
-        })
+        profile_in(&txn.open_table(PROFILES)?, user)
     }
 
     /// The room's per-user unread count (0 for a room without messages).
@@ -309,6 +304,18 @@ fn room_num(
     Ok(table
         .get((room.low.as_str(), room.high.as_str()))?
         .map(|g| g.value()))
+}
+
+/// A user's remembered profile; a user never seen is named by their id.
+fn profile_in(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    user: &str,
+) -> Result<SessionUser> {
+    let name = table.get(user)?.map(|g| g.value().to_owned());
+    Ok(SessionUser {
+        id: user.to_owned(),
+        name: name.unwrap_or_else(|| user.to_owned()),
+    })
 }
 
 fn read_message(
