@@ -10,20 +10,11 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Every message of a room, newest first (the order `messages` pages in).
 async fn full_history(client: &mut common::Client, room: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut before = Value::Null;
-    loop {
-        let reply = client
-            .request("messages", json!({ "roomId": room, "before": before }))
-            .await;
-        let page = reply["room"]["messages"].as_array().unwrap().clone();
-        if page.is_empty() {
-            return all;
-        }
-        before = page.last().unwrap()["id"].clone();
-        all.extend(page);
-    }
+    let mut all = common::load::history(client, room).await;
+    all.reverse();
+    all
 }
 
 #[tokio::test]
