@@ -251,7 +251,10 @@ impl State {
                     Job::Shutdown(_) => unreachable!("shutdown is taken out of the round"),
                 }
             }
-            batch.commit()
+            let commit_started = Instant::now();
+            batch.commit()?;
+            metrics::commit_took(commit_started.elapsed());
+            Ok(())
         });
 
         if let Err(e) = committed {

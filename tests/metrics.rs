@@ -201,6 +201,9 @@ async fn metrics_are_prometheus_text_and_move_with_events() {
         4.0
     );
     assert!(value(&after_sends, "chat_send_durable_seconds_sum") > 0.0);
+    // Every round that stored something committed once, with fsync.
+    assert_eq!(value(&after_sends, "chat_commit_seconds_count"), rounds);
+    assert!(value(&after_sends, "chat_commit_seconds_sum") > 0.0);
 
     // Refusals are counted by code, with and without ack, and over HTTP.
     let forbidden = alice
