@@ -35,7 +35,14 @@ fn every_bench_scenario_runs_and_reports() {
         "chat-bench failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for scenario in ["throughput:", "latency:", "idle:", "restart:", "ceiling:"] {
+    for scenario in [
+        "throughput:",
+        "latency:",
+        "latency floor (bare relay):",
+        "idle:",
+        "restart:",
+        "ceiling:",
+    ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(scenario)),
             "no {scenario} line in\n{stdout}"
@@ -51,6 +58,14 @@ fn every_bench_scenario_runs_and_reports() {
     let latency = &s["latency"]["details"][0];
     assert!(latency["delivered"].as_u64().unwrap() > 0);
     assert!(latency["p99_ms"].as_f64().unwrap() >= latency["p50_ms"].as_f64().unwrap());
+    assert!(latency["avg_frame_bytes"].as_f64().unwrap() > 100.0);
+    assert!(latency["steal_percent"].as_f64().unwrap() >= 0.0);
+    assert!(
+        s["latency"]["floor"]["details"][0]["delivered"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let idle = &s["idle"]["details"][0];
     assert_eq!(idle["points"].as_array().unwrap().len(), 2);
     assert_eq!(idle["points"][1]["connections"], 5);

@@ -34,12 +34,16 @@ pub struct LatencyResult {
     pub delivered: u64,
     /// The rate the scheduler actually achieved.
     pub offered_rate: f64,
+    /// Mean size of the measured `message:sent` frames.
+    pub avg_frame_bytes: f64,
 }
 
 struct Shared {
     epoch: Instant,
     warmup_us: u64,
     samples: Mutex<Vec<f64>>,
+    /// Bytes of the measured `message:sent` frames, so the relay can send the same.
+    frame_bytes: AtomicU64,
 }
 
 pub async fn run(
@@ -53,6 +57,7 @@ pub async fn run(
         epoch: Instant::now(),
         warmup_us: config.warmup.as_micros() as u64,
         samples: Mutex::new(Vec::new()),
+        frame_bytes: AtomicU64::new(0),
     });
     let (mut senders, mut tasks) = (Vec::with_capacity(users), Vec::with_capacity(users));
     for (i, ws) in conns.into_iter().enumerate() {
@@ -62,20 +67,15 @@ pub async fn run(
     }
 
     let total = (config.rate * (config.warmup + config.duration).as_secs_f64()) as u64;
-    let offered = AtomicU64::new(0);
-    let start = tokio::time::Instant::now();
-    let start_us = start.into_std().duration_since(shared.epoch).as_micros() as u64;
-    for k in 0..total {
-        let due = Duration::from_secs_f64(k as f64 / config.rate);
-        tokio::time::sleep_until(start + due).await;
-        let sender = ((k as usize).wrapping_mul(7919) + (k as usize) / users) % users;
-        let intended_us = start_us + due.as_micros() as u64;
-        if intended_us >= shared.warmup_us {
-            offered.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = senders[sender].send(intended_us);
-    }
-    let scheduled_for = start.elapsed();
+    let pacer_shared = shared.clone();
+    // Paced from an OS thread: tokio's timer rounds every sleep up to the next whole
+    // millisecond, which at 2,000 msgs/s would add up to a millisecond of latency that
+    // is the generator's, not the server's. `thread::sleep` wakes within tens of µs.
+    let pacer = std::thread::spawn(move || pace(senders, total, config.rate, &pacer_shared));
+    let (offered, scheduled_for, senders) = tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|_| "the pacing thread panicked".to_string())?;
     // Late deliveries still count; give them a moment, then stop everything.
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(senders);
@@ -90,10 +90,40 @@ pub async fn run(
         p99: percentile(&samples, 0.99),
         p999: percentile(&samples, 0.999),
         max: samples.last().copied().unwrap_or(0.0),
-        offered: offered.load(Ordering::Relaxed),
+        offered,
         delivered: samples.len() as u64,
         offered_rate: total as f64 / scheduled_for.as_secs_f64(),
+        avg_frame_bytes: shared.frame_bytes.load(Ordering::Relaxed) as f64
+            / samples.len().max(1) as f64,
     })
+}
+
+/// Hands message `k` to its sender at `k / rate` seconds, whatever happened to the
+/// earlier ones. Returns how many were offered after the warm-up, how long it took, and
+/// the senders (dropping them would end the connections before late deliveries arrive).
+fn pace(
+    senders: Vec<mpsc::UnboundedSender<u64>>,
+    total: u64,
+    rate: f64,
+    shared: &Shared,
+) -> (u64, Duration, Vec<mpsc::UnboundedSender<u64>>) {
+    let users = senders.len();
+    let start = Instant::now();
+    let start_us = start.duration_since(shared.epoch).as_micros() as u64;
+    let mut offered = 0;
+    for k in 0..total {
+        let due = Duration::from_secs_f64(k as f64 / rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let sender = ((k as usize).wrapping_mul(7919) + (k as usize) / users) % users;
+        let intended_us = start_us + due.as_micros() as u64;
+        if intended_us >= shared.warmup_us {
+            offered += 1;
+        }
+        let _ = senders[sender].send(intended_us);
+    }
+    (offered, start.elapsed(), senders)
 }
 
 async fn connection(
@@ -130,6 +160,7 @@ async fn connection(
                 let now_us = shared.epoch.elapsed().as_micros() as u64;
                 let ms = now_us.saturating_sub(sent.sent_us) as f64 / 1000.0;
                 shared.samples.lock().expect("not poisoned").push(ms);
+                shared.frame_bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
             }
         }
     }

@@ -25,7 +25,7 @@ use chat_server::auth::Auth;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
-use stats::Spread;
+use stats::{CpuTimes, Spread};
 use target::{Launch, Target};
 
 #[derive(Parser)]
@@ -174,20 +174,11 @@ fn bench(opts: &Opts) -> Result<(), String> {
                 frame_bytes = frame;
                 value
             }
-            "latency" => latency(opts, &runtime, runs)?,
+            "latency" => latency(opts, runs)?,
             "idle" => idle(opts, runs)?,
             "restart" => restart(opts, runs)?,
             "ceiling" => {
-                let launch = Launch {
-                    program: std::env::current_exe().map_err(|e| e.to_string())?,
-                    args: vec![
-                        "relay".into(),
-                        "--frame-bytes".into(),
-                        frame_bytes.to_string(),
-                    ],
-                    env: Vec::new(),
-                    cpus: opts.server_cpus.clone(),
-                };
+                let launch = relay_launch(opts, frame_bytes);
                 let (mut value, median, _) = throughput_on(opts, &runtime, runs, Some(launch))?;
                 if let Some(rate) = server_rate {
                     let ratio = rate / median.max(f64::MIN_POSITIVE);
@@ -215,6 +206,20 @@ fn bench(opts: &Opts) -> Result<(), String> {
     .map_err(|e| format!("cannot write {}: {e}", opts.out.display()))?;
     println!("results: {}", opts.out.display());
     Ok(())
+}
+
+/// The bare relay of the ceiling, sending `message:sent` frames of `frame_bytes`.
+fn relay_launch(opts: &Opts, frame_bytes: usize) -> Launch {
+    Launch {
+        program: std::env::current_exe().unwrap_or_else(|_| "chat-bench".into()),
+        args: vec![
+            "relay".into(),
+            "--frame-bytes".into(),
+            frame_bytes.to_string(),
+        ],
+        env: Vec::new(),
+        cpus: opts.server_cpus.clone(),
+    }
 }
 
 /// Starts a fresh server (or uses `--addr`) for one run.
@@ -305,7 +310,17 @@ fn throughput_on(
     Ok((value, spread.median, frame.round() as usize))
 }
 
-fn latency(opts: &Opts, runtime: &tokio::runtime::Runtime, runs: usize) -> Result<Value, String> {
+/// The latency load against the server and, right after it in each run, against the bare
+/// relay sending frames of the size the server sent: the relay's figures are the floor this
+/// machine and generator allow, taken under the same conditions (the hypervisor's steal is
+/// reported for both).
+fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
+    // One generator thread (plus the pacer): a second worker would only add cross-thread
+    // wake-ups, whose delays on a shared 2-core VM land in the measured latency.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let auth = Auth::new(opts.secret.as_bytes());
     let config = latency::LatencyConfig {
         users: opts.latency_users,
@@ -313,40 +328,91 @@ fn latency(opts: &Opts, runtime: &tokio::runtime::Runtime, runs: usize) -> Resul
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs_f64(opts.latency_secs),
     };
-    let (mut p50, mut p99, mut p999, mut details) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut server, mut floor) = (LatencyRuns::default(), LatencyRuns::default());
     for _ in 0..runs {
         let (target, addr) = start_server(opts, "latency")?;
+        let steal = CpuTimes::now();
         let result = runtime.block_on(latency::run(addr, &auth, config))?;
+        let frame_bytes = result.avg_frame_bytes.round() as usize;
+        server.push(result, steal.steal_percent_since());
         if let Some(target) = target {
             target.stop();
+            let target = Target::start(&relay_launch(opts, frame_bytes), None)?;
+            let steal = CpuTimes::now();
+            let result = runtime.block_on(latency::run(target.addr, &auth, config))?;
+            floor.push(result, steal.steal_percent_since());
+            target.stop();
         }
-        if result.delivered == 0 {
-            return Err("latency: no message was delivered".into());
-        }
-        p50.push(result.p50);
-        p99.push(result.p99);
-        p999.push(result.p999);
-        details.push(json!({
+    }
+    if server.delivered() == 0 {
+        return Err("latency: no message was delivered".into());
+    }
+    let load = format!(
+        "{} users, {} msgs/s offered open-loop",
+        opts.latency_users, opts.rate
+    );
+    server.print("latency", &load, runs);
+    let mut value = server.json();
+    if !floor.p50.is_empty() {
+        floor.print("latency floor (bare relay)", &load, runs);
+        value["floor"] = floor.json();
+    }
+    value["users"] = json!(opts.latency_users);
+    value["rate"] = json!(opts.rate);
+    Ok(value)
+}
+
+/// The latency figures of several runs of one target.
+#[derive(Default)]
+struct LatencyRuns {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    p999: Vec<f64>,
+    steal: Vec<f64>,
+    details: Vec<Value>,
+}
+
+impl LatencyRuns {
+    fn push(&mut self, result: latency::LatencyResult, steal_percent: f64) {
+        self.p50.push(result.p50);
+        self.p99.push(result.p99);
+        self.p999.push(result.p999);
+        self.steal.push(steal_percent);
+        self.details.push(json!({
             "p50_ms": result.p50, "p99_ms": result.p99, "p999_ms": result.p999,
             "max_ms": result.max, "offered": result.offered, "delivered": result.delivered,
-            "offered_rate": result.offered_rate,
+            "offered_rate": result.offered_rate, "avg_frame_bytes": result.avg_frame_bytes,
+            "steal_percent": steal_percent,
         }));
     }
-    let (a, b, c) = (Spread::of(&p50), Spread::of(&p99), Spread::of(&p999));
-    println!(
-        "latency: p50 {} ms, p99 {} ms, p99.9 {} ms (median, lowest–highest of {runs}); \
-         {} users, {} msgs/s offered open-loop",
-        a.text(2),
-        b.text(2),
-        c.text(2),
-        opts.latency_users,
-        opts.rate
-    );
-    Ok(json!({
-        "p50_ms": a.json(&p50), "p99_ms": b.json(&p99), "p999_ms": c.json(&p999),
-        "users": opts.latency_users, "rate": opts.rate, "details": details,
-    }))
+
+    fn delivered(&self) -> u64 {
+        self.details
+            .iter()
+            .filter_map(|d| d["delivered"].as_u64())
+            .sum()
+    }
+
+    fn print(&self, name: &str, load: &str, runs: usize) {
+        println!(
+            "{name}: p50 {} ms, p99 {} ms, p99.9 {} ms (median, lowest–highest of {runs}); \
+             {load}; CPU stolen by the hypervisor {} %",
+            Spread::of(&self.p50).text(2),
+            Spread::of(&self.p99).text(2),
+            Spread::of(&self.p999).text(2),
+            Spread::of(&self.steal).text(0),
+        );
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "p50_ms": Spread::of(&self.p50).json(&self.p50),
+            "p99_ms": Spread::of(&self.p99).json(&self.p99),
+            "p999_ms": Spread::of(&self.p999).json(&self.p999),
+            "steal_percent": Spread::of(&self.steal).json(&self.steal),
+            "details": self.details,
+        })
+    }
 }
 
 fn idle(opts: &Opts, runs: usize) -> Result<Value, String> {

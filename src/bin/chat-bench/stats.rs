@@ -41,6 +41,48 @@ impl Spread {
     }
 }
 
+/// The machine's CPU time counters (`/proc/stat`), to report how much of a run the
+/// hypervisor took away: on a shared VM, stolen time shows up directly as latency.
+#[derive(Clone, Copy)]
+pub struct CpuTimes {
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// Now, or zeros where `/proc/stat` is unavailable.
+    pub fn now() -> CpuTimes {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().next().map(CpuTimes::parse))
+            .unwrap_or(CpuTimes { steal: 0, total: 0 })
+    }
+
+    /// From the aggregate `cpu` line: user nice system idle iowait irq softirq steal ….
+    fn parse(line: &str) -> CpuTimes {
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        CpuTimes {
+            steal: ticks.get(7).copied().unwrap_or(0),
+            total: ticks.iter().sum(),
+        }
+    }
+
+    /// The percentage of CPU time stolen between `self` and now.
+    pub fn steal_percent_since(&self) -> f64 {
+        let now = CpuTimes::now();
+        let total = now.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * now.steal.saturating_sub(self.steal) as f64 / total as f64
+    }
+}
+
 /// The `q` quantile (0..=1) of sorted samples, nearest rank.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -79,5 +121,11 @@ mod tests {
         assert_eq!(percentile(&sorted, 0.999), 100.0);
         let (slope, intercept) = fit_line(&[(1.0, 12.0), (2.0, 22.0), (3.0, 32.0)]);
         assert!((slope - 10.0).abs() < 1e-9 && (intercept - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_counter() {
+        let times = CpuTimes::parse("cpu  100 0 50 800 0 0 0 50 0 0");
+        assert_eq!((times.steal, times.total), (50, 1000));
     }
 }
