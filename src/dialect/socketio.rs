@@ -87,6 +87,15 @@ pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, Socke
         }
     };
     io.ns("/", start.with(admit));
+    // Any other namespace is refused with PROTOCOL.md's `invalid namespace` (socketioxide's
+    // own answer says "Invalid namespace"). The catch-all creates a child namespace per name
+    // it matches; deleting it at once keeps names that clients invent from piling up.
+    let refuse = async |io: SocketIo, Handle(socket): Handle| {
+        io.delete_ns(socket.ns());
+        Err::<(), _>(Refusal::InvalidNamespace)
+    };
+    io.dyn_ns("/{*path}", (async || {}).with(refuse))
+        .expect("a valid namespace pattern");
     (service, io)
 }
 
@@ -109,6 +118,7 @@ impl FromConnectParts<LocalAdapter> for Handle {
 enum Refusal {
     Unauthorized,
     TooManyConnections,
+    InvalidNamespace,
 }
 
 impl std::fmt::Display for Refusal {
@@ -116,6 +126,7 @@ impl std::fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::Unauthorized => "unauthorized",
             Refusal::TooManyConnections => "too_many_connections",
+            Refusal::InvalidNamespace => "invalid namespace",
         })
     }
 }

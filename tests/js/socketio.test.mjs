@@ -158,9 +158,14 @@ if (SCENARIO === "protocol") {
   });
 
   test("namespaces other than / are refused", async () => {
-    const err = await refused({ auth: { token: token("alice") } }, "/admin");
-    // socketioxide's own wording for an unknown namespace (see docs/protocol.md).
-    assert.equal(err.message, "Invalid namespace");
+    for (const ns of ["/admin", "/admin/deeper", "/admin"]) {
+      const err = await refused({ auth: { token: token("alice") } }, ns);
+      assert.equal(err.message, "invalid namespace", ns);
+    }
+    // A refused namespace leaves the main one working.
+    const alice = await connect({ auth: { token: token("alice") } });
+    assert.equal((await request(alice, "rooms", {})).ok, true);
+    alice.close();
   });
 
   test("the per-user connection cap answers CONNECT_ERROR too_many_connections", async () => {
