@@ -193,8 +193,9 @@ async fn raw_http(server: &Server, method: &str, path: &str, headers: &str, body
     response
 }
 
-/// Opens an Engine.IO long-polling session and connects it to `/` with `token`; returns
-/// the session id. The caller then never polls: a client that stopped reading.
+/// Opens an Engine.IO long-polling session, connects it to `/` with `token` and reads the
+/// CONNECT reply; returns the session id. The caller then never polls again: a client that
+/// stopped reading.
 async fn polling_session(server: &Server, token: &str) -> String {
     let open = raw_http(server, "GET", "/socket.io/?EIO=4&transport=polling", "", "").await;
     let sid = open
@@ -207,6 +208,10 @@ async fn polling_session(server: &Server, token: &str) -> String {
     let connect = format!("40{}", json!({ "token": token }));
     let posted = raw_http(server, "POST", &path, "", &connect).await;
     assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
+    // The POST is answered once Engine.IO has the packet; admission runs after that. Read
+    // the CONNECT reply, so the socket holds its slot before the caller goes on.
+    let admitted = raw_http(server, "GET", &path, "", "").await;
+    assert!(admitted.contains("40{\"sid\""), "{admitted}");
     sid
 }
 
