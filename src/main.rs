@@ -76,32 +76,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit: every connection is a file, and the
-/// usual soft default (1024) would cap the server far below `limits.max_connections`.
-/// Returns the limit now in force.
-fn raise_open_file_limit() -> std::io::Result<libc::rlim_t> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on this process, with a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(limit.rlim_cur)
-}
-
 fn serve(config: Config) -> ExitCode {
     init_tracing(config.log_format);
-    match raise_open_file_limit() {
+    match server::raise_open_file_limit() {
         Ok(open_files) => tracing::debug!(open_files, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }

@@ -131,7 +131,10 @@ const FD_HEADROOM: usize = 200;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    target::raise_nofile_limit();
+    // The idle scenario holds as many connections as the hard limit allows.
+    if let Err(e) = chat_server::server::raise_open_file_limit() {
+        eprintln!("chat-bench: cannot raise the open-file limit: {e}");
+    }
     match cli.mode {
         Some(Mode::Relay { bind, frame_bytes }) => {
             relay::main(bind, frame_bytes);

@@ -197,21 +197,6 @@ pub fn nofile_hard_limit() -> u32 {
     limit.rlim_max.min(u64::from(u32::MAX) as libc::rlim_t) as u32
 }
 
-/// Raises this process's soft open-file limit to the hard limit.
-pub fn raise_nofile_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on our own process.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// Pins this process to the given CPUs (`"1"` or `"0,1"`).
 pub fn pin_self(cpus: &str) -> Result<(), String> {
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only
