@@ -1,4 +1,5 @@
-//! The command line: configuration errors, the token command, refusing a newer store.
+//! The command line and the process: configuration errors, the token command, refusing a
+//! newer store, the open-file limit.
 
 mod common;
 
@@ -126,4 +127,43 @@ fn the_token_command_survives_a_closed_pipe() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+}
+
+#[test]
+fn the_server_raises_its_soft_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // A shell lowers the soft limit, then becomes the server (same pid).
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\" --data \"$1\" --bind 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_chat-server"),
+            dir.path().to_str().unwrap(),
+        ])
+        .env("CHAT_JWT_SECRET", "limits-test")
+        .env_remove("CHAT_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let open_files: Vec<u64> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .expect("an open-files line")
+        .split_whitespace()
+        .take(2)
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    let (soft, hard) = (open_files[0], open_files[1]);
+    assert!(hard > 256, "the hard limit {hard} leaves nothing to raise");
+    assert_eq!(soft, hard, "{limits}");
 }
