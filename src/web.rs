@@ -26,47 +26,30 @@ pub struct Asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
+/// A file of `web/`, served under `/web/` with the same name.
+macro_rules! web_file {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            path: concat!("/web/", $name),
+            content_type: $content_type,
+            body: include_str!(concat!("../web/", $name)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
         body: include_str!("../web/index.html"),
     },
-    Asset {
-        path: "/web/style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../web/style.css"),
-    },
-    Asset {
-        path: "/web/app.js",
-        content_type: JS,
-        body: include_str!("../web/app.js"),
-    },
-    Asset {
-        path: "/web/protocol.js",
-        content_type: JS,
-        body: include_str!("../web/protocol.js"),
-    },
-    Asset {
-        path: "/web/socket.js",
-        content_type: JS,
-        body: include_str!("../web/socket.js"),
-    },
-    Asset {
-        path: "/web/state.js",
-        content_type: JS,
-        body: include_str!("../web/state.js"),
-    },
-    Asset {
-        path: "/web/view.js",
-        content_type: JS,
-        body: include_str!("../web/view.js"),
-    },
-    Asset {
-        path: "/web/icon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../web/icon.svg"),
-    },
+    web_file!("style.css", "text/css; charset=utf-8"),
+    web_file!("app.js", JS),
+    web_file!("protocol.js", JS),
+    web_file!("socket.js", JS),
+    web_file!("state.js", JS),
+    web_file!("view.js", JS),
+    web_file!("icon.svg", "image/svg+xml"),
 ];
 
 /// The embedded file served at `path`, if any.
