@@ -3,7 +3,17 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+
+/// The first line a child printed on its piped stdout (the server's listening line).
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
 
 fn chat_server() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
@@ -62,12 +72,7 @@ async fn the_token_command_mints_a_token_the_server_accepts() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut child);
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
@@ -145,12 +150,7 @@ fn the_server_raises_its_soft_open_file_limit_to_the_hard_limit() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut child);
     assert!(line.starts_with("listening on "), "{line}");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     child.kill().unwrap();
