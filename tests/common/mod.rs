@@ -348,10 +348,6 @@ pub fn ids(messages: &Value) -> Vec<u64> {
         .collect()
 }
 
-pub fn data_dir_of(server: &Server) -> PathBuf {
-    server.data_dir().to_path_buf()
-}
-
 /// The folder of the JavaScript test clients, with its npm packages installed (`npm ci`
 /// once per test binary, when `scripts/test` has not already done it).
 pub fn js_dir() -> PathBuf {
