@@ -113,27 +113,28 @@ impl Buckets {
     /// Takes a token, or says how long until one is there.
     fn take(&self, user: &str, now: Instant) -> Result<(), Duration> {
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
-        let tokens = match state.tokens.get(user) {
-            Some(level) => self.refilled(*level, now),
-            None => self.burst,
-        };
+        // One lookup for a known user, the common case on every request.
+        if let Some(level) = state.tokens.get_mut(user) {
+            *level = self.spend(self.refilled(*level, now), now)?;
+            return Ok(());
+        }
+        let level = self.spend(self.burst, now)?;
+        state.tokens.insert(user.to_owned(), level);
+        if state.tokens.len() >= state.sweep_at {
+            self.sweep(&mut state, now);
+        }
+        Ok(())
+    }
+
+    /// The level after taking one of `tokens`, or how long until there is one.
+    fn spend(&self, tokens: f64, now: Instant) -> Result<Level, Duration> {
         if tokens < 1.0 {
             return Err(Duration::from_secs_f64((1.0 - tokens) / self.rate));
         }
-        let level = Level {
+        Ok(Level {
             tokens: tokens - 1.0,
             at: now,
-        };
-        match state.tokens.get_mut(user) {
-            Some(slot) => *slot = level,
-            None => {
-                state.tokens.insert(user.to_owned(), level);
-                if state.tokens.len() >= state.sweep_at {
-                    self.sweep(&mut state, now);
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     fn give_back(&self, user: &str, now: Instant) {
