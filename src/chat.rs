@@ -234,12 +234,13 @@ impl Chat {
                 reply,
             })
             .await;
-        let refund = took_token.then(|| (self.rate_limiter.clone(), user.id.clone()));
+        let refund = took_token.then(|| self.rate_limiter.clone());
         Handled::Pending(Box::pin(async move {
             let appended = outcome(rx).await?;
-            if let (true, Some((limiter, user))) = (appended.duplicate, refund) {
-                // A retry stores nothing, so it must not cost anything either.
-                limiter.give_back(&user, Bucket::Send);
+            if let (true, Some(limiter)) = (appended.duplicate, refund) {
+                // A retry stores nothing, so it must not cost anything either. The stored
+                // message is the sender's own: client ids are kept per sender.
+                limiter.give_back(&appended.message.user_id, Bucket::Send);
             }
             Ok(Success::command(
                 json!({ "ok": true, "message": appended.message }),
