@@ -395,19 +395,15 @@ impl Chat {
         let before = req.checked_before()?;
         let room = room_for(&user.id, &req.room_id)?;
         self.rate_limiter.take(&user.id, Bucket::Request)?;
-        let messages = self
+        let page = self
             .store
-            .messages_page(&room, before, limit)
-            .map_err(internal)?;
-        let partner = self
-            .store
-            .profile(room.partner_of(&user.id))
+            .messages_page(&room, &user.id, before, limit)
             .map_err(internal)?;
         Ok(Success::request(
             ClientEvent::Messages,
             json!({
                 "ok": true,
-                "room": { "roomId": req.room_id, "user": partner, "messages": messages },
+                "room": { "roomId": req.room_id, "user": page.partner, "messages": page.messages },
             }),
         ))
     }

@@ -120,6 +120,15 @@ impl RoomKey {
     }
 }
 
+/// One page of a room's history, as `viewer` sees it.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The other participant, with their remembered name.
+    pub partner: SessionUser,
+    /// Newest first.
+    pub messages: Vec<ChatMessage>,
+}
+
 /// One row of a user's inbox.
 #[derive(Debug, Clone)]
 pub struct InboxRoom {
@@ -215,14 +224,17 @@ impl Store {
     pub fn messages_page(
         &self,
         room: &RoomKey,
+        viewer: &str,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<ChatMessage>> {
+    ) -> Result<HistoryPage> {
         let txn = self.db.begin_read()?;
-        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
-            return Ok(Vec::new());
+        let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
+        let messages = match room_num(&txn.open_table(ROOM_NUMS)?, room)? {
+            Some(num) => latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)?,
+            None => Vec::new(),
         };
-        latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)
+        Ok(HistoryPage { partner, messages })
     }
 
     /// One page of a user's rooms, most recent activity first, strictly after `after`.

@@ -37,10 +37,20 @@ fn ids_are_sequential_per_room_and_time_never_goes_back() {
     assert_eq!(new_id(send(&store, &ac, "a", "x", None, 1000)).id, 1);
     let second = new_id(send(&store, &ab, "b", "2", None, 500));
     assert_eq!((second.id, second.sent_ms), (2, 1000));
-    let page = store.messages_page(&ab, None, 50).unwrap();
+    let page = store.messages_page(&ab, "a", None, 50).unwrap().messages;
     assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2, 1]);
-    assert_eq!(store.messages_page(&ab, Some(2), 50).unwrap().len(), 1);
-    assert_eq!(store.messages_page(&ab, Some(99), 1).unwrap()[0].id, 2);
+    assert_eq!(
+        store
+            .messages_page(&ab, "a", Some(2), 50)
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.messages_page(&ab, "a", Some(99), 1).unwrap().messages[0].id,
+        2
+    );
 }
 
 #[test]
@@ -122,7 +132,11 @@ fn pairs_sharing_an_id_string_are_separate_rooms() {
     let two = RoomKey::new("a", "b-c");
     assert_eq!(one.id(), two.id());
     send(&store, &one, "c", "for a-b", None, 1);
-    assert!(store.messages_page(&two, None, 50).unwrap().is_empty());
+    assert!(store
+        .messages_page(&two, "a", None, 50)
+        .unwrap()
+        .messages
+        .is_empty());
 }
 
 #[test]
@@ -135,8 +149,9 @@ fn reopen_keeps_data_and_refuses_newer_format() {
     {
         let store = Store::open(dir.path()).unwrap();
         let page = store
-            .messages_page(&RoomKey::new("a", "b"), None, 50)
-            .unwrap();
+            .messages_page(&RoomKey::new("a", "b"), "a", None, 50)
+            .unwrap()
+            .messages;
         assert_eq!(page[0].message, "kept");
         let txn = store.db.begin_write().unwrap();
         txn.open_table(META)
