@@ -23,21 +23,6 @@ const COMMIT_SECONDS: &str = "chat_commit_seconds";
 const SLOW_CONSUMERS: &str = "chat_slow_consumers_total";
 const REJECTED: &str = "chat_rejected_total";
 
-/// Every error code, so that each `chat_rejected_total{code}` series exists from the start.
-const ERROR_CODES: [ErrorCode; 11] = [
-    ErrorCode::BadRequest,
-    ErrorCode::UnknownEvent,
-    ErrorCode::InvalidRoom,
-    ErrorCode::InvalidMessage,
-    ErrorCode::MessageTooLarge,
-    ErrorCode::NotFound,
-    ErrorCode::Forbidden,
-    ErrorCode::RateLimited,
-    ErrorCode::TooManyConnections,
-    ErrorCode::Unauthorized,
-    ErrorCode::Internal,
-];
-
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -108,7 +93,7 @@ fn describe() {
     gauge!(USERS_ONLINE).set(0.0);
     counter!(MESSAGES_STORED).absolute(0);
     counter!(SLOW_CONSUMERS).absolute(0);
-    for code in ERROR_CODES {
+    for code in ErrorCode::ALL {
         counter!(REJECTED, "code" => code.as_str()).absolute(0);
     }
 }

@@ -39,7 +39,7 @@ use crate::chat::{Chat, Reply};
 use crate::http::{query_pairs, query_value};
 use crate::hub::{OverflowSignal, Subscription};
 use crate::metrics::{self, Dialect};
-use crate::protocol::{ChatError, SessionUser};
+use crate::protocol::{ChatError, ErrorCode, SessionUser};
 use crate::server::App;
 
 /// Engine.IO's heartbeat: a ping every 25 s, answered within 20 s (Socket.IO's defaults).
@@ -124,8 +124,8 @@ enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Refusal::Unauthorized => "unauthorized",
-            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::Unauthorized => ErrorCode::Unauthorized.as_str(),
+            Refusal::TooManyConnections => ErrorCode::TooManyConnections.as_str(),
             Refusal::InvalidNamespace => "invalid namespace",
         })
     }
@@ -414,7 +414,6 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ErrorCode;
 
     fn packet(text: &str) -> Packet {
         Packet::Str(text.to_owned().into(), None)

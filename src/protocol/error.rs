@@ -24,6 +24,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for whatever must list them all (the metrics seed a series per code).
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownEvent,
+        ErrorCode::InvalidRoom,
+        ErrorCode::InvalidMessage,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyConnections,
+        ErrorCode::Unauthorized,
+        ErrorCode::Internal,
+    ];
+
     /// The code as it travels on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

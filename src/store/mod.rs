@@ -219,8 +219,8 @@ impl Store {
         }
     }
 
-    /// Up to `limit` messages of a room, newest first, all with ids below `before` if given.
-    /// A room without messages gives an empty page.
+    /// Up to `limit` messages of a room, newest first, all with ids below `before` if given,
+    /// and `viewer`'s partner in it. A room without messages gives an empty page.
     pub fn messages_page(
         &self,
         room: &RoomKey,
