@@ -163,7 +163,9 @@ impl Chat {
     }
 
     /// Handles one client event. `data` is the payload's JSON text (`null` when absent).
-    /// Call it as soon as the frame has arrived: it starts the send-to-durable clock.
+    /// It starts the send-to-durable clock: the plain dialect calls it as each frame is
+    /// read, the Socket.IO session as it takes each packet from its queue, so for Socket.IO
+    /// the clock leaves out the time a packet waited there.
     pub async fn dispatch(&self, user: &SessionUser, event: &str, data: &str) -> Handled {
         let arrived = Instant::now();
         let Some(event) = ClientEvent::from_name(event) else {

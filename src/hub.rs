@@ -2,8 +2,8 @@
 //! (tabs, devices, either dialect) is subscribed to it.
 //!
 //! An event is serialized once into an [`Outbound`] and the same `Arc` is queued to every
-//! recipient; each dialect frames it at most once (the plain frame is built lazily and
-//! shared). Each connection's queue is bounded in *bytes*: a client that stops reading is
+//! recipient. The plain frame is built lazily, once, and shared; for Socket.IO the JSON is
+//! checked once and shared, and socketioxide wraps it in a packet per socket. Each connection's queue is bounded in *bytes*: a client that stops reading is
 //! flagged as a slow consumer and cut off by its own connection task, so it can never slow
 //! the publisher (who only pushes without waiting) or grow memory past the bound.
 //!

@@ -6,7 +6,7 @@
 //!
 //! - [`server`]: the accept loop, one task per connection, the connection cap, shutdown,
 //!   and the service stack (CORS, Socket.IO, the `/ws` handshake, warp).
-//! - [`http`]: the `/ws` handshake, the REST API, `/healthz`, JSON errors.
+//! - [`http`]: the `/ws` handshake, the REST API, `/healthz`, `/metrics`, CORS, JSON errors.
 //! - [`dialect::plain`]: where a plain-dialect frame is parsed, and the session loop.
 //! - [`dialect::socketio`]: where a Socket.IO packet is decoded (socketioxide), and its
 //!   session; [`dialect`] itself decides how a reply is answered, for both dialects.
