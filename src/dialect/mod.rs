@@ -8,11 +8,35 @@
 pub mod plain;
 pub mod socketio;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde_json::{json, Value};
 
-use crate::chat::Reply;
+use crate::chat::{Chat, Reply};
 use crate::metrics;
-use crate::protocol::ChatError;
+use crate::protocol::{ChatError, SessionUser};
+
+/// A request's answer to come: its event name (when usable), the dialect's ack handle `A`,
+/// and the reply, which may wait for a commit. Sessions keep these in request order.
+pub type PendingReply<A> = Pin<Box<dyn Future<Output = (Option<String>, Option<A>, Reply)> + Send>>;
+
+/// Dispatches one decoded request, or passes on why it could not be decoded (with the
+/// event name, when it was readable).
+pub async fn dispatch<A: Send + 'static>(
+    chat: &Chat,
+    user: &SessionUser,
+    decoded: Result<(String, &str), (Option<String>, ChatError)>,
+    ack: Option<A>,
+) -> PendingReply<A> {
+    match decoded {
+        Err((event, error)) => Box::pin(async move { (event, ack, Err(error)) }),
+        Ok((event, data)) => {
+            let handled = chat.dispatch(user, &event, data).await;
+            Box::pin(async move { (Some(event), ack, handled.into_reply().await) })
+        }
+    }
+}
 
 /// How one client request is answered; `A` is the dialect's handle of the client's ack.
 #[derive(Debug, PartialEq)]

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{answer, Answer};
+use super::{answer, dispatch, Answer, PendingReply};
 use crate::chat::{Chat, Reply};
 use crate::hub::Subscription;
 use crate::protocol::{ChatError, SessionUser};
@@ -147,10 +147,6 @@ pub async fn serve(
     tracing::debug!(user = %user.id, "plain connection closed");
 }
 
-type PendingReply = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Option<String>, Option<Value>, Reply)> + Send>,
->;
-
 async fn read_half(
     mut stream: futures_util::stream::SplitStream<Socket>,
     user: &SessionUser,
@@ -158,7 +154,7 @@ async fn read_half(
     out: mpsc::Sender<Outgoing>,
     liveness: Liveness,
 ) {
-    let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
+    let mut pending: FuturesOrdered<PendingReply<Value>> = FuturesOrdered::new();
     let mut last_heard = Instant::now();
     let mut pinged = false;
     loop {
@@ -222,14 +218,10 @@ async fn close_via_writer(out: &mpsc::Sender<Outgoing>, code: CloseCode, reason:
 }
 
 /// Decodes and dispatches one text frame; the reply may wait for a commit.
-async fn handle_text(text: &Utf8Bytes, user: &SessionUser, chat: &Chat) -> PendingReply {
+async fn handle_text(text: &Utf8Bytes, user: &SessionUser, chat: &Chat) -> PendingReply<Value> {
     match decode(text.as_str()) {
-        Err(Unusable { event, error }) => Box::pin(async move { (event, None, Err(error)) }),
-        Ok(frame) => {
-            let handled = chat.dispatch(user, &frame.event, frame.data).await;
-            let (event, ack) = (frame.event, frame.ack);
-            Box::pin(async move { (Some(event), ack, handled.into_reply().await) })
-        }
+        Err(Unusable { event, error }) => dispatch(chat, user, Err((event, error)), None).await,
+        Ok(frame) => dispatch(chat, user, Ok((frame.event, frame.data)), frame.ack).await,
     }
 }
 

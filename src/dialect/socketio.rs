@@ -34,8 +34,8 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{answer, Answer};
-use crate::chat::{Chat, Reply};
+use super::{answer, dispatch, Answer, PendingReply};
+use crate::chat::Chat;
 use crate::http::{query_pairs, query_value};
 use crate::hub::{OverflowSignal, Subscription};
 use crate::metrics::{self, Dialect};
@@ -281,20 +281,9 @@ fn binary_refused() -> ChatError {
     ChatError::bad_request("binary payloads are not supported; send JSON")
 }
 
-type PendingReply = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Option<String>, Option<i64>, Reply)> + Send>,
->;
-
 /// Decodes and dispatches one event packet; the reply may wait for a commit.
-async fn handle(incoming: Incoming, user: &SessionUser, chat: &Chat) -> PendingReply {
-    let ack = incoming.ack;
-    match decode(&incoming.packet) {
-        Err((event, error)) => Box::pin(async move { (event, ack, Err(error)) }),
-        Ok((event, data)) => {
-            let handled = chat.dispatch(user, &event, data).await;
-            Box::pin(async move { (Some(event), ack, handled.into_reply().await) })
-        }
-    }
+async fn handle(incoming: Incoming, user: &SessionUser, chat: &Chat) -> PendingReply<i64> {
+    dispatch(chat, user, decode(&incoming.packet), incoming.ack).await
 }
 
 /// Why a session stops.
@@ -316,7 +305,7 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
         gone,
     } = session;
     let overflow = subscription.overflow_signal();
-    let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
+    let mut pending: FuturesOrdered<PendingReply<i64>> = FuturesOrdered::new();
     let stop = loop {
         let step = tokio::select! {
             biased;
