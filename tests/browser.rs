@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -79,28 +79,9 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
         .spawn()
         .expect("node is needed for the browser test");
 
-    let mut stderr = node.stderr.take().unwrap();
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    // A hung browser must not hang the suite: kill node if it is still running by then.
-    let pid = node.id();
-    let (finished, watch) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(Duration::from_secs(120)).is_err() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-    });
-
     // The script asks for server actions on stdout and waits for the answer on stdin.
     let mut stdin = node.stdin.take().unwrap();
-    let mut output = String::new();
-    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
-        let line = line.expect("read node output");
+    common::finish_node(node, Duration::from_secs(120), |line| {
         if let Some(command) = line.strip_prefix("@@control ") {
             match command {
                 "kill" => server.kill9(),
@@ -109,17 +90,7 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
             }
             writeln!(stdin, "{command}: done").expect("answer node");
         }
-        output.push_str(&line);
-        output.push('\n');
-    }
-    let status = node.wait().expect("wait for node");
-    let _ = finished.send(());
-    watchdog.join().unwrap();
-    let errors = stderr_reader.join().unwrap();
-    assert!(
-        status.success(),
-        "browser test failed ({status}):\n{output}\n{errors}"
-    );
+    });
     for shot in [
         "desktop-conversation.png",
         "desktop-outage.png",

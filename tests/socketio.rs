@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -56,34 +55,10 @@ fn start_node(server: &Server, scenario: &str, users: &[&str]) -> Child {
         .expect("node is needed for the Socket.IO tests")
 }
 
-/// Reads node's output to the end, calling `on_line` for each stdout line, and asserts
-/// that it exited 0 (printing everything it said otherwise).
-fn finish_node(mut node: Child, mut on_line: impl FnMut(&str)) {
-    // A watchdog, so that a hung client fails the test instead of hanging the suite.
-    let (done, finished) = std::sync::mpsc::channel::<()>();
-    let pid = node.id().to_string();
-    std::thread::spawn(move || {
-        if finished.recv_timeout(NODE_DEADLINE).is_err() {
-            eprintln!("socket.io-client tests still running after {NODE_DEADLINE:?}; killing node");
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-        }
-    });
-    let stderr = node.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let mut stdout = String::new();
-    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
-        let line = line.expect("node's stdout");
-        on_line(&line);
-        stdout.push_str(&line);
-        stdout.push('\n');
-    }
-    let status = node.wait().expect("node exits");
-    let _ = done.send(());
-    let stderr = stderr.join().unwrap();
-    assert!(
-        status.success(),
-        "socket.io-client tests failed ({status}):\n{stdout}\n{stderr}"
-    );
+/// Runs node to the end (see [`common::finish_node`]) and checks that node:test ran cases
+/// and none failed.
+fn finish_node(node: Child, on_line: impl FnMut(&str)) {
+    let stdout = common::finish_node(node, NODE_DEADLINE, on_line);
     // node:test prints its counts; a run that defined no test would still exit 0.
     assert!(stdout.contains("# fail 0"), "{stdout}");
     assert!(!stdout.contains("# pass 0"), "no test ran:\n{stdout}");

@@ -366,6 +366,39 @@ pub fn js_dir() -> PathBuf {
     dir
 }
 
+/// Reads a node process's output to the end, calling `on_line` for each stdout line, and
+/// asserts that it exited 0 (printing all it said otherwise); returns its stdout. A
+/// watchdog kills it after `deadline`, so a hung client fails the test instead of hanging
+/// the suite.
+pub fn finish_node(mut node: Child, deadline: Duration, mut on_line: impl FnMut(&str)) -> String {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let pid = node.id().to_string();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(deadline).is_err() {
+            eprintln!("node still running after {deadline:?}; killing it");
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    });
+    let stderr = node.stderr.take().expect("node's stderr is piped");
+    let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut stdout = String::new();
+    for line in BufReader::new(node.stdout.take().expect("node's stdout is piped")).lines() {
+        let line = line.expect("node's stdout");
+        on_line(&line);
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let status = node.wait().expect("node exits");
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert!(
+        status.success(),
+        "node failed ({status}):\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
 impl Server {
     /// The server process's id (for /proc/<pid>/status and the like).
     pub fn pid(&self) -> u32 {
