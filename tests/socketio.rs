@@ -151,21 +151,13 @@ fn a_graceful_shutdown_disconnects_socketio_clients_promptly() {
 
 /// One HTTP/1.1 request over a fresh connection; returns the whole response as text.
 async fn raw_http(server: &Server, method: &str, path: &str, headers: &str, body: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
+    let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Type: text/plain;charset=UTF-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
         server.addr,
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("a response in time")
-        .unwrap();
-    response
+    String::from_utf8(common::raw_request(server.addr, &head, body.as_bytes()).await).unwrap()
 }
 
 /// Opens an Engine.IO long-polling session, connects it to `/` with `token` and reads the

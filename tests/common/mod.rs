@@ -190,18 +190,27 @@ fn try_spawn_at(
     }
 }
 
-/// A minimal HTTP/1.1 GET over a raw TCP stream (no client library needed).
-pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
+/// Sends one HTTP/1.1 request (`head` ends with its blank line) over a fresh connection
+/// and reads the response until the server closes it (no client library needed). A reset
+/// after the response, as when the server refuses a body it did not read, is not an error.
+pub async fn raw_request(addr: SocketAddr, head: &str, body: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "no complete response in time");
+    raw
+}
+
+/// A minimal HTTP/1.1 GET; returns the status and the JSON body.
+pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    status_and_json(raw)
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    status_and_json(raw_request(addr, &head, b"").await)
 }
 
 /// The status and JSON body (or the text, when it is not JSON) of a raw HTTP response.
@@ -528,18 +537,12 @@ pub async fn http_get_with_body(
     token: &str,
     body: &[u8],
 ) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    status_and_json(raw)
+    status_and_json(raw_request(addr, &head, body).await)
 }
 
 impl Server {
@@ -567,13 +570,8 @@ impl Server {
 /// A GET whose raw status line, headers and body are returned as text (to check
 /// content types and other headers).
 pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
+    let text = String::from_utf8(raw_request(addr, &request, b"").await).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     (head.to_ascii_lowercase(), body.to_owned())
 }
