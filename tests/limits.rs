@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::metrics::{scrape, value};
 use common::{RawFrame, Server};
 use serde_json::{json, Value};
 
@@ -206,14 +207,7 @@ async fn requests_share_a_looser_bucket_across_socket_and_http() {
 
 /// The value of an unlabelled or labelled sample in a /metrics page.
 async fn metric(server: &Server, series: &str) -> f64 {
-    let (status, body) = server.get("/metrics", None).await;
-    assert_eq!(status, 200);
-    let text = body.as_str().expect("text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} missing"))
-        .parse()
-        .unwrap()
+    value(&scrape(server).await, series)
 }
 
 /// Sends messages into `room` until `chat_slow_consumers_total` reaches `cut_off`.

@@ -576,6 +576,7 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
     (head.to_ascii_lowercase(), body.to_owned())
 }
 pub mod load;
+pub mod metrics;
 
 /// Polls `GET /healthz` until it answers 200 and returns how long that took; panics after
 /// `within`. Connection errors count as "not yet".
