@@ -160,8 +160,8 @@ async fn raw_http(server: &Server, method: &str, path: &str, headers: &str, body
     String::from_utf8(common::raw_request(server.addr, &head, body.as_bytes()).await).unwrap()
 }
 
-/// Opens an Engine.IO long-polling session, connects it to `/` with `token` and reads the
-/// CONNECT reply; returns the session id. The caller then never polls again: a client that
+/// Opens an Engine.IO long-polling session, connects it to `/` with `token` and polls for
+/// the CONNECT reply; returns the session id. The caller then never polls again: a client that
 /// stopped reading.
 async fn polling_session(server: &Server, token: &str) -> String {
     let open = raw_http(server, "GET", "/socket.io/?EIO=4&transport=polling", "", "").await;
@@ -175,11 +175,20 @@ async fn polling_session(server: &Server, token: &str) -> String {
     let connect = format!("40{}", json!({ "token": token }));
     let posted = raw_http(server, "POST", &path, "", &connect).await;
     assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
-    // The POST is answered once Engine.IO has the packet; admission runs after that. Read
-    // the CONNECT reply, so the socket holds its slot before the caller goes on.
-    let admitted = raw_http(server, "GET", &path, "", "").await;
-    assert!(admitted.contains("40{\"sid\""), "{admitted}");
-    sid
+    // The POST is answered once Engine.IO has the packet; admission runs after that. Poll
+    // until the CONNECT reply comes (Engine.IO's first ping may come before it), so the
+    // socket holds its slot before the caller goes on.
+    for _ in 0..3 {
+        let polled = raw_http(server, "GET", &path, "", "").await;
+        if polled.contains("40{\"sid\"") {
+            return sid;
+        }
+        assert!(
+            polled.ends_with("\r\n\r\n2"),
+            "neither CONNECT nor ping: {polled}"
+        );
+    }
+    panic!("no CONNECT reply after three polls");
 }
 
 #[tokio::test]
