@@ -5,35 +5,17 @@ mod common;
 use std::time::Duration;
 
 use chat_server::auth::Auth;
-use common::{Server, SECRET};
-use jsonwebtoken::{encode, EncodingKey, Header};
+use common::{token_with_claims, unix_now, Server};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 #[tokio::test]
 async fn bad_tokens_get_401_before_the_upgrade() {
     let server = Server::start();
     let forged = Auth::new(b"another secret").mint("alice", None, Duration::from_secs(60));
-    let expired = encode(
-        &Header::default(),
-        &json!({"sub": "alice", "exp": now() - 120}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
-    let bad_sub = encode(
-        &Header::default(),
-        &json!({"sub": "not valid!", "exp": now() + 120}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let expired = token_with_claims(&json!({"sub": "alice", "exp": unix_now() - 120}));
+    let bad_sub = token_with_claims(&json!({"sub": "not valid!", "exp": unix_now() + 120}));
     for path in [
         "/ws".to_string(),
         "/ws?token=".to_string(),

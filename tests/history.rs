@@ -4,12 +4,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::Server;
+use common::{ids, Server};
 use serde_json::{json, Value};
-
-fn ids(messages: &Value) -> Vec<u64> {
-    common::ids(messages)
-}
 
 /// Pages backwards through a room over the socket; returns each page's ids.
 async fn socket_pages(client: &mut common::Client, room: &str, limit: u64) -> Vec<Vec<u64>> {

@@ -85,7 +85,7 @@ async fn seen_date_is_clamped_into_sent_at_and_now() {
     let mut bob = server.connect("bob").await;
     let first = sent_at(&mut alice, "alice-bob", "one").await;
     sent_at(&mut alice, "alice-bob", "two").await;
-    let before_read = chrono_now();
+    let before_read = wire_now();
     let reply = bob
         .request(
             "message:read",
@@ -95,7 +95,7 @@ async fn seen_date_is_clamped_into_sent_at_and_now() {
             ]),
         )
         .await;
-    let after_read = chrono_now();
+    let after_read = wire_now();
     assert_eq!(
         reply["seen"][0]["seenAt"],
         first.as_str(),
@@ -124,12 +124,9 @@ async fn seen_date_is_clamped_into_sent_at_and_now() {
 }
 
 /// Now, in the wire format, from the test's clock.
-fn chrono_now() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    chat_server::protocol::time::format_millis(ms)
+fn wire_now() -> String {
+    use chat_server::protocol::time::{format_millis, now_millis};
+    format_millis(now_millis())
 }
 
 #[tokio::test]

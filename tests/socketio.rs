@@ -8,8 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chat_server::auth::Auth;
-use common::{Server, SECRET};
-use jsonwebtoken::{encode, EncodingKey, Header};
+use common::{token_with_claims, unix_now, Server};
 use serde_json::json;
 
 /// What the JavaScript side prints when it wants the server killed and restarted.
@@ -19,24 +18,12 @@ const NODE_DEADLINE: Duration = Duration::from_secs(180);
 /// What it prints when it wants the server shut down gracefully.
 const TERMINATE_MARKER: &str = "##TERMINATE-SERVER##";
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// Starts `node socketio.test.mjs` for one scenario, with tokens for `users` plus a forged
 /// and an expired token for alice.
 fn start_node(server: &Server, scenario: &str, users: &[&str]) -> Child {
     let forged =
         Auth::new(b"not the server's secret").mint("alice", None, Duration::from_secs(600));
-    let expired = encode(
-        &Header::default(),
-        &json!({ "sub": "alice", "exp": now() - 120 }),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let expired = token_with_claims(&json!({ "sub": "alice", "exp": unix_now() - 120 }));
     let mut command = Command::new("node");
     command
         .arg("socketio.test.mjs")

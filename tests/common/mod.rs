@@ -21,6 +21,25 @@ pub const SECRET: &str = "test-secret-for-integration-tests";
 /// How long a test waits for a frame that must come.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Seconds since the Unix epoch, for hand-made token claims.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token with exactly these claims, signed with the test servers' secret (for expired
+/// or malformed tokens, which `Auth::mint` cannot make).
+pub fn token_with_claims(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
