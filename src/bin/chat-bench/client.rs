@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use chat_server::auth::Auth;
+use chat_server::protocol::room::canonical_room_id;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -21,15 +22,14 @@ const CONNECT_CONCURRENCY: usize = 128;
 /// Lifetime of the tokens the generator mints.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// The user id of generator user `i`; zero-padded so `user(2k) < user(2k+1)` as strings.
+/// The user id of generator user `i`, zero-padded to a fixed width.
 pub fn user(i: usize) -> String {
     format!("u{i:06}")
 }
 
-/// The room of users `2k` and `2k+1`, canonical (lowest id first).
-pub fn room_of(i: usize) -> (String, usize) {
-    let low = i & !1;
-    (format!("{}-{}", user(low), user(low + 1)), i ^ 1)
+/// The room of user `i` and its partner `i ^ 1` (users `2k` and `2k+1` share a room).
+pub fn room_of(i: usize) -> String {
+    canonical_room_id(&user(i), &user(i ^ 1))
 }
 
 /// A `message` frame without ack: the reply that matters is the `message:sent` event.
@@ -157,8 +157,8 @@ mod tests {
 
     #[test]
     fn rooms_are_canonical_pairs() {
-        assert_eq!(room_of(0), ("u000000-u000001".to_string(), 1));
-        assert_eq!(room_of(9), ("u000008-u000009".to_string(), 8));
+        assert_eq!(room_of(0), "u000000-u000001");
+        assert_eq!(room_of(9), "u000008-u000009");
         assert_eq!(source_address(0), Ipv4Addr::new(127, 0, 0, 1));
         assert_eq!(source_address(25_000), Ipv4Addr::new(127, 0, 0, 2));
     }

@@ -132,7 +132,7 @@ async fn connection(
     mut sends: mpsc::UnboundedReceiver<u64>,
     shared: Arc<Shared>,
 ) {
-    let (room, _) = client::room_of(me);
+    let room = client::room_of(me);
     let my_id = client::user(me);
     let (mut sink, mut stream) = ws.split();
     let mut seq = 0u64;

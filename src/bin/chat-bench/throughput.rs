@@ -125,7 +125,7 @@ async fn sender(
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 ) {
-    let (room, _) = client::room_of(me);
+    let room = client::room_of(me);
     let my_id = client::user(me);
     let mut seq = 0u64;
     let mut in_flight = 0usize;
