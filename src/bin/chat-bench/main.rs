@@ -302,7 +302,7 @@ fn throughput_on(
         Spread::of(&cpu).text(1),
     );
     let value = json!({
-        "server_cpu_us_per_msg": Spread::of(&cpu).json(&cpu),
+        "server_cpu_us_per_msg": Spread::summary(&cpu),
         "msgs_per_sec": spread.json(&rates),
         "avg_frame_bytes": frame,
         "users": opts.users,
@@ -347,7 +347,7 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
             target.stop();
         }
     }
-    if server.delivered() == 0 {
+    if server.delivered == 0 {
         return Err("latency: no message was delivered".into());
     }
     let load = format!(
@@ -368,6 +368,7 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
 /// The latency figures of several runs of one target.
 #[derive(Default)]
 struct LatencyRuns {
+    delivered: u64,
     p50: Vec<f64>,
     p99: Vec<f64>,
     p999: Vec<f64>,
@@ -377,6 +378,7 @@ struct LatencyRuns {
 
 impl LatencyRuns {
     fn push(&mut self, result: latency::LatencyResult, steal_percent: f64) {
+        self.delivered += result.delivered;
         self.p50.push(result.p50);
         self.p99.push(result.p99);
         self.p999.push(result.p999);
@@ -387,13 +389,6 @@ impl LatencyRuns {
             "offered_rate": result.offered_rate, "avg_frame_bytes": result.avg_frame_bytes,
             "steal_percent": steal_percent,
         }));
-    }
-
-    fn delivered(&self) -> u64 {
-        self.details
-            .iter()
-            .filter_map(|d| d["delivered"].as_u64())
-            .sum()
     }
 
     fn print(&self, name: &str, load: &str, runs: usize) {
@@ -409,10 +404,10 @@ impl LatencyRuns {
 
     fn json(&self) -> Value {
         json!({
-            "p50_ms": Spread::of(&self.p50).json(&self.p50),
-            "p99_ms": Spread::of(&self.p99).json(&self.p99),
-            "p999_ms": Spread::of(&self.p999).json(&self.p999),
-            "steal_percent": Spread::of(&self.steal).json(&self.steal),
+            "p50_ms": Spread::summary(&self.p50),
+            "p99_ms": Spread::summary(&self.p99),
+            "p999_ms": Spread::summary(&self.p999),
+            "steal_percent": Spread::summary(&self.steal),
             "details": self.details,
         })
     }
@@ -518,14 +513,7 @@ fn machine() -> Value {
                 .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_default();
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let mem_kib = target::proc_kib("/proc/meminfo", "MemTotal:").unwrap_or(0);
     json!({
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "cpu_model": cpu,

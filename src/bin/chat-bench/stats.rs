@@ -28,6 +28,11 @@ impl Spread {
         }
     }
 
+    /// The spread of `runs` with the runs themselves, as JSON.
+    pub fn summary(runs: &[f64]) -> Value {
+        Spread::of(runs).json(runs)
+    }
+
     pub fn json(&self, runs: &[f64]) -> Value {
         json!({ "median": self.median, "min": self.min, "max": self.max, "runs": runs })
     }

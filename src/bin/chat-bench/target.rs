@@ -129,15 +129,16 @@ impl Drop for Target {
 
 /// `VmRSS` of a process, in bytes (0 when unreadable).
 pub fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:").map_or(0, |kib| kib * 1024)
+}
+
+/// The `key: N kB` line of a `/proc` file such as `/proc/meminfo`, in KiB.
+pub fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    })
 }
 
 /// CPU time (user + system) a process has used so far, in seconds (0 when unreadable).
