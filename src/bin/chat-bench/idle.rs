@@ -8,14 +8,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_server::auth::Auth;
 use futures_util::StreamExt;
 
 use crate::client;
 use crate::stats::fit_line;
-use crate::target::{healthz_ok, Launch, Target};
+use crate::target::{wait_healthy, Launch, Target};
 
 pub struct IdleResult {
     /// (connections, server RSS minus RSS before any connection, in bytes).
@@ -115,17 +115,6 @@ fn spawn_worker(
         child,
         open: 0,
     })
-}
-
-pub fn wait_healthy(addr: SocketAddr) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !healthz_ok(addr) {
-        if Instant::now() > deadline {
-            return Err(format!("{addr} never answered /healthz"));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
 }
 
 /// The worker process: on each `open K` line, opens K more connections (users from

@@ -233,7 +233,7 @@ fn start_server(opts: &Opts, label: &str) -> Result<(Option<Target>, SocketAddr)
     let dir = target::temp_dir(label);
     let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
     let server = Target::start(&launch, Some(dir))?;
-    idle::wait_healthy(server.addr)?;
+    target::wait_healthy(server.addr)?;
     let addr = server.addr;
     Ok((Some(server), addr))
 }

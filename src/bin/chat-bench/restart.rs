@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use chat_server::store::{RoomKey, Store};
 
 use crate::client;
-use crate::idle::wait_healthy;
-use crate::target::{Launch, Target};
+use crate::target::{wait_healthy, Launch, Target};
 
 /// Messages per write transaction while filling.
 const FILL_BATCH: usize = 20_000;

@@ -173,6 +173,18 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// Polls `/healthz` every 2 ms until it answers 200; an error after 30 s.
+pub fn wait_healthy(addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthz_ok(addr) {
+        if Instant::now() > deadline {
+            return Err(format!("{addr} never answered /healthz"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
 /// True once `GET /healthz` answers 200.
 pub fn healthz_ok(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
