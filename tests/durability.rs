@@ -4,18 +4,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::load::history;
 use common::{ids, Server};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Every message of a room, newest first (the order `messages` pages in).
-async fn full_history(client: &mut common::Client, room: &str) -> Vec<Value> {
-    let mut all = common::load::history(client, room).await;
-    all.reverse();
-    all
-}
 
 #[tokio::test]
 async fn acknowledged_messages_survive_kill_9() {
@@ -40,7 +34,7 @@ async fn acknowledged_messages_survive_kill_9() {
 
     let mut alice = server.connect("alice").await;
     for room in ["alice-bob", "alice-carol"] {
-        let stored = full_history(&mut alice, room).await;
+        let stored = history(&mut alice, room).await;
         let mut expected: Vec<Value> = acked
             .iter()
             .filter(|(r, _)| *r == room)
@@ -76,7 +70,7 @@ async fn idempotent_retry_survives_a_restart() {
     let sent = alice.recv_event("message:sent").await;
     assert_eq!(ids(&sent["messages"]), vec![1]);
     bob.expect_silence(Duration::from_millis(300)).await;
-    assert_eq!(full_history(&mut alice, "alice-bob").await.len(), 1);
+    assert_eq!(history(&mut alice, "alice-bob").await.len(), 1);
 }
 
 #[tokio::test]
@@ -120,7 +114,7 @@ async fn sigterm_closes_sockets_with_1001_and_keeps_every_acknowledged_message()
     }
     server.restart();
     let mut alice = server.connect("alice").await;
-    let stored = full_history(&mut alice, "alice-bob").await;
+    let stored = history(&mut alice, "alice-bob").await;
     for message in &acked {
         let id = message["id"].as_u64().unwrap();
         let found = stored

@@ -221,7 +221,8 @@ pub async fn audit(server: &Server, users: &[String], acked: &HashMap<String, Va
         if !readers.contains_key(&reader) {
             readers.insert(reader.clone(), server.connect(&reader).await);
         }
-        let history = history(readers.get_mut(&reader).unwrap(), &room).await;
+        let mut history = history(readers.get_mut(&reader).unwrap(), &room).await;
+        history.reverse();
         let ids: Vec<u64> = history.iter().map(|m| m["id"].as_u64().unwrap()).collect();
         if ids != (1..=ids.len() as u64).collect::<Vec<_>>() {
             audit.problems.push(format!(
@@ -258,7 +259,8 @@ pub async fn audit(server: &Server, users: &[String], acked: &HashMap<String, Va
     audit
 }
 
-/// Every message of a room, oldest first, paged back with `before` until an empty page.
+/// Every message of a room, newest first (the order `messages` pages in), paged back with
+/// `before` until an empty page.
 pub async fn history(client: &mut Client, room: &str) -> Vec<Value> {
     let mut all = Vec::new();
     let mut before = Value::Null;
@@ -277,7 +279,6 @@ pub async fn history(client: &mut Client, room: &str) -> Vec<Value> {
         }
         all.extend(page);
     }
-    all.reverse();
     all
 }
 
