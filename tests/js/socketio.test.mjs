@@ -1,10 +1,10 @@
 // The Socket.IO dialect, driven by the official socket.io-client exactly as a front end
 // uses it. Run by tests/socketio.rs, which starts the server and passes:
 //   CHAT_URL            the server's base URL (http://127.0.0.1:PORT)
-//   SIO_SCENARIO        which group of cases to run: protocol | tabs | restart
+//   SIO_SCENARIO        which group of cases to run: protocol | tabs | restart | shutdown
 //   TOKEN_<USER>        tokens minted by the test (TOKEN_ALICE, TOKEN_FORGED, ...)
-// Cases that need the Rust side (plain-dialect tabs, killing the server) talk to it
-// through their own events and through marker lines on stdout.
+// Cases that need the Rust side (plain-dialect tabs, killing or stopping the server) talk
+// to it through their own events and through marker lines on stdout.
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
