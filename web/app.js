@@ -176,8 +176,7 @@ class Session {
     // Events may have been missed while we were away: keep only the open window (the
     // reload below merges into it, or replaces it when there is a gap).
     this.state.forgetWindows(this.openRoomId);
-    // An echo may have been lost with the old connection: resending is harmless.
-    for (const entry of this.state.outbox) entry.stored = false;
+    this.state.resendAll();
     this.pumpOutbox();
     this.loadInbox(null);
     if (this.openRoomId) this.loadLatest(this.openRoomId);
@@ -435,7 +434,7 @@ class Session {
       this.pumpTimer = setTimeout(() => this.pumpOutbox(), wait);
       return;
     }
-    const entry = this.state.outbox.find((p) => !p.error && !p.stored);
+    const entry = this.state.nextToSend();
     if (!entry) return;
     this.sending = true;
     let reply;
@@ -458,7 +457,6 @@ class Session {
     if (reply.ok) {
       // Stored. If it does not fit the window yet, its `message:sent` is on the way.
       this.state.confirm(entry.roomId, reply.message);
-      entry.stored = true;
       this.renderInbox();
     } else if (reply.error.code === 'rate_limited') {
       this.pausedUntil = Date.now() + (reply.error.retryAfterMs ?? 1000);

@@ -15,7 +15,7 @@ export class ChatState {
     this.outboxKey = `chat.outbox.${me.id}`;
     this.rooms = new Map(); // roomId -> Room
     this.inboxCursor = null;
-    this.outbox = this.loadOutbox(); // [{ clientMessageId, roomId, text, error }]
+    this.outbox = this.loadOutbox(); // [{ clientMessageId, roomId, text, error, acked }]
   }
 
   room(roomId) {
@@ -199,16 +199,32 @@ export class ChatState {
   }
 
   // The ack of my `message`: the server has it. It replaces the pending copy only where
-  // it fits the window without a gap; otherwise the `message:sent` that follows does.
+  // it fits the window without a gap; otherwise the pending copy stays, marked acked so it
+  // is not sent again, until the `message:sent` that follows settles it.
   confirm(roomId, message) {
     const room = this.room(roomId);
     this.setLastMessage(room, message);
     const held = [...room.messages.keys()];
     const newestHeld = held.length ? Math.max(...held) : 0;
     const fits = room.messages.has(message.id) || message.id === newestHeld + 1;
-    if (room.loaded && !fits) return;
+    if (room.loaded && !fits) {
+      const entry = this.pending(message.clientMessageId);
+      if (entry) entry.acked = true;
+      return;
+    }
     if (room.loaded) room.messages.set(message.id, message);
     this.settleOutbox([message]);
+  }
+
+  // The next outbox entry to send, in the order typed: not refused, not yet acknowledged.
+  nextToSend() {
+    return this.outbox.find((p) => !p.error && !p.acked) ?? null;
+  }
+
+  // After a reconnect: an ack may have been lost with the old connection, so every entry
+  // is sent again (the server stores each clientMessageId once).
+  resendAll() {
+    for (const entry of this.outbox) entry.acked = false;
   }
 
   failPending(clientMessageId, error) {

@@ -106,3 +106,26 @@ test('the outbox keeps typed order, survives a reload and settles on the echo', 
   reloaded.applySeen([{ userId: 'bob', roomId: 'alice-bob', messageId: 1, seenAt: echo.sentAt }]);
   assert.equal(reloaded.timeline('alice-bob')[0].message.seenAt, echo.sentAt);
 });
+
+test('an ack that does not fit the window holds the entry back until its echo or a reconnect', () => {
+  const state = new ChatState(me, memoryStorage());
+  const bob = { id: 'bob', name: 'Bob' };
+  state.applySent(snapshot('alice-bob', bob, 1, 3));
+  const first = state.addPending('alice-bob', 'one');
+  const second = state.addPending('alice-bob', 'two');
+  assert.equal(state.nextToSend(), first);
+
+  // Stored as 5 while 4 is not held yet: the pending copy stays, but is not sent again.
+  state.confirm('alice-bob', msg(5, 'alice', { message: 'one', clientMessageId: first.clientMessageId }));
+  assert.deepEqual(state.outbox.map((p) => p.text), ['one', 'two']);
+  assert.equal(state.nextToSend(), second);
+
+  // A reconnect may have lost acks: everything is sent again, in order.
+  state.resendAll();
+  assert.equal(state.nextToSend(), first);
+
+  // The `message:sent` that follows settles it.
+  const echo = msg(5, 'alice', { message: 'one', clientMessageId: first.clientMessageId });
+  state.applySent(snapshot('alice-bob', me, 1, 5, (id) => (id === 5 ? echo : msg(id, 'bob'))));
+  assert.deepEqual(state.outbox.map((p) => p.text), ['two']);
+});
