@@ -274,23 +274,11 @@ pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
             "GET /ws expects a WebSocket upgrade (version 13)",
         ));
     };
-    let limits = &app.config.limits;
-    let subscription = match app.chat.hub().subscribe(
-        &user.id,
-        limits.max_connections_per_user,
-        limits.max_outbound_bytes,
-    ) {
-        Ok(s) => s,
-        Err(_) => {
-            return error_response(&ChatError::new(
-                ErrorCode::TooManyConnections,
-                format!(
-                    "at most {} connections per user",
-                    limits.max_connections_per_user
-                ),
-            ))
-        }
+    let subscription = match app.subscribe(&user) {
+        Ok(subscription) => subscription,
+        Err(error) => return error_response(&error),
     };
+    let limits = &app.config.limits;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Client frames are small; tungstenite allocates the read buffer up front for every

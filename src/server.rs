@@ -42,7 +42,8 @@ use warp::reply::Response;
 use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::protocol::{ChatError, ErrorCode};
+use crate::hub::Subscription;
+use crate::protocol::{ChatError, ErrorCode, SessionUser};
 use crate::{dialect, http};
 
 /// How long shutdown waits for connections to finish before giving up on them.
@@ -71,6 +72,28 @@ impl App {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })
+    }
+
+    /// Joins `user`'s channel for one more connection, within the per-user cap and with
+    /// the configured outbound bound: the same admission for every dialect.
+    pub fn subscribe(&self, user: &SessionUser) -> Result<Subscription, ChatError> {
+        let limits = &self.config.limits;
+        self.chat
+            .hub()
+            .subscribe(
+                &user.id,
+                limits.max_connections_per_user,
+                limits.max_outbound_bytes,
+            )
+            .map_err(|_| {
+                ChatError::new(
+                    ErrorCode::TooManyConnections,
+                    format!(
+                        "at most {} connections per user",
+                        limits.max_connections_per_user
+                    ),
+                )
+            })
     }
 }
 

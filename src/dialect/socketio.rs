@@ -165,16 +165,10 @@ fn admit(app: &App, socket: &SocketHandle, auth: Option<serde_json::Value>) -> R
         tracing::debug!(error = %e, "socket.io connect refused");
         Refusal::Unauthorized
     })?;
-    let limits = &app.config.limits;
     let subscription = app
-        .chat
-        .hub()
-        .subscribe(
-            &user.id,
-            limits.max_connections_per_user,
-            limits.max_outbound_bytes,
-        )
+        .subscribe(&user)
         .map_err(|_| Refusal::TooManyConnections)?;
+    let limits = &app.config.limits;
 
     let (tx, inbox) = mpsc::unbounded_channel();
     let inbox_bytes = Arc::new(AtomicUsize::new(0));
