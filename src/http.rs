@@ -160,14 +160,19 @@ pub fn routes(
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
 
-    let metrics = warp::path!("metrics").and(warp::get()).map(|| {
-        warp::reply::with_header(
-            metrics::render(),
-            "content-type",
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
-        .into_response()
-    });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: Arc<App>| {
+            let hub = app.chat.hub();
+            metrics::hub_state(hub.users_online(), hub.slow_consumers());
+            warp::reply::with_header(
+                metrics::render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .into_response()
+        });
 
     let rooms = warp::path!("api" / "rooms")
         .and(warp::get())

@@ -18,8 +18,6 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::metrics;
-
 /// One server-to-client event, serialized once for all its recipients.
 #[derive(Debug)]
 pub struct Outbound {
@@ -155,7 +153,6 @@ impl Hub {
                 state: Arc::clone(&state),
             };
             conns.push((id, queue));
-            metrics::users_online(users.len());
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
@@ -200,7 +197,6 @@ impl Hub {
                 users.remove(user);
             }
         }
-        metrics::users_online(users.len());
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -247,7 +243,6 @@ impl OverflowSignal {
             let notified = self.state.overflow.notified();
             if self.state.overflowed.load(Ordering::Acquire) {
                 self.hub.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                metrics::slow_consumer();
                 return;
             }
             notified.await;

@@ -1,8 +1,9 @@
 //! The Prometheus metrics behind `GET /metrics`.
 //!
 //! Recording goes through the `metrics` crate's global recorder, so the code that observes
-//! an event (the writer, the hub, a dialect's reply encoder) calls one function here and
-//! holds no handle. [`install`] sets `metrics-exporter-prometheus` as that recorder; until
+//! an event (the writer, a connection task, a dialect's reply encoder) calls one function
+//! here and holds no handle; the hub's counts of users online and slow consumers are
+//! copied in at scrape time instead. [`install`] sets `metrics-exporter-prometheus` as that recorder; until
 //! then (unit tests) every call is a no-op. Metric names and labels live only in this file,
 //! so the README's table of metrics can be checked against one place.
 
@@ -140,9 +141,11 @@ impl Drop for ConnectionGauge {
     }
 }
 
-/// The number of users with at least one connection changed.
-pub fn users_online(count: usize) {
-    gauge!(USERS_ONLINE).set(count as f64);
+/// The hub's own counts, copied in just before a scrape renders them: the hub keeps them
+/// anyway, so connecting, disconnecting and cutting off a client touch no metric.
+pub fn hub_state(users_online: usize, slow_consumers: u64) {
+    gauge!(USERS_ONLINE).set(users_online as f64);
+    counter!(SLOW_CONSUMERS).absolute(slow_consumers);
 }
 
 /// A writer round committed `jobs` writes, `new_messages` of them new messages.
@@ -159,11 +162,6 @@ pub fn commit_took(elapsed: Duration) {
 /// A send became durable this long after its frame arrived.
 pub fn send_durable(elapsed: Duration) {
     histogram!(SEND_DURABLE).record(elapsed.as_secs_f64());
-}
-
-/// A connection was cut off for not reading its events.
-pub fn slow_consumer() {
-    counter!(SLOW_CONSUMERS).increment(1);
 }
 
 /// An error reply with `code` went to a client.
