@@ -272,9 +272,9 @@ fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token:
     })
 }
 
-/// `GET /ws`: authenticates, reserves the user's connection slot, answers 101 and runs
-/// the plain dialect on the upgraded connection.
-pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
+/// `GET /ws`: authenticates, reserves the user's connection slot, makes the user's name
+/// durable, answers 101 and runs the plain dialect on the upgraded connection.
+pub async fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
     let pairs = match query_pairs(req.uri().query().unwrap_or("")) {
         Ok(pairs) => pairs,
         Err(e) => return error_response(&e),
@@ -298,6 +298,8 @@ pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
         Ok(subscription) => subscription,
         Err(error) => return error_response(&error),
     };
+    // Before the 101: once the client can send, its partner may already be reading.
+    app.chat.remember_profile(&user).await;
     let limits = &app.config.limits;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -326,7 +328,6 @@ pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
-        session_app.chat.remember_profile(&user).await;
         plain::serve(
             socket,
             user,

@@ -342,6 +342,35 @@ if (SCENARIO === "protocol") {
     assert.ok(!inbox.rooms.some((r) => r.roomId === "alice-gus"));
     alice.close();
   });
+
+  // Regression (issue 12): the name from a token used to be written after the CONNECT was
+  // acknowledged, so a read right after could still show the old name. No pause below.
+  test("a new name is seen by every read once its CONNECT is acknowledged", async () => {
+    const alice = await connect({ auth: { token: token("alice") }, transports: ["websocket"] });
+    const first = await connect({ auth: { token: token("erin_1") } });
+    const hello = await request(first, "message", {
+      userId: "erin",
+      roomId: "alice-erin",
+      message: "hello",
+    });
+    assert.equal(hello.ok, true);
+    first.close();
+
+    const second = await connect({ auth: { token: token("erin_2") } });
+    const inbox = await request(alice, "rooms", { limit: 100 });
+    const room = inbox.rooms.find((r) => r.roomId === "alice-erin");
+    assert.deepEqual(room?.user, { id: "erin", name: "Erin" });
+
+    const third = await connect({ auth: { token: token("erin_3") }, transports: ["websocket"] });
+    const page = await request(alice, "messages", { roomId: "alice-erin" });
+    assert.deepEqual(page.room.user, { id: "erin", name: "Erin M." });
+
+    // Never seen before, in a room without messages.
+    const fay = await connect({ auth: { token: token("fay") } });
+    const empty = await request(alice, "messages", { roomId: "alice-fay" });
+    assert.deepEqual(empty.room, { roomId: "alice-fay", user: { id: "fay", name: "Fay" }, messages: [] });
+    for (const socket of [alice, second, third, fay]) socket.close();
+  });
 }
 
 if (SCENARIO === "tabs") {
