@@ -10,6 +10,7 @@ mod common;
 use chat_server::dialect::plain::decode;
 use chat_server::protocol::event::{
     is_valid_client_message_id, parse, ClientEvent, MessagesRequest, RoomsRequest, SendMessage,
+    Typing,
 };
 use chat_server::protocol::room::{
     canonical_room_id, is_valid_user_id, resolve_partner, RoomError,
@@ -131,11 +132,18 @@ proptest! {
     fn payload_parsers_refuse_only_with_bad_request(data in json_value()) {
         let text = data.to_string();
         let refused = |e: chat_server::protocol::ChatError| e.code == ErrorCode::BadRequest;
-        if let Err(e) = parse::<SendMessage>(ClientEvent::Message, &text) {
-            prop_assert!(refused(e));
+        // What a parser accepts was an object: serde alone would also take an array.
+        match parse::<SendMessage>(ClientEvent::Message, &text) {
+            Ok(_) => prop_assert!(data.is_object(), "{}", text),
+            Err(e) => prop_assert!(refused(e)),
+        }
+        match parse::<Typing>(ClientEvent::Typing, &text) {
+            Ok(_) => prop_assert!(data.is_object(), "{}", text),
+            Err(e) => prop_assert!(refused(e)),
         }
         match parse::<MessagesRequest>(ClientEvent::Messages, &text) {
             Ok(request) => {
+                prop_assert!(data.is_object(), "{}", text);
                 if let Ok(limit) = request.checked_limit() {
                     prop_assert!((1..=50).contains(&limit));
                 }
@@ -147,6 +155,7 @@ proptest! {
         }
         match parse::<RoomsRequest>(ClientEvent::Rooms, &text) {
             Ok(request) => {
+                prop_assert!(data.is_object(), "{}", text);
                 if let Ok(limit) = request.checked_limit() {
                     prop_assert!((1..=100).contains(&limit));
                 }
