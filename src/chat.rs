@@ -183,11 +183,20 @@ impl Chat {
         }
     }
 
-    /// Remembers the user's latest name when it changed (PROTOCOL.md section 1).
+    /// Remembers the user's latest name when it changed (PROTOCOL.md section 1) and returns
+    /// once it is durable. Both dialects call this before a connection becomes usable (the
+    /// 101, the CONNECT ack), so from then on every read, by anyone, sees the new name. An
+    /// unchanged name costs a lookup and no commit, so reconnecting stays cheap. A failed
+    /// write is logged and the connection goes on: a name is not worth refusing it for.
     pub async fn remember_profile(&self, user: &SessionUser) {
         match self.store.profile(&user.id) {
             Ok(stored) if stored.name == user.name => {}
-            Ok(_) => self.writer.put_profile(user.clone()).await,
+            Ok(_) => {
+                let written = self.writer.put_profile(user.clone()).await;
+                if let Err(e) = outcome(written).await {
+                    tracing::warn!(error = %e, user = %user.id, "profile not stored");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "profile lookup failed"),
         }
     }

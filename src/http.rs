@@ -101,8 +101,23 @@ pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Opti
         .map(|(_, v)| v.as_str())
 }
 
+/// A request parameter of the HTTP API. Given twice it is a `bad_request`, like a JSON
+/// array where one value belongs: taking either copy would be a guess.
+fn query_param<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, ChatError> {
+    let mut values = pairs.iter().filter(|(n, _)| n == name);
+    match (values.next(), values.next()) {
+        (Some(_), Some(_)) => Err(ChatError::bad_request(format!(
+            "{name} is given more than once"
+        ))),
+        (first, _) => Ok(first.map(|(_, v)| v.as_str())),
+    }
+}
+
 fn query_number(pairs: &[(String, String)], name: &str) -> Result<Option<u64>, ChatError> {
-    query_value(pairs, name)
+    query_param(pairs, name)?
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
                 ChatError::bad_request(format!("{name} must be a whole number, got {v:?}"))
@@ -184,7 +199,7 @@ pub fn routes(
                 let pairs = query_pairs(&query)?;
                 let req = RoomsRequest {
                     limit: query_number(&pairs, "limit")?,
-                    cursor: query_value(&pairs, "cursor").map(str::to_owned),
+                    cursor: query_param(&pairs, "cursor")?.map(str::to_owned),
                 };
                 app.chat.rooms_page(&user, &req)
             });
@@ -257,9 +272,9 @@ fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token:
     })
 }
 
-/// `GET /ws`: authenticates, reserves the user's connection slot, answers 101 and runs
-/// the plain dialect on the upgraded connection.
-pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
+/// `GET /ws`: authenticates, reserves the user's connection slot, makes the user's name
+/// durable, answers 101 and runs the plain dialect on the upgraded connection.
+pub async fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
     let pairs = match query_pairs(req.uri().query().unwrap_or("")) {
         Ok(pairs) => pairs,
         Err(e) => return error_response(&e),
@@ -283,6 +298,8 @@ pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
         Ok(subscription) => subscription,
         Err(error) => return error_response(&error),
     };
+    // Before the 101: once the client can send, its partner may already be reading.
+    app.chat.remember_profile(&user).await;
     let limits = &app.config.limits;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -311,7 +328,6 @@ pub fn upgrade_plain(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
-        session_app.chat.remember_profile(&user).await;
         plain::serve(
             socket,
             user,
@@ -361,5 +377,9 @@ mod tests {
         assert_eq!(query_number(&pairs, "other").unwrap(), None);
         assert_eq!(query_value(&pairs, "cursor"), Some("c1.x"));
         assert!(query_pairs("limit=%zz").is_err());
+        let repeated = query_pairs("limit=5&cursor=a&limit=5&cursor=b").unwrap();
+        assert!(query_number(&repeated, "limit").is_err());
+        assert!(query_param(&repeated, "cursor").is_err());
+        assert!(query_param(&repeated, "before").unwrap().is_none());
     }
 }

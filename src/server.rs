@@ -193,7 +193,11 @@ where
             return answer(refusal);
         }
         if req.uri().path() == "/ws" {
-            return answer(http::upgrade_plain(&self.app, req));
+            let app = self.app.clone();
+            return Box::pin(async move {
+                let _in_flight = in_flight;
+                Ok(http::upgrade_plain(&app, req).await)
+            });
         }
         let request_timeout = Duration::from_secs(limits.request_timeout_secs);
         let mut warp = self.warp.clone();

@@ -1,10 +1,11 @@
 //! The group-commit writer: the only place that writes to the store.
 //!
-//! Sends and reads from every connection queue to one thread. Each round it takes all that
-//! is queued (up to `max_batch`), applies it in one redb write transaction, commits once
-//! with fsync, and only then fans out `message:sent` / `message:seen` and answers the
-//! callers. Under load the queue fills while the previous commit is syncing, so batches
-//! grow by themselves; an idle server commits a lone message at once.
+//! Sends, reads and the changed names of connecting users queue to one thread. Each round
+//! it takes all that is queued (up to `max_batch`), applies it in one redb write
+//! transaction, commits once with fsync, and only then fans out `message:sent` /
+//! `message:seen` and answers the callers (a handshake waits for its name's answer).
+//! Under load the queue fills while the previous commit is syncing, so batches grow by
+//! themselves; an idle server commits a lone message at once.
 //!
 //! Doing the fan-out here, in commit order, is what keeps every connection's
 //! `message:sent` events of one room in increasing id order. The thread is a plain OS
@@ -63,10 +64,16 @@ pub struct SeenJob {
     pub reply: oneshot::Sender<Result<Vec<(usize, SeenOutcome)>, ChatError>>,
 }
 
+/// A user's new display name to remember.
+struct ProfileJob {
+    user: SessionUser,
+    reply: oneshot::Sender<Result<(), ChatError>>,
+}
+
 enum Job {
     Append(AppendJob),
     Seen(SeenJob),
-    Profile(SessionUser),
+    Profile(ProfileJob),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -146,9 +153,11 @@ impl Writer {
         rx
     }
 
-    /// Queues a profile update; nobody waits for it.
-    pub async fn put_profile(&self, user: SessionUser) {
-        let _ = self.tx.send(Job::Profile(user)).await;
+    /// Queues a profile update; the returned receiver resolves once it is durable.
+    pub async fn put_profile(&self, user: SessionUser) -> oneshot::Receiver<Result<(), ChatError>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Job::Profile(ProfileJob { user, reply })).await;
+        rx
     }
 }
 
@@ -195,6 +204,10 @@ enum Reply {
     Seen(
         oneshot::Sender<Result<Vec<(usize, SeenOutcome)>, ChatError>>,
         Result<Vec<(usize, SeenOutcome)>, ChatError>,
+    ),
+    Profile(
+        oneshot::Sender<Result<(), ChatError>>,
+        Result<(), ChatError>,
     ),
 }
 
@@ -243,10 +256,9 @@ impl State {
                         let result = self.apply_seen(&mut batch, &job, &mut deliveries);
                         replies.push(Reply::Seen(job.reply, result));
                     }
-                    Job::Profile(user) => {
-                        if let Err(e) = batch.put_profile(&user) {
-                            tracing::warn!(error = %e, user = %user.id, "profile not stored");
-                        }
+                    Job::Profile(job) => {
+                        let result = batch.put_profile(&job.user).map_err(ChatError::internal);
+                        replies.push(Reply::Profile(job.reply, result));
                     }
                     Job::Shutdown(_) => unreachable!("shutdown is taken out of the round"),
                 }
@@ -266,6 +278,7 @@ impl State {
                 match reply {
                     Reply::Append(tx, _, _) => drop(tx.send(Err(closed_by(&e)))),
                     Reply::Seen(tx, _) => drop(tx.send(Err(closed_by(&e)))),
+                    Reply::Profile(tx, _) => drop(tx.send(Err(closed_by(&e)))),
                 }
             }
             return;
@@ -289,6 +302,7 @@ impl State {
                     drop(tx.send(result));
                 }
                 Reply::Seen(tx, result) => drop(tx.send(result)),
+                Reply::Profile(tx, result) => drop(tx.send(result)),
             }
         }
     }

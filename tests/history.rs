@@ -272,6 +272,25 @@ async fn http_errors_have_their_status_and_never_500() {
             400,
             "invalid_room",
         ),
+        // A parameter given twice is the query string's array: refused, not guessed at.
+        (
+            "/api/rooms?limit=5&limit=500",
+            Some(&token),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/rooms?cursor=a&cursor=b",
+            Some(&token),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/rooms/alice-bob/messages?before=2&before=1",
+            Some(&token),
+            400,
+            "bad_request",
+        ),
         ("/api/rooms/%zz/messages", Some(&token), 400, "invalid_room"),
         (
             "/api/rooms/alice%2Fbob/messages",

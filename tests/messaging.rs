@@ -177,6 +177,124 @@ async fn refused_sends_store_nothing_and_reach_nobody() {
     assert_eq!(ack["ok"], true);
 }
 
+/// Regression (issue 12): serde fills a struct from a JSON array by position, so an array
+/// payload used to store a message and answer a history page.
+#[tokio::test]
+async fn payloads_of_the_wrong_json_type_are_bad_requests_and_change_nothing() {
+    let server = Server::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+
+    // The frames of the issue, verbatim.
+    alice
+        .send_raw(Message::text(
+            r#"{"event":"message","data":["alice","alice-bob","hi"],"ack":1}"#,
+        ))
+        .await;
+    let reply = alice.wait_ack(json!(1)).await;
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+    alice
+        .send_raw(Message::text(
+            r#"{"event":"messages","data":["alice-bob"],"ack":2}"#,
+        ))
+        .await;
+    let reply = alice.wait_ack(json!(2)).await;
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+
+    let cases = [
+        ("message", json!(["alice", "alice-bob", "hi", "cmid-1"])),
+        ("message", json!("alice-bob")),
+        ("message", json!(7)),
+        ("message", json!(true)),
+        ("message", Value::Null),
+        (
+            "message",
+            json!({"userId": ["alice"], "roomId": "alice-bob", "message": "hi"}),
+        ),
+        (
+            "message",
+            json!({"userId": "alice", "roomId": {"0": "alice-bob"}, "message": "hi"}),
+        ),
+        (
+            "message",
+            json!({"userId": "alice", "roomId": "alice-bob", "message": ["hi"]}),
+        ),
+        (
+            "message",
+            json!({"userId": "alice", "roomId": "alice-bob", "message": "hi", "clientMessageId": ["c"]}),
+        ),
+        ("typing", json!(["alice-bob"])),
+        ("typing", json!("alice-bob")),
+        ("typing", json!({"roomId": ["alice-bob"]})),
+        ("rooms", json!([10])),
+        ("rooms", json!("x")),
+        ("rooms", json!(10)),
+        ("rooms", json!({"limit": [10]})),
+        ("rooms", json!({"cursor": ["c1.x"]})),
+        ("messages", json!(["alice-bob", 5, 10])),
+        ("messages", json!({"roomId": "alice-bob", "limit": [5]})),
+        (
+            "messages",
+            json!({"roomId": "alice-bob", "before": {"id": 1}}),
+        ),
+        (
+            "message:read",
+            json!({"userId": "alice", "roomId": "alice-bob", "messageId": 1, "seenDate": "2026-01-01T00:00:00Z"}),
+        ),
+        (
+            "message:read",
+            json!([["alice", "alice-bob", 1, "2026-01-01T00:00:00Z"]]),
+        ),
+        ("message:read", json!("alice-bob")),
+    ];
+    for (event, data) in &cases {
+        let reply = alice.request(event, data.clone()).await;
+        assert_eq!(reply["ok"], false, "{event} {data}: {reply}");
+        assert_eq!(
+            reply["error"]["code"], "bad_request",
+            "{event} {data}: {reply}"
+        );
+    }
+    // Without an ack: an `error` event naming the event, and no reply event.
+    alice.emit("messages", json!(["alice-bob"])).await;
+    let error = alice.recv_event("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["event"].as_str()),
+        (Some("bad_request"), Some("messages"))
+    );
+
+    bob.expect_silence(QUIET).await;
+    alice.expect_silence(QUIET).await;
+    assert_eq!(history(&mut alice, "alice-bob").await, json!([]));
+    let inbox = alice.request("rooms", json!({})).await;
+    assert_eq!(inbox["rooms"], json!([]), "{inbox}");
+
+    // A message:read with one item that is not an object is refused whole: the valid
+    // item beside it is not applied.
+    let sent = bob.send_message("alice-bob", "read me").await;
+    let id = sent["message"]["id"].clone();
+    let valid = json!({"userId": "alice", "roomId": "alice-bob", "messageId": id,
+                       "seenDate": "2026-01-01T00:00:00Z"});
+    for stray in [
+        json!(["alice", "alice-bob", id, "x"]),
+        json!(null),
+        json!(1),
+        json!("x"),
+    ] {
+        let reply = alice
+            .request("message:read", json!([valid.clone(), stray.clone()]))
+            .await;
+        assert_eq!(reply["error"]["code"], "bad_request", "{stray}: {reply}");
+    }
+    assert_eq!(
+        history(&mut alice, "alice-bob").await[0]["seenAt"],
+        Value::Null
+    );
+    // The same valid item alone applies: the refusals above were about the shape only.
+    let reply = alice.request("message:read", json!([valid])).await;
+    assert_eq!(reply["seen"].as_array().map(Vec::len), Some(1), "{reply}");
+}
+
 #[tokio::test]
 async fn bad_frames_get_errors_and_the_connection_stays_open() {
     let server = Server::start();

@@ -1,17 +1,25 @@
 //! Property tests of the decoders that see untrusted input: the plain-dialect envelope,
 //! the event payloads and their shape checks, room id resolution, timestamps and client
 //! message ids. A bounded number of cases each, so they run in the normal suite; the
-//! open-ended versions of the same checks are the cargo-fuzz targets in `fuzz/`.
+//! open-ended versions of the same checks are the cargo-fuzz targets in `fuzz/`. One
+//! property runs against the real server: a value of the wrong JSON type in any position
+//! of any payload is a `bad_request` that changes nothing.
+
+mod common;
 
 use chat_server::dialect::plain::decode;
 use chat_server::protocol::event::{
     is_valid_client_message_id, parse, ClientEvent, MessagesRequest, RoomsRequest, SendMessage,
+    Typing,
 };
 use chat_server::protocol::room::{
     canonical_room_id, is_valid_user_id, resolve_partner, RoomError,
 };
 use chat_server::protocol::time::{format_millis, parse_rfc3339_millis};
 use chat_server::protocol::ErrorCode;
+use std::time::Duration;
+
+use common::ids;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -124,11 +132,18 @@ proptest! {
     fn payload_parsers_refuse_only_with_bad_request(data in json_value()) {
         let text = data.to_string();
         let refused = |e: chat_server::protocol::ChatError| e.code == ErrorCode::BadRequest;
-        if let Err(e) = parse::<SendMessage>(ClientEvent::Message, &text) {
-            prop_assert!(refused(e));
+        // What a parser accepts was an object: serde alone would also take an array.
+        match parse::<SendMessage>(ClientEvent::Message, &text) {
+            Ok(_) => prop_assert!(data.is_object(), "{}", text),
+            Err(e) => prop_assert!(refused(e)),
+        }
+        match parse::<Typing>(ClientEvent::Typing, &text) {
+            Ok(_) => prop_assert!(data.is_object(), "{}", text),
+            Err(e) => prop_assert!(refused(e)),
         }
         match parse::<MessagesRequest>(ClientEvent::Messages, &text) {
             Ok(request) => {
+                prop_assert!(data.is_object(), "{}", text);
                 if let Ok(limit) = request.checked_limit() {
                     prop_assert!((1..=50).contains(&limit));
                 }
@@ -140,6 +155,7 @@ proptest! {
         }
         match parse::<RoomsRequest>(ClientEvent::Rooms, &text) {
             Ok(request) => {
+                prop_assert!(data.is_object(), "{}", text);
                 if let Ok(limit) = request.checked_limit() {
                     prop_assert!((1..=100).contains(&limit));
                 }
@@ -330,4 +346,257 @@ proptest! {
         let frame = decode(&text).unwrap();
         prop_assert_eq!(frame.ack.and_then(|a| a.as_f64()), Some(ack));
     }
+}
+
+/// Where a value sits in a client event's payload.
+#[derive(Debug, Clone, Copy)]
+enum Where {
+    /// The payload itself.
+    Payload,
+    /// The (only) item of a `message:read`.
+    Item,
+    /// A field of the payload, or of the `message:read` item.
+    Field(&'static str),
+}
+
+/// The JSON types a position takes.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// An object.
+    Object,
+    /// An object, or `null` for the defaults (the `rooms` payload).
+    ObjectOrNull,
+    /// An array (the `message:read` payload).
+    Array,
+    /// A string.
+    Text,
+    /// A string, or `null`.
+    OptionalText,
+    /// A whole number.
+    Count,
+    /// A whole number, or `null`.
+    OptionalCount,
+}
+
+/// Every position of every client event's payload.
+const POSITIONS: &[(&str, Where, Slot)] = &[
+    ("message", Where::Payload, Slot::Object),
+    ("message", Where::Field("userId"), Slot::Text),
+    ("message", Where::Field("roomId"), Slot::Text),
+    ("message", Where::Field("message"), Slot::Text),
+    (
+        "message",
+        Where::Field("clientMessageId"),
+        Slot::OptionalText,
+    ),
+    ("typing", Where::Payload, Slot::Object),
+    ("typing", Where::Field("roomId"), Slot::Text),
+    ("rooms", Where::Payload, Slot::ObjectOrNull),
+    ("rooms", Where::Field("limit"), Slot::OptionalCount),
+    ("rooms", Where::Field("cursor"), Slot::OptionalText),
+    ("messages", Where::Payload, Slot::Object),
+    ("messages", Where::Field("roomId"), Slot::Text),
+    ("messages", Where::Field("before"), Slot::OptionalCount),
+    ("messages", Where::Field("limit"), Slot::OptionalCount),
+    ("message:read", Where::Payload, Slot::Array),
+    ("message:read", Where::Item, Slot::Object),
+    ("message:read", Where::Field("userId"), Slot::Text),
+    ("message:read", Where::Field("roomId"), Slot::Text),
+    ("message:read", Where::Field("messageId"), Slot::Count),
+    ("message:read", Where::Field("seenDate"), Slot::Text),
+];
+
+/// alice's read of bob's first message in their room.
+fn read_item() -> Value {
+    json!({ "userId": "alice", "roomId": "alice-bob", "messageId": 1,
+            "seenDate": "2026-01-01T00:00:00.000Z" })
+}
+
+/// A payload that alice may send and that would succeed (and store, for `message` and
+/// `message:read`).
+fn valid_payload(event: &str) -> Value {
+    match event {
+        "message" => json!({ "userId": "alice", "roomId": "alice-bob", "message": "hi",
+                             "clientMessageId": "c-1" }),
+        "typing" => json!({ "roomId": "alice-bob" }),
+        "rooms" => json!({ "limit": 10 }),
+        "messages" => json!({ "roomId": "alice-bob", "before": 5, "limit": 10 }),
+        "message:read" => json!([read_item()]),
+        other => unreachable!("{other} is no client event"),
+    }
+}
+
+/// The valid value of a position, moved into the container of the other kind: what a
+/// lenient decoder would take for the real thing (serde maps an array onto a struct by
+/// position, for one).
+fn reshaped(event: &str, at: Where) -> Value {
+    match (event, at) {
+        ("message", Where::Payload) => json!(["alice", "alice-bob", "hi", "c-1"]),
+        ("typing", Where::Payload) => json!(["alice-bob"]),
+        ("rooms", Where::Payload) => json!([10]),
+        ("messages", Where::Payload) => json!(["alice-bob", 5, 10]),
+        ("message:read", Where::Payload) => read_item(),
+        (_, Where::Item) => json!(["alice", "alice-bob", 1, "2026-01-01T00:00:00.000Z"]),
+        ("message:read", Where::Field(field)) => json!([read_item()[field]]),
+        (_, Where::Field(field)) => json!([valid_payload(event)[field]]),
+        _ => unreachable!(),
+    }
+}
+
+/// Any JSON value whose type `slot` does not take.
+fn misfit(slot: Slot, reshaped: Value) -> BoxedStrategy<Value> {
+    let null = Just(Value::Null).boxed();
+    let boolean = any::<bool>().prop_map(Value::from).boxed();
+    let number = prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1e12..1e12f64).prop_map(Value::from),
+    ]
+    .boxed();
+    let not_whole = prop_oneof![
+        (i64::MIN..0).prop_map(Value::from),
+        (0..1_000_000u32).prop_map(|n| Value::from(f64::from(n) + 0.5)),
+    ]
+    .boxed();
+    let string = prop_oneof![
+        any::<String>().prop_map(Value::from),
+        "[0-9]{1,4}".prop_map(Value::from),
+    ]
+    .boxed();
+    let arbitrary_array = prop::collection::vec(json_value(), 0..4).prop_map(Value::Array);
+    let arbitrary_object = prop::collection::btree_map(any::<String>(), json_value(), 0..4)
+        .prop_map(|m| Value::Object(m.into_iter().collect()));
+    let array = prop_oneof![Just(reshaped.clone()), arbitrary_array].boxed();
+    let object = arbitrary_object.boxed();
+    let choices = match slot {
+        Slot::Object => vec![null, boolean, number, string, array],
+        Slot::ObjectOrNull => vec![boolean, number, string, array],
+        Slot::Array => vec![
+            null,
+            boolean,
+            number,
+            string,
+            prop_oneof![Just(reshaped), object].boxed(),
+        ],
+        Slot::Text => vec![null, boolean, number, array, object],
+        Slot::OptionalText => vec![boolean, number, array, object],
+        Slot::Count => vec![null, boolean, not_whole, string, array, object],
+        Slot::OptionalCount => vec![boolean, not_whole, string, array, object],
+    };
+    proptest::strategy::Union::new(choices).boxed()
+}
+
+/// The payload of `event` with `value` put at `at`.
+fn payload_with(event: &str, at: Where, value: Value) -> Value {
+    let mut payload = valid_payload(event);
+    match at {
+        Where::Payload => return value,
+        Where::Item => payload[0] = value,
+        Where::Field(field) if event == "message:read" => payload[0][field] = value,
+        Where::Field(field) => payload[field] = value,
+    }
+    payload
+}
+
+/// Regression (issue 12): every position of every payload, given a value of a JSON type it
+/// does not take (arrays, strings, numbers, booleans, nulls, objects), is a `bad_request`
+/// and changes nothing. A `message:read` item with a field of the wrong type is rejected
+/// on its own, in `rejected`; anything else refuses the whole request.
+#[test]
+fn a_value_of_the_wrong_json_type_anywhere_is_refused_and_changes_nothing() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = common::Server::start();
+    let clients = runtime.block_on(async {
+        let mut alice = server.connect("alice").await;
+        let mut bob = server.connect("bob").await;
+        let sent = bob.send_message("alice-bob", "unread").await;
+        assert_eq!(sent["message"]["id"], 1, "{sent}");
+        bob.recv_event("message:sent").await;
+        alice.recv_event("message:sent").await;
+        (alice, bob)
+    });
+    let clients = std::cell::RefCell::new(clients);
+    let strategy = (0..POSITIONS.len()).prop_flat_map(|i| {
+        let (event, at, slot) = POSITIONS[i];
+        misfit(slot, reshaped(event, at)).prop_map(move |value| (i, value))
+    });
+    let mut runner = proptest::test_runner::TestRunner::new(config());
+    let result = runner.run(&strategy, |(i, value)| {
+        let (event, at, _) = POSITIONS[i];
+        let payload = payload_with(event, at, value);
+        let (alice, _) = &mut *clients.borrow_mut();
+        runtime.block_on(async {
+            let reply = alice.request(event, payload.clone()).await;
+            let per_item = event == "message:read" && matches!(at, Where::Field(_));
+            if per_item {
+                prop_assert_eq!(
+                    &reply["ok"],
+                    &json!(true),
+                    "{} {}: {}",
+                    event,
+                    payload,
+                    reply
+                );
+                prop_assert_eq!(
+                    &reply["seen"],
+                    &json!([]),
+                    "{} {}: {}",
+                    event,
+                    payload,
+                    reply
+                );
+                prop_assert_eq!(&reply["rejected"][0]["index"], &json!(0));
+                prop_assert_eq!(&reply["rejected"][0]["code"], &json!("bad_request"));
+            } else {
+                prop_assert_eq!(
+                    &reply["ok"],
+                    &json!(false),
+                    "{} {}: {}",
+                    event,
+                    payload,
+                    reply
+                );
+                prop_assert_eq!(
+                    &reply["error"]["code"],
+                    &json!("bad_request"),
+                    "{} {}: {}",
+                    event,
+                    payload,
+                    reply
+                );
+            }
+            let history = alice
+                .request("messages", json!({ "roomId": "alice-bob" }))
+                .await;
+            let messages = &history["room"]["messages"];
+            prop_assert_eq!(
+                ids(messages),
+                vec![1],
+                "{} {}: stored {}",
+                event,
+                payload,
+                messages
+            );
+            prop_assert_eq!(
+                &messages[0]["seenAt"],
+                &Value::Null,
+                "{} {}",
+                event,
+                payload
+            );
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Nothing reached anyone: no message:sent, no typing, no message:seen.
+    let (mut alice, mut bob) = clients.into_inner();
+    runtime.block_on(async {
+        alice.expect_silence(Duration::from_millis(300)).await;
+        bob.expect_silence(Duration::from_millis(300)).await;
+    });
 }

@@ -313,21 +313,77 @@ async fn partners_are_shown_by_their_latest_name_while_offline() {
         .await;
     assert_eq!(empty["room"]["user"], json!({ "id": "zed", "name": "zed" }));
     assert_eq!(empty["room"]["messages"], json!([]));
+}
 
-    // The latest connection's name wins.
-    let token = server.named_token("bob", "Robert");
-    let _bob = server.connect_token("bob", &token).await;
-    let mut name = String::new();
-    for _ in 0..50 {
-        let rooms = alice.request("rooms", json!({})).await;
-        name = rooms["rooms"][0]["user"]["name"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        if name == "Robert" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(name, "Robert");
+/// Regression (issue 12): the name from a token used to be written after the 101, so a
+/// read right after the partner connected could still show the old name (or the id). Now
+/// it is durable before the connection is usable: no sleep, no retry below.
+#[tokio::test]
+async fn a_new_name_is_seen_by_every_read_once_its_connection_is_open() {
+    let server = Server::start();
+    let token = server.named_token("bob", "Bob Builder");
+    let mut bob = server.connect_token("bob", &token).await;
+    bob.send_message("alice-bob", "hi").await;
+    let mut alice = server.connect("alice").await;
+    let alice_token = server.token("alice");
+
+    let _robert = server
+        .connect_token("bob", &server.named_token("bob", "Robert"))
+        .await;
+    let rooms = alice.request("rooms", json!({})).await;
+    assert_eq!(
+        rooms["rooms"][0]["user"],
+        json!({ "id": "bob", "name": "Robert" })
+    );
+
+    let _rob = server
+        .connect_token("bob", &server.named_token("bob", "Rob"))
+        .await;
+    let page = alice
+        .request("messages", json!({ "roomId": "alice-bob" }))
+        .await;
+    assert_eq!(page["room"]["user"]["name"], "Rob");
+
+    let _bobby = server
+        .connect_token("bob", &server.named_token("bob", "Bobby"))
+        .await;
+    let (status, page) = server
+        .get("/api/rooms/alice-bob/messages", Some(&alice_token))
+        .await;
+    assert_eq!(
+        (status, page["room"]["user"]["name"].as_str()),
+        (200, Some("Bobby"))
+    );
+
+    // A user never seen before, in a room with no message yet.
+    let _zed = server
+        .connect_token("zed", &server.named_token("zed", "Zed"))
+        .await;
+    let empty = alice
+        .request("messages", json!({ "roomId": "alice-zed" }))
+        .await;
+    assert_eq!(empty["room"]["user"], json!({ "id": "zed", "name": "Zed" }));
+}
+
+/// Only a changed name costs a commit before the connection opens: reconnecting with the
+/// same name (and connecting without one, never having had one) writes nothing.
+#[tokio::test]
+async fn only_a_changed_name_is_written() {
+    let server = Server::start();
+    let commits = |samples: &std::collections::HashMap<String, f64>| {
+        common::metrics::value(samples, "chat_commit_batch_size_count")
+    };
+    let token = server.named_token("bob", "Bob");
+    let first = server.connect_token("bob", &token).await;
+    let after_first = commits(&common::metrics::scrape(&server).await);
+    drop(first);
+    let _again = server.connect_token("bob", &token).await;
+    let _unnamed = server.connect("carol").await;
+    let after_again = commits(&common::metrics::scrape(&server).await);
+    assert_eq!(after_again, after_first);
+    let _renamed = server
+        .connect_token("bob", &server.named_token("bob", "Robert"))
+        .await;
+    let after_rename = commits(&common::metrics::scrape(&server).await);
+    assert_eq!(after_rename, after_first + 1.0);
 }

@@ -21,6 +21,13 @@ const TERMINATE_MARKER: &str = "##TERMINATE-SERVER##";
 /// Starts `node socketio.test.mjs` for one scenario, with tokens for `users` plus a forged
 /// and an expired token for alice.
 fn start_node(server: &Server, scenario: &str, users: &[&str]) -> Child {
+    node_command(server, scenario, users)
+        .spawn()
+        .expect("node is needed for the Socket.IO tests")
+}
+
+/// The command [`start_node`] runs, for a test that passes more tokens.
+fn node_command(server: &Server, scenario: &str, users: &[&str]) -> Command {
     let forged =
         Auth::new(b"not the server's secret").mint("alice", None, Duration::from_secs(600));
     let expired = token_with_claims(&json!({ "sub": "alice", "exp": unix_now() - 120 }));
@@ -38,8 +45,6 @@ fn start_node(server: &Server, scenario: &str, users: &[&str]) -> Child {
         command.env(format!("TOKEN_{}", user.to_uppercase()), server.token(user));
     }
     command
-        .spawn()
-        .expect("node is needed for the Socket.IO tests")
 }
 
 /// Runs node to the end (see [`common::finish_node`]) and checks that node:test ran cases
@@ -54,7 +59,14 @@ fn finish_node(node: Child, on_line: impl FnMut(&str)) {
 #[test]
 fn socketio_client_speaks_the_protocol() {
     let server = Server::start_with(&[("CHAT_LIMITS_MAX_CONNECTIONS_PER_USER", "3")]);
-    let node = start_node(&server, "protocol", &["alice", "bob", "dave"]);
+    // erin renames herself twice; fay connects with a name for the first time.
+    let node = node_command(&server, "protocol", &["alice", "bob", "dave"])
+        .env("TOKEN_ERIN_1", server.named_token("erin", "Erin Old"))
+        .env("TOKEN_ERIN_2", server.named_token("erin", "Erin"))
+        .env("TOKEN_ERIN_3", server.named_token("erin", "Erin M."))
+        .env("TOKEN_FAY", server.named_token("fay", "Fay"))
+        .spawn()
+        .expect("node is needed for the Socket.IO tests");
     finish_node(node, |_| {});
 }
 

@@ -6,8 +6,9 @@
 //! dialect. Three choices shape it:
 //!
 //! - Admission happens in the namespace's CONNECT middleware, so a bad token or a full
-//!   per-user cap is answered with a CONNECT_ERROR (`unauthorized`, `too_many_connections`)
-//!   and the event handlers are registered before the client can emit anything.
+//!   per-user cap is answered with a CONNECT_ERROR (`unauthorized`, `too_many_connections`),
+//!   and the event handlers are registered and a new name is durable before the client
+//!   can emit anything.
 //! - socketioxide runs each handler call as its own task, which would let a later `message`
 //!   overtake an earlier one. So one fallback handler only queues each event packet, in
 //!   arrival order, and a single session task per socket decodes and dispatches them,
@@ -76,7 +77,7 @@ pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, Socke
         let app = app.clone();
         move |Handle(socket): Handle, TryData(auth): TryData<serde_json::Value>| {
             let app = app.clone();
-            async move { admit(&app, &socket, auth.ok()) }
+            async move { admit(&app, &socket, auth.ok()).await }
         }
     };
     let start = {
@@ -156,9 +157,14 @@ fn token_of<'a>(
     }
 }
 
-/// The CONNECT middleware: authenticates, takes a slot in the user's channel, and
-/// registers the socket's handlers before the client learns it is connected.
-fn admit(app: &App, socket: &SocketHandle, auth: Option<serde_json::Value>) -> Result<(), Refusal> {
+/// The CONNECT middleware: authenticates, takes a slot in the user's channel, registers
+/// the socket's handlers and makes the user's name durable, all before the client learns
+/// it is connected (socketioxide sends the CONNECT packet once this returns).
+async fn admit(
+    app: &App,
+    socket: &SocketHandle,
+    auth: Option<serde_json::Value>,
+) -> Result<(), Refusal> {
     let query = query_pairs(socket.req_parts().uri.query().unwrap_or("")).unwrap_or_default();
     let token = token_of(auth.as_ref(), &query).ok_or(Refusal::Unauthorized)?;
     let user = app.auth.verify(token).map_err(|e| {
@@ -168,6 +174,8 @@ fn admit(app: &App, socket: &SocketHandle, auth: Option<serde_json::Value>) -> R
     let subscription = app
         .subscribe(&user)
         .map_err(|_| Refusal::TooManyConnections)?;
+    // Once the client is connected, its partner may already be reading.
+    app.chat.remember_profile(&user).await;
     let limits = &app.config.limits;
 
     let (tx, inbox) = mpsc::unbounded_channel();
@@ -208,7 +216,6 @@ fn start(app: &Arc<App>, socket: SocketHandle) {
     let chat = app.chat.clone();
     app.tracker.spawn(async move {
         let _counted = metrics::connection_opened(Dialect::SocketIo);
-        chat.remember_profile(&session.user).await;
         serve(socket, session, &chat).await;
     });
 }

@@ -42,6 +42,15 @@ impl ClientEvent {
             ClientEvent::Messages => "messages",
         }
     }
+
+    /// What the payload must be (its first byte, and in words): a JSON array for
+    /// `message:read`, a JSON object for every other event.
+    fn payload_kind(self) -> (u8, &'static str) {
+        match self {
+            ClientEvent::Read => (b'[', "an array"),
+            _ => (b'{', "an object"),
+        }
+    }
 }
 
 /// Most items one `message:read` may carry.
@@ -100,10 +109,27 @@ pub struct MessagesRequest {
 }
 
 /// Parses a payload (raw JSON text) into `T`, mapping every serde failure to `bad_request`.
+///
+/// The payload's JSON type is checked first: serde maps a JSON array onto a struct by
+/// position, so `["alice","alice-bob","hi"]` would otherwise pass as a `message`. Looking
+/// at the first byte is exact (in JSON grammar only an object starts with `{`, only an
+/// array with `[`) and costs nothing on the send path. Nested values need no such check:
+/// fields are strings and numbers, which serde takes from nothing else, and the items of
+/// `message:read` are read as JSON objects (maps), which refuse arrays.
 pub fn parse<T: DeserializeOwned>(event: ClientEvent, json: &str) -> Result<T, ChatError> {
+    let (first, kind) = event.payload_kind();
+    if json.trim_start_matches(JSON_WHITESPACE).as_bytes().first() != Some(&first) {
+        return Err(ChatError::bad_request(format!(
+            "the `{}` payload must be {kind}",
+            event.name()
+        )));
+    }
     serde_json::from_str(json)
         .map_err(|e| ChatError::bad_request(format!("invalid `{}` payload: {e}", event.name())))
 }
+
+/// The whitespace JSON allows around a value.
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 impl SendMessage {
     /// Shape checks serde cannot express.
@@ -186,6 +212,35 @@ mod tests {
             let err = parse::<SendMessage>(ClientEvent::Message, bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadRequest, "{bad}");
         }
+    }
+
+    #[test]
+    fn payloads_of_another_json_type_are_refused_even_when_serde_would_map_them() {
+        // serde fills a struct from an array by position: each of these would parse.
+        let refused = |e: ChatError| e.code == ErrorCode::BadRequest;
+        assert!(refused(
+            parse::<SendMessage>(ClientEvent::Message, r#"["a","a-b","hi"]"#).unwrap_err()
+        ));
+        assert!(refused(
+            parse::<MessagesRequest>(ClientEvent::Messages, r#" ["a-b"]"#).unwrap_err()
+        ));
+        assert!(refused(
+            parse::<Typing>(ClientEvent::Typing, r#"["a-b"]"#).unwrap_err()
+        ));
+        assert!(refused(
+            parse::<RoomsRequest>(ClientEvent::Rooms, r#"[10]"#).unwrap_err()
+        ));
+        for bad in [r#""a-b""#, "5", "true", "null"] {
+            assert!(refused(
+                parse::<Typing>(ClientEvent::Typing, bad).unwrap_err()
+            ));
+        }
+        assert!(refused(
+            parse::<Vec<serde_json::Value>>(ClientEvent::Read, r#"{"0":{}}"#).unwrap_err()
+        ));
+        // JSON whitespace before the value is fine.
+        let ok: Typing = parse(ClientEvent::Typing, "\r\n\t {\"roomId\":\"a-b\"}").unwrap();
+        assert_eq!(ok.room_id, "a-b");
     }
 
     #[test]

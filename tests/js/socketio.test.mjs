@@ -302,6 +302,77 @@ if (SCENARIO === "protocol") {
   });
 }
 
+if (SCENARIO === "protocol") {
+  // Regression (issue 12): serde maps an array onto a struct by position, so these used to
+  // store a message and answer a history page.
+  test("payloads of the wrong JSON type are bad_request and change nothing", async () => {
+    const alice = await connect({ auth: { token: token("alice") } });
+    const cases = [
+      ["message", ["alice", "alice-gus", "hi"]],
+      ["message", "alice-gus"],
+      ["message", 7],
+      ["message", null],
+      ["message", { userId: "alice", roomId: "alice-gus", message: ["hi"] }],
+      ["message", { userId: ["alice"], roomId: "alice-gus", message: "hi" }],
+      ["typing", ["alice-gus"]],
+      ["rooms", [10]],
+      ["rooms", "x"],
+      ["messages", ["alice-gus"]],
+      ["messages", { roomId: "alice-gus", limit: [5] }],
+      ["message:read", { userId: "alice", roomId: "alice-gus", messageId: 1, seenDate: "2026-01-01T00:00:00Z" }],
+      ["message:read", [["alice", "alice-gus", 1, "2026-01-01T00:00:00Z"]]],
+    ];
+    for (const [event, data] of cases) {
+      const reply = await request(alice, event, data);
+      assert.equal(reply.ok, false, `${event} ${JSON.stringify(data)}`);
+      assert.equal(reply.error.code, "bad_request", `${event} ${JSON.stringify(data)}`);
+    }
+    // Only the first argument of an emit is the payload: the rest do not make an object.
+    const spread = await alice.timeout(WAIT_MS).emitWithAck("message", "alice", "alice-gus", "hi");
+    assert.equal(spread.error.code, "bad_request");
+    // Without an ack: an error event naming the event.
+    const error = next(alice, "error");
+    alice.emit("messages", ["alice-gus"]);
+    const err = await error;
+    assert.deepEqual([err.code, err.event], ["bad_request", "messages"]);
+
+    const history = await request(alice, "messages", { roomId: "alice-gus" });
+    assert.deepEqual(history.room.messages, []);
+    const inbox = await request(alice, "rooms", { limit: 100 });
+    assert.ok(!inbox.rooms.some((r) => r.roomId === "alice-gus"));
+    alice.close();
+  });
+
+  // Regression (issue 12): the name from a token used to be written after the CONNECT was
+  // acknowledged, so a read right after could still show the old name. No pause below.
+  test("a new name is seen by every read once its CONNECT is acknowledged", async () => {
+    const alice = await connect({ auth: { token: token("alice") }, transports: ["websocket"] });
+    const first = await connect({ auth: { token: token("erin_1") } });
+    const hello = await request(first, "message", {
+      userId: "erin",
+      roomId: "alice-erin",
+      message: "hello",
+    });
+    assert.equal(hello.ok, true);
+    first.close();
+
+    const second = await connect({ auth: { token: token("erin_2") } });
+    const inbox = await request(alice, "rooms", { limit: 100 });
+    const room = inbox.rooms.find((r) => r.roomId === "alice-erin");
+    assert.deepEqual(room?.user, { id: "erin", name: "Erin" });
+
+    const third = await connect({ auth: { token: token("erin_3") }, transports: ["websocket"] });
+    const page = await request(alice, "messages", { roomId: "alice-erin" });
+    assert.deepEqual(page.room.user, { id: "erin", name: "Erin M." });
+
+    // Never seen before, in a room without messages.
+    const fay = await connect({ auth: { token: token("fay") } });
+    const empty = await request(alice, "messages", { roomId: "alice-fay" });
+    assert.deepEqual(empty.room, { roomId: "alice-fay", user: { id: "fay", name: "Fay" }, messages: [] });
+    for (const socket of [alice, second, third, fay]) socket.close();
+  });
+}
+
 if (SCENARIO === "tabs") {
   // The Rust side holds plain-dialect tabs of alice and bob.
   test("a Socket.IO tab and a plain tab of one user both get every event", async () => {
