@@ -1,7 +1,8 @@
 //! The built-in web client, end to end: the real server, headless Chromium driven by
 //! `tests/js/browser.test.mjs` (playwright-core), two people chatting across a server
-//! restart. Also the static files' headers, which the browser test cannot see, and the
-//! client's state rules in Node (`tests/js/client-state.test.mjs`).
+//! restart, and reads that the server died before acknowledging. Also the static files'
+//! headers, which the browser test cannot see, and the client's state rules in Node
+//! (`tests/js/client-state.test.mjs`).
 
 mod common;
 
@@ -81,7 +82,7 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
 
     // The script asks for server actions on stdout and waits for the answer on stdin.
     let mut stdin = node.stdin.take().unwrap();
-    common::finish_node(node, Duration::from_secs(120), |line| {
+    let stdout = common::finish_node(node, Duration::from_secs(120), |line| {
         if let Some(command) = line.strip_prefix("@@control ") {
             match command {
                 "kill" => server.kill9(),
@@ -91,6 +92,10 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
             writeln!(stdin, "{command}: done").expect("answer node");
         }
     });
+    // Both scenarios of the script ran and passed (its early exit cuts node:test's
+    // summary, so count the TAP result lines).
+    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(passed, 2, "{stdout}");
     for shot in [
         "desktop-conversation.png",
         "desktop-outage.png",

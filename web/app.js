@@ -84,8 +84,9 @@ class Session {
     this.pausedUntil = 0; // rate limited: no send before this time
     this.pumpTimer = null;
     this.visible = new Set(); // ids of partner messages visible in the open conversation
-    this.reading = new Set(); // ids with a `message:read` on the wire
+    this.reading = false; // a `message:read` batch is on the wire
     this.readTimer = null;
+    this.readRetryTimer = null;
     this.typingTimer = null;
     this.lastTypingSentAt = 0;
     this.loadingOlder = false;
@@ -115,6 +116,7 @@ class Session {
     this.observer.disconnect();
     this.listeners.abort();
     clearTimeout(this.readTimer);
+    clearTimeout(this.readRetryTimer);
     clearTimeout(this.typingTimer);
     clearTimeout(this.pumpTimer);
     $('banner').hidden = true;
@@ -170,7 +172,7 @@ class Session {
 
   // --- connection -------------------------------------------------------------------
 
-  onOpen() {
+  async onOpen() {
     this.everConnected = true;
     $('banner').hidden = true;
     // Events may have been missed while we were away: keep only the open window (the
@@ -178,6 +180,12 @@ class Session {
     this.state.forgetWindows(this.openRoomId);
     this.state.resendAll();
     this.pumpOutbox();
+    // Reads go first, the ones whose ack was lost and what is on screen now: the server
+    // answers `rooms` and `messages` from the store as they arrive, so a reload sent
+    // alongside could predate the reads and bring the unread badge back.
+    this.queueVisibleReads();
+    await this.pumpReads();
+    if (session !== this || !this.socket.isOpen) return; // the next onOpen reloads
     this.loadInbox(null);
     if (this.openRoomId) this.loadLatest(this.openRoomId);
   }
@@ -335,6 +343,7 @@ class Session {
     for (const [key, node] of this.nodes) {
       if (!keep.has(key)) {
         this.observer.unobserve(node);
+        this.visible.delete(Number(node.dataset.id));
         node.remove();
         this.nodes.delete(key);
       }
@@ -387,28 +396,62 @@ class Session {
     if (this.readTimer || document.visibilityState !== 'visible') return;
     this.readTimer = setTimeout(() => {
       this.readTimer = null;
-      this.sendReads();
+      this.queueVisibleReads();
+      this.pumpReads();
     }, 150);
   }
 
-  async sendReads() {
+  // Queues a read of each unread partner message on screen, connected or not: the queue
+  // is sent when the server can take it.
+  queueVisibleReads() {
     const roomId = this.openRoomId;
-    if (!roomId || document.visibilityState !== 'visible' || !this.socket.isOpen) return;
-    const seenDate = new Date().toISOString();
-    const items = this.state
+    if (!roomId || document.visibilityState !== 'visible') return;
+    const ids = this.state
       .unseenIncoming(roomId)
-      .filter((m) => this.visible.has(m.id) && !this.reading.has(m.id))
-      .slice(0, READ_BATCH)
-      .map((m) => ({ userId: this.me.id, roomId, messageId: m.id, seenDate }));
-    if (items.length === 0) return;
-    for (const item of items) this.reading.add(item.messageId);
-    const reply = await this.ask('message:read', items);
-    for (const item of items) this.reading.delete(item.messageId);
-    if (!reply) return;
-    this.state.applyMyReads(reply.seen);
+      .filter((m) => this.visible.has(m.id))
+      .map((m) => m.id);
+    this.state.queueReads(roomId, ids, new Date().toISOString());
+  }
+
+  // Sends the queued reads one batch at a time. A batch leaves the queue only when
+  // answered; a lost connection leaves it queued for onOpen. Resolves once the queue is
+  // empty or sending has to wait.
+  async pumpReads() {
+    if (this.reading || !this.socket.isOpen || session !== this) return;
+    const batch = this.state.nextReads(READ_BATCH);
+    if (batch.length === 0) return;
+    this.reading = true;
+    let reply;
+    try {
+      reply = await this.socket.request(
+        'message:read',
+        batch.map((r) => ({ userId: this.me.id, ...r })),
+      );
+    } catch {
+      // As for messages: no reply in time on a live connection, try again shortly.
+      if (this.socket.isOpen) this.retryReads(1000);
+      return;
+    } finally {
+      this.reading = false;
+    }
+    if (session !== this) return;
+    if (!reply.ok && reply.error.code === 'rate_limited') {
+      // Nothing of the batch applied: it stays queued.
+      this.retryReads(reply.error.retryAfterMs ?? 1000);
+      return;
+    }
+    // Refused as a whole: it would be refused again, so it leaves the queue like any
+    // answered batch.
+    if (!reply.ok) this.toast(describe(reply.error));
+    this.state.settleReads(batch, reply.ok ? reply.seen : []);
     this.renderInbox();
     this.renderConversation();
-    this.scheduleReads(); // more than one batch may be visible
+    await this.pumpReads(); // more than one batch may be queued
+  }
+
+  retryReads(afterMs) {
+    clearTimeout(this.readRetryTimer);
+    this.readRetryTimer = setTimeout(() => this.pumpReads(), afterMs);
   }
 
   // --- sending ------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 // What the client knows: the inbox, a contiguous window of each room's messages, and the
-// outbox of messages not yet confirmed by the server. Pure data, no DOM and no network,
-// so the rules (ordering, unread counts, deduplication by clientMessageId) live in one
-// place. The outbox is kept in sessionStorage so a reload loses no typed message.
+// outbox of messages and reads not yet acknowledged by the server. Pure data, no DOM and
+// no network, so the rules (ordering, unread counts, deduplication by clientMessageId,
+// what to send again) live in one place. Messages in the outbox are kept in
+// sessionStorage so a reload loses no typed message; reads are not, because after a
+// reload whatever is on screen is marked read again.
 
 import { partnerOf } from './protocol.js';
 
@@ -16,6 +18,10 @@ export class ChatState {
     this.rooms = new Map(); // roomId -> Room
     this.inboxCursor = null;
     this.outbox = this.loadOutbox(); // [{ clientMessageId, roomId, text, error, acked }]
+    // Reads not yet acknowledged, in the order marked: `${roomId} ${messageId}` ->
+    // { roomId, messageId, seenDate }. One per message, so it holds at most the partner
+    // messages that were on screen while the server could not be told.
+    this.reads = new Map();
   }
 
   room(roomId) {
@@ -225,6 +231,30 @@ export class ChatState {
   // is sent again (the server stores each clientMessageId once).
   resendAll() {
     for (const entry of this.outbox) entry.acked = false;
+  }
+
+  // Marks partner messages of `roomId` as seen at `seenDate` (an ISO string). They stay
+  // queued until a reply to a `message:read` carrying them arrives, across reconnects and
+  // whatever window or room is open by then; marking one again keeps its first date.
+  queueReads(roomId, messageIds, seenDate) {
+    for (const messageId of messageIds) {
+      const key = `${roomId} ${messageId}`;
+      if (!this.reads.has(key)) this.reads.set(key, { roomId, messageId, seenDate });
+    }
+  }
+
+  // The oldest `max` queued reads: the next `message:read` batch. Sending one again is
+  // safe, the server applies a read once (the first one wins).
+  nextReads(max) {
+    return [...this.reads.values()].slice(0, max);
+  }
+
+  // The reply to a batch from nextReads: the server applied or refused each read for
+  // good, so the batch leaves the queue (reads queued since stay); `seen` (what it
+  // changed) lowers the unread counts.
+  settleReads(batch, seen) {
+    for (const read of batch) this.reads.delete(`${read.roomId} ${read.messageId}`);
+    this.applyMyReads(seen);
   }
 
   failPending(clientMessageId, error) {

@@ -320,4 +320,79 @@ test('two people chat in the built-in client, across a server restart', { timeou
   assert.deepEqual(texts, ['Hello Bob!', XSS, outage, lost, 'slow 1', 'slow 2']);
   assert.deepEqual(stored.map((m) => m.id).reverse(), [1, 2, 3, 4, 5, 6]);
   assert.deepEqual(dialogs, []);
+  // Alice's tab would read what the next test sends her.
+  await alice.context.close();
+  await bob.context.close();
+});
+
+test('a read lost with the server is sent again once it is back', { timeout: 90_000 }, async () => {
+  // Alice's tab talks through a relay that can hold back her `message:read` frames, so
+  // the server can die with a read on the wire, neither applied nor acknowledged.
+  const alice = await openPage({ width: 1280, height: 800 });
+  let holdReads = false;
+  let readHeld;
+  const aReadIsHeld = new Promise((resolve) => (readHeld = resolve));
+  await alice.context.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((frame) => {
+      if (holdReads && JSON.parse(frame).event === 'message:read') readHeld();
+      else server.send(frame);
+    });
+  });
+  const a = alice.page;
+  await a.goto(`${URL}/#token=${ALICE}`);
+  await a.locator('#new-chat-input').fill('bob');
+  await a.locator('#new-chat-form button').click();
+  await a.locator('#partner-name', { hasText: 'Bob' }).waitFor();
+
+  const bob = await openPage({ width: 1280, height: 800 });
+  const b = bob.page;
+  await b.goto(`${URL}/#token=${BOB}`);
+  await b.locator('#new-chat-input').fill('alice');
+  await b.locator('#new-chat-form button').click();
+  await b.locator('#partner-name', { hasText: 'Alice' }).waitFor();
+
+  const badge = a.locator('#inbox [data-room="alice-bob"] .badge');
+  // Within a bounded time after the restart: no badge in Alice's inbox, the server
+  // counts the room read, and Bob's message shows ✓✓ on his side.
+  async function readEverywhere(text) {
+    await eventually(async () => {
+      const shown = await badge.allTextContents(); // does not wait, unlike textContent()
+      return shown.length === 0 || shown;
+    }, `Alice's badge for ${text} is gone`);
+    await eventually(async () => (await unreadOf(ALICE, 'alice-bob')) === 0 || (await unreadOf(ALICE, 'alice-bob')), `the server counts ${text} read`);
+    await eventually(async () => (await stateOf(bubbles(b, text))) === 'seen' || (await stateOf(bubbles(b, text))), `✓✓ on ${text} for Bob`);
+  }
+
+  // The issue's case: Bob's "Sure" reaches the conversation Alice is looking at, and the
+  // server is killed while her read of it is on the wire.
+  holdReads = true;
+  await send(b, 'Sure');
+  await bubbles(a, 'Sure').waitFor();
+  await aReadIsHeld;
+  await control('kill');
+  holdReads = false;
+  await a.locator('#banner', { hasText: 'Connection lost' }).waitFor();
+  await badge.filter({ hasText: '1' }).waitFor();
+  await control('restart');
+  await readEverywhere('Sure');
+
+  // Read while the server is down: Alice switches to another conversation, Bob writes,
+  // the server dies, and she opens Bob's conversation (still in memory) during the outage.
+  await a.locator('#new-chat-input').fill('carol');
+  await a.locator('#new-chat-form button').click();
+  await a.locator('#partner-name', { hasText: 'carol' }).waitFor();
+  await send(b, 'Still there?');
+  await badge.filter({ hasText: '1' }).waitFor();
+  await control('kill');
+  await a.locator('#banner', { hasText: 'Connection lost' }).waitFor();
+  await a.locator('#inbox [data-room="alice-bob"]').click();
+  await bubbles(a, 'Still there?').waitFor();
+  await control('restart');
+  await readEverywhere('Still there?');
+
+  assert.equal(await bubbles(a, 'Sure').count(), 1);
+  assert.deepEqual(dialogs, []);
+  await alice.context.close();
+  await bob.context.close();
 });

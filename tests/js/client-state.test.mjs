@@ -129,3 +129,34 @@ test('an ack that does not fit the window holds the entry back until its echo or
   state.applySent(snapshot('alice-bob', me, 1, 5, (id) => (id === 5 ? echo : msg(id, 'bob'))));
   assert.deepEqual(state.outbox.map((p) => p.text), ['two']);
 });
+
+test('reads stay queued until a reply settles them, whatever happens in between', () => {
+  const state = new ChatState(me, memoryStorage());
+  const bob = { id: 'bob', name: 'Bob' };
+  state.applySent(snapshot('alice-bob', bob, 1, 3));
+  assert.equal(state.room('alice-bob').unread, 3);
+  state.queueReads('alice-bob', [2, 3], 'T1');
+  state.queueReads('alice-bob', [3], 'T2');
+  const batch = state.nextReads(100);
+  assert.deepEqual(batch, [
+    { roomId: 'alice-bob', messageId: 2, seenDate: 'T1' },
+    { roomId: 'alice-bob', messageId: 3, seenDate: 'T1' },
+  ], 'one read per message, with the date it was first seen');
+  assert.deepEqual(state.nextReads(1).map((r) => r.messageId), [2], 'batches are bounded');
+
+  // The connection drops before the reply: nothing settles, and the reconnect (which
+  // resends the outbox and forgets other rooms' windows) leaves the reads queued.
+  state.resendAll();
+  state.forgetWindows('alice-bob');
+  assert.deepEqual(state.nextReads(100), batch);
+
+  // Marked again meanwhile (on screen after the reconnect) and one more read queued
+  // while the batch was on the wire: the reply settles the batch only.
+  state.queueReads('alice-bob', [2, 3], 'T3');
+  state.queueReads('alice-bob', [1], 'T3');
+  state.settleReads(batch, [{ userId: 'alice', roomId: 'alice-bob', messageId: 2, seenAt: 'T1' }]);
+  assert.deepEqual(state.nextReads(100), [{ roomId: 'alice-bob', messageId: 1, seenDate: 'T3' }]);
+  assert.equal(state.room('alice-bob').unread, 2, 'only what the server changed counts');
+  state.settleReads(state.nextReads(100), []);
+  assert.deepEqual(state.nextReads(100), [], 'refused or already read: not sent again');
+});
