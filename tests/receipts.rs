@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
+use futures_util::SinkExt;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -386,4 +388,51 @@ async fn only_a_changed_name_is_written() {
         .await;
     let after_rename = commits(&common::metrics::scrape(&server).await);
     assert_eq!(after_rename, after_first + 1.0);
+}
+
+/// Sends frames in one TCP write, so the server reads them back to back.
+async fn send_together(client: &mut common::Client, frames: [Value; 2]) {
+    for frame in frames {
+        client
+            .ws
+            .feed(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+    client.ws.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_sees_every_earlier_write_of_its_own_connection() {
+    let server = Server::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    for round in 1..=5u64 {
+        let id = alice.send_message("alice-bob", "read me").await["message"]["id"]
+            .as_u64()
+            .unwrap();
+        // The read's commit must land before `rooms` is answered.
+        let now = "2999-01-01T00:00:00Z";
+        let read = json!({ "event": "message:read", "ack": "read",
+            "data": [read_item("bob", "alice-bob", id, now)] });
+        let rooms = json!({ "event": "rooms", "data": {}, "ack": "rooms" });
+        send_together(&mut bob, [read, rooms]).await;
+        let read = bob.wait_ack(json!("read")).await;
+        assert_eq!(read["seen"][0]["messageId"], id, "{read}");
+        let rooms = bob.wait_ack(json!("rooms")).await;
+        assert_eq!(rooms["rooms"][0]["unread"], 0, "round {round}: {rooms}");
+
+        // The same for a send followed at once by a history page.
+        let send = json!({ "event": "message", "ack": "send",
+            "data": { "userId": "bob", "roomId": "alice-bob", "message": "answer" } });
+        let page = json!({ "event": "messages", "ack": "page",
+            "data": { "roomId": "alice-bob", "limit": 1 } });
+        send_together(&mut bob, [send, page]).await;
+        let sent = bob.wait_ack(json!("send")).await;
+        let page = bob.wait_ack(json!("page")).await;
+        assert_eq!(
+            page["room"]["messages"][0]["id"], sent["message"]["id"],
+            "round {round}: {page}"
+        );
+    }
 }

@@ -15,11 +15,20 @@ use serde_json::{json, Value};
 
 use crate::chat::{Chat, Reply};
 use crate::metrics;
+use crate::protocol::event::ClientEvent;
 use crate::protocol::{ChatError, SessionUser};
 
 /// A request's answer to come: its event name (when usable), the dialect's ack handle `A`,
 /// and the reply, which may wait for a commit. Sessions keep these in request order.
 pub type PendingReply<A> = Pin<Box<dyn Future<Output = (Option<String>, Option<A>, Reply)> + Send>>;
+
+/// Whether a decoded request must wait until every earlier request of its connection is
+/// answered (see [`ClientEvent::reads_store`]).
+pub fn waits_for_earlier<E>(decoded: &Result<(String, &str), E>) -> bool {
+    decoded
+        .as_ref()
+        .is_ok_and(|(event, _)| ClientEvent::from_name(event).is_some_and(ClientEvent::reads_store))
+}
 
 /// Dispatches one decoded request, or passes on why it could not be decoded (with the
 /// event name, when it was readable).

@@ -23,11 +23,11 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{answer, dispatch, Answer, PendingReply};
+use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::chat::{Chat, Reply};
 use crate::hub::Subscription;
 use crate::protocol::{ChatError, SessionUser};
@@ -165,10 +165,8 @@ async fn read_half(
         };
         tokio::select! {
             Some((event, ack, reply)) = pending.next(), if !pending.is_empty() => {
-                for frame in reply_frames(event.as_deref(), ack, reply) {
-                    if out.send(Outgoing::Text(frame)).await.is_err() {
-                        return;
-                    }
+                if !send_reply(&out, event.as_deref(), ack, reply).await {
+                    return;
                 }
             }
             frame = stream.next() => {
@@ -193,7 +191,18 @@ async fn read_half(
                         return;
                     }
                 };
-                pending.push_back(handle_text(&text, user, chat).await);
+                let (decoded, ack) = match decode(text.as_str()) {
+                    Err(Unusable { event, error }) => (Err((event, error)), None),
+                    Ok(frame) => (Ok((frame.event, frame.data)), frame.ack),
+                };
+                if waits_for_earlier(&decoded) {
+                    while let Some((event, ack, reply)) = pending.next().await {
+                        if !send_reply(&out, event.as_deref(), ack, reply).await {
+                            return;
+                        }
+                    }
+                }
+                pending.push_back(dispatch(chat, user, decoded, ack).await);
             }
             _ = sleep_until(deadline) => {
                 if pinged {
@@ -217,12 +226,19 @@ async fn close_via_writer(out: &mpsc::Sender<Outgoing>, code: CloseCode, reason:
     }
 }
 
-/// Decodes and dispatches one text frame; the reply may wait for a commit.
-async fn handle_text(text: &Utf8Bytes, user: &SessionUser, chat: &Chat) -> PendingReply<Value> {
-    match decode(text.as_str()) {
-        Err(Unusable { event, error }) => dispatch(chat, user, Err((event, error)), None).await,
-        Ok(frame) => dispatch(chat, user, Ok((frame.event, frame.data)), frame.ack).await,
+/// Hands one request's answer to the writer half; false once the connection is gone.
+async fn send_reply(
+    out: &mpsc::Sender<Outgoing>,
+    event: Option<&str>,
+    ack: Option<Value>,
+    reply: Reply,
+) -> bool {
+    for frame in reply_frames(event, ack, reply) {
+        if out.send(Outgoing::Text(frame)).await.is_err() {
+            return false;
+        }
     }
+    true
 }
 
 async fn write_half(

@@ -35,7 +35,7 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{answer, dispatch, Answer, PendingReply};
+use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::chat::Chat;
 use crate::http::{query_pairs, query_value};
 use crate::hub::{OverflowSignal, Subscription};
@@ -282,11 +282,6 @@ fn binary_refused() -> ChatError {
     ChatError::bad_request("binary payloads are not supported; send JSON")
 }
 
-/// Decodes and dispatches one event packet; the reply may wait for a commit.
-async fn handle(incoming: Incoming, user: &SessionUser, chat: &Chat) -> PendingReply<i64> {
-    dispatch(chat, user, decode(&incoming.packet), incoming.ack).await
-}
-
 /// Why a session stops.
 enum Stop {
     /// socketioxide reported the socket closed.
@@ -318,8 +313,20 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
             }
             Some(incoming) = inbox.recv() => {
                 inbox_bytes.fetch_sub(incoming.cost, Ordering::AcqRel);
-                pending.push_back(handle(incoming, &user, chat).await);
-                Ok(())
+                let decoded = decode(&incoming.packet);
+                let mut answered = Ok(());
+                if waits_for_earlier(&decoded) {
+                    while let Some((event, ack, reply)) = pending.next().await {
+                        answered = send_answer(&socket, answer(event.as_deref(), ack, reply), &overflow, &gone).await;
+                        if answered.is_err() {
+                            break;
+                        }
+                    }
+                }
+                if answered.is_ok() {
+                    pending.push_back(dispatch(chat, &user, decoded, incoming.ack).await);
+                }
+                answered
             }
             Some(event) = subscription.recv() => {
                 let data = event.raw_data();

@@ -33,6 +33,14 @@ impl ClientEvent {
         })
     }
 
+    /// Whether the event is answered from the store. Such a request must see every write
+    /// its own connection made before it (read-your-writes), so a session answers the
+    /// connection's earlier requests before it runs one: otherwise a `rooms` sent right
+    /// after a `message:read` could be answered from before the read's commit.
+    pub fn reads_store(self) -> bool {
+        matches!(self, ClientEvent::Rooms | ClientEvent::Messages)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ClientEvent::Message => "message",

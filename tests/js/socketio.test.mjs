@@ -231,6 +231,37 @@ if (SCENARIO === "protocol") {
     bob.close();
   });
 
+  test("a request sees every earlier write of its own connection", async () => {
+    const alice = await connect({ auth: { token: token("alice") } });
+    const dave = await connect({ auth: { token: token("dave") } });
+    for (let round = 0; round < 5; round++) {
+      const sent = await request(alice, "message", {
+        userId: "alice",
+        roomId: "alice-dave",
+        message: `read me ${round}`,
+      });
+      const seenDate = new Date().toISOString();
+      // Emitted back to back: the read's commit must land before `rooms` is answered.
+      const [read, rooms] = await Promise.all([
+        request(dave, "message:read", [
+          { userId: "dave", roomId: "alice-dave", messageId: sent.message.id, seenDate },
+        ]),
+        request(dave, "rooms", {}),
+      ]);
+      assert.equal(read.seen.length, 1);
+      const room = rooms.rooms.find((r) => r.roomId === "alice-dave");
+      assert.equal(room.unread, 0, JSON.stringify(room));
+
+      const [mine, page] = await Promise.all([
+        request(dave, "message", { userId: "dave", roomId: "alice-dave", message: "answer" }),
+        request(dave, "messages", { roomId: "alice-dave", limit: 1 }),
+      ]);
+      assert.equal(page.room.messages[0].id, mine.message.id);
+    }
+    alice.close();
+    dave.close();
+  });
+
   test("typing, requests without ack, unknown events and bad payloads", async () => {
     const alice = await connect({ auth: { token: token("alice") } });
     const bob = await connect({ auth: { token: token("bob") }, transports: ["websocket"] });
