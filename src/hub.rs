@@ -343,7 +343,7 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// Releases an event's bytes once it has been written to the socket.
+    /// Releases an event's bytes once the socket has taken it.
     pub fn sent(&self, event: &Outbound) {
         self.hub.outstanding.release(&self.state, event.cost());
     }
