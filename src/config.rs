@@ -187,7 +187,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             redb_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             recent_cache_bytes: 32 * 1024 * 1024,
-            outbound_total_bytes: 64 * 1024 * 1024,
+            outbound_total_bytes: 32 * 1024 * 1024,
             rate_limit_users: 50_000,
         }
     }
@@ -783,9 +783,9 @@ mod tests {
         assert_eq!(c.limits.max_http_body_bytes, 65536);
         assert_eq!(c.limits.request_timeout_secs, 30);
         assert_eq!(c.storage.max_batch, 1024);
-        assert_eq!(c.memory.redb_cache_bytes, 32 << 20);
+        assert_eq!(c.memory.redb_cache_bytes, 16 << 20);
         assert_eq!(c.memory.recent_cache_bytes, 32 << 20);
-        assert_eq!(c.memory.outbound_total_bytes, 64 << 20);
+        assert_eq!(c.memory.outbound_total_bytes, 32 << 20);
         assert_eq!(c.memory.rate_limit_users, 50_000);
         assert!(c.cors.allowed_origins.is_empty());
     }

@@ -76,7 +76,7 @@ async fn metrics_are_prometheus_text_and_move_with_events() {
         rss > 0.5 * rss_kib * 1024.0 && rss < 2.0 * rss_kib * 1024.0,
         "{rss} bytes, /proc says {rss_kib} KiB"
     );
-    assert_eq!(value(&start, "chat_redb_cache_bytes"), 32.0 * 1048576.0);
+    assert_eq!(value(&start, "chat_redb_cache_bytes"), 16.0 * 1048576.0);
     assert_eq!(value(&start, "chat_recent_cache_rooms"), 0.0);
     assert_eq!(value(&start, "chat_recent_cache_bytes"), 0.0);
     assert_eq!(value(&start, "chat_recent_cache_evictions_total"), 0.0);

@@ -35,8 +35,11 @@ pub const FORMAT_VERSION: u64 = 1;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "chat.redb";
 /// redb's page cache unless configured (`memory.redb_cache_bytes`). redb's own default,
-/// 1 GiB, would let the cache alone outgrow a small box as the store grows.
-pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// 1 GiB, would let the cache alone outgrow a small box as the store grows. Measured on a
+/// store of 1,000,000 messages (README, "Memory"): history pages take a median 18.8 us
+/// with 16 MiB against 15.1 us with the whole 255 MiB file cached, and the cache costs
+/// about 1.6 times its setting in RSS.
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ROOM_NUMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("room_nums");
