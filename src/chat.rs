@@ -89,10 +89,13 @@ pub struct ChatLimits {
     pub send_rate: Rate,
     /// Each user's budget of reads, typing and requests (sockets and HTTP together).
     pub request_rate: Rate,
+    /// Users whose buckets are remembered at once (`memory.rate_limit_users`).
+    pub rate_limit_users: usize,
 }
 
-impl From<&crate::config::Limits> for ChatLimits {
-    fn from(limits: &crate::config::Limits) -> ChatLimits {
+impl From<&crate::config::Config> for ChatLimits {
+    fn from(config: &crate::config::Config) -> ChatLimits {
+        let limits = &config.limits;
         ChatLimits {
             max_message_bytes: limits.max_message_bytes,
             send_rate: Rate {
@@ -103,6 +106,7 @@ impl From<&crate::config::Limits> for ChatLimits {
                 per_sec: limits.request_rate_per_sec,
                 burst: limits.request_burst,
             },
+            rate_limit_users: config.memory.rate_limit_users,
         }
     }
 }
@@ -152,7 +156,11 @@ impl Chat {
             store,
             writer,
             hub,
-            rate_limiter: Arc::new(RateLimiter::new(limits.send_rate, limits.request_rate)),
+            rate_limiter: Arc::new(RateLimiter::new(
+                limits.send_rate,
+                limits.request_rate,
+                limits.rate_limit_users,
+            )),
             limits,
             cursors: CursorCodec::new(secret),
         }
@@ -160,6 +168,11 @@ impl Chat {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// The writer's handle, for the size of its cache in `/metrics`.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// Handles one client event. `data` is the payload's JSON text (`null` when absent).

@@ -64,6 +64,8 @@ pub struct Config {
     pub limits: Limits,
     /// Storage tuning (section `[storage]`).
     pub storage: StorageConfig,
+    /// Memory budgets (section `[memory]`).
+    pub memory: MemoryConfig,
     /// Cross-origin settings for the HTTP API and Socket.IO (section `[cors]`).
     pub cors: CorsConfig,
 }
@@ -113,10 +115,22 @@ pub struct Limits {
 /// Storage tuning.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// Rooms whose latest 50 messages are kept in memory.
-    pub cache_rooms: usize,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+}
+
+/// Byte (or entry) budgets for everything in the process that grows with use, so that an
+/// operator can size a box: the README's memory table says what each one costs.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    /// redb's page cache (reads and the write buffer together); redb's own default is 1 GiB.
+    pub redb_cache_bytes: usize,
+    /// The latest-50 cache of recently active rooms, serialized bytes plus overhead.
+    pub recent_cache_bytes: usize,
+    /// Outbound bytes queued across all connections; past it the largest queues are cut.
+    pub outbound_total_bytes: usize,
+    /// Users whose rate-limit buckets are remembered at once (full buckets are dropped).
+    pub rate_limit_users: usize,
 }
 
 /// Cross-origin resource sharing for the HTTP API and Socket.IO's long-polling.
@@ -135,6 +149,7 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             limits: Limits::default(),
             storage: StorageConfig::default(),
+            memory: MemoryConfig::default(),
             cors: CorsConfig::default(),
         }
     }
@@ -163,9 +178,17 @@ impl Default for Limits {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig {
-            cache_rooms: 4096,
-            max_batch: 1024,
+        StorageConfig { max_batch: 1024 }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            redb_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            recent_cache_bytes: 32 * 1024 * 1024,
+            outbound_total_bytes: 32 * 1024 * 1024,
+            rate_limit_users: 50_000,
         }
     }
 }
@@ -329,6 +352,16 @@ fn build<const N: usize>(
         apply_file(&mut cfg, &text, &origin)?;
     }
 
+    for r in REPLACED {
+        let var = env_var(r.old);
+        if non_empty(env(&var)).is_some() {
+            return Err(ConfigError(format!(
+                "{var} was replaced by {} ({})",
+                env_var(r.new),
+                r.why
+            )));
+        }
+    }
     for key in KEYS {
         let var = env_var(key.name);
         if let Some(value) = non_empty(env(&var)) {
@@ -421,6 +454,12 @@ fn set_from_file(
     origin: &str,
     source: &str,
 ) -> Result<(), ConfigError> {
+    if let Some(r) = REPLACED.iter().find(|r| r.old == name) {
+        return Err(ConfigError(format!(
+            "`{name}` in {origin} was replaced by `{}` ({})",
+            r.new, r.why
+        )));
+    }
     let key = KEYS
         .iter()
         .find(|k| k.name == name)
@@ -481,6 +520,22 @@ macro_rules! key {
     };
 }
 
+/// Keys that no longer exist, with what replaced them, so that an old config file or
+/// environment fails with a pointer to the new key instead of being silently ignored.
+const REPLACED: &[Replaced] = &[Replaced {
+    old: "storage.cache_rooms",
+    new: "memory.recent_cache_bytes",
+    why: "a budget in bytes, not rooms",
+}];
+
+/// A key that was renamed or redefined.
+struct Replaced {
+    old: &'static str,
+    new: &'static str,
+    /// What changed besides the name.
+    why: &'static str,
+}
+
 /// Every setting; the single source of truth for file keys and environment variables.
 const KEYS: &[Key] = &[
     key!("data", |r| non_empty_str(r).map(PathBuf::from), |c| c
@@ -529,10 +584,19 @@ const KEYS: &[Key] = &[
     key!("limits.request_timeout_secs", positive_int, |c| c
         .limits
         .request_timeout_secs),
-    key!("storage.cache_rooms", positive_int, |c| c
-        .storage
-        .cache_rooms),
     key!("storage.max_batch", positive_int, |c| c.storage.max_batch),
+    key!("memory.redb_cache_bytes", byte_size, |c| c
+        .memory
+        .redb_cache_bytes),
+    key!("memory.recent_cache_bytes", byte_size, |c| c
+        .memory
+        .recent_cache_bytes),
+    key!("memory.outbound_total_bytes", byte_size, |c| c
+        .memory
+        .outbound_total_bytes),
+    key!("memory.rate_limit_users", positive_int, |c| c
+        .memory
+        .rate_limit_users),
     key!("cors.allowed_origins", origins, |c| c.cors.allowed_origins),
 ];
 
@@ -574,6 +638,38 @@ fn positive_int<T: TryFrom<u64>>(raw: Raw<'_>) -> Result<T, String> {
         Some(n) if n > 0 => T::try_from(n).map_err(|_| format!("{} is too large", raw.show())),
         _ => Err(format!("expected a positive integer, got {}", raw.show())),
     }
+}
+
+/// A positive byte count: an integer, or a string with a binary unit such as `"64MiB"`.
+fn byte_size(raw: Raw<'_>) -> Result<usize, String> {
+    let n = match raw {
+        Raw::Toml(Value::Integer(i)) => u64::try_from(*i).ok(),
+        _ => raw.as_str().and_then(parse_bytes),
+    };
+    match n {
+        Some(n) if n > 0 => usize::try_from(n).map_err(|_| format!("{} is too large", raw.show())),
+        _ => Err(format!(
+            "expected a positive number of bytes such as 33554432 or \"32MiB\", got {}",
+            raw.show()
+        )),
+    }
+}
+
+/// "33554432", "512KiB", "64MiB", "1GiB" (powers of 1024); `None` for anything else.
+fn parse_bytes(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 fn positive_rate(raw: Raw<'_>) -> Result<f64, String> {
@@ -686,8 +782,11 @@ mod tests {
         assert_eq!(c.limits.idle_timeout_secs, 60);
         assert_eq!(c.limits.max_http_body_bytes, 65536);
         assert_eq!(c.limits.request_timeout_secs, 30);
-        assert_eq!(c.storage.cache_rooms, 4096);
         assert_eq!(c.storage.max_batch, 1024);
+        assert_eq!(c.memory.redb_cache_bytes, 16 << 20);
+        assert_eq!(c.memory.recent_cache_bytes, 32 << 20);
+        assert_eq!(c.memory.outbound_total_bytes, 32 << 20);
+        assert_eq!(c.memory.rate_limit_users, 50_000);
         assert!(c.cors.allowed_origins.is_empty());
     }
 
@@ -766,6 +865,7 @@ mod tests {
                 ("CHAT_LOG_FORMAT", "json"),
                 ("CHAT_LIMITS_SEND_RATE_PER_SEC", "2.5"),
                 ("CHAT_STORAGE_MAX_BATCH", "7"),
+                ("CHAT_MEMORY_RATE_LIMIT_USERS", "9"),
                 (
                     "CHAT_CORS_ALLOWED_ORIGINS",
                     "https://a.example, https://b.example,",
@@ -775,6 +875,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.limits.send_rate_per_sec, 2.5);
         assert_eq!(c.storage.max_batch, 7);
+        assert_eq!(c.memory.rate_limit_users, 9);
         assert_eq!(
             c.cors.allowed_origins,
             ["https://a.example", "https://b.example"]
@@ -835,9 +936,14 @@ mod tests {
 
     #[test]
     fn zero_limit_is_refused() {
-        let f = file("[storage]\ncache_rooms = 0\n");
+        let f = file("[storage]\nmax_batch = 0\n");
         let e = error(&["--config", path(&f)], &[]);
-        assert!(e.starts_with("config error: storage.cache_rooms: "), "{e}");
+        assert!(e.starts_with("config error: storage.max_batch: "), "{e}");
+        let e = error(&[], &[("CHAT_MEMORY_REDB_CACHE_BYTES", "0MiB")]);
+        assert!(
+            e.starts_with("config error: memory.redb_cache_bytes: "),
+            "{e}"
+        );
         let e = error(&[], &[("CHAT_LIMITS_SEND_RATE_PER_SEC", "0")]);
         assert!(
             e.starts_with("config error: limits.send_rate_per_sec: "),
@@ -845,6 +951,66 @@ mod tests {
         );
         let f = file("[limits]\nping_after_secs = -5\n");
         assert!(error(&["--config", path(&f)], &[]).contains("limits.ping_after_secs"));
+    }
+
+    #[test]
+    fn byte_sizes_take_integers_or_binary_units() {
+        let f = file(
+            "[memory]\nredb_cache_bytes = 1000\nrecent_cache_bytes = \"512KiB\"\n\
+             outbound_total_bytes = \"1GiB\"\nrate_limit_users = 7\n",
+        );
+        let c = serve(&["--config", path(&f)], &[]);
+        assert_eq!(c.memory.redb_cache_bytes, 1000);
+        assert_eq!(c.memory.recent_cache_bytes, 512 << 10);
+        assert_eq!(c.memory.outbound_total_bytes, 1 << 30);
+        assert_eq!(c.memory.rate_limit_users, 7);
+        let c = serve(
+            &[],
+            &[
+                ("CHAT_MEMORY_REDB_CACHE_BYTES", "64MiB"),
+                ("CHAT_MEMORY_OUTBOUND_TOTAL_BYTES", "4096"),
+            ],
+        );
+        assert_eq!(c.memory.redb_cache_bytes, 64 << 20);
+        assert_eq!(c.memory.outbound_total_bytes, 4096);
+        for bad in [
+            "64 MiB",
+            "64MB",
+            "MiB",
+            "-1",
+            "1.5GiB",
+            "99999999999999999999GiB",
+        ] {
+            let e = error(&[], &[("CHAT_MEMORY_RECENT_CACHE_BYTES", bad)]);
+            assert!(
+                e.starts_with(
+                    "config error: memory.recent_cache_bytes: expected a positive number of bytes"
+                ),
+                "{bad}: {e}"
+            );
+        }
+        let f = file("[memory]\nredb_cache_bytes = 1.5\n");
+        assert!(error(&["--config", path(&f)], &[]).contains("memory.redb_cache_bytes"));
+    }
+
+    #[test]
+    fn the_replaced_room_count_names_its_successor() {
+        let f = file("[storage]\ncache_rooms = 4096\n");
+        let e = error(&["--config", path(&f)], &[]);
+        assert_eq!(
+            e,
+            format!(
+                "config error: `storage.cache_rooms` in {} was replaced by \
+                 `memory.recent_cache_bytes` (a budget in bytes, not rooms)",
+                path(&f)
+            )
+        );
+        let e = error(&[], &[("CHAT_STORAGE_CACHE_ROOMS", "4096")]);
+        assert_eq!(
+            e,
+            "config error: CHAT_STORAGE_CACHE_ROOMS was replaced by \
+             CHAT_MEMORY_RECENT_CACHE_BYTES (a budget in bytes, not rooms)"
+        );
     }
 
     #[test]

@@ -180,7 +180,15 @@ pub fn routes(
         .and(with_app.clone())
         .map(|app: Arc<App>| {
             let hub = app.chat.hub();
-            metrics::hub_state(hub.users_online(), hub.slow_consumers());
+            metrics::hub_state(
+                hub.users_online(),
+                hub.slow_consumers(),
+                hub.queued_bytes(),
+                hub.budget_cuts(),
+            );
+            let cache = app.chat.writer().recent_cache();
+            metrics::recent_cache_state(cache.rooms(), cache.bytes(), cache.evictions());
+            metrics::process_state(app.config.memory.redb_cache_bytes);
             warp::reply::with_header(
                 metrics::render(),
                 "content-type",

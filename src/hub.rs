@@ -3,9 +3,17 @@
 //!
 //! An event is serialized once into an [`Outbound`] and the same `Arc` is queued to every
 //! recipient. The plain frame is built lazily, once, and shared; for Socket.IO the JSON is
-//! checked once and shared, and socketioxide wraps it in a packet per socket. Each connection's queue is bounded in *bytes*: a client that stops reading is
-//! flagged as a slow consumer and cut off by its own connection task, so it can never slow
-//! the publisher (who only pushes without waiting) or grow memory past the bound.
+//! checked once and shared, and socketioxide wraps it in a packet per socket.
+//!
+//! Each connection's queue is bounded in *bytes*: a client that stops reading is flagged
+//! as a slow consumer and cut off (1008) by its own connection task, so it can never slow
+//! the publisher (who only pushes without waiting) or grow memory past the bound. On top
+//! of that, all queues together have a budget (`memory.outbound_total_bytes`), so that a
+//! thousand stalled clients cannot each pin their full bound: the hot path only adds to
+//! one atomic total, and when a push takes it over the budget the connections holding the
+//! most bytes are cut the same way, largest first, until it is back under; the small
+//! queues are not touched. A cut queue's bytes leave the total at once, though its events
+//! are freed only when its connection task ends.
 //!
 //! The map sits behind a std `RwLock` held only for a lookup and a few non-blocking pushes,
 //! never across an `.await`, so an async lock would buy nothing.
@@ -78,44 +86,108 @@ struct Queue {
     state: Arc<QueueState>,
 }
 
+/// Set in [`QueueState::queued`] once the connection is cut: its queue is dead, and its
+/// bytes no longer count in the hub's total.
+const CUT: usize = 1 << (usize::BITS - 1);
+
 /// Shared between the hub (pushing) and the connection task (draining).
 struct QueueState {
-    /// Bytes queued and not yet written to the socket.
+    /// Bytes queued and not yet written to the socket, with the [`CUT`] bit. One word for
+    /// both, so that a cut and a concurrent push or release agree on who takes the bytes
+    /// out of the hub's total.
     queued: AtomicUsize,
     /// The byte bound; a push past it marks the connection a slow consumer.
     max_bytes: usize,
-    /// Set once when the bound was exceeded; the connection must then close with 1008.
-    overflowed: AtomicBool,
-    /// Wakes the connection task when `overflowed` is set.
+    /// Wakes the connection task when the queue is cut.
     overflow: Notify,
 }
 
+impl QueueState {
+    /// Queued bytes, zero once cut.
+    fn live_bytes(&self) -> usize {
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued & CUT == 0 {
+            queued
+        } else {
+            0
+        }
+    }
+
+    fn is_cut(&self) -> bool {
+        self.queued.load(Ordering::Acquire) & CUT != 0
+    }
+}
+
+/// The queued bytes of every connection together, and the budget over them.
+struct Outstanding {
+    /// Bytes queued on connections that are not cut.
+    total: AtomicUsize,
+    /// `memory.outbound_total_bytes`.
+    budget: usize,
+    /// Set while one publisher cuts the largest queues, so that others do not repeat it.
+    enforcing: AtomicBool,
+    /// Connections cut because the total was over the budget.
+    budget_cuts: AtomicU64,
+}
+
+impl Outstanding {
+    /// Cuts a queue: from now on it takes nothing, and its bytes leave the total. Returns
+    /// false when it was already cut.
+    fn cut(&self, state: &QueueState) -> bool {
+        let before = state.queued.fetch_or(CUT, Ordering::AcqRel);
+        if before & CUT != 0 {
+            return false;
+        }
+        self.total.fetch_sub(before, Ordering::AcqRel);
+        true
+    }
+
+    /// Takes `bytes` off a queue (written to the socket, or never queued after all), and
+    /// off the total unless the queue was cut, which already took them.
+    fn release(&self, state: &QueueState, bytes: usize) {
+        let before = state.queued.fetch_sub(bytes, Ordering::AcqRel);
+        if before & CUT == 0 {
+            self.total.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
+
 impl Queue {
-    fn push(&self, event: &Arc<Outbound>) {
-        if self.state.overflowed.load(Ordering::Relaxed) {
+    /// Queues one event, or cuts the queue when it would pass its own bound.
+    fn push(&self, event: &Arc<Outbound>, outstanding: &Outstanding) {
+        if self.state.is_cut() {
             return;
         }
         let cost = event.cost();
+        // The total first: a cut between these two lines then takes out only what the
+        // queue held before, and this push sees the cut and takes its own bytes back.
+        outstanding.total.fetch_add(cost, Ordering::AcqRel);
         let before = self.state.queued.fetch_add(cost, Ordering::AcqRel);
-        if before + cost > self.state.max_bytes {
+        if before & CUT != 0 {
             self.state.queued.fetch_sub(cost, Ordering::AcqRel);
-            self.state.overflowed.store(true, Ordering::Release);
-            self.state.overflow.notify_one();
+            outstanding.total.fetch_sub(cost, Ordering::AcqRel);
+            return;
+        }
+        if before + cost > self.state.max_bytes {
+            outstanding.release(&self.state, cost);
+            if outstanding.cut(&self.state) {
+                self.state.overflow.notify_one();
+            }
             return;
         }
         if self.tx.send(Arc::clone(event)).is_err() {
-            self.state.queued.fetch_sub(cost, Ordering::AcqRel);
+            outstanding.release(&self.state, cost);
         }
     }
 }
 
 /// All connections, by user.
-#[derive(Default)]
 pub struct Hub {
     users: RwLock<HashMap<String, Vec<(u64, Queue)>>>,
     next_id: AtomicU64,
     connections: AtomicUsize,
     slow_consumers: AtomicU64,
+    outstanding: Outstanding,
 }
 
 /// The per-user connection cap was reached.
@@ -123,8 +195,20 @@ pub struct Hub {
 pub struct TooManyConnections;
 
 impl Hub {
-    pub fn new() -> Arc<Hub> {
-        Arc::new(Hub::default())
+    /// A hub whose connections together may queue `outbound_total_bytes`.
+    pub fn new(outbound_total_bytes: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            users: RwLock::default(),
+            next_id: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            slow_consumers: AtomicU64::new(0),
+            outstanding: Outstanding {
+                total: AtomicUsize::new(0),
+                budget: outbound_total_bytes,
+                enforcing: AtomicBool::new(false),
+                budget_cuts: AtomicU64::new(0),
+            },
+        })
     }
 
     /// Subscribes one connection of `user`, unless the user already has `per_user_cap`.
@@ -138,7 +222,6 @@ impl Hub {
         let state = Arc::new(QueueState {
             queued: AtomicUsize::new(0),
             max_bytes: max_outbound_bytes,
-            overflowed: AtomicBool::new(false),
             overflow: Notify::new(),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -169,9 +252,39 @@ impl Hub {
         let users = self.users.read().expect("hub lock poisoned");
         if let Some(conns) = users.get(user) {
             for (_, queue) in conns {
-                queue.push(event);
+                queue.push(event, &self.outstanding);
             }
         }
+        if self.outstanding.total.load(Ordering::Acquire) > self.outstanding.budget {
+            self.enforce_budget(&users);
+        }
+    }
+
+    /// Cuts the connections holding the most queued bytes until the total is within the
+    /// budget. Only runs when over budget, and in one publisher at a time: the others go
+    /// on without waiting, since the one at work takes care of their bytes too.
+    fn enforce_budget(&self, users: &HashMap<String, Vec<(u64, Queue)>>) {
+        let outstanding = &self.outstanding;
+        if outstanding.enforcing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut queues: Vec<(usize, &QueueState)> = users
+            .values()
+            .flatten()
+            .map(|(_, queue)| (queue.state.live_bytes(), &*queue.state))
+            .filter(|(bytes, _)| *bytes > 0)
+            .collect();
+        queues.sort_unstable_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
+        for (_, state) in queues {
+            if outstanding.total.load(Ordering::Acquire) <= outstanding.budget {
+                break;
+            }
+            if outstanding.cut(state) {
+                outstanding.budget_cuts.fetch_add(1, Ordering::Relaxed);
+                state.overflow.notify_one();
+            }
+        }
+        outstanding.enforcing.store(false, Ordering::Release);
     }
 
     /// Open connections, all users and dialects together.
@@ -189,14 +302,28 @@ impl Hub {
         self.slow_consumers.load(Ordering::Relaxed)
     }
 
-    fn unsubscribe(&self, user: &str, id: u64) {
-        let mut users = self.users.write().expect("hub lock poisoned");
-        if let Some(conns) = users.get_mut(user) {
-            conns.retain(|(conn_id, _)| *conn_id != id);
-            if conns.is_empty() {
-                users.remove(user);
+    /// Bytes queued for connections, all together (cut connections not counted).
+    pub fn queued_bytes(&self) -> usize {
+        self.outstanding.total.load(Ordering::Relaxed)
+    }
+
+    /// Connections cut off so far because the total was over the budget.
+    pub fn budget_cuts(&self) -> u64 {
+        self.outstanding.budget_cuts.load(Ordering::Relaxed)
+    }
+
+    fn unsubscribe(&self, user: &str, id: u64, state: &QueueState) {
+        {
+            let mut users = self.users.write().expect("hub lock poisoned");
+            if let Some(conns) = users.get_mut(user) {
+                conns.retain(|(conn_id, _)| *conn_id != id);
+                if conns.is_empty() {
+                    users.remove(user);
+                }
             }
         }
+        // No push can reach the queue any more; whatever it still holds leaves the total.
+        self.outstanding.cut(state);
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -216,9 +343,9 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// Releases an event's bytes once it has been written to the socket.
+    /// Releases an event's bytes once the socket has taken it.
     pub fn sent(&self, event: &Outbound) {
-        self.state.queued.fetch_sub(event.cost(), Ordering::AcqRel);
+        self.hub.outstanding.release(&self.state, event.cost());
     }
 
     /// A handle that resolves once this connection's queue overflowed.
@@ -237,11 +364,12 @@ pub struct OverflowSignal {
 }
 
 impl OverflowSignal {
-    /// Resolves once the queue overflowed: the client is not reading and must be cut off.
+    /// Resolves once the queue was cut, because it overflowed or because it was among the
+    /// largest when all queues together were over budget: the client must be cut off.
     pub async fn overflowed(&self) {
         loop {
             let notified = self.state.overflow.notified();
-            if self.state.overflowed.load(Ordering::Acquire) {
+            if self.state.is_cut() {
                 self.hub.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -252,7 +380,7 @@ impl OverflowSignal {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.unsubscribe(&self.user, self.id);
+        self.hub.unsubscribe(&self.user, self.id, &self.state);
     }
 }
 
@@ -262,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_connection_of_a_user_receives_and_others_do_not() {
-        let hub = Hub::new();
+        let hub = Hub::new(usize::MAX);
         let mut a1 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let mut a2 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let mut b = hub.subscribe("b", 4, 1 << 20).unwrap();
@@ -279,7 +407,7 @@ mod tests {
 
     #[test]
     fn per_user_cap_is_enforced() {
-        let hub = Hub::new();
+        let hub = Hub::new(usize::MAX);
         let _one = hub.subscribe("a", 1, 1024).unwrap();
         assert!(hub.subscribe("a", 1, 1024).is_err());
         assert!(hub.subscribe("b", 1, 1024).is_ok());
@@ -287,15 +415,117 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_flags_the_slow_consumer_instead_of_growing() {
-        let hub = Hub::new();
+        let hub = Hub::new(usize::MAX);
         let sub = hub.subscribe("a", 1, 1000).unwrap();
         let event = Outbound::new("message:sent", "x".repeat(400));
         for _ in 0..10 {
             hub.publish("a", &event);
         }
-        assert!(sub.state.queued.load(Ordering::Relaxed) <= 1000);
+        assert!(sub.state.is_cut());
+        assert_eq!(sub.state.queued.load(Ordering::Relaxed) & !CUT, 2 * 432);
+        // A cut queue's bytes no longer count in the total.
+        assert_eq!(hub.queued_bytes(), 0);
         sub.overflow_signal().overflowed().await;
         assert_eq!(hub.slow_consumers(), 1);
+        assert_eq!(hub.budget_cuts(), 0);
+    }
+
+    /// A connection of its own user with a generous per-connection bound.
+    fn connect(hub: &Arc<Hub>, user: &str) -> Subscription {
+        hub.subscribe(user, 1, 1 << 30).unwrap()
+    }
+
+    fn event_of(bytes: usize) -> Arc<Outbound> {
+        Outbound::new("message:sent", "x".repeat(bytes - 32))
+    }
+
+    #[tokio::test]
+    async fn over_budget_the_largest_queues_are_cut_first_and_small_ones_kept() {
+        let hub = Hub::new(10_000);
+        let big1 = connect(&hub, "big1");
+        let big2 = connect(&hub, "big2");
+        let small = connect(&hub, "small");
+        let mut active = connect(&hub, "active");
+        hub.publish("small", &event_of(500));
+        for _ in 0..4 {
+            hub.publish("big1", &event_of(1000));
+            hub.publish("big2", &event_of(1000));
+        }
+        // An active reader takes its events as they come.
+        for _ in 0..20 {
+            hub.publish("active", &event_of(1000));
+            let event = active.recv().await.unwrap();
+            active.sent(&event);
+        }
+        assert_eq!(hub.queued_bytes(), 8_500);
+        assert_eq!(hub.budget_cuts(), 0);
+        // Two more to big1 take the total to 10,500: big1, the largest (6,000), is cut,
+        // which is enough.
+        hub.publish("big1", &event_of(1000));
+        hub.publish("big1", &event_of(1000));
+        assert!(big1.state.is_cut());
+        assert!(!big2.state.is_cut() && !small.state.is_cut());
+        assert_eq!(hub.queued_bytes(), 4_500);
+        assert_eq!(hub.budget_cuts(), 1);
+        big1.overflow_signal().overflowed().await;
+        assert_eq!(hub.slow_consumers(), 1);
+        // big1 takes nothing more; big2 grows until it is over the budget in turn.
+        hub.publish("big1", &event_of(1000));
+        assert_eq!(hub.queued_bytes(), 4_500);
+        for _ in 0..6 {
+            hub.publish("big2", &event_of(1000));
+        }
+        assert!(big2.state.is_cut());
+        assert!(!small.state.is_cut());
+        assert_eq!(hub.queued_bytes(), 500);
+        assert_eq!(hub.budget_cuts(), 2);
+        // The small queue and the active reader still get their events.
+        hub.publish("active", &event_of(1000));
+        assert_eq!(active.recv().await.unwrap().data.len(), 968);
+        hub.publish("small", &event_of(600));
+        assert_eq!(hub.queued_bytes(), 2_100);
+        // Dropping connections takes their bytes out of the total, cut or not.
+        drop((big1, big2, small, active));
+        assert_eq!(hub.queued_bytes(), 0);
+        assert_eq!(hub.connection_count(), 0);
+    }
+
+    /// Pushes, releases, cuts and drops from several threads at once never leave bytes
+    /// behind in the total: once everyone is gone it is exactly zero.
+    #[test]
+    fn the_total_stays_exact_under_concurrency() {
+        let hub = Hub::new(200_000);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let hub = Arc::clone(&hub);
+                std::thread::spawn(move || {
+                    for round in 0..50 {
+                        let user = format!("u{t}-{round}");
+                        let mut sub = hub.subscribe(&user, 1, 20_000).unwrap();
+                        for i in 0..200 {
+                            hub.publish(&user, &event_of(100 + (i % 7) * 300));
+                            hub.publish(&format!("u{}-{round}", (t + 1) % 4), &event_of(500));
+                            if i % 3 == 0 {
+                                if let Ok(event) = sub.rx.try_recv() {
+                                    sub.sent(&event);
+                                }
+                            }
+                        }
+                        // Half the connections drain before they go, half go full.
+                        if round % 2 == 0 {
+                            while let Ok(event) = sub.rx.try_recv() {
+                                sub.sent(&event);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(hub.queued_bytes(), 0);
+        assert_eq!(hub.connection_count(), 0);
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn serve(config: Config) -> ExitCode {
             Ok(secret) => secret,
             Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
         };
-        let store = match Store::open(&config.data_dir) {
+        let store = match Store::open_with_cache(&config.data_dir, config.memory.redb_cache_bytes) {
             Ok(store) => store,
             Err(e) => {
                 return fail(format_args!(
@@ -107,12 +107,12 @@ fn serve(config: Config) -> ExitCode {
         if let Err(e) = chat_server::metrics::install() {
             return fail(format_args!("cannot set up metrics: {e}"));
         }
-        let hub = Hub::new();
+        let hub = Hub::new(config.memory.outbound_total_bytes);
         let writer = Writer::spawn(
             store.clone(),
             hub.clone(),
             WriterConfig {
-                cache_rooms: config.storage.cache_rooms,
+                recent_cache_bytes: config.memory.recent_cache_bytes,
                 max_batch: config.storage.max_batch,
             },
         );
@@ -120,7 +120,7 @@ fn serve(config: Config) -> ExitCode {
             store,
             writer.writer(),
             hub,
-            ChatLimits::from(&config.limits),
+            ChatLimits::from(&config),
             &secret,
         ));
         let addr = listener.local_addr().map_or(config.bind, |a| a);

@@ -2,9 +2,11 @@
 //!
 //! Recording goes through the `metrics` crate's global recorder, so the code that observes
 //! an event (the writer, a connection task, a dialect's reply encoder) calls one function
-//! here and holds no handle; the hub's counts of users online and slow consumers are
-//! copied in at scrape time instead. [`install`] sets `metrics-exporter-prometheus` as that recorder; until
-//! then (unit tests) every call is a no-op. Metric names and labels live only in this file,
+//! here and holds no handle. Figures that some other part keeps anyway (the hub's counts,
+//! the latest-50 cache's size, the process's resident memory) are copied in at scrape time
+//! instead, so keeping them current costs nothing between scrapes. [`install`] sets
+//! `metrics-exporter-prometheus` as that recorder; until then (unit tests) every call is a
+//! no-op. Metric names and labels live only in this file,
 //! so the README's table of metrics can be checked against one place.
 
 use std::sync::OnceLock;
@@ -23,6 +25,13 @@ const SEND_DURABLE: &str = "chat_send_durable_seconds";
 const COMMIT_SECONDS: &str = "chat_commit_seconds";
 const SLOW_CONSUMERS: &str = "chat_slow_consumers_total";
 const REJECTED: &str = "chat_rejected_total";
+const RESIDENT: &str = "chat_process_resident_bytes";
+const REDB_CACHE: &str = "chat_redb_cache_bytes";
+const RECENT_ROOMS: &str = "chat_recent_cache_rooms";
+const RECENT_BYTES: &str = "chat_recent_cache_bytes";
+const RECENT_EVICTIONS: &str = "chat_recent_cache_evictions_total";
+const OUTBOUND_QUEUED: &str = "chat_outbound_queued_bytes";
+const OUTBOUND_CUTS: &str = "chat_outbound_budget_cuts_total";
 
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
@@ -88,12 +97,53 @@ fn describe() {
         "Connections cut off (1008) because their outbound queue overflowed."
     );
     describe_counter!(REJECTED, "Error replies sent to clients, by error code.");
+    describe_gauge!(
+        RESIDENT,
+        metrics::Unit::Bytes,
+        "Resident memory of the process (RSS), read at scrape time."
+    );
+    describe_gauge!(
+        REDB_CACHE,
+        metrics::Unit::Bytes,
+        "The redb page cache setting (memory.redb_cache_bytes)."
+    );
+    describe_gauge!(RECENT_ROOMS, "Rooms in the latest-50 cache.");
+    describe_gauge!(
+        RECENT_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes the latest-50 cache holds, at most memory.recent_cache_bytes."
+    );
+    describe_counter!(
+        RECENT_EVICTIONS,
+        "Rooms dropped from the latest-50 cache to stay within its budget."
+    );
+    describe_gauge!(
+        OUTBOUND_QUEUED,
+        metrics::Unit::Bytes,
+        "Event bytes queued for all connections together, not yet written to their sockets."
+    );
+    describe_counter!(
+        OUTBOUND_CUTS,
+        "Connections cut off (1008) because all queues together were over \
+         memory.outbound_total_bytes; also counted in chat_slow_consumers_total."
+    );
     for dialect in [Dialect::Plain, Dialect::SocketIo] {
         gauge!(CONNECTIONS, "dialect" => dialect.label()).set(0.0);
     }
     gauge!(USERS_ONLINE).set(0.0);
     counter!(MESSAGES_STORED).absolute(0);
     counter!(SLOW_CONSUMERS).absolute(0);
+    counter!(RECENT_EVICTIONS).absolute(0);
+    counter!(OUTBOUND_CUTS).absolute(0);
+    for name in [
+        RESIDENT,
+        REDB_CACHE,
+        RECENT_ROOMS,
+        RECENT_BYTES,
+        OUTBOUND_QUEUED,
+    ] {
+        gauge!(name).set(0.0);
+    }
     for code in ErrorCode::ALL {
         counter!(REJECTED, "code" => code.as_str()).absolute(0);
     }
@@ -143,9 +193,35 @@ impl Drop for ConnectionGauge {
 
 /// The hub's own counts, copied in just before a scrape renders them: the hub keeps them
 /// anyway, so connecting, disconnecting and cutting off a client touch no metric.
-pub fn hub_state(users_online: usize, slow_consumers: u64) {
+pub fn hub_state(users_online: usize, slow_consumers: u64, queued_bytes: usize, budget_cuts: u64) {
     gauge!(USERS_ONLINE).set(users_online as f64);
     counter!(SLOW_CONSUMERS).absolute(slow_consumers);
+    gauge!(OUTBOUND_QUEUED).set(queued_bytes as f64);
+    counter!(OUTBOUND_CUTS).absolute(budget_cuts);
+}
+
+/// The latest-50 cache's size as its atomics last published it.
+pub fn recent_cache_state(rooms: usize, bytes: usize, evictions: u64) {
+    gauge!(RECENT_ROOMS).set(rooms as f64);
+    gauge!(RECENT_BYTES).set(bytes as f64);
+    counter!(RECENT_EVICTIONS).absolute(evictions);
+}
+
+/// The process's resident memory, read now, and the redb cache setting.
+pub fn process_state(redb_cache_bytes: usize) {
+    gauge!(REDB_CACHE).set(redb_cache_bytes as f64);
+    if let Some(bytes) = resident_bytes() {
+        gauge!(RESIDENT).set(bytes as f64);
+    }
+}
+
+/// RSS from `/proc/self/statm` (its second field, in pages); `None` off Linux.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant of the running system.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page_size).ok()?)
 }
 
 /// A writer round committed `jobs` writes, `new_messages` of them new messages.

@@ -5,7 +5,15 @@
 //! sockets and HTTP buys no extra rate. A bucket refills continuously at `rate` tokens per
 //! second up to `burst`. A full bucket is indistinguishable from a missing one, so full
 //! buckets are pruned from the map whenever it has doubled since the last sweep: memory
-//! stays proportional to the users active within the last `burst / rate` seconds.
+//! stays proportional to the users active within the last `burst / rate` seconds, not to
+//! every user ever seen, and the sweep's cost is amortized over the insertions that
+//! doubled the map.
+//!
+//! The map also has a hard bound (`memory.rate_limit_users`). Forgetting a bucket that is
+//! still refilling would hand its user a fresh burst, so when that many users are all
+//! refilling at once a new user is refused `rate_limited` instead, until the soonest of
+//! them is full again; no sweep runs before then, so a crowd of newcomers cannot make
+//! every request scan the map.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,10 +44,11 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(send: Rate, request: Rate) -> RateLimiter {
+    /// Buckets for at most `max_users` users at once, per kind.
+    pub fn new(send: Rate, request: Rate, max_users: usize) -> RateLimiter {
         RateLimiter {
-            send: Buckets::new(send.per_sec, send.burst),
-            request: Buckets::new(request.per_sec, request.burst),
+            send: Buckets::new(send.per_sec, send.burst, max_users),
+            request: Buckets::new(request.per_sec, request.burst, max_users),
         }
     }
 
@@ -77,6 +86,8 @@ const MIN_SWEEP_LEN: usize = 1024;
 struct Buckets {
     rate: f64,
     burst: f64,
+    /// Most entries the map may hold.
+    max_users: usize,
     state: Mutex<BucketMap>,
 }
 
@@ -84,6 +95,9 @@ struct BucketMap {
     tokens: HashMap<String, Level>,
     /// Sweep full buckets once the map reaches this many entries.
     sweep_at: usize,
+    /// After a sweep that left the map at `max_users`: no bucket is full before this, so
+    /// new users are refused without sweeping again.
+    saturated_until: Option<Instant>,
 }
 
 /// A bucket's level as of `at`.
@@ -94,13 +108,16 @@ struct Level {
 }
 
 impl Buckets {
-    fn new(rate: f64, burst: u32) -> Buckets {
+    fn new(rate: f64, burst: u32, max_users: usize) -> Buckets {
+        let max_users = max_users.max(1);
         Buckets {
             rate,
             burst: f64::from(burst),
+            max_users,
             state: Mutex::new(BucketMap {
                 tokens: HashMap::new(),
-                sweep_at: MIN_SWEEP_LEN,
+                sweep_at: MIN_SWEEP_LEN.min(max_users),
+                saturated_until: None,
             }),
         }
     }
@@ -119,10 +136,17 @@ impl Buckets {
             return Ok(());
         }
         let level = self.spend(self.burst, now)?;
-        state.tokens.insert(user.to_owned(), level);
-        if state.tokens.len() >= state.sweep_at {
+        if state.tokens.len() + 1 >= state.sweep_at {
+            if let Some(until) = state.saturated_until.filter(|&until| now < until) {
+                return Err(until - now);
+            }
             self.sweep(&mut state, now);
+            if state.tokens.len() >= self.max_users {
+                let until = state.saturated_until.expect("a full sweep sets it");
+                return Err(until.saturating_duration_since(now));
+            }
         }
+        state.tokens.insert(user.to_owned(), level);
         Ok(())
     }
 
@@ -147,17 +171,30 @@ impl Buckets {
         }
     }
 
-    /// Drops every bucket that has refilled completely.
+    /// Drops every bucket that has refilled completely, and notes when the first of the
+    /// rest will have.
     fn sweep(&self, state: &mut BucketMap, now: Instant) {
-        state
-            .tokens
-            .retain(|_, level| self.refilled(*level, now) < self.burst);
-        state.sweep_at = (state.tokens.len() * 2).max(MIN_SWEEP_LEN);
+        let mut fewest_missing = self.burst;
+        state.tokens.retain(|_, level| {
+            let missing = self.burst - self.refilled(*level, now);
+            fewest_missing = fewest_missing.min(missing);
+            missing > 0.0
+        });
+        state.sweep_at = (state.tokens.len() * 2)
+            .max(MIN_SWEEP_LEN)
+            .min(self.max_users);
+        state.saturated_until = (state.tokens.len() >= self.max_users)
+            .then(|| now + Duration::from_secs_f64(fewest_missing / self.rate));
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.state.lock().unwrap().tokens.len()
+    }
+
+    #[cfg(test)]
+    fn contains(&self, user: &str) -> bool {
+        self.state.lock().unwrap().tokens.contains_key(user)
     }
 }
 
@@ -167,7 +204,7 @@ mod tests {
 
     #[test]
     fn burst_then_sustained_rate() {
-        let buckets = Buckets::new(2.0, 5);
+        let buckets = Buckets::new(2.0, 5, 1000);
         let start = Instant::now();
         for _ in 0..5 {
             assert!(buckets.take("a", start).is_ok());
@@ -190,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_token_given_back_can_be_taken_again() {
-        let buckets = Buckets::new(1.0, 1);
+        let buckets = Buckets::new(1.0, 1, 1000);
         let now = Instant::now();
         assert!(buckets.take("a", now).is_ok());
         assert!(buckets.take("a", now).is_err());
@@ -205,7 +242,7 @@ mod tests {
 
     #[test]
     fn full_buckets_are_swept() {
-        let buckets = Buckets::new(10.0, 10);
+        let buckets = Buckets::new(10.0, 10, 1 << 20);
         let start = Instant::now();
         for i in 0..MIN_SWEEP_LEN - 1 {
             buckets.take(&format!("u{i}"), start).unwrap();
@@ -216,6 +253,48 @@ mod tests {
             .take("newcomer", start + Duration::from_secs(1))
             .unwrap();
         assert_eq!(buckets.len(), 1);
+    }
+
+    #[test]
+    fn idle_buckets_go_and_the_map_never_passes_its_bound() {
+        // 1 token/s, burst 2: a bucket is full again at most 2 s after its last use.
+        let buckets = Buckets::new(1.0, 2, 4);
+        let start = Instant::now();
+        for (i, user) in ["a", "b", "c", "d"].iter().enumerate() {
+            buckets
+                .take(user, start + Duration::from_millis(100 * i as u64))
+                .unwrap();
+        }
+        assert_eq!(buckets.len(), 4);
+        // All four are refilling: a newcomer is refused until the first of them ("a",
+        // one token short since 0 ms) is full, at 1 s.
+        let wait = buckets
+            .take("e", start + Duration::from_millis(500))
+            .unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(buckets.len(), 4);
+        // Known users are served as before.
+        buckets
+            .take("b", start + Duration::from_millis(600))
+            .unwrap();
+        // Refused again without another sweep: the wait counts down from the first one.
+        let wait = buckets
+            .take("f", start + Duration::from_millis(700))
+            .unwrap_err();
+        assert_eq!(wait, Duration::from_millis(300));
+        // Once "a" is full it is dropped and the newcomer takes its place.
+        buckets.take("e", start + Duration::from_secs(1)).unwrap();
+        assert_eq!(buckets.len(), 4);
+        assert!(buckets.contains("e") && !buckets.contains("a"));
+        // Long idle: everyone refilled; the next newcomer's sweep empties the map.
+        let later = start + Duration::from_secs(60);
+        buckets.take("g", later).unwrap();
+        assert_eq!(buckets.len(), 1);
+        // A user whose bucket was dropped starts full, exactly as if it had been kept.
+        for _ in 0..2 {
+            buckets.take("a", later).unwrap();
+        }
+        assert!(buckets.take("a", later).is_err());
     }
 
     #[test]
@@ -232,6 +311,7 @@ mod tests {
                 per_sec: 1.0,
                 burst: 1,
             },
+            1000,
         );
         limiter.take("a", Bucket::Send).unwrap();
         let refused = limiter.take("a", Bucket::Send).unwrap_err();

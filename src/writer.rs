@@ -23,7 +23,7 @@ use crate::metrics;
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::{ChatError, ChatMessage, SessionUser};
-use crate::snapshot::RecentCache;
+use crate::snapshot::{CacheStats, RecentCache};
 use crate::store::batch::{Appended, Batch, SeenOutcome};
 use crate::store::{RoomKey, Store, StoreError};
 
@@ -81,6 +81,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    /// The size of the writer thread's latest-50 cache, for `/metrics`.
+    recent_cache: Arc<CacheStats>,
 }
 
 /// Owns the writer thread; [`WriterThread::shutdown`] drains it.
@@ -92,8 +94,8 @@ pub struct WriterThread {
 /// Tuning of the writer.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
-    /// Rooms whose latest 50 messages stay in memory.
-    pub cache_rooms: usize,
+    /// Bytes the latest-50 cache may hold (`memory.recent_cache_bytes`).
+    pub recent_cache_bytes: usize,
     /// Most jobs applied in one transaction.
     pub max_batch: usize,
 }
@@ -107,19 +109,17 @@ impl Writer {
     /// Starts the writer thread.
     pub fn spawn(store: Store, hub: Arc<Hub>, config: WriterConfig) -> WriterThread {
         let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
+        let cache = RecentCache::new(config.recent_cache_bytes);
+        let recent_cache = cache.stats();
         let thread = std::thread::Builder::new()
             .name("chat-writer".into())
             .spawn(move || {
-                let mut state = State {
-                    store,
-                    hub,
-                    cache: RecentCache::new(config.cache_rooms),
-                };
+                let mut state = State { store, hub, cache };
                 state.run(rx, config.max_batch.max(1));
             })
             .expect("spawn the writer thread");
         WriterThread {
-            writer: Writer { tx },
+            writer: Writer { tx, recent_cache },
             thread,
         }
     }
@@ -151,6 +151,11 @@ impl Writer {
             }))
             .await;
         rx
+    }
+
+    /// How big the latest-50 cache is now.
+    pub fn recent_cache(&self) -> &CacheStats {
+        &self.recent_cache
     }
 
     /// Queues a profile update; the returned receiver resolves once it is durable.
@@ -323,25 +328,27 @@ impl State {
             )
             .map_err(ChatError::internal)?;
         let load = || batch.latest(&job.room, MAX_MESSAGES_LIMIT);
-        let (message, duplicate, recipients) = match appended {
+        let room_id = job.room.id();
+        let (message, duplicate, recipients, snapshot) = match appended {
             Appended::New(message) => {
-                self.cache
-                    .record_new(&job.room, &message, load)
+                let snapshot = self
+                    .cache
+                    .record_new(&job.room, &message, load, &room_id, &job.sender)
                     .map_err(ChatError::internal)?;
                 let mut users = vec![job.room.low.clone()];
                 if !job.room.is_self_room() {
                     users.push(job.room.high.clone());
                 }
-                (message, false, users)
+                (message, false, users, snapshot)
             }
             Appended::Duplicate(message) => {
-                self.cache
-                    .ensure(&job.room, load)
+                let snapshot = self
+                    .cache
+                    .snapshot(&job.room, load, &room_id, &job.sender)
                     .map_err(ChatError::internal)?;
-                (message, true, vec![job.sender.id.clone()])
+                (message, true, vec![job.sender.id.clone()], snapshot)
             }
         };
-        let snapshot = self.cache.snapshot(&job.room, &job.room.id(), &job.sender);
         deliveries.push(Delivery {
             users: recipients,
             event: Outbound::new("message:sent", snapshot),

@@ -318,6 +318,125 @@ async fn stalled_clients_are_cut_off_while_others_flow_and_memory_stays_bounded(
     );
 }
 
+/// Sends `text` from alice into `room` and waits for alice's own `message:sent`, so that
+/// nothing stays queued for her and the queued total is the stalled clients' alone.
+async fn send_and_echo(alice: &mut common::Client, room: &str, text: &str, id: &str) {
+    let ack = alice
+        .request("message", send("alice", room, text, id))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let echo = alice.recv_event("message:sent").await;
+    assert_eq!(echo["roomId"], room, "{echo}");
+}
+
+/// Reads a raw client's frames until the close frame, returning its code.
+async fn close_code(client: &mut common::RawWs) -> Option<u16> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.next_frame().await {
+                Some(RawFrame::Close(code)) => return code,
+                Some(_) => continue,
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame in time")
+}
+
+#[tokio::test]
+async fn over_the_global_outbound_budget_the_largest_stalled_queues_are_cut_first() {
+    const BUDGET: f64 = 1048576.0;
+    let server = Server::start_with(&[
+        // Each connection could queue 64 MiB: only the global budget can cut here.
+        ("CHAT_LIMITS_MAX_OUTBOUND_BYTES", "67108864"),
+        ("CHAT_MEMORY_OUTBOUND_TOTAL_BYTES", "1MiB"),
+    ]);
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    let mut small = server.raw_ws("small", Some(4096)).await;
+    let mut big1 = server.raw_ws("big1", Some(4096)).await;
+    let mut big2 = server.raw_ws("big2", Some(4096)).await;
+    let text = "x".repeat(2000);
+
+    // The small client stops reading; it gets just enough to fill its socket and leave
+    // something in its queue (events carry the latest 50, so they grow to ~105 KB).
+    let mut sent = 0;
+    while metric(&server, "chat_outbound_queued_bytes").await == 0.0 {
+        assert!(sent < 300, "the small client's socket never filled");
+        send_and_echo(&mut alice, "alice-small", &text, &format!("s{sent}")).await;
+        sent += 1;
+    }
+    let small_queue = metric(&server, "chat_outbound_queued_bytes").await;
+    assert!(small_queue < BUDGET / 4.0, "{small_queue}");
+
+    // Two big stalled clients take turns; once all queues together pass 1 MiB the
+    // largest is cut, then the other as it grows past the budget in turn.
+    let mut sent = 0;
+    while metric(&server, "chat_outbound_budget_cuts_total").await < 2.0 {
+        assert!(sent < 600, "the big queues were not cut");
+        let queued = metric(&server, "chat_outbound_queued_bytes").await;
+        assert!(queued <= BUDGET, "{queued} queued");
+        for room in ["alice-big1", "alice-big2"] {
+            send_and_echo(&mut alice, room, &text, &format!("{room}-{sent}")).await;
+        }
+        sent += 1;
+    }
+    assert_eq!(
+        metric(&server, "chat_outbound_budget_cuts_total").await,
+        2.0
+    );
+    // What is left queued is the small client's alone.
+    assert!(metric(&server, "chat_outbound_queued_bytes").await <= small_queue);
+    assert_eq!(close_code(&mut big1).await, Some(1008));
+    assert_eq!(close_code(&mut big2).await, Some(1008));
+
+    // The active pair is not touched.
+    let ack = bob
+        .request("message", send("bob", "alice-bob", "still here", "b1"))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(
+        alice.recv_event("message:sent").await["messages"][0]["message"],
+        "still here"
+    );
+    // Neither is the small stalled client: once it reads, it gets everything it was sent,
+    // then new events, and no close.
+    send_and_echo(&mut alice, "alice-small", "welcome back", "s-last").await;
+    let mut seen = 0;
+    let last = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match small.next_frame().await {
+                Some(RawFrame::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    seen += 1;
+                    let newest = &frame["data"]["messages"][0];
+                    assert_eq!(newest["id"], seen, "{newest}");
+                    if newest["message"] == "welcome back" {
+                        return seen;
+                    }
+                }
+                Some(RawFrame::Ping) => continue,
+                other => panic!("the small client got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the small client's backlog in time");
+    assert_eq!(last, sent_small_total(&server).await);
+    assert_eq!(metric(&server, "chat_slow_consumers_total").await, 2.0);
+}
+
+/// Messages stored so far in the small client's room, by the history API.
+async fn sent_small_total(server: &Server) -> u64 {
+    let token = server.token("small");
+    let (status, body) = server
+        .get("/api/rooms/alice-small/messages?limit=1", Some(&token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["room"]["messages"][0]["id"].as_u64().expect("an id")
+}
+
 #[tokio::test]
 async fn a_silent_peer_is_pinged_then_dropped_while_a_talking_one_stays() {
     let server = Server::start_with(&[

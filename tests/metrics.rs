@@ -69,6 +69,19 @@ async fn metrics_are_prometheus_text_and_move_with_events() {
         value(&start, "chat_rejected_total{code=\"forbidden\"}"),
         0.0
     );
+    // The memory picture: the settings and what is held now.
+    let rss = value(&start, "chat_process_resident_bytes");
+    let rss_kib = server.rss_kib() as f64;
+    assert!(
+        rss > 0.5 * rss_kib * 1024.0 && rss < 2.0 * rss_kib * 1024.0,
+        "{rss} bytes, /proc says {rss_kib} KiB"
+    );
+    assert_eq!(value(&start, "chat_redb_cache_bytes"), 16.0 * 1048576.0);
+    assert_eq!(value(&start, "chat_recent_cache_rooms"), 0.0);
+    assert_eq!(value(&start, "chat_recent_cache_bytes"), 0.0);
+    assert_eq!(value(&start, "chat_recent_cache_evictions_total"), 0.0);
+    assert_eq!(value(&start, "chat_outbound_queued_bytes"), 0.0);
+    assert_eq!(value(&start, "chat_outbound_budget_cuts_total"), 0.0);
 
     let mut alice = server.connect("alice").await;
     let mut alice_tab = server.connect("alice").await;
@@ -144,6 +157,8 @@ async fn metrics_are_prometheus_text_and_move_with_events() {
         );
     }
     assert_eq!(value(&refused, "chat_messages_stored_total"), 3.0);
+    assert_eq!(value(&refused, "chat_recent_cache_rooms"), 1.0);
+    assert!(value(&refused, "chat_recent_cache_bytes") > 0.0);
 
     // Closing connections brings the gauges back down.
     alice_tab.ws.close(None).await.unwrap();
@@ -152,4 +167,55 @@ async fn metrics_are_prometheus_text_and_move_with_events() {
     drop(bob);
     wait_for(&server, PLAIN, 1.0).await;
     wait_for(&server, "chat_users_online", 1.0).await;
+}
+
+#[tokio::test]
+async fn the_latest_50_cache_stays_within_its_byte_budget_and_snapshots_stay_whole() {
+    const BUDGET: f64 = 16384.0;
+    let server = Server::start_with(&[
+        ("CHAT_MEMORY_RECENT_CACHE_BYTES", "16KiB"),
+        ("CHAT_MEMORY_REDB_CACHE_BYTES", "8MiB"),
+    ]);
+    assert_eq!(
+        value(&scrape(&server).await, "chat_redb_cache_bytes"),
+        8.0 * 1048576.0
+    );
+    let mut alice = server.connect("alice").await;
+    let text = "y".repeat(3000);
+    // Three rooms of ~3 KB messages: more than the budget holds together, and the last
+    // one alone grows past it; every snapshot must still carry the room's whole history.
+    for (room, count) in [("alice-bob", 3), ("alice-carol", 3), ("alice-dave", 8)] {
+        for i in 1..=count {
+            let ack = alice
+                .request(
+                    "message",
+                    json!({"userId": "alice", "roomId": room, "message": text,
+                           "clientMessageId": format!("{room}-{i}")}),
+                )
+                .await;
+            assert_eq!(ack["ok"], true, "{ack}");
+            let sent = alice.recv_event("message:sent").await;
+            assert_eq!(sent["roomId"], room);
+            let ids = common::ids(&sent["messages"]);
+            assert_eq!(ids, (1..=i).rev().collect::<Vec<u64>>(), "{room}");
+            let samples = scrape(&server).await;
+            let bytes = value(&samples, "chat_recent_cache_bytes");
+            assert!(bytes <= BUDGET, "{bytes} bytes cached in {room}");
+        }
+    }
+    let samples = scrape(&server).await;
+    assert!(value(&samples, "chat_recent_cache_evictions_total") >= 2.0);
+    // alice-dave (8 x 3 KB) is over the budget alone, so nothing is kept.
+    assert_eq!(value(&samples, "chat_recent_cache_rooms"), 0.0);
+    // A retry in a room that was dropped is answered from disk, whole.
+    let retry = alice
+        .request(
+            "message",
+            json!({"userId": "alice", "roomId": "alice-bob", "message": text,
+                   "clientMessageId": "alice-bob-1"}),
+        )
+        .await;
+    assert_eq!(retry["ok"], true, "{retry}");
+    let sent = alice.recv_event("message:sent").await;
+    assert_eq!(common::ids(&sent["messages"]), [3, 2, 1]);
 }

@@ -249,6 +249,9 @@ async fn write_half(
 ) {
     let overflow = subscription.overflow_signal();
     loop {
+        // A channel event's bytes stay counted against the queue bounds until the socket
+        // took it: a frame stuck in a stalled write is memory too.
+        let mut in_flight = None;
         let message = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -264,10 +267,7 @@ async fn write_half(
                 None => return,
             },
             event = subscription.recv() => match event {
-                Some(event) => {
-                    subscription.sent(&event);
-                    Message::Text(event.plain_frame())
-                }
+                Some(event) => Message::Text(in_flight.insert(event).plain_frame()),
                 None => return,
             },
         };
@@ -280,6 +280,9 @@ async fn write_half(
                 return close(&mut sink, CloseCode::Policy, "too slow: outbound queue full").await;
             }
         };
+        if let Some(event) = in_flight {
+            subscription.sent(&event);
+        }
         if sent.is_err() {
             return;
         }

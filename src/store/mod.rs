@@ -34,6 +34,12 @@ use records::RoomRecord;
 pub const FORMAT_VERSION: u64 = 1;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "chat.redb";
+/// redb's page cache unless configured (`memory.redb_cache_bytes`). redb's own default,
+/// 1 GiB, would let the cache alone outgrow a small box as the store grows. Measured on a
+/// store of 1,000,000 messages (README, "Memory"): history pages take a median 18.8 us
+/// with 16 MiB against 15.1 us with the whole 255 MiB file cached, and the cache costs
+/// about 1.6 times its setting in RSS.
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ROOM_NUMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("room_nums");
@@ -161,10 +167,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating when absent) the store in `data_dir`, refusing a newer format.
+    /// Opens (creating when absent) the store in `data_dir`, refusing a newer format, with
+    /// a page cache of [`DEFAULT_CACHE_BYTES`].
     pub fn open(data_dir: &Path) -> Result<Store> {
+        Store::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a page cache of `cache_bytes` (`memory.redb_cache_bytes`).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::Io)?;
-        let db = Database::create(data_dir.join(DB_FILE))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(data_dir.join(DB_FILE))?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
