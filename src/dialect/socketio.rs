@@ -54,6 +54,15 @@ const FULL_RETRY: Duration = Duration::from_millis(20);
 /// that sends this much faster than it is served is disconnected.
 const INBOX_FRAMES_OF_MAX_SIZE: usize = 16;
 
+/// Where Engine.IO is served; requests to it and below it go to socketioxide.
+const PATH: &str = "/socket.io";
+
+/// True for a request path socketioxide serves (engineioxide's own rule).
+pub fn is_socketio_path(path: &str) -> bool {
+    path.strip_prefix(PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The raw socket handle: acks are sent through it after the handler returned.
 type SocketHandle = Arc<Socket<LocalAdapter>>;
 /// One event packet as socketioxide hands it over (for Socket.IO's default parser, the
@@ -65,9 +74,11 @@ type Packet = socketioxide::handler::Value;
 pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, SocketIo) {
     let limits = &app.config.limits;
     let (service, io) = SocketIo::builder()
+        .req_path(PATH)
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
         .max_payload(limits.max_frame_bytes as u64)
+        // A backstop: `frame_limit` refuses a larger message with 1009 before these apply.
         .ws_max_message_size(limits.max_frame_bytes)
         .ws_max_frame_size(limits.max_frame_bytes)
         .max_buffer_size(ENGINE_BUFFER_PACKETS)
