@@ -24,6 +24,7 @@ fn every_bench_scenario_runs_and_reports() {
         ])
         // Two connections per generator process forces the multi-process idle path.
         .args(["--idle-counts", "2,5", "--conns-per-process", "2"])
+        .args(["--idle-settle-secs", "0.3"])
         .args(["--restart-messages", "300", "--restart-small", "10"])
         .arg("--out")
         .arg(&out)
@@ -74,6 +75,7 @@ fn every_bench_scenario_runs_and_reports() {
         assert_eq!(idle["points"][1]["connections"], 5, "{name}");
         assert_eq!(idle["generator_processes"], 3, "{name}");
         assert!(idle["rss_before"].as_u64().unwrap() > 0, "{name}");
+        assert_eq!(s[name]["settle_secs"], 0.3, "{name}");
     }
     for store in ["10", "300"] {
         assert!(

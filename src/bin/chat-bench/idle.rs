@@ -48,6 +48,7 @@ pub fn run(
     secret: &str,
     counts: &[usize],
     per_process: usize,
+    settle: Duration,
     dialect: Dialect,
     data_dir: std::path::PathBuf,
 ) -> Result<IdleResult, String> {
@@ -78,7 +79,7 @@ pub fn run(
             worker.open += k;
             total += k;
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(settle);
         let rss = target.rss_bytes();
         points.push((count, rss.saturating_sub(rss_before)));
     }

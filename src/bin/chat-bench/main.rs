@@ -122,6 +122,10 @@ struct Opts {
     /// Idle: connections per generator process (default: the hard limit less headroom).
     #[arg(long)]
     conns_per_process: Option<usize>,
+    /// Idle: seconds to wait at each count before reading the server's RSS (over 25, every
+    /// Socket.IO connection has had an Engine.IO heartbeat).
+    #[arg(long, default_value_t = 1.0)]
+    idle_settle_secs: f64,
     /// Restart: messages in the big store.
     #[arg(long, default_value_t = 1_000_000)]
     restart_messages: usize,
@@ -449,7 +453,16 @@ fn idle(opts: &Opts, runs: usize, dialect: Dialect) -> Result<Value, String> {
     for _ in 0..runs {
         let dir = target::temp_dir(name);
         let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
-        let result = idle::run(&launch, &opts.secret, &counts, per_process, dialect, dir)?;
+        let settle = Duration::from_secs_f64(opts.idle_settle_secs);
+        let result = idle::run(
+            &launch,
+            &opts.secret,
+            &counts,
+            per_process,
+            settle,
+            dialect,
+            dir,
+        )?;
         slopes.push(result.slope);
         details.push(json!({
             "rss_before": result.rss_before,
@@ -465,13 +478,16 @@ fn idle(opts: &Opts, runs: usize, dialect: Dialect) -> Result<Value, String> {
     let kib: Vec<f64> = slopes.iter().map(|s| s / 1024.0).collect();
     println!(
         "{name}: {} KiB of server RSS per idle connection (fitted slope, median, \
-         lowest–highest of {runs}) at {:?} connections; open-file hard limit {hard}",
+         lowest–highest of {runs}) at {:?} connections, {} s after each; open-file hard limit \
+         {hard}",
         Spread::of(&kib).text(2),
-        counts
+        counts,
+        opts.idle_settle_secs,
     );
     Ok(json!({
         "bytes_per_connection": spread.json(&slopes),
         "counts": counts,
+        "settle_secs": opts.idle_settle_secs,
         "nofile_hard_limit": hard,
         "details": details,
     }))
