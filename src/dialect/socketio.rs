@@ -20,10 +20,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
+use http::{HeaderValue, Request};
 use serde_json::value::RawValue;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, TryData};
@@ -33,6 +35,7 @@ use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
 use super::{answer, dispatch, Answer, PendingReply};
 use crate::chat::Chat;
@@ -56,6 +59,8 @@ const INBOX_FRAMES_OF_MAX_SIZE: usize = 16;
 
 /// Where Engine.IO is served; requests to it and below it go to socketioxide.
 const PATH: &str = "/socket.io";
+/// tungstenite's read buffer per WebSocket.
+const WS_READ_BUFFER_BYTES: usize = 1024;
 
 /// True for a request path socketioxide serves (engineioxide's own rule).
 pub fn is_socketio_path(path: &str) -> bool {
@@ -71,10 +76,13 @@ type Packet = socketioxide::handler::Value;
 
 /// Builds the Socket.IO service in front of `inner`, which gets every request outside
 /// `/socket.io/`; the returned handle closes every socket on shutdown.
-pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, SocketIo) {
+pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (Detached<SocketIoService<S>>, SocketIo) {
     let limits = &app.config.limits;
     let (service, io) = SocketIo::builder()
         .req_path(PATH)
+        // Idle sockets read nothing most of the time, and tungstenite allocates the read
+        // buffer up front: 1 KiB as in the plain dialect, larger messages take more reads.
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
         .max_payload(limits.max_frame_bytes as u64)
@@ -107,7 +115,47 @@ pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, Socke
     };
     io.dyn_ns("/{*path}", (async || {}).with(refuse))
         .expect("a valid namespace pattern");
-    (service, io)
+    (Detached(service), io)
+}
+
+/// Hands socketioxide requests whose URI and headers own their bytes.
+///
+/// Engine.IO keeps a copy of each socket's request head for the socket's whole life. hyper
+/// parses header values and the URI as slices of its connection read buffer (8 KiB or
+/// more), so a kept head would keep that buffer alive too: about 16 KiB per idle socket,
+/// where copying the few values costs well under 1 KiB.
+#[derive(Clone)]
+pub struct Detached<S>(S);
+
+impl<S, B> Service<Request<B>> for Detached<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        if !is_socketio_path(req.uri().path()) {
+            return self.0.call(req);
+        }
+        let (mut head, body) = req.into_parts();
+        if let Ok(uri) = head.uri.to_string().parse() {
+            head.uri = uri;
+        }
+        for value in head.headers.values_mut() {
+            let sensitive = value.is_sensitive();
+            if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                copy.set_sensitive(sensitive);
+                *value = copy;
+            }
+        }
+        self.0.call(Request::from_parts(head, body))
+    }
 }
 
 /// The socket handle as a connect extractor.
@@ -411,6 +459,60 @@ mod tests {
 
     fn packet(text: &str) -> Packet {
         Packet::Str(text.to_owned().into(), None)
+    }
+
+    /// A service that hands back the request it was called with.
+    struct Echo;
+
+    impl Service<Request<()>> for Echo {
+        type Response = Request<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Request<()>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            std::future::ready(Ok(req))
+        }
+    }
+
+    #[test]
+    fn socketio_request_heads_stop_sharing_the_connection_buffer() {
+        // As hyper parses them: the URI and header values are slices of its read buffer.
+        let text = "/socket.io/?EIO=4&transport=websocket /ws ";
+        let buffer = bytes::Bytes::from(format!("{text}{}", " ".repeat(8192)));
+        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        let head = |uri: bytes::Bytes| {
+            let mut req = Request::new(());
+            *req.uri_mut() = http::Uri::from_maybe_shared(uri).unwrap();
+            let shared = HeaderValue::from_maybe_shared(buffer.slice(1..10)).unwrap();
+            req.headers_mut().insert("x-shared", shared);
+            let mut secret = HeaderValue::from_static("secret");
+            secret.set_sensitive(true);
+            req.headers_mut().insert("authorization", secret);
+            req
+        };
+        let call = |req| {
+            futures_util::FutureExt::now_or_never(Detached(Echo).call(req))
+                .unwrap()
+                .unwrap()
+        };
+
+        let socketio = head(buffer.slice(..37));
+        assert!(within(socketio.headers()["x-shared"].as_bytes().as_ptr()));
+        let passed = call(socketio);
+        assert_eq!(passed.uri(), "/socket.io/?EIO=4&transport=websocket");
+        assert!(!within(passed.uri().path().as_ptr()));
+        assert_eq!(passed.headers()["x-shared"], "socket.io");
+        assert!(!within(passed.headers()["x-shared"].as_bytes().as_ptr()));
+        assert!(passed.headers()["authorization"].is_sensitive());
+
+        // Other paths pass as they are.
+        let passed = call(head(buffer.slice(38..41)));
+        assert_eq!(passed.uri(), "/ws");
+        assert!(within(passed.headers()["x-shared"].as_bytes().as_ptr()));
     }
 
     #[test]
