@@ -18,7 +18,7 @@
 //!   DISCONNECT packet cannot be queued, Engine.IO's next heartbeat ping cannot be either,
 //!   and that closes the transport.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,7 +33,7 @@ use socketioxide::handler::{ConnectHandler, FromConnectParts, FromMessageParts, 
 use socketioxide::service::SocketIoService;
 use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
@@ -198,8 +198,7 @@ struct Admitted(Arc<Mutex<Option<Session>>>);
 struct Session {
     user: SessionUser,
     subscription: Subscription,
-    inbox: mpsc::UnboundedReceiver<Incoming>,
-    inbox_bytes: Arc<AtomicUsize>,
+    inbox: Arc<Inbox>,
     /// Cancelled when socketioxide reports the socket disconnected, or on shutdown.
     gone: CancellationToken,
 }
@@ -229,13 +228,12 @@ fn admit(app: &App, socket: &SocketHandle, auth: Option<serde_json::Value>) -> R
         .map_err(|_| Refusal::TooManyConnections)?;
     let limits = &app.config.limits;
 
-    let (tx, inbox) = mpsc::unbounded_channel();
-    let inbox_bytes = Arc::new(AtomicUsize::new(0));
-    socket.on_fallback(Inbox {
-        tx,
-        queued: inbox_bytes.clone(),
+    let inbox = Arc::new(Inbox {
+        queue: Mutex::default(),
+        ready: Notify::new(),
         max_bytes: INBOX_FRAMES_OF_MAX_SIZE * limits.max_frame_bytes,
     });
+    socket.on_fallback(Enqueue(inbox.clone()));
     // Also a child of shutdown: socketioxide's `close` drops its namespaces before the
     // transports, so disconnect handlers do not run then.
     let gone = app.shutdown.child_token();
@@ -252,7 +250,6 @@ fn admit(app: &App, socket: &SocketHandle, auth: Option<serde_json::Value>) -> R
             user,
             subscription,
             inbox,
-            inbox_bytes,
             gone,
         })))));
     Ok(())
@@ -267,7 +264,8 @@ fn start(app: &Arc<App>, socket: SocketHandle) {
     let chat = app.chat.clone();
     app.tracker.spawn(async move {
         let _counted = metrics::connection_opened(Dialect::SocketIo);
-        chat.remember_profile(&session.user).await;
+        // Boxed, so that the idle task is not as large as this first step.
+        Box::pin(chat.remember_profile(&session.user)).await;
         serve(socket, session, &chat).await;
     });
 }
@@ -276,29 +274,77 @@ fn start(app: &Arc<App>, socket: SocketHandle) {
 struct Incoming {
     packet: Packet,
     ack: Option<i64>,
+    /// Its bytes and the entry's own.
     cost: usize,
 }
 
-/// The fallback handler of every event: queues the packet for the session, in order.
+/// The event packets waiting for a socket's session, in arrival order, bounded in bytes.
+///
+/// A locked `VecDeque` rather than a tokio channel: a tokio channel allocates a block of
+/// 32 entries (about 2 KiB here) up front for every socket, most of which stay idle.
 struct Inbox {
-    tx: mpsc::UnboundedSender<Incoming>,
-    queued: Arc<AtomicUsize>,
+    queue: Mutex<Queue>,
+    /// Woken when a packet is queued.
+    ready: Notify,
     max_bytes: usize,
 }
 
-/// Marks [`Inbox`]'s own [`MessageHandler`] implementation.
+#[derive(Default)]
+struct Queue {
+    packets: VecDeque<Incoming>,
+    /// The sum of the packets' costs.
+    bytes: usize,
+}
+
+impl Inbox {
+    /// Queues a packet; false when it does not fit.
+    fn push(&self, packet: Packet, ack: Option<i64>) -> bool {
+        let cost = packet.len() + std::mem::size_of::<Incoming>();
+        let mut queue = self.queue.lock().expect("not poisoned");
+        if queue.bytes + cost > self.max_bytes {
+            return false;
+        }
+        queue.bytes += cost;
+        queue.packets.push_back(Incoming { packet, ack, cost });
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next packet, once there is one.
+    async fn pop(&self) -> Incoming {
+        loop {
+            if let Some(incoming) = self.take() {
+                return incoming;
+            }
+            // A packet queued since `take` left a permit: this returns at once.
+            self.ready.notified().await;
+        }
+    }
+
+    fn take(&self) -> Option<Incoming> {
+        let mut queue = self.queue.lock().expect("not poisoned");
+        let incoming = queue.packets.pop_front()?;
+        queue.bytes -= incoming.cost;
+        if queue.packets.is_empty() {
+            // What a burst grew is given back once it is served.
+            queue.packets.shrink_to_fit();
+        }
+        Some(incoming)
+    }
+}
+
+/// The fallback handler of every event: queues the packet for the session, in order.
+struct Enqueue(Arc<Inbox>);
+
+/// Marks [`Enqueue`]'s own [`MessageHandler`] implementation.
 struct Queued;
 
-impl MessageHandler<LocalAdapter, Queued> for Inbox {
+impl MessageHandler<LocalAdapter, Queued> for Enqueue {
     fn call(&self, socket: SocketHandle, packet: Packet, ack: Option<i64>) {
-        let cost = packet.len();
-        if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.max_bytes {
+        if !self.0.push(packet, ack) {
             tracing::debug!("socket.io client sends faster than it is served; disconnecting");
             let _ = socket.disconnect();
-            return;
-        }
-        if self.tx.send(Incoming { packet, ack, cost }).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
         }
     }
 }
@@ -353,12 +399,13 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
     let Session {
         user,
         mut subscription,
-        mut inbox,
-        inbox_bytes,
+        inbox,
         gone,
     } = session;
     let overflow = subscription.overflow_signal();
     let mut pending: FuturesOrdered<PendingReply<i64>> = FuturesOrdered::new();
+    // The work of each branch is boxed: the task of an idle socket then holds only what
+    // it waits on, not room for the largest of them (an allocation per event instead).
     let stop = loop {
         let step = tokio::select! {
             biased;
@@ -366,16 +413,16 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
             _ = overflow.overflowed() => Err(Stop::SlowConsumer),
             Some((event, ack, reply)) = pending.next(), if !pending.is_empty() => {
                 let answer = answer(event.as_deref(), ack, reply);
-                send_answer(&socket, answer, &overflow, &gone).await
+                Box::pin(send_answer(&socket, answer, &overflow, &gone)).await
             }
-            Some(incoming) = inbox.recv() => {
-                inbox_bytes.fetch_sub(incoming.cost, Ordering::AcqRel);
-                pending.push_back(handle(incoming, &user, chat).await);
+            incoming = inbox.pop() => {
+                pending.push_back(Box::pin(handle(incoming, &user, chat)).await);
                 Ok(())
             }
             Some(event) = subscription.recv() => {
                 let data = event.raw_data();
-                let sent = deliver(|| socket.emit(event.event, data), &overflow, &gone).await;
+                let send = || socket.emit(event.event, data);
+                let sent = Box::pin(deliver(send, &overflow, &gone)).await;
                 subscription.sent(&event);
                 sent
             }
@@ -513,6 +560,46 @@ mod tests {
         let passed = call(head(buffer.slice(38..41)));
         assert_eq!(passed.uri(), "/ws");
         assert!(within(passed.headers()["x-shared"].as_bytes().as_ptr()));
+    }
+
+    fn inbox(max_bytes: usize) -> Inbox {
+        Inbox {
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_inbox_keeps_order_and_its_byte_bound() {
+        let entry = std::mem::size_of::<Incoming>();
+        assert!(entry <= 96, "an inbox entry costs {entry} bytes");
+        let inbox = inbox(2 * (entry + 10));
+        assert!(inbox.push(packet("0123456789"), Some(1)));
+        assert!(inbox.push(packet("abcdefghij"), None));
+        // Full: the handler disconnects the client.
+        assert!(!inbox.push(packet("x"), None));
+        let first = inbox.pop().await;
+        assert_eq!((first.packet.len(), first.ack), (10, Some(1)));
+        // Popping gives its bytes back.
+        assert!(inbox.push(packet("klmnopqrst"), None));
+        assert_eq!(inbox.pop().await.ack, None);
+        assert_eq!(inbox.pop().await.packet.len(), 10);
+        let queue = inbox.queue.lock().unwrap();
+        assert_eq!((queue.bytes, queue.packets.capacity()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_session_wakes_for_a_packet_queued_while_it_waits() {
+        let inbox = Arc::new(inbox(1024));
+        let waiting = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.pop().await.ack }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(inbox.push(packet("[]"), Some(7)));
+        let ack = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(ack.unwrap().unwrap(), Some(7));
     }
 
     #[test]
