@@ -9,7 +9,8 @@
 //! - [`http`]: the `/ws` handshake, the REST API, `/healthz`, `/metrics`, CORS, JSON errors.
 //! - [`dialect::plain`]: where a plain-dialect frame is parsed, and the session loop.
 //! - [`dialect::socketio`]: where a Socket.IO packet is decoded (socketioxide), and its
-//!   session; [`dialect`] itself decides how a reply is answered, for both dialects.
+//!   session; [`dialect::frame_limit`]: its WebSocket messages' size limit, with close
+//!   1009; [`dialect`] itself decides how a reply is answered, for both dialects.
 //! - [`chat`]: the event handlers, shared by every dialect and the HTTP API.
 //! - [`protocol`]: payload shapes, room ids, timestamps, error codes.
 //! - [`writer`]: the group-commit writer, the only code that writes to the store; it

@@ -12,7 +12,9 @@
 //! semaphore capping requests and upgrades in progress (`limits.max_pending_upgrades`)
 //! and have their body size checked; API requests run under `limits.request_timeout_secs`.
 //! Socket.IO long-polling requests are exempt: they are held open by design, and
-//! Engine.IO bounds their bodies by `maxPayload`. On
+//! Engine.IO bounds their bodies by `maxPayload`. On Socket.IO's WebSocket transport the
+//! connection's stream itself enforces `limits.max_frame_bytes`, with close 1009
+//! ([`frame_limit`]). On
 //! shutdown the loop stops accepting, every plain session is told to close (1001), every
 //! Socket.IO socket is disconnected, HTTP connections finish their in-flight requests,
 //! and `run` returns once all tasks are done (or a grace period passed); the caller then
@@ -42,6 +44,7 @@ use warp::reply::Response;
 use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
+use crate::dialect::frame_limit::{self, FrameLimit, Upgrades};
 use crate::hub::Subscription;
 use crate::protocol::{ChatError, ErrorCode, SessionUser};
 use crate::{dialect, http};
@@ -130,8 +133,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Outpu
         backoff = Duration::from_millis(100);
         let _ = stream.set_nodelay(true);
         let stream = Counted {
-            stream,
-            _permit: permit,
+            stream: Some(stream),
+            permit: Some(permit),
+            frames: FrameLimit::new(app.config.limits.max_frame_bytes),
         };
         app.tracker
             .clone()
@@ -214,10 +218,28 @@ where
 }
 
 /// A TCP stream holding its slot of the connection cap until it is dropped, wherever an
-/// upgrade took it.
+/// upgrade took it; on Socket.IO's WebSocket transport it also enforces the message size.
 struct Counted {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    /// Always there until dropped; a socket that refused a message lingers without it.
+    stream: Option<TcpStream>,
+    permit: Option<OwnedSemaphorePermit>,
+    frames: FrameLimit,
+}
+
+impl Counted {
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.stream.as_mut().expect("present until dropped"))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.frames.refused() {
+            if let (Some(stream), Some(permit)) = (self.stream.take(), self.permit.take()) {
+                frame_limit::linger(stream, permit);
+            }
+        }
+    }
 }
 
 impl AsyncRead for Counted {
@@ -226,7 +248,9 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let stream = Pin::new(this.stream.as_mut().expect("present until dropped"));
+        this.frames.poll_read(stream, cx, buf)
     }
 }
 
@@ -236,7 +260,7 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        self.stream().poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -244,19 +268,21 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        self.stream().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream
+            .as_ref()
+            .is_some_and(TcpStream::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        self.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        self.stream().poll_shutdown(cx)
     }
 }
 
@@ -271,6 +297,10 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let service = Upgrades {
+        inner: service,
+        switch: stream.frames.switch(),
+    };
     let shutdown = app.shutdown.clone();
     let request_timeout = Duration::from_secs(app.config.limits.request_timeout_secs);
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -24,6 +24,7 @@ fn every_bench_scenario_runs_and_reports() {
         ])
         // Two connections per generator process forces the multi-process idle path.
         .args(["--idle-counts", "2,5", "--conns-per-process", "2"])
+        .args(["--idle-settle-secs", "0.3"])
         .args(["--restart-messages", "300", "--restart-small", "10"])
         .arg("--out")
         .arg(&out)
@@ -40,6 +41,7 @@ fn every_bench_scenario_runs_and_reports() {
         "latency:",
         "latency floor (bare relay):",
         "idle:",
+        "idle-socketio:",
         "restart:",
         "ceiling:",
     ] {
@@ -66,11 +68,15 @@ fn every_bench_scenario_runs_and_reports() {
             .unwrap()
             > 0
     );
-    let idle = &s["idle"]["details"][0];
-    assert_eq!(idle["points"].as_array().unwrap().len(), 2);
-    assert_eq!(idle["points"][1]["connections"], 5);
-    assert_eq!(idle["generator_processes"], 3);
-    assert!(idle["rss_before"].as_u64().unwrap() > 0);
+    // The Socket.IO workers complete the CONNECT handshake or the scenario fails.
+    for name in ["idle", "idle-socketio"] {
+        let idle = &s[name]["details"][0];
+        assert_eq!(idle["points"].as_array().unwrap().len(), 2, "{name}");
+        assert_eq!(idle["points"][1]["connections"], 5, "{name}");
+        assert_eq!(idle["generator_processes"], 3, "{name}");
+        assert!(idle["rss_before"].as_u64().unwrap() > 0, "{name}");
+        assert_eq!(s[name]["settle_secs"], 0.3, "{name}");
+    }
     for store in ["10", "300"] {
         assert!(
             s["restart"][store]["to_healthy_secs"]["median"]

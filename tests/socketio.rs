@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use chat_server::auth::Auth;
 use common::{token_with_claims, unix_now, Server};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 /// What the JavaScript side prints when it wants the server killed and restarted.
 const RESTART_MARKER: &str = "##KILL-AND-RESTART-SERVER##";
@@ -273,4 +276,119 @@ async fn a_socketio_client_that_stops_reading_is_cut_off() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A websocket-only Engine.IO client, connected to `/` as `user` (OPEN, CONNECT, and the
+/// CONNECT reply done).
+async fn socketio_ws(server: &Server, user: &str) -> RawWs {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = next_packet(&mut ws).await;
+    assert!(open.starts_with("0{"), "{open}");
+    let connect = format!("40{}", json!({ "token": server.token(user) }));
+    ws.send(Message::text(connect)).await.unwrap();
+    let reply = next_packet(&mut ws).await;
+    assert!(reply.starts_with("40{\"sid\""), "{reply}");
+    ws
+}
+
+/// The next Engine.IO packet other than a heartbeat ping.
+async fn next_packet(ws: &mut RawWs) -> String {
+    loop {
+        match tokio::time::timeout(common::WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "2" => {}
+            Ok(Some(Ok(Message::Text(text)))) => return text.as_str().to_owned(),
+            other => panic!("expected a packet, got {other:?}"),
+        }
+    }
+}
+
+/// Expects the close frame with 1009 and the plain dialect's reason, then the end.
+async fn expect_close_1009(ws: &mut RawWs) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match tokio::time::timeout(common::WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "2" => {}
+            Ok(Some(Ok(Message::Pong(_)))) => {}
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(frame.code, CloseCode::Size);
+                assert_eq!(frame.reason.as_str(), "message too large");
+                break;
+            }
+            other => panic!("expected close 1009, got {other:?}"),
+        }
+    }
+    // Then the server closes the TCP connection with a FIN, not a reset (which the client's
+    // WebSocket library would hide after a close frame): it read the rest of the message.
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        unreachable!("ws:// is plain TCP")
+    };
+    let mut rest = [0u8; 64];
+    match tokio::time::timeout(common::WAIT, tcp.read(&mut rest)).await {
+        Ok(Ok(0)) => {}
+        other => panic!("expected a clean end of the connection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_oversize_socketio_message_closes_only_that_connection_with_1009() {
+    let server = Server::start();
+    let mut alice = socketio_ws(&server, "alice").await;
+    let mut bob = server.connect("bob").await;
+
+    // A 65536-byte WebSocket message (the default limits.max_frame_bytes) is answered.
+    let prefix = r#"421["message",{"userId":"alice","roomId":"alice-bob","message":""#;
+    let suffix = r#""}]"#;
+    let fill = 65536 - prefix.len() - suffix.len();
+    let packet = format!("{prefix}{}{suffix}", "x".repeat(fill));
+    assert_eq!(packet.len(), 65536);
+    alice.send(Message::text(packet)).await.unwrap();
+    let reply = next_packet(&mut alice).await;
+    assert!(
+        reply.starts_with("431[") && reply.contains("message_too_large"),
+        "{reply}"
+    );
+
+    // One byte more closes the connection with 1009.
+    alice
+        .send(Message::text(format!("42{}", "x".repeat(65535))))
+        .await
+        .unwrap();
+    expect_close_1009(&mut alice).await;
+
+    let ack = bob.send_message("alice-bob", "still here").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let mut again = socketio_ws(&server, "alice").await;
+    again.send(Message::text("421[\"rooms\"]")).await.unwrap();
+    let reply = next_packet(&mut again).await;
+    assert!(
+        reply.starts_with("431[") && reply.contains("\"ok\":true"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_fragmented_socketio_message_counts_all_its_fragments() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    let server = Server::start_with(&[
+        ("CHAT_LIMITS_MAX_FRAME_BYTES", "1000"),
+        ("CHAT_LIMITS_MAX_MESSAGE_BYTES", "500"),
+    ]);
+    let mut alice = socketio_ws(&server, "alice").await;
+    // Each fragment is under the limit, the message is not; a ping in between counts nothing.
+    let first = Frame::message(
+        format!("42{}", "x".repeat(598)),
+        OpCode::Data(Data::Text),
+        false,
+    );
+    alice.send(Message::Frame(first)).await.unwrap();
+    alice.send(Message::Ping("p".into())).await.unwrap();
+    let last = Frame::message("y".repeat(401), OpCode::Data(Data::Continue), true);
+    alice.send(Message::Frame(last)).await.unwrap();
+    expect_close_1009(&mut alice).await;
 }

@@ -5,6 +5,7 @@
 //! nothing) is the same in every dialect, so it is decided once here by [`answer`]; a
 //! dialect only frames the result.
 
+pub mod frame_limit;
 pub mod plain;
 pub mod socketio;
 

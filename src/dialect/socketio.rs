@@ -19,12 +19,14 @@
 //!   DISCONNECT packet cannot be queued, Engine.IO's next heartbeat ping cannot be either,
 //!   and that closes the transport.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
+use http::{HeaderValue, Request};
 use serde_json::value::RawValue;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, TryData};
@@ -32,8 +34,9 @@ use socketioxide::handler::{ConnectHandler, FromConnectParts, FromMessageParts, 
 use socketioxide::service::SocketIoService;
 use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::chat::Chat;
@@ -55,6 +58,17 @@ const FULL_RETRY: Duration = Duration::from_millis(20);
 /// that sends this much faster than it is served is disconnected.
 const INBOX_FRAMES_OF_MAX_SIZE: usize = 16;
 
+/// Where Engine.IO is served; requests to it and below it go to socketioxide.
+const PATH: &str = "/socket.io";
+/// tungstenite's read buffer per WebSocket.
+const WS_READ_BUFFER_BYTES: usize = 1024;
+
+/// True for a request path socketioxide serves (engineioxide's own rule).
+pub fn is_socketio_path(path: &str) -> bool {
+    path.strip_prefix(PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The raw socket handle: acks are sent through it after the handler returned.
 type SocketHandle = Arc<Socket<LocalAdapter>>;
 /// One event packet as socketioxide hands it over (for Socket.IO's default parser, the
@@ -63,12 +77,17 @@ type Packet = socketioxide::handler::Value;
 
 /// Builds the Socket.IO service in front of `inner`, which gets every request outside
 /// `/socket.io/`; the returned handle closes every socket on shutdown.
-pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, SocketIo) {
+pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (Detached<SocketIoService<S>>, SocketIo) {
     let limits = &app.config.limits;
     let (service, io) = SocketIo::builder()
+        .req_path(PATH)
+        // Idle sockets read nothing most of the time, and tungstenite allocates the read
+        // buffer up front: 1 KiB as in the plain dialect, larger messages take more reads.
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
         .max_payload(limits.max_frame_bytes as u64)
+        // A backstop: `frame_limit` refuses a larger message with 1009 before these apply.
         .ws_max_message_size(limits.max_frame_bytes)
         .ws_max_frame_size(limits.max_frame_bytes)
         .max_buffer_size(ENGINE_BUFFER_PACKETS)
@@ -97,7 +116,47 @@ pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (SocketIoService<S>, Socke
     };
     io.dyn_ns("/{*path}", (async || {}).with(refuse))
         .expect("a valid namespace pattern");
-    (service, io)
+    (Detached(service), io)
+}
+
+/// Hands socketioxide requests whose URI and headers own their bytes.
+///
+/// Engine.IO keeps a copy of each socket's request head for the socket's whole life. hyper
+/// parses header values and the URI as slices of its connection read buffer (8 KiB or
+/// more), so a kept head would keep that buffer alive too: about 16 KiB per idle socket,
+/// where copying the few values costs well under 1 KiB.
+#[derive(Clone)]
+pub struct Detached<S>(S);
+
+impl<S, B> Service<Request<B>> for Detached<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        if !is_socketio_path(req.uri().path()) {
+            return self.0.call(req);
+        }
+        let (mut head, body) = req.into_parts();
+        if let Ok(uri) = head.uri.to_string().parse() {
+            head.uri = uri;
+        }
+        for value in head.headers.values_mut() {
+            let sensitive = value.is_sensitive();
+            if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                copy.set_sensitive(sensitive);
+                *value = copy;
+            }
+        }
+        self.0.call(Request::from_parts(head, body))
+    }
 }
 
 /// The socket handle as a connect extractor.
@@ -140,8 +199,7 @@ struct Admitted(Arc<Mutex<Option<Session>>>);
 struct Session {
     user: SessionUser,
     subscription: Subscription,
-    inbox: mpsc::UnboundedReceiver<Incoming>,
-    inbox_bytes: Arc<AtomicUsize>,
+    inbox: Arc<Inbox>,
     /// Cancelled when socketioxide reports the socket disconnected, or on shutdown.
     gone: CancellationToken,
 }
@@ -178,13 +236,12 @@ async fn admit(
     app.chat.remember_profile(&user).await;
     let limits = &app.config.limits;
 
-    let (tx, inbox) = mpsc::unbounded_channel();
-    let inbox_bytes = Arc::new(AtomicUsize::new(0));
-    socket.on_fallback(Inbox {
-        tx,
-        queued: inbox_bytes.clone(),
+    let inbox = Arc::new(Inbox {
+        queue: Mutex::default(),
+        ready: Notify::new(),
         max_bytes: INBOX_FRAMES_OF_MAX_SIZE * limits.max_frame_bytes,
     });
+    socket.on_fallback(Enqueue(inbox.clone()));
     // Also a child of shutdown: socketioxide's `close` drops its namespaces before the
     // transports, so disconnect handlers do not run then.
     let gone = app.shutdown.child_token();
@@ -201,7 +258,6 @@ async fn admit(
             user,
             subscription,
             inbox,
-            inbox_bytes,
             gone,
         })))));
     Ok(())
@@ -224,29 +280,77 @@ fn start(app: &Arc<App>, socket: SocketHandle) {
 struct Incoming {
     packet: Packet,
     ack: Option<i64>,
+    /// Its bytes and the entry's own.
     cost: usize,
 }
 
-/// The fallback handler of every event: queues the packet for the session, in order.
+/// The event packets waiting for a socket's session, in arrival order, bounded in bytes.
+///
+/// A locked `VecDeque` rather than a tokio channel: a tokio channel allocates a block of
+/// 32 entries (about 2 KiB here) up front for every socket, most of which stay idle.
 struct Inbox {
-    tx: mpsc::UnboundedSender<Incoming>,
-    queued: Arc<AtomicUsize>,
+    queue: Mutex<Queue>,
+    /// Woken when a packet is queued.
+    ready: Notify,
     max_bytes: usize,
 }
 
-/// Marks [`Inbox`]'s own [`MessageHandler`] implementation.
+#[derive(Default)]
+struct Queue {
+    packets: VecDeque<Incoming>,
+    /// The sum of the packets' costs.
+    bytes: usize,
+}
+
+impl Inbox {
+    /// Queues a packet; false when it does not fit.
+    fn push(&self, packet: Packet, ack: Option<i64>) -> bool {
+        let cost = packet.len() + std::mem::size_of::<Incoming>();
+        let mut queue = self.queue.lock().expect("not poisoned");
+        if queue.bytes + cost > self.max_bytes {
+            return false;
+        }
+        queue.bytes += cost;
+        queue.packets.push_back(Incoming { packet, ack, cost });
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next packet, once there is one.
+    async fn pop(&self) -> Incoming {
+        loop {
+            if let Some(incoming) = self.take() {
+                return incoming;
+            }
+            // A packet queued since `take` left a permit: this returns at once.
+            self.ready.notified().await;
+        }
+    }
+
+    fn take(&self) -> Option<Incoming> {
+        let mut queue = self.queue.lock().expect("not poisoned");
+        let incoming = queue.packets.pop_front()?;
+        queue.bytes -= incoming.cost;
+        if queue.packets.is_empty() {
+            // What a burst grew is given back once it is served.
+            queue.packets.shrink_to_fit();
+        }
+        Some(incoming)
+    }
+}
+
+/// The fallback handler of every event: queues the packet for the session, in order.
+struct Enqueue(Arc<Inbox>);
+
+/// Marks [`Enqueue`]'s own [`MessageHandler`] implementation.
 struct Queued;
 
-impl MessageHandler<LocalAdapter, Queued> for Inbox {
+impl MessageHandler<LocalAdapter, Queued> for Enqueue {
     fn call(&self, socket: SocketHandle, packet: Packet, ack: Option<i64>) {
-        let cost = packet.len();
-        if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.max_bytes {
+        if !self.0.push(packet, ack) {
             tracing::debug!("socket.io client sends faster than it is served; disconnecting");
             let _ = socket.disconnect();
-            return;
-        }
-        if self.tx.send(Incoming { packet, ack, cost }).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
         }
     }
 }
@@ -282,6 +386,27 @@ fn binary_refused() -> ChatError {
     ChatError::bad_request("binary payloads are not supported; send JSON")
 }
 
+/// Decodes and dispatches one event packet (its reply may wait for a commit). A request
+/// that reads the store first answers every earlier one: read-your-writes.
+async fn handle(
+    incoming: Incoming,
+    user: &SessionUser,
+    chat: &Chat,
+    pending: &mut FuturesOrdered<PendingReply<i64>>,
+    socket: &SocketHandle,
+    overflow: &OverflowSignal,
+    gone: &CancellationToken,
+) -> Result<(), Stop> {
+    let decoded = decode(&incoming.packet);
+    if waits_for_earlier(&decoded) {
+        while let Some((event, ack, reply)) = pending.next().await {
+            send_answer(socket, answer(event.as_deref(), ack, reply), overflow, gone).await?;
+        }
+    }
+    pending.push_back(dispatch(chat, user, decoded, incoming.ack).await);
+    Ok(())
+}
+
 /// Why a session stops.
 enum Stop {
     /// socketioxide reported the socket closed.
@@ -296,12 +421,13 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
     let Session {
         user,
         mut subscription,
-        mut inbox,
-        inbox_bytes,
+        inbox,
         gone,
     } = session;
     let overflow = subscription.overflow_signal();
     let mut pending: FuturesOrdered<PendingReply<i64>> = FuturesOrdered::new();
+    // The work of each branch is boxed: the task of an idle socket then holds only what
+    // it waits on, not room for the largest of them (an allocation per event instead).
     let stop = loop {
         let step = tokio::select! {
             biased;
@@ -309,28 +435,15 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
             _ = overflow.overflowed() => Err(Stop::SlowConsumer),
             Some((event, ack, reply)) = pending.next(), if !pending.is_empty() => {
                 let answer = answer(event.as_deref(), ack, reply);
-                send_answer(&socket, answer, &overflow, &gone).await
+                Box::pin(send_answer(&socket, answer, &overflow, &gone)).await
             }
-            Some(incoming) = inbox.recv() => {
-                inbox_bytes.fetch_sub(incoming.cost, Ordering::AcqRel);
-                let decoded = decode(&incoming.packet);
-                let mut answered = Ok(());
-                if waits_for_earlier(&decoded) {
-                    while let Some((event, ack, reply)) = pending.next().await {
-                        answered = send_answer(&socket, answer(event.as_deref(), ack, reply), &overflow, &gone).await;
-                        if answered.is_err() {
-                            break;
-                        }
-                    }
-                }
-                if answered.is_ok() {
-                    pending.push_back(dispatch(chat, &user, decoded, incoming.ack).await);
-                }
-                answered
+            incoming = inbox.pop() => {
+                Box::pin(handle(incoming, &user, chat, &mut pending, &socket, &overflow, &gone)).await
             }
             Some(event) = subscription.recv() => {
                 let data = event.raw_data();
-                let sent = deliver(|| socket.emit(event.event, data), &overflow, &gone).await;
+                let send = || socket.emit(event.event, data);
+                let sent = Box::pin(deliver(send, &overflow, &gone)).await;
                 subscription.sent(&event);
                 sent
             }
@@ -414,6 +527,100 @@ mod tests {
 
     fn packet(text: &str) -> Packet {
         Packet::Str(text.to_owned().into(), None)
+    }
+
+    /// A service that hands back the request it was called with.
+    struct Echo;
+
+    impl Service<Request<()>> for Echo {
+        type Response = Request<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Request<()>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            std::future::ready(Ok(req))
+        }
+    }
+
+    #[test]
+    fn socketio_request_heads_stop_sharing_the_connection_buffer() {
+        // As hyper parses them: the URI and header values are slices of its read buffer.
+        let text = "/socket.io/?EIO=4&transport=websocket /ws ";
+        let buffer = bytes::Bytes::from(format!("{text}{}", " ".repeat(8192)));
+        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        let head = |uri: bytes::Bytes| {
+            let mut req = Request::new(());
+            *req.uri_mut() = http::Uri::from_maybe_shared(uri).unwrap();
+            let shared = HeaderValue::from_maybe_shared(buffer.slice(1..10)).unwrap();
+            req.headers_mut().insert("x-shared", shared);
+            let mut secret = HeaderValue::from_static("secret");
+            secret.set_sensitive(true);
+            req.headers_mut().insert("authorization", secret);
+            req
+        };
+        let call = |req| {
+            futures_util::FutureExt::now_or_never(Detached(Echo).call(req))
+                .unwrap()
+                .unwrap()
+        };
+
+        let socketio = head(buffer.slice(..37));
+        assert!(within(socketio.headers()["x-shared"].as_bytes().as_ptr()));
+        let passed = call(socketio);
+        assert_eq!(passed.uri(), "/socket.io/?EIO=4&transport=websocket");
+        assert!(!within(passed.uri().path().as_ptr()));
+        assert_eq!(passed.headers()["x-shared"], "socket.io");
+        assert!(!within(passed.headers()["x-shared"].as_bytes().as_ptr()));
+        assert!(passed.headers()["authorization"].is_sensitive());
+
+        // Other paths pass as they are.
+        let passed = call(head(buffer.slice(38..41)));
+        assert_eq!(passed.uri(), "/ws");
+        assert!(within(passed.headers()["x-shared"].as_bytes().as_ptr()));
+    }
+
+    fn inbox(max_bytes: usize) -> Inbox {
+        Inbox {
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_inbox_keeps_order_and_its_byte_bound() {
+        let entry = std::mem::size_of::<Incoming>();
+        assert!(entry <= 96, "an inbox entry costs {entry} bytes");
+        let inbox = inbox(2 * (entry + 10));
+        assert!(inbox.push(packet("0123456789"), Some(1)));
+        assert!(inbox.push(packet("abcdefghij"), None));
+        // Full: the handler disconnects the client.
+        assert!(!inbox.push(packet("x"), None));
+        let first = inbox.pop().await;
+        assert_eq!((first.packet.len(), first.ack), (10, Some(1)));
+        // Popping gives its bytes back.
+        assert!(inbox.push(packet("klmnopqrst"), None));
+        assert_eq!(inbox.pop().await.ack, None);
+        assert_eq!(inbox.pop().await.packet.len(), 10);
+        let queue = inbox.queue.lock().unwrap();
+        assert_eq!((queue.bytes, queue.packets.capacity()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_session_wakes_for_a_packet_queued_while_it_waits() {
+        let inbox = Arc::new(inbox(1024));
+        let waiting = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.pop().await.ack }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(inbox.push(packet("[]"), Some(7)));
+        let ack = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(ack.unwrap().unwrap(), Some(7));
     }
 
     #[test]

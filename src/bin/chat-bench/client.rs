@@ -1,15 +1,16 @@
-//! The generator's side of a connection: connecting (optionally from a chosen loopback
-//! source address), the frames it sends, and reading back the one field it needs from a
-//! `message:sent` without parsing the whole 50-message snapshot.
+//! The generator's side of a connection: connecting in either dialect (optionally from a
+//! chosen loopback source address), the frames it sends, and reading back the one field it
+//! needs from a `message:sent` without parsing the whole 50-message snapshot.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use chat_server::auth::Auth;
 use chat_server::protocol::room::canonical_room_id;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -73,7 +74,16 @@ pub fn source_address(n: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + k)
 }
 
-/// Opens an authenticated plain-dialect connection as `user_id`.
+/// Which dialect a generator connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dialect {
+    /// The JSON envelope at `/ws`.
+    Plain,
+    /// Engine.IO v4 / Socket.IO v5 at `/socket.io/`, WebSocket transport only.
+    Socketio,
+}
+
+/// Opens an authenticated connection as `user_id` in `dialect`.
 ///
 /// With `source`, binds before connecting (with `IP_BIND_ADDRESS_NO_PORT`, so the kernel
 /// still picks the port at connect time and one source address serves its full port range).
@@ -83,6 +93,7 @@ pub async fn connect(
     user_id: &str,
     source: Option<Ipv4Addr>,
     read_buffer: usize,
+    dialect: Dialect,
 ) -> Result<Ws, String> {
     let attempt = async {
         let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
@@ -92,18 +103,74 @@ pub async fn connect(
         let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         // `user` is ignored by chat-server; the bare relay routes by it.
-        let url = format!("ws://{addr}/ws?token={token}&user={user_id}");
+        let url = match dialect {
+            Dialect::Plain => format!("ws://{addr}/ws?token={token}&user={user_id}"),
+            Dialect::Socketio => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+        };
         let config = WebSocketConfig::default()
             .read_buffer_size(read_buffer)
             .write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
             .await
             .map_err(|e| e.to_string())?;
+        if dialect == Dialect::Socketio {
+            socketio_connect(&mut ws, token).await?;
+        }
         Ok(ws)
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| "connect timed out".to_string())?
+}
+
+/// The Socket.IO handshake over an open Engine.IO WebSocket: the server's OPEN packet
+/// (`0{...}`), our CONNECT to `/` with the token (`40{...}`), and the server's CONNECT
+/// reply (`40{"sid":...}`), or the CONNECT_ERROR (`44{...}`) as an error.
+async fn socketio_connect(ws: &mut Ws, token: &str) -> Result<(), String> {
+    let open = next_text(ws).await?;
+    if !open.starts_with("0{") {
+        return Err(format!("expected an Engine.IO OPEN packet, got {open:?}"));
+    }
+    let connect = format!(r#"40{{"token":"{token}"}}"#);
+    ws.send(Message::text(connect))
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = next_text(ws).await?;
+    if !reply.starts_with(r#"40{"sid":"#) {
+        return Err(format!("socket.io CONNECT refused: {reply:?}"));
+    }
+    Ok(())
+}
+
+/// The next text frame, answering Engine.IO pings on the way.
+async fn next_text(ws: &mut Ws) -> Result<String, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                ws.send(Message::text("3"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the server closed the connection".into()),
+        }
+    }
+}
+
+/// Keeps a connection alive without sending anything of its own: reads every frame and,
+/// for Socket.IO, answers Engine.IO's heartbeat pings (`2`) with pongs (`3`), since the
+/// server drops a socket that misses one. (tungstenite answers WebSocket pings itself.)
+pub async fn hold(mut ws: Ws, dialect: Dialect) {
+    while let Some(Ok(message)) = ws.next().await {
+        if dialect == Dialect::Socketio
+            && matches!(&message, Message::Text(text) if text.as_str() == "2")
+            && ws.send(Message::text("3")).await.is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Connects generator users `users` (each with a freshly minted token), a few at a time.
@@ -113,6 +180,7 @@ pub async fn connect_users(
     users: std::ops::Range<usize>,
     source_offset: usize,
     read_buffer: usize,
+    dialect: Dialect,
 ) -> Result<Vec<Ws>, String> {
     let first = users.start;
     futures_util::stream::iter(users)
@@ -120,7 +188,7 @@ pub async fn connect_users(
             let id = user(i);
             let token = auth.mint(&id, None, TOKEN_TTL);
             let source = Some(source_address(source_offset + i - first));
-            async move { connect(addr, &token, &id, source, read_buffer).await }
+            async move { connect(addr, &token, &id, source, read_buffer, dialect).await }
         })
         .buffered(CONNECT_CONCURRENCY)
         .try_collect()

@@ -1,4 +1,5 @@
-//! Idle connections: how much server memory one authenticated, silent WebSocket costs.
+//! Idle connections: how much server memory one authenticated, silent WebSocket costs, in
+//! either dialect (a Socket.IO connection is websocket-only and answers Engine.IO's pings).
 //!
 //! Connections are held by worker processes (`chat-bench idle-worker`), each under the
 //! same open-file cap as the server, so a machine whose hard limit allows more than one
@@ -11,9 +12,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use chat_server::auth::Auth;
-use futures_util::StreamExt;
+use clap::ValueEnum;
 
-use crate::client;
+use crate::client::{self, Dialect};
 use crate::stats::fit_line;
 use crate::target::{wait_healthy, Launch, Target};
 
@@ -47,6 +48,8 @@ pub fn run(
     secret: &str,
     counts: &[usize],
     per_process: usize,
+    settle: Duration,
+    dialect: Dialect,
     data_dir: std::path::PathBuf,
 ) -> Result<IdleResult, String> {
     let target = Target::start(launch, Some(data_dir))?;
@@ -60,7 +63,7 @@ pub fn run(
     for &count in counts {
         while total < count {
             if workers.last().is_none_or(|w| w.open >= per_process) {
-                workers.push(spawn_worker(&exe, target.addr, secret, total)?);
+                workers.push(spawn_worker(&exe, target.addr, secret, total, dialect)?);
             }
             let worker = workers.last_mut().expect("just pushed");
             let k = (count - total).min(per_process - worker.open);
@@ -76,7 +79,7 @@ pub fn run(
             worker.open += k;
             total += k;
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(settle);
         let rss = target.rss_bytes();
         points.push((count, rss.saturating_sub(rss_before)));
     }
@@ -99,10 +102,13 @@ fn spawn_worker(
     addr: SocketAddr,
     secret: &str,
     first: usize,
+    dialect: Dialect,
 ) -> Result<Worker, String> {
+    let dialect = dialect.to_possible_value().expect("no variant is skipped");
     let mut child = Command::new(exe)
         .args(["idle-worker", "--addr", &addr.to_string(), "--first"])
         .arg(first.to_string())
+        .args(["--dialect", dialect.get_name()])
         .env("CHAT_BENCH_SECRET", secret)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -119,8 +125,8 @@ fn spawn_worker(
 
 /// The worker process: on each `open K` line, opens K more connections (users from
 /// `first` on, source addresses from the same global index) and answers `ok TOTAL`; exits
-/// when its input closes. Each connection is drained so pings are answered.
-pub fn worker(addr: SocketAddr, secret: &str, first: usize) {
+/// when its input closes. Each connection is held by [`client::hold`], so pings are answered.
+pub fn worker(addr: SocketAddr, secret: &str, first: usize, dialect: Dialect) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let auth = Auth::new(secret.as_bytes());
     let mut open = 0usize;
@@ -140,11 +146,12 @@ pub fn worker(addr: SocketAddr, secret: &str, first: usize) {
             range,
             first + open,
             4096,
+            dialect,
         ));
         match opened {
             Ok(conns) => {
-                for mut ws in conns {
-                    runtime.spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+                for ws in conns {
+                    runtime.spawn(client::hold(ws, dialect));
                 }
                 open += k;
                 println!("ok {open}");

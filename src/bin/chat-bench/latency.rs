@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Ws};
+use crate::client::{self, Dialect, Ws};
 use crate::stats::percentile;
 
 #[derive(Clone, Copy)]
@@ -52,7 +52,7 @@ pub async fn run(
     config: LatencyConfig,
 ) -> Result<LatencyResult, String> {
     let users = config.users.max(2) & !1;
-    let conns = client::connect_users(addr, auth, 0..users, 0, 16 * 1024).await?;
+    let conns = client::connect_users(addr, auth, 0..users, 0, 16 * 1024, Dialect::Plain).await?;
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         warmup_us: config.warmup.as_micros() as u64,

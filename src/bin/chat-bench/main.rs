@@ -3,8 +3,9 @@
 //! It starts `chat-server` itself (or targets a given loopback address), mints its own
 //! tokens with the server's secret, runs each scenario `--runs` times, prints one summary
 //! line per scenario (median, lowest–highest) and writes every figure to a JSON file.
-//! Scenarios: `throughput`, `latency`, `idle`, `restart`, `ceiling` (the throughput load
-//! through a bare relay, see `relay`). Everything targets loopback and is bounded in time
+//! Scenarios: `throughput`, `latency`, `idle` and `idle-socketio` (the same measure for
+//! each dialect), `restart`, `ceiling` (the throughput load through a bare relay, see
+//! `relay`). Everything targets loopback and is bounded in time
 //! and count.
 
 mod client;
@@ -25,6 +26,7 @@ use chat_server::auth::Auth;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+use client::Dialect;
 use stats::{CpuTimes, Spread};
 use target::{Launch, Target};
 
@@ -58,13 +60,18 @@ enum Mode {
         addr: SocketAddr,
         #[arg(long)]
         first: usize,
+        #[arg(long, value_enum)]
+        dialect: Dialect,
     },
 }
 
 #[derive(clap::Args)]
 struct Opts {
     /// Comma-separated scenarios to run.
-    #[arg(long, default_value = "throughput,latency,idle,restart,ceiling")]
+    #[arg(
+        long,
+        default_value = "throughput,latency,idle,idle-socketio,restart,ceiling"
+    )]
     scenarios: String,
     /// The server binary to start.
     #[arg(long, default_value = "target/release/chat-server")]
@@ -115,6 +122,10 @@ struct Opts {
     /// Idle: connections per generator process (default: the hard limit less headroom).
     #[arg(long)]
     conns_per_process: Option<usize>,
+    /// Idle: seconds to wait at each count before reading the server's RSS (over 25, every
+    /// Socket.IO connection has had an Engine.IO heartbeat).
+    #[arg(long, default_value_t = 1.0)]
+    idle_settle_secs: f64,
     /// Restart: messages in the big store.
     #[arg(long, default_value_t = 1_000_000)]
     restart_messages: usize,
@@ -140,9 +151,13 @@ fn main() -> ExitCode {
             relay::main(bind, frame_bytes);
             ExitCode::SUCCESS
         }
-        Some(Mode::IdleWorker { addr, first }) => {
+        Some(Mode::IdleWorker {
+            addr,
+            first,
+            dialect,
+        }) => {
             let secret = std::env::var("CHAT_BENCH_SECRET").unwrap_or_default();
-            idle::worker(addr, &secret, first);
+            idle::worker(addr, &secret, first, dialect);
             ExitCode::SUCCESS
         }
         None => match bench(&cli.opts) {
@@ -178,7 +193,8 @@ fn bench(opts: &Opts) -> Result<(), String> {
                 value
             }
             "latency" => latency(opts, runs)?,
-            "idle" => idle(opts, runs)?,
+            "idle" => idle(opts, runs, Dialect::Plain)?,
+            "idle-socketio" => idle(opts, runs, Dialect::Socketio)?,
             "restart" => restart(opts, runs)?,
             "ceiling" => {
                 let launch = relay_launch(opts, frame_bytes);
@@ -413,7 +429,12 @@ impl LatencyRuns {
     }
 }
 
-fn idle(opts: &Opts, runs: usize) -> Result<Value, String> {
+/// The idle scenario for one dialect; its summary line starts with the scenario's name.
+fn idle(opts: &Opts, runs: usize, dialect: Dialect) -> Result<Value, String> {
+    let name = match dialect {
+        Dialect::Plain => "idle",
+        Dialect::Socketio => "idle-socketio",
+    };
     let hard = target::nofile_hard_limit() as usize;
     let cap = hard.saturating_sub(FD_HEADROOM).max(1);
     let per_process = opts.conns_per_process.unwrap_or(cap).clamp(1, cap);
@@ -430,9 +451,18 @@ fn idle(opts: &Opts, runs: usize) -> Result<Value, String> {
     counts.dedup();
     let (mut slopes, mut details) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let dir = target::temp_dir("idle");
+        let dir = target::temp_dir(name);
         let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
-        let result = idle::run(&launch, &opts.secret, &counts, per_process, dir)?;
+        let settle = Duration::from_secs_f64(opts.idle_settle_secs);
+        let result = idle::run(
+            &launch,
+            &opts.secret,
+            &counts,
+            per_process,
+            settle,
+            dialect,
+            dir,
+        )?;
         slopes.push(result.slope);
         details.push(json!({
             "rss_before": result.rss_before,
@@ -447,14 +477,17 @@ fn idle(opts: &Opts, runs: usize) -> Result<Value, String> {
     let spread = Spread::of(&slopes);
     let kib: Vec<f64> = slopes.iter().map(|s| s / 1024.0).collect();
     println!(
-        "idle: {} KiB of server RSS per idle connection (fitted slope, median, lowest–highest \
-         of {runs}) at {:?} connections; open-file hard limit {hard}",
+        "{name}: {} KiB of server RSS per idle connection (fitted slope, median, \
+         lowest–highest of {runs}) at {:?} connections, {} s after each; open-file hard limit \
+         {hard}",
         Spread::of(&kib).text(2),
-        counts
+        counts,
+        opts.idle_settle_secs,
     );
     Ok(json!({
         "bytes_per_connection": spread.json(&slopes),
         "counts": counts,
+        "settle_secs": opts.idle_settle_secs,
         "nofile_hard_limit": hard,
         "details": details,
     }))

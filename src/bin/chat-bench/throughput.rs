@@ -11,7 +11,7 @@ use chat_server::auth::Auth;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Ws};
+use crate::client::{self, Dialect, Ws};
 
 /// The shape of one throughput run.
 #[derive(Clone, Copy)]
@@ -67,7 +67,7 @@ pub async fn run(
     config: LoadConfig,
 ) -> Result<LoadResult, String> {
     let users = config.users.max(2) & !1;
-    let conns = client::connect_users(addr, auth, 0..users, 0, 64 * 1024).await?;
+    let conns = client::connect_users(addr, auth, 0..users, 0, 64 * 1024, Dialect::Plain).await?;
     let counters = Arc::new(Counters {
         own: (0..users).map(|_| AtomicU64::new(0)).collect(),
         partner: (0..users).map(|_| AtomicU64::new(0)).collect(),
