@@ -5,9 +5,14 @@
 //! A frame travels through these modules, one responsibility each:
 //!
 //! - [`server`]: the accept loop, one task per connection, the connection cap, shutdown,
-//!   and the service stack (CORS, Socket.IO, the `/ws` handshake, warp).
-//! - [`http`]: the `/ws` handshake, the REST API, `/healthz`, `/metrics`, CORS, JSON errors.
-//! - [`dialect::plain`]: where a plain-dialect frame is parsed, and the session loop.
+//!   and the service stack (CORS, Socket.IO, the `/ws` handshake, warp). Only `main`
+//!   imports it.
+//! - [`app`]: the shared state every connection holds, and the one way in for both
+//!   dialects and the API: [`app::App::authenticate`], [`app::App::admit`].
+//! - [`http`]: the REST API, `/healthz`, `/metrics`, CORS, JSON errors; [`http::query`]
+//!   decodes query strings for every surface.
+//! - [`dialect::plain`]: where a plain-dialect frame is parsed, and the session loop;
+//!   [`dialect::plain::handshake`] answers `GET /ws`.
 //! - [`dialect::socketio`]: where a Socket.IO packet is decoded (socketioxide), and its
 //!   session; [`dialect::frame_limit`]: its WebSocket messages' size limit, with close
 //!   1009; [`dialect`] itself decides how a reply is answered, for both dialects.
@@ -23,6 +28,7 @@
 //! - [`auth`], [`config`]: tokens; flags, environment and the config file.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 
+pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;

@@ -4,12 +4,13 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use chat_server::app::App;
 use chat_server::auth::{resolve_secret, Auth};
 use chat_server::chat::{Chat, ChatLimits};
 use chat_server::config::{self, Command, Config, LogFormat};
 use chat_server::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
-use chat_server::server::{self, App};
+use chat_server::server;
 use chat_server::store::Store;
 use chat_server::writer::{Writer, WriterConfig};
 

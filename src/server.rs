@@ -35,70 +35,17 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower_layer::Layer;
 use tower_service::Service;
 use warp::reply::Response;
 
-use crate::auth::Auth;
-use crate::chat::Chat;
-use crate::config::Config;
+use crate::app::App;
 use crate::dialect::frame_limit::{self, FrameLimit, Upgrades};
-use crate::hub::Subscription;
-use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::protocol::{ChatError, ErrorCode};
 use crate::{dialect, http};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
-
-/// Shared state of the running server.
-pub struct App {
-    /// The event handlers.
-    pub chat: Arc<Chat>,
-    /// Verifies tokens on every handshake and API request.
-    pub auth: Auth,
-    /// The settings, limits included.
-    pub config: Config,
-    /// Cancelled once on shutdown; every session watches it.
-    pub shutdown: CancellationToken,
-    /// Every connection and session task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
-
-impl App {
-    pub fn new(chat: Arc<Chat>, auth: Auth, config: Config) -> Arc<App> {
-        Arc::new(App {
-            chat,
-            auth,
-            config,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        })
-    }
-
-    /// Joins `user`'s channel for one more connection, within the per-user cap and with
-    /// the configured outbound bound: the same admission for every dialect.
-    pub fn subscribe(&self, user: &SessionUser) -> Result<Subscription, ChatError> {
-        let limits = &self.config.limits;
-        self.chat
-            .hub()
-            .subscribe(
-                &user.id,
-                limits.max_connections_per_user,
-                limits.max_outbound_bytes,
-            )
-            .map_err(|_| {
-                ChatError::new(
-                    ErrorCode::TooManyConnections,
-                    format!(
-                        "at most {} connections per user",
-                        limits.max_connections_per_user
-                    ),
-                )
-            })
-    }
-}
 
 /// Serves connections from `listener` until `signal` resolves, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>, signal: impl Future<Output = ()>) {
@@ -200,7 +147,7 @@ where
             let app = self.app.clone();
             return Box::pin(async move {
                 let _in_flight = in_flight;
-                Ok(http::upgrade_plain(&app, req).await)
+                Ok(dialect::plain::handshake::upgrade(&app, req).await)
             });
         }
         let request_timeout = Duration::from_secs(limits.request_timeout_secs);

@@ -39,12 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
+use crate::app::App;
 use crate::chat::Chat;
-use crate::http::{query_pairs, query_value};
+use crate::http::query::{query_pairs, query_value};
 use crate::hub::{OverflowSignal, Subscription};
 use crate::metrics::{self, Dialect};
 use crate::protocol::{ChatError, ErrorCode, SessionUser};
-use crate::server::App;
 
 /// Engine.IO's heartbeat: a ping every 25 s, answered within 20 s (Socket.IO's defaults).
 const PING_INTERVAL: Duration = Duration::from_secs(25);
@@ -224,16 +224,17 @@ async fn admit(
     auth: Option<serde_json::Value>,
 ) -> Result<(), Refusal> {
     let query = query_pairs(socket.req_parts().uri.query().unwrap_or("")).unwrap_or_default();
-    let token = token_of(auth.as_ref(), &query).ok_or(Refusal::Unauthorized)?;
-    let user = app.auth.verify(token).map_err(|e| {
-        tracing::debug!(error = %e, "socket.io connect refused");
-        Refusal::Unauthorized
-    })?;
-    let subscription = app
-        .subscribe(&user)
-        .map_err(|_| Refusal::TooManyConnections)?;
+    let user = app
+        .authenticate(token_of(auth.as_ref(), &query))
+        .map_err(|e| {
+            tracing::debug!(error = %e.message, "socket.io connect refused");
+            Refusal::Unauthorized
+        })?;
     // Once the client is connected, its partner may already be reading.
-    app.chat.remember_profile(&user).await;
+    let subscription = app
+        .admit(&user)
+        .await
+        .map_err(|_| Refusal::TooManyConnections)?;
     let limits = &app.config.limits;
 
     let inbox = Arc::new(Inbox {

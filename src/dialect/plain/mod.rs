@@ -1,5 +1,5 @@
 //! Where a plain-dialect frame is parsed: the JSON envelope over a raw WebSocket, and the
-//! session loop of one connection.
+//! session loop of one connection ([`handshake`] answers `GET /ws` and starts it).
 //!
 //! A connection runs two halves. The reader parses frames, dispatches them to the
 //! handlers, and keeps the replies that wait for a commit in request order. The writer
@@ -7,6 +7,8 @@
 //! socket: 1001 on shutdown, 1008 when the client stops reading (its queue overflowed),
 //! 1009 for an oversize message. Splitting them means a client that does not read can
 //! stall only its own writer, never the reader of anyone else.
+
+pub mod handshake;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,82 @@
+//! The running server's shared state, and the one way in for a connection of any dialect.
+//!
+//! [`App`] is what every connection and request holds: the chat handlers, the token
+//! checker, the settings, the shutdown signal and the task tracker. It sits below the
+//! server (which builds the service stack around it) and the dialects and HTTP routes
+//! (which use it), so none of them imports another to reach it. [`App::authenticate`] and
+//! [`App::admit`] are the single path by which a plain handshake, a Socket.IO CONNECT and
+//! an API request become a user, and a connection joins its user's channel.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::chat::Chat;
+use crate::config::Config;
+use crate::hub::Subscription;
+use crate::protocol::{ChatError, ErrorCode, SessionUser};
+
+/// Shared state of the running server.
+pub struct App {
+    /// The event handlers.
+    pub chat: Arc<Chat>,
+    /// Verifies tokens on every handshake and API request.
+    pub auth: Auth,
+    /// The settings, limits included.
+    pub config: Config,
+    /// Cancelled once on shutdown; every session watches it.
+    pub shutdown: CancellationToken,
+    /// Every connection and session task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl App {
+    pub fn new(chat: Arc<Chat>, auth: Auth, config: Config) -> Arc<App> {
+        Arc::new(App {
+            chat,
+            auth,
+            config,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// The user a token names; `unauthorized` when there is none or it does not verify.
+    /// Where the token is found (a header, a query parameter, an auth payload) is the
+    /// transport's business.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<SessionUser, ChatError> {
+        let token = token.ok_or_else(|| ChatError::unauthorized("missing token"))?;
+        self.auth
+            .verify(token)
+            .map_err(|e| ChatError::unauthorized(e.to_string()))
+    }
+
+    /// Admits one more connection of `user`: a slot in the user's channel, within the
+    /// per-user cap and with the configured outbound bound, and the user's name made
+    /// durable if it changed. Returns once both are done, so a dialect that answers the
+    /// client after this (the 101, the CONNECT ack) lets every later read see the name.
+    pub async fn admit(&self, user: &SessionUser) -> Result<Subscription, ChatError> {
+        let limits = &self.config.limits;
+        let subscription = self
+            .chat
+            .hub()
+            .subscribe(
+                &user.id,
+                limits.max_connections_per_user,
+                limits.max_outbound_bytes,
+            )
+            .map_err(|_| {
+                ChatError::new(
+                    ErrorCode::TooManyConnections,
+                    format!(
+                        "at most {} connections per user",
+                        limits.max_connections_per_user
+                    ),
+                )
+            })?;
+        self.chat.remember_profile(user).await;
+        Ok(subscription)
+    }
+}

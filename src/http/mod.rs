@@ -1,0 +1,209 @@
+//! HTTP: the REST API, health, metrics, CORS, and JSON errors.
+//!
+//! The REST endpoints call the same handlers as the socket requests (`Chat::rooms_page`,
+//! `Chat::messages_page`) and answer with exactly the socket reply object. Every failure,
+//! including unknown paths, is `{ "error": { "code", "message" } }` with the status of its
+//! code, turned into a response in one place ([`error_response`]).
+
+pub mod query;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use hyper::{Request, StatusCode};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::app::App;
+use crate::auth::bearer_token;
+use crate::config::CorsConfig;
+use crate::metrics;
+use crate::protocol::event::{MessagesRequest, RoomsRequest};
+use crate::protocol::{ChatError, ErrorCode};
+use query::{percent_decode_strict, query_number, query_pairs, query_param};
+
+/// `{ "error": { "code", "message", … } }` with the status of its code.
+pub fn error_response(error: &ChatError) -> Response {
+    metrics::rejected(error.code);
+    let status =
+        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": error })),
+        status,
+    )
+    .into_response()
+}
+
+/// A request whose body is larger than `max_bytes` (by its declared length) is refused
+/// before routing. No endpoint reads a body, so one of unknown length is never buffered.
+pub fn refuse_body<B: hyper::body::Body>(req: &Request<B>, max_bytes: usize) -> Option<Response> {
+    let declared = req.body().size_hint().lower();
+    (declared > max_bytes as u64).then(|| {
+        error_response(&ChatError::bad_request(format!(
+            "the request body is {declared} bytes; the limit is {max_bytes}"
+        )))
+    })
+}
+
+fn reply_response(reply: crate::chat::Reply) -> Response {
+    match reply {
+        Ok(success) => warp::reply::json(&success.body).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// The token of an `Authorization: Bearer` header, if the request has one; a header in
+/// another form is `unauthorized`.
+pub(crate) fn bearer_header(headers: &HeaderMap) -> Result<Option<&str>, ChatError> {
+    headers
+        .get(AUTHORIZATION)
+        .map(|value| {
+            value.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+                ChatError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })
+        })
+        .transpose()
+}
+
+/// A room id from a path segment; `%2F` and broken escapes are `invalid_room`.
+fn room_id_from_path(segment: &str) -> Result<String, ChatError> {
+    percent_decode_strict(segment)
+        .filter(|id| !id.contains('/'))
+        .ok_or_else(|| {
+            ChatError::new(
+                ErrorCode::InvalidRoom,
+                "the room id in the path is not cleanly percent-encoded",
+            )
+        })
+}
+
+/// The warp routes: health, the REST API, the built-in web client, and a JSON 404 for
+/// everything else.
+pub fn routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
+
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: Arc<App>| {
+            let hub = app.chat.hub();
+            metrics::hub_state(
+                hub.users_online(),
+                hub.slow_consumers(),
+                hub.queued_bytes(),
+                hub.budget_cuts(),
+            );
+            let cache = app.chat.writer().recent_cache();
+            metrics::recent_cache_state(cache.rooms(), cache.bytes(), cache.evictions());
+            metrics::process_state(app.config.memory.redb_cache_bytes);
+            warp::reply::with_header(
+                metrics::render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .into_response()
+        });
+
+    let rooms = warp::path!("api" / "rooms")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .map(|app: Arc<App>, headers: HeaderMap, query: String| {
+            let reply = bearer_header(&headers)
+                .and_then(|token| app.authenticate(token))
+                .and_then(|user| {
+                    let pairs = query_pairs(&query)?;
+                    let req = RoomsRequest {
+                        limit: query_number(&pairs, "limit")?,
+                        cursor: query_param(&pairs, "cursor")?.map(str::to_owned),
+                    };
+                    app.chat.rooms_page(&user, &req)
+                });
+            reply_response(reply)
+        });
+
+    let messages = warp::path!("api" / "rooms" / String / "messages")
+        .and(warp::get())
+        .and(with_app)
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .map(
+            |segment: String, app: Arc<App>, headers: HeaderMap, query: String| {
+                let reply = bearer_header(&headers)
+                    .and_then(|token| app.authenticate(token))
+                    .and_then(|user| {
+                        let pairs = query_pairs(&query)?;
+                        let req = MessagesRequest {
+                            room_id: room_id_from_path(&segment)?,
+                            before: query_number(&pairs, "before")?,
+                            limit: query_number(&pairs, "limit")?,
+                        };
+                        app.chat.messages_page(&user, &req)
+                    });
+                reply_response(reply)
+            },
+        );
+
+    let not_found = warp::any().map(|| error_response(&ChatError::not_found("no such endpoint")));
+
+    healthz
+        .or(metrics)
+        .unify()
+        .or(rooms)
+        .unify()
+        .or(messages)
+        .unify()
+        .or(crate::web::routes())
+        .unify()
+        .or(not_found)
+        .unify()
+}
+
+/// Cross-origin access for browser front ends served from another origin (the HTTP API
+/// and Socket.IO's long-polling requests): only the configured origins, none by default.
+pub fn cors_layer(config: &CorsConfig) -> CorsLayer {
+    let origins = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.allowed_origins.iter().filter_map(|origin| {
+            match HeaderValue::from_str(origin) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    tracing::warn!(%origin, "ignoring a CORS origin that is no header value");
+                    None
+                }
+            }
+        }))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([hyper::Method::GET, hyper::Method::POST])
+        .allow_headers([AUTHORIZATION, hyper::header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ids_in_paths_decode_strictly() {
+        assert_eq!(room_id_from_path("alice-bob").unwrap(), "alice-bob");
+        assert_eq!(room_id_from_path("a%40b").unwrap(), "a@b");
+        assert!(room_id_from_path("a%2Fb").is_err());
+        assert!(room_id_from_path("%zz").is_err());
+    }
+}
