@@ -25,12 +25,15 @@
 //! - [`ratelimit`]: the per-user token buckets over sends and requests.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`store`]: where a message is stored: redb behind a typed API.
-//! - [`auth`], [`config`]: tokens; flags, environment and the config file.
+//! - [`auth`]: tokens: verify, mint.
+//! - [`cli`]: the subcommands and their flags, turned into a [`cli::Command`].
+//! - [`config`]: the settings, their key registry, and file → environment → flag.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 
 pub mod app;
 pub mod auth;
 pub mod chat;
+pub mod cli;
 pub mod config;
 pub mod dialect;
 pub mod http;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use chat_server::app::App;
 use chat_server::auth::{resolve_secret, Auth};
 use chat_server::chat::{Chat, ChatLimits};
-use chat_server::config::{self, Command, Config, LogFormat};
+use chat_server::cli::{self, Command};
+use chat_server::config::{Config, LogFormat};
 use chat_server::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
@@ -21,7 +22,7 @@ use chat_server::writer::{Writer, WriterConfig};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    match config::load() {
+    match cli::load() {
         Command::Serve(config) => serve(config),
         Command::Token {
             config,

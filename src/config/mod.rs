@@ -1,0 +1,432 @@
+//! Server settings: the structs the rest of the server reads, their defaults, and [`load`],
+//! which fills them from an optional TOML file, `CHAT_*` environment variables and
+//! command-line flags, with the precedence flag > environment > file > default.
+//!
+//! Every setting has one dotted key (`limits.max_frame_bytes`) that is its name in the file,
+//! derives its environment variable (`CHAT_LIMITS_MAX_FRAME_BYTES`) and appears in error
+//! messages, so an operator can always tell which setting and which source a complaint is
+//! about. Errors are one line because they are printed at startup, before logging exists.
+//!
+//! - `registry.rs`: the key table: names, parsers, where each value is stored.
+//! - `source.rs`: the file (walked recursively, to any depth), the environment, flags.
+//!
+//! The command line itself (subcommands, which flag sets which key) is [`crate::cli`]'s.
+
+mod registry;
+mod source;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use source::Flag;
+
+/// A configuration problem, displayed as one line naming the key or flag and the source.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error: {}", self.0)
+    }
+}
+
+impl ConfigError {
+    /// A complaint about the command line, worded like the others: it names the flag or
+    /// argument.
+    pub(crate) fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError(message.into())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All settings of the server, after merging every source.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory holding the database and the generated JWT secret (key `data`).
+    pub data_dir: PathBuf,
+    /// Address the HTTP/WebSocket listener binds to (key `bind`).
+    pub bind: SocketAddr,
+    /// HS256 signing secret (key `jwt_secret`); `None` means use the generated one kept in
+    /// the data directory.
+    pub jwt_secret: Option<String>,
+    /// Log output format (key `log_format`).
+    pub log_format: LogFormat,
+    /// Resource limits (section `[limits]`).
+    pub limits: Limits,
+    /// Storage tuning (section `[storage]`).
+    pub storage: StorageConfig,
+    /// Memory budgets (section `[memory]`).
+    pub memory: MemoryConfig,
+    /// Cross-origin settings for the HTTP API and Socket.IO (section `[cors]`).
+    pub cors: CorsConfig,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Pretty,
+    /// One JSON object per line for log collectors.
+    Json,
+}
+
+/// Limits that protect the server from heavy or misbehaving clients (PROTOCOL.md section 6).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted message text, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest WebSocket message (fragments reassembled) or long-polling body, in bytes.
+    pub max_frame_bytes: usize,
+    /// Bound on one connection's queued outbound bytes before it is dropped as too slow.
+    pub max_outbound_bytes: usize,
+    /// Global cap on open connections.
+    pub max_connections: usize,
+    /// Cap on open connections per user.
+    pub max_connections_per_user: usize,
+    /// Cap on HTTP requests and upgrades in progress at once.
+    pub max_pending_upgrades: usize,
+    /// Sustained rate of new messages per user, per second.
+    pub send_rate_per_sec: f64,
+    /// Burst of new messages a user may send above the sustained rate.
+    pub send_burst: u32,
+    /// Sustained rate of reads, typing and requests per user, per second.
+    pub request_rate_per_sec: f64,
+    /// Burst of reads, typing and requests above the sustained rate.
+    pub request_burst: u32,
+    /// Seconds without client traffic before the server sends a ping.
+    pub ping_after_secs: u64,
+    /// Further seconds of silence after the ping before the connection is dropped.
+    pub idle_timeout_secs: u64,
+    /// Largest accepted HTTP request body, in bytes.
+    pub max_http_body_bytes: usize,
+    /// Seconds an HTTP request may take before it is abandoned.
+    pub request_timeout_secs: u64,
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+}
+
+/// Byte (or entry) budgets for everything in the process that grows with use, so that an
+/// operator can size a box: the README's memory table says what each one costs.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    /// redb's page cache (reads and the write buffer together); redb's own default is 1 GiB.
+    pub redb_cache_bytes: usize,
+    /// The latest-50 cache of recently active rooms, serialized bytes plus overhead.
+    pub recent_cache_bytes: usize,
+    /// Outbound bytes queued across all connections; past it the largest queues are cut.
+    pub outbound_total_bytes: usize,
+    /// Users whose rate-limit buckets are remembered at once (full buckets are dropped).
+    pub rate_limit_users: usize,
+}
+
+/// Cross-origin resource sharing for the HTTP API and Socket.IO's long-polling.
+#[derive(Debug, Clone, Default)]
+pub struct CorsConfig {
+    /// Origins allowed to call the HTTP API from a browser; empty allows none, `*` any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./db"),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt_secret: None,
+            log_format: LogFormat::Pretty,
+            limits: Limits::default(),
+            storage: StorageConfig::default(),
+            memory: MemoryConfig::default(),
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 8192,
+            max_frame_bytes: 65536,
+            max_outbound_bytes: 4 * 1024 * 1024,
+            max_connections: 20000,
+            max_connections_per_user: 32,
+            max_pending_upgrades: 1024,
+            send_rate_per_sec: 20.0,
+            send_burst: 50,
+            request_rate_per_sec: 50.0,
+            request_burst: 100,
+            ping_after_secs: 30,
+            idle_timeout_secs: 60,
+            max_http_body_bytes: 65536,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { max_batch: 1024 }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            redb_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            recent_cache_bytes: 32 * 1024 * 1024,
+            outbound_total_bytes: 32 * 1024 * 1024,
+            rate_limit_users: 50_000,
+        }
+    }
+}
+
+/// Resolves the settings: `file` (else the one `CHAT_CONFIG` names), then the environment,
+/// then `flags`, over the defaults; then checks the settings that relate to each other.
+pub fn load(
+    file: Option<PathBuf>,
+    flags: &[Flag],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let cfg = source::resolve(&registry::REGISTRY, file, flags, env)?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+/// Checks that relate several settings; single values are checked as they are set.
+fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let l = &cfg.limits;
+    if l.max_message_bytes > l.max_frame_bytes {
+        return Err(ConfigError(format!(
+            "limits.max_message_bytes ({}) must not exceed limits.max_frame_bytes ({})",
+            l.max_message_bytes, l.max_frame_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Helpers for the tests of this module and its children.
+#[cfg(test)]
+mod testing {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use super::{Config, ConfigError};
+
+    /// An environment lookup over `pairs`.
+    pub(super) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    /// [`super::load`] with no flags: `file`, if any, then `pairs` as the environment.
+    pub(super) fn load(
+        file: Option<&tempfile::NamedTempFile>,
+        pairs: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        super::load(file.map(|f| f.path().to_owned()), &[], &env(pairs))
+    }
+
+    /// The error's text, checked to be one line with the usual prefix.
+    pub(super) fn error(result: Result<Config, ConfigError>) -> String {
+        let e = result.unwrap_err().to_string();
+        assert!(!e.contains('\n'), "not one line: {e}");
+        assert!(e.starts_with("config error: "), "{e}");
+        e
+    }
+
+    /// A temporary file holding `text`.
+    pub(super) fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    pub(super) fn path(f: &tempfile::NamedTempFile) -> &str {
+        f.path().to_str().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registry::{env_var, REGISTRY};
+    use super::testing::{env, error, file, load, path};
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./db"));
+        assert_eq!(c.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.jwt_secret, None);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.limits.max_message_bytes, 8192);
+        assert_eq!(c.limits.max_frame_bytes, 65536);
+        assert_eq!(c.limits.max_outbound_bytes, 4194304);
+        assert_eq!(c.limits.max_connections, 20000);
+        assert_eq!(c.limits.max_connections_per_user, 32);
+        assert_eq!(c.limits.max_pending_upgrades, 1024);
+        assert_eq!(c.limits.send_rate_per_sec, 20.0);
+        assert_eq!(c.limits.send_burst, 50);
+        assert_eq!(c.limits.request_rate_per_sec, 50.0);
+        assert_eq!(c.limits.request_burst, 100);
+        assert_eq!(c.limits.ping_after_secs, 30);
+        assert_eq!(c.limits.idle_timeout_secs, 60);
+        assert_eq!(c.limits.max_http_body_bytes, 65536);
+        assert_eq!(c.limits.request_timeout_secs, 30);
+        assert_eq!(c.storage.max_batch, 1024);
+        assert_eq!(c.memory.redb_cache_bytes, 16 << 20);
+        assert_eq!(c.memory.recent_cache_bytes, 32 << 20);
+        assert_eq!(c.memory.outbound_total_bytes, 32 << 20);
+        assert_eq!(c.memory.rate_limit_users, 50_000);
+        assert!(c.cors.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn precedence_flag_env_file_default() {
+        let f = file(
+            "data = \"/file\"\nbind = \"127.0.0.1:1\"\njwt_secret = \"file\"\n\
+             [limits]\nmax_frame_bytes = 10000\n",
+        );
+        let p = path(&f);
+        let env = env(&[
+            ("CHAT_CONFIG", p),
+            ("CHAT_DATA", "/env"),
+            ("CHAT_BIND", "127.0.0.1:2"),
+            ("CHAT_JWT_SECRET", "env"),
+            ("CHAT_LIMITS_MAX_FRAME_BYTES", "20000"),
+        ]);
+        let flags = [
+            ("data", "/flag"),
+            ("bind", "127.0.0.1:3"),
+            ("jwt_secret", "flag"),
+        ]
+        .map(|(key, value)| Flag {
+            key,
+            name: "--some-flag",
+            value: value.to_owned(),
+        });
+
+        // Flags beat the environment.
+        let c = super::load(None, &flags, &env).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        assert_eq!(c.bind.port(), 3);
+        assert_eq!(c.jwt_secret.as_deref(), Some("flag"));
+        // There is no flag for limits, so the environment wins there.
+        assert_eq!(c.limits.max_frame_bytes, 20000);
+
+        // The environment beats the file.
+        let c = super::load(None, &[], &env).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert_eq!(c.bind.port(), 2);
+        assert_eq!(c.jwt_secret.as_deref(), Some("env"));
+        assert_eq!(c.limits.max_frame_bytes, 20000);
+
+        // The file beats the defaults; it can be given directly as well as by CHAT_CONFIG.
+        let c = load(Some(&f), &[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/file"));
+        assert_eq!(c.bind.port(), 1);
+        assert_eq!(c.jwt_secret.as_deref(), Some("file"));
+        assert_eq!(c.limits.max_frame_bytes, 10000);
+        // Keys the file leaves out keep their defaults.
+        assert_eq!(c.limits.max_message_bytes, 8192);
+    }
+
+    #[test]
+    fn a_named_file_beats_config_env_and_empty_env_is_unset() {
+        let a = file("data = \"/a\"\n");
+        let c = load(
+            Some(&a),
+            &[("CHAT_CONFIG", "/nonexistent.toml"), ("CHAT_DATA", "")],
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/a"));
+    }
+
+    #[test]
+    fn env_covers_every_section() {
+        let c = load(
+            None,
+            &[
+                ("CHAT_LOG_FORMAT", "json"),
+                ("CHAT_LIMITS_SEND_RATE_PER_SEC", "2.5"),
+                ("CHAT_STORAGE_MAX_BATCH", "7"),
+                ("CHAT_MEMORY_RATE_LIMIT_USERS", "9"),
+                (
+                    "CHAT_CORS_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example,",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.limits.send_rate_per_sec, 2.5);
+        assert_eq!(c.storage.max_batch, 7);
+        assert_eq!(c.memory.rate_limit_users, 9);
+        assert_eq!(
+            c.cors.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn message_may_not_exceed_frame() {
+        let e = error(load(None, &[("CHAT_LIMITS_MAX_FRAME_BYTES", "100")]));
+        assert!(e.contains("limits.max_message_bytes (8192)"), "{e}");
+        assert!(e.contains("limits.max_frame_bytes (100)"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_file() {
+        let e = error(load(None, &[("CHAT_CONFIG", "/definitely/not/here.toml")]));
+        assert!(e.contains("/definitely/not/here.toml"), "{e}");
+    }
+
+    #[test]
+    fn example_file_lists_every_key_with_its_default() {
+        let example = include_str!("../../config.toml.example");
+        let mut c = Config::default();
+        source::apply_file(&mut c, &REGISTRY, example, "config.toml.example").unwrap();
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+
+        // Uncommenting every `# key = value` line must give the defaults and every key.
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    }) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        for key in REGISTRY.keys {
+            let leaf = key.name.rsplit('.').next().unwrap();
+            assert!(
+                uncommented.contains(&format!("\n{leaf} = ")),
+                "{} missing",
+                key.name
+            );
+            assert!(
+                example.contains(&env_var(key.name)),
+                "{} env missing",
+                key.name
+            );
+        }
+        let mut c = Config::default();
+        source::apply_file(&mut c, &REGISTRY, &uncommented, "uncommented example").unwrap();
+        c.jwt_secret = None;
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+    }
+}
