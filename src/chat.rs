@@ -14,16 +14,17 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::hub::{Hub, Outbound};
+use crate::model::{RoomKey, SessionUser};
 use crate::protocol::cursor::CursorCodec;
 use crate::protocol::event::{
     self, ClientEvent, MessagesRequest, ReadItem, RoomsRequest, SendMessage, Typing, MAX_READ_ITEMS,
 };
 use crate::protocol::room::resolve_partner;
 use crate::protocol::time::{format_millis, parse_rfc3339_millis};
-use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::{Bucket, Rate, RateLimiter};
 use crate::store::batch::SeenOutcome;
-use crate::store::{InboxCursor, RoomKey, Store};
+use crate::store::Store;
 use crate::writer::{outcome, AppendJob, SeenItem, Writer};
 
 /// A successful answer.
@@ -384,11 +385,7 @@ impl Chat {
             .inbox_page(&user.id, cursor.as_ref(), limit)
             .map_err(internal)?;
         let next_cursor = match page.last() {
-            Some(last) if page.len() == limit => Some(self.cursors.encode(&InboxCursor {
-                updated_ms: last.updated_ms,
-                room_id: last.room_id.clone(),
-                room_num: last.room_num,
-            })),
+            Some(last) if page.len() == limit => Some(self.cursors.encode(&last.cursor())),
             _ => None,
         };
         let mut rooms = Vec::with_capacity(page.len());

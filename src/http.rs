@@ -23,8 +23,9 @@ use crate::auth::bearer_token;
 use crate::config::CorsConfig;
 use crate::dialect::plain;
 use crate::metrics::{self, Dialect};
+use crate::model::SessionUser;
 use crate::protocol::event::{MessagesRequest, RoomsRequest};
-use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::protocol::{ChatError, ErrorCode};
 use crate::server::App;
 
 /// `{ "error": { "code", "message", … } }` with the status of its code.

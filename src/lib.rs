@@ -11,6 +11,8 @@
 //! - [`dialect::socketio`]: where a Socket.IO packet is decoded (socketioxide), and its
 //!   session; [`dialect`] itself decides how a reply is answered, for both dialects.
 //! - [`chat`]: the event handlers, shared by every dialect and the HTTP API.
+//! - [`model`]: the domain types that `protocol` and `store` share: users, messages, room
+//!   pairs, inbox and history pages.
 //! - [`protocol`]: payload shapes, room ids, timestamps, error codes.
 //! - [`writer`]: the group-commit writer, the only code that writes to the store; it
 //!   fans out `message:sent` / `message:seen` once a batch is durable.
@@ -29,6 +31,7 @@ pub mod dialect;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod model;
 pub mod protocol;
 pub mod ratelimit;
 pub mod server;

@@ -43,7 +43,8 @@ use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::hub::Subscription;
-use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::model::SessionUser;
+use crate::protocol::{ChatError, ErrorCode};
 use crate::{dialect, http};
 
 /// How long shutdown waits for connections to finish before giving up on them.

@@ -20,12 +20,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{Hub, Outbound};
 use crate::metrics;
+use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::time::{format_millis, now_millis};
-use crate::protocol::{ChatError, ChatMessage, SessionUser};
+use crate::protocol::ChatError;
 use crate::snapshot::{CacheStats, RecentCache};
 use crate::store::batch::{Appended, Batch, SeenOutcome};
-use crate::store::{RoomKey, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// A new message to store.
 pub struct AppendJob {

@@ -8,10 +8,10 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::records::{self, MessageRecord, RoomRecord};
 use super::{
-    latest_messages, newest_first, read_message, Result, RoomKey, StoreError, CLIENT_IDS, INBOX,
-    MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
+    latest_messages, newest_first, read_message, Result, StoreError, CLIENT_IDS, INBOX, MESSAGES,
+    META, PROFILES, ROOMS, ROOM_NUMS,
 };
-use crate::protocol::{ChatMessage, SessionUser};
+use crate::model::{ChatMessage, RoomKey, SessionUser};
 
 /// What a send did.
 #[derive(Debug, Clone)]

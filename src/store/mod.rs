@@ -26,8 +26,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::protocol::room::canonical_room_id;
-use crate::protocol::{ChatMessage, SessionUser};
+use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
 use records::RoomRecord;
 
 /// The on-disk format this binary writes. A store with a higher number is refused.
@@ -86,74 +85,6 @@ impl<E: Into<redb::Error>> From<E> for StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// The pair of participants of a room, lowest id first: the room's identity in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RoomKey {
-    pub low: String,
-    pub high: String,
-}
-
-impl RoomKey {
-    pub fn new(a: &str, b: &str) -> RoomKey {
-        let (low, high) = if a.as_bytes() <= b.as_bytes() {
-            (a, b)
-        } else {
-            (b, a)
-        };
-        RoomKey {
-            low: low.to_owned(),
-            high: high.to_owned(),
-        }
-    }
-
-    /// The id string that travels on the wire.
-    pub fn id(&self) -> String {
-        canonical_room_id(&self.low, &self.high)
-    }
-
-    /// The other participant (the user themself in a self room).
-    pub fn partner_of<'a>(&'a self, user: &str) -> &'a str {
-        if self.low == user {
-            &self.high
-        } else {
-            &self.low
-        }
-    }
-
-    pub fn is_self_room(&self) -> bool {
-        self.low == self.high
-    }
-}
-
-/// One page of a room's history, as `viewer` sees it.
-#[derive(Debug, Clone)]
-pub struct HistoryPage {
-    /// The other participant, with their remembered name.
-    pub partner: SessionUser,
-    /// Newest first.
-    pub messages: Vec<ChatMessage>,
-}
-
-/// One row of a user's inbox.
-#[derive(Debug, Clone)]
-pub struct InboxRoom {
-    pub room_num: u64,
-    pub room_id: String,
-    /// The other participant, with their remembered name.
-    pub partner: SessionUser,
-    pub last_message: ChatMessage,
-    pub unread: u64,
-    pub updated_ms: i64,
-}
-
-/// Position in an inbox listing: the sort key of the last row returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxCursor {
-    pub updated_ms: i64,
-    pub room_id: String,
-    pub room_num: u64,
-}
 
 /// Sort key that lists the most recent activity first in a forward scan.
 fn newest_first(updated_ms: i64) -> u64 {

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Result, StoreError};
-use crate::protocol::ChatMessage;
+use crate::model::ChatMessage;
 
 /// A room: its pair, its counters, and its unread counts.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chat_server::store::{RoomKey, Store};
+use chat_server::model::RoomKey;
+use chat_server::store::Store;
 
 use crate::client;
 use crate::target::{wait_healthy, Launch, Target};
