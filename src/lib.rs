@@ -20,7 +20,9 @@
 //! - [`hub`]: where fan-out happens: per-user channels with bounded queues.
 //! - [`ratelimit`]: the per-user token buckets over sends and requests.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
-//! - [`store`]: where a message is stored: redb behind a typed API.
+//! - [`store`]: where a message is stored: the traits every backend implements (async
+//!   reads for the handlers, a sync write transaction for the writer), one error, one test
+//!   suite; [`store::redb`] is the backend, chosen in `main.rs`.
 //! - [`auth`], [`config`]: tokens; flags, environment and the config file.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 
