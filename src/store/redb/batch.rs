@@ -16,7 +16,7 @@ use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{Appended, Result, SeenOutcome, StoreError, WriteTxn};
 
 /// One write transaction, committed with fsync.
-pub struct Batch {
+pub(super) struct Batch {
     txn: WriteTransaction,
 }
 

@@ -19,7 +19,7 @@
 //!   user has, so an inbox page is one forward range scan.
 //! - `profiles`: user id → latest display name.
 
-pub mod batch;
+mod batch;
 mod records;
 
 use std::path::Path;
