@@ -16,7 +16,8 @@ use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::hub::Subscription;
-use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::model::SessionUser;
+use crate::protocol::{ChatError, ErrorCode};
 
 /// Shared state of the running server.
 pub struct App {

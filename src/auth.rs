@@ -15,8 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::model::SessionUser;
 use crate::protocol::room::is_valid_user_id;
-use crate::protocol::SessionUser;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 30;

@@ -14,16 +14,16 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::hub::{Hub, Outbound};
+use crate::model::{RoomKey, SessionUser};
 use crate::protocol::cursor::CursorCodec;
 use crate::protocol::event::{
     self, ClientEvent, MessagesRequest, ReadItem, RoomsRequest, SendMessage, Typing, MAX_READ_ITEMS,
 };
 use crate::protocol::room::resolve_partner;
 use crate::protocol::time::{format_millis, parse_rfc3339_millis};
-use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::{Bucket, Rate, RateLimiter};
-use crate::store::batch::SeenOutcome;
-use crate::store::{InboxCursor, RoomKey, Store};
+use crate::store::{ReadStore, SeenOutcome};
 use crate::writer::{outcome, AppendJob, SeenItem, Writer};
 
 /// A successful answer.
@@ -114,7 +114,7 @@ impl From<&crate::config::Config> for ChatLimits {
 /// Everything the handlers need: the store for reads, the writer for writes, the hub for
 /// relaying events that are not stored (typing).
 pub struct Chat {
-    store: Store,
+    store: Arc<dyn ReadStore>,
     writer: Writer,
     hub: Arc<Hub>,
     limits: ChatLimits,
@@ -146,7 +146,7 @@ fn internal(e: impl std::fmt::Display) -> ChatError {
 impl Chat {
     /// `secret` keys the inbox cursors, so only cursors this server issued are accepted.
     pub fn new(
-        store: Store,
+        store: Arc<dyn ReadStore>,
         writer: Writer,
         hub: Arc<Hub>,
         limits: ChatLimits,
@@ -191,8 +191,8 @@ impl Chat {
             ClientEvent::Message => self.send_message(user, data, arrived).await,
             ClientEvent::Read => self.mark_read(user, data).await,
             ClientEvent::Typing => self.typing(user, data).into(),
-            ClientEvent::Rooms => self.rooms(user, data).into(),
-            ClientEvent::Messages => self.messages(user, data).into(),
+            ClientEvent::Rooms => self.rooms(user, data).await.into(),
+            ClientEvent::Messages => self.messages(user, data).await.into(),
         }
     }
 
@@ -202,7 +202,7 @@ impl Chat {
     /// unchanged name costs a lookup and no commit, so reconnecting stays cheap. A failed
     /// write is logged and the connection goes on: a name is not worth refusing it for.
     pub async fn remember_profile(&self, user: &SessionUser) {
-        match self.store.profile(&user.id) {
+        match self.store.profile(&user.id).await {
             Ok(stored) if stored.name == user.name => {}
             Ok(_) => {
                 let written = self.writer.put_profile(user.clone()).await;
@@ -242,7 +242,10 @@ impl Chat {
             Ok(ok) => ok,
             Err(e) => return Handled::Done(Err(e)),
         };
-        let took_token = match self.send_allowance(user, &room, req.client_message_id.as_deref()) {
+        let took_token = match self
+            .send_allowance(user, &room, req.client_message_id.as_deref())
+            .await
+        {
             Ok(took_token) => took_token,
             Err(e) => return Handled::Done(Err(e)),
         };
@@ -275,7 +278,7 @@ impl Chat {
     /// The idempotency and rate-limit checks of a send: takes a send token (returning
     /// true), or lets a retry of an already stored message through without one (false),
     /// or refuses with `rate_limited`.
-    fn send_allowance(
+    async fn send_allowance(
         &self,
         user: &SessionUser,
         room: &RoomKey,
@@ -292,6 +295,7 @@ impl Chat {
         match self
             .store
             .find_by_client_id(room, &user.id, client_message_id)
+            .await
         {
             Ok(Some(_)) => Ok(false),
             Ok(None) => Err(refused),
@@ -362,16 +366,16 @@ impl Chat {
     }
 
     /// One page of the user's inbox (the `rooms` event and `GET /api/rooms`).
-    pub fn rooms(&self, user: &SessionUser, data: &str) -> Reply {
+    pub async fn rooms(&self, user: &SessionUser, data: &str) -> Reply {
         let req: RoomsRequest = if data == "null" {
             RoomsRequest::default()
         } else {
             event::parse(ClientEvent::Rooms, data)?
         };
-        self.rooms_page(user, &req)
+        self.rooms_page(user, &req).await
     }
 
-    pub fn rooms_page(&self, user: &SessionUser, req: &RoomsRequest) -> Reply {
+    pub async fn rooms_page(&self, user: &SessionUser, req: &RoomsRequest) -> Reply {
         let limit = req.checked_limit()?;
         let cursor = req
             .cursor
@@ -382,13 +386,10 @@ impl Chat {
         let page = self
             .store
             .inbox_page(&user.id, cursor.as_ref(), limit)
+            .await
             .map_err(internal)?;
         let next_cursor = match page.last() {
-            Some(last) if page.len() == limit => Some(self.cursors.encode(&InboxCursor {
-                updated_ms: last.updated_ms,
-                room_id: last.room_id.clone(),
-                room_num: last.room_num,
-            })),
+            Some(last) if page.len() == limit => Some(self.cursors.encode(&last.cursor())),
             _ => None,
         };
         let mut rooms = Vec::with_capacity(page.len());
@@ -408,13 +409,13 @@ impl Chat {
     }
 
     /// One page of a room's history (the `messages` event).
-    pub fn messages(&self, user: &SessionUser, data: &str) -> Reply {
+    pub async fn messages(&self, user: &SessionUser, data: &str) -> Reply {
         let req: MessagesRequest = event::parse(ClientEvent::Messages, data)?;
-        self.messages_page(user, &req)
+        self.messages_page(user, &req).await
     }
 
     /// One page of a room's history (`messages` and `GET /api/rooms/{id}/messages`).
-    pub fn messages_page(&self, user: &SessionUser, req: &MessagesRequest) -> Reply {
+    pub async fn messages_page(&self, user: &SessionUser, req: &MessagesRequest) -> Reply {
         let limit = req.checked_limit()?;
         let before = req.checked_before()?;
         let room = room_for(&user.id, &req.room_id)?;
@@ -422,6 +423,7 @@ impl Chat {
         let page = self
             .store
             .messages_page(&room, &user.id, before, limit)
+            .await
             .map_err(internal)?;
         Ok(Success::request(
             ClientEvent::Messages,

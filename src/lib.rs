@@ -17,6 +17,8 @@
 //!   session; [`dialect::frame_limit`]: its WebSocket messages' size limit, with close
 //!   1009; [`dialect`] itself decides how a reply is answered, for both dialects.
 //! - [`chat`]: the event handlers, shared by every dialect and the HTTP API.
+//! - [`model`]: the domain types that `protocol` and `store` share: users, messages, room
+//!   pairs, inbox and history pages.
 //! - [`protocol`]: payload shapes, room ids, timestamps, error codes.
 //! - [`writer`]: the group-commit writer, the only code that writes to the store; it
 //!   fans out `message:sent` / `message:seen` once a batch is durable.
@@ -24,7 +26,9 @@
 //! - [`hub`]: where fan-out happens: per-user channels with bounded queues.
 //! - [`ratelimit`]: the per-user token buckets over sends and requests.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
-//! - [`store`]: where a message is stored: redb behind a typed API.
+//! - [`store`]: where a message is stored: the traits every backend implements (async
+//!   reads for the handlers, a sync write transaction for the writer), one error, one test
+//!   suite; [`store::redb`] is the backend, chosen in `main.rs`.
 //! - [`auth`]: tokens: verify, mint.
 //! - [`cli`]: the subcommands and their flags, turned into a [`cli::Command`].
 //! - [`config`]: the settings, their key registry, and file → environment → flag.
@@ -39,6 +43,7 @@ pub mod dialect;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod model;
 pub mod protocol;
 pub mod ratelimit;
 pub mod server;

@@ -12,7 +12,7 @@ use chat_server::config::{Config, LogFormat};
 use chat_server::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
-use chat_server::store::Store;
+use chat_server::store::redb::RedbStore;
 use chat_server::writer::{Writer, WriterConfig};
 
 /// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
@@ -93,15 +93,17 @@ fn serve(config: Config) -> ExitCode {
             Ok(secret) => secret,
             Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
         };
-        let store = match Store::open_with_cache(&config.data_dir, config.memory.redb_cache_bytes) {
-            Ok(store) => store,
-            Err(e) => {
-                return fail(format_args!(
-                    "cannot open {}: {e}",
-                    config.data_dir.display()
-                ))
-            }
-        };
+        // The composition root: the one place that picks the storage backend.
+        let store =
+            match RedbStore::open_with_cache(&config.data_dir, config.memory.redb_cache_bytes) {
+                Ok(store) => Arc::new(store),
+                Err(e) => {
+                    return fail(format_args!(
+                        "cannot open {}: {e}",
+                        config.data_dir.display()
+                    ))
+                }
+            };
         let listener = match tokio::net::TcpListener::bind(config.bind).await {
             Ok(listener) => listener,
             Err(e) => return fail(format_args!("cannot listen on {}: {e}", config.bind)),

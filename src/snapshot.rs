@@ -20,9 +20,9 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
-use crate::protocol::{ChatMessage, SessionUser};
-use crate::store::{Result, RoomKey};
+use crate::store::Result;
 
 /// The cache's size, readable from any thread while the writer changes it.
 #[derive(Debug, Default)]

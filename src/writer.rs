@@ -1,7 +1,7 @@
 //! The group-commit writer: the only place that writes to the store.
 //!
 //! Sends, reads and the changed names of connecting users queue to one thread. Each round
-//! it takes all that is queued (up to `max_batch`), applies it in one redb write
+//! it takes all that is queued (up to `max_batch`), applies it in one write
 //! transaction, commits once with fsync, and only then fans out `message:sent` /
 //! `message:seen` and answers the callers (a handshake waits for its name's answer).
 //! Under load the queue fills while the previous commit is syncing, so batches grow by
@@ -10,6 +10,10 @@
 //! Doing the fan-out here, in commit order, is what keeps every connection's
 //! `message:sent` events of one room in increasing id order. The thread is a plain OS
 //! thread because commits block on fsync, which must not stall the async runtime.
+//!
+//! Both guarantees (answer only once durable, fan out in commit order) live here, above
+//! the storage traits, so every backend gets them: a backend only has to make
+//! [`WriteTxn::commit`] return once the transaction is durable.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,12 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{Hub, Outbound};
 use crate::metrics;
+use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::time::{format_millis, now_millis};
-use crate::protocol::{ChatError, ChatMessage, SessionUser};
+use crate::protocol::ChatError;
 use crate::snapshot::{CacheStats, RecentCache};
-use crate::store::batch::{Appended, Batch, SeenOutcome};
-use crate::store::{RoomKey, Store, StoreError};
+use crate::store::{Appended, SeenOutcome, StoreError, WriteStore, WriteTxn};
 
 /// A new message to store.
 pub struct AppendJob {
@@ -107,7 +111,7 @@ fn closed() -> ChatError {
 
 impl Writer {
     /// Starts the writer thread.
-    pub fn spawn(store: Store, hub: Arc<Hub>, config: WriterConfig) -> WriterThread {
+    pub fn spawn(store: Arc<dyn WriteStore>, hub: Arc<Hub>, config: WriterConfig) -> WriterThread {
         let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
         let cache = RecentCache::new(config.recent_cache_bytes);
         let recent_cache = cache.stats();
@@ -188,7 +192,7 @@ impl WriterThread {
 
 /// What the writer thread owns.
 struct State {
-    store: Store,
+    store: Arc<dyn WriteStore>,
     hub: Arc<Hub>,
     cache: RecentCache,
 }
@@ -254,11 +258,11 @@ impl State {
             for job in jobs {
                 match job {
                     Job::Append(job) => {
-                        let result = self.apply_append(&mut batch, &job, &mut deliveries);
+                        let result = self.apply_append(batch.as_mut(), &job, &mut deliveries);
                         replies.push(Reply::Append(job.reply, result, job.arrived));
                     }
                     Job::Seen(job) => {
-                        let result = self.apply_seen(&mut batch, &job, &mut deliveries);
+                        let result = self.apply_seen(batch.as_mut(), &job, &mut deliveries);
                         replies.push(Reply::Seen(job.reply, result));
                     }
                     Job::Profile(job) => {
@@ -314,7 +318,7 @@ impl State {
 
     fn apply_append(
         &mut self,
-        batch: &mut Batch,
+        batch: &mut dyn WriteTxn,
         job: &AppendJob,
         deliveries: &mut Vec<Delivery>,
     ) -> Result<AppendOutcome, ChatError> {
@@ -358,7 +362,7 @@ impl State {
 
     fn apply_seen(
         &mut self,
-        batch: &mut Batch,
+        batch: &mut dyn WriteTxn,
         job: &SeenJob,
         deliveries: &mut Vec<Delivery>,
     ) -> Result<Vec<(usize, SeenOutcome)>, ChatError> {

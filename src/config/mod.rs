@@ -178,7 +178,7 @@ impl Default for StorageConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
-            redb_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            redb_cache_bytes: crate::store::redb::DEFAULT_CACHE_BYTES,
             recent_cache_bytes: 32 * 1024 * 1024,
             outbound_total_bytes: 32 * 1024 * 1024,
             rate_limit_users: 50_000,

@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 
 use crate::chat::{Chat, Reply};
 use crate::metrics;
+use crate::model::SessionUser;
 use crate::protocol::event::ClientEvent;
-use crate::protocol::{ChatError, SessionUser};
+use crate::protocol::ChatError;
 
 /// A request's answer to come: its event name (when usable), the dialect's ack handle `A`,
 /// and the reply, which may wait for a commit. Sessions keep these in request order.

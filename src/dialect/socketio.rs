@@ -44,7 +44,8 @@ use crate::chat::Chat;
 use crate::http::query::{query_pairs, query_value};
 use crate::hub::{OverflowSignal, Subscription};
 use crate::metrics::{self, Dialect};
-use crate::protocol::{ChatError, ErrorCode, SessionUser};
+use crate::model::SessionUser;
+use crate::protocol::{ChatError, ErrorCode};
 
 /// Engine.IO's heartbeat: a ping every 25 s, answered within 20 s (Socket.IO's defaults).
 const PING_INTERVAL: Duration = Duration::from_secs(25);

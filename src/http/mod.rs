@@ -121,39 +121,39 @@ pub fn routes(
         .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(query)
-        .map(|app: Arc<App>, headers: HeaderMap, query: String| {
-            let reply = bearer_header(&headers)
-                .and_then(|token| app.authenticate(token))
-                .and_then(|user| {
+        .then(
+            |app: Arc<App>, headers: HeaderMap, query: String| async move {
+                let reply = async {
+                    let user = app.authenticate(bearer_header(&headers)?)?;
                     let pairs = query_pairs(&query)?;
                     let req = RoomsRequest {
                         limit: query_number(&pairs, "limit")?,
                         cursor: query_param(&pairs, "cursor")?.map(str::to_owned),
                     };
-                    app.chat.rooms_page(&user, &req)
-                });
-            reply_response(reply)
-        });
+                    app.chat.rooms_page(&user, &req).await
+                };
+                reply_response(reply.await)
+            },
+        );
 
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
         .and(with_app)
         .and(warp::header::headers_cloned())
         .and(query)
-        .map(
-            |segment: String, app: Arc<App>, headers: HeaderMap, query: String| {
-                let reply = bearer_header(&headers)
-                    .and_then(|token| app.authenticate(token))
-                    .and_then(|user| {
-                        let pairs = query_pairs(&query)?;
-                        let req = MessagesRequest {
-                            room_id: room_id_from_path(&segment)?,
-                            before: query_number(&pairs, "before")?,
-                            limit: query_number(&pairs, "limit")?,
-                        };
-                        app.chat.messages_page(&user, &req)
-                    });
-                reply_response(reply)
+        .then(
+            |segment: String, app: Arc<App>, headers: HeaderMap, query: String| async move {
+                let reply = async {
+                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let pairs = query_pairs(&query)?;
+                    let req = MessagesRequest {
+                        room_id: room_id_from_path(&segment)?,
+                        before: query_number(&pairs, "before")?,
+                        limit: query_number(&pairs, "limit")?,
+                    };
+                    app.chat.messages_page(&user, &req).await
+                };
+                reply_response(reply.await)
             },
         );
 

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::ChatError;
-use crate::store::InboxCursor;
+use crate::model::InboxCursor;
 
 const PREFIX: &str = "c1.";
 /// Hex digits of the tag kept in the cursor (64 bits: plenty against guessing).

@@ -15,42 +15,9 @@ pub use error::{ChatError, ErrorCode};
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-/// Who is on the other end of a connection: the token's `sub` and display name.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SessionUser {
-    /// The user id (the token's `sub`).
-    pub id: String,
-    /// The display name: the token's `name` claim, or the id when it has none.
-    pub name: String,
-}
+use crate::model::ChatMessage;
 
-impl SessionUser {
-    /// A user known only by id (never connected, or no stored profile).
-    pub fn unnamed(id: &str) -> SessionUser {
-        SessionUser {
-            id: id.to_owned(),
-            name: id.to_owned(),
-        }
-    }
-}
-
-/// One stored message. Times are kept as Unix milliseconds and formatted only on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatMessage {
-    /// Per-room id: 1, 2, 3, … without gaps.
-    pub id: u64,
-    /// The sender's user id.
-    pub user_id: String,
-    /// The text as sent.
-    pub message: String,
-    /// When the server accepted it; never decreases within a room.
-    pub sent_ms: i64,
-    /// When the partner first saw it.
-    pub seen_ms: Option<i64>,
-    /// The sender's own key for the message, echoed back for optimistic UIs.
-    pub client_message_id: Option<String>,
-}
-
+/// A message as the protocol spells it: `sentAt` / `seenAt` as RFC 3339 strings.
 impl Serialize for ChatMessage {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("ChatMessage", 6)?;

@@ -15,16 +15,9 @@ pub fn is_valid_user_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'+' | b'-'))
 }
 
-/// "<lowest>-<highest>", ids compared bytewise as strings (so "10" < "9"). Self room "a-a".
-pub fn canonical_room_id(a: &str, b: &str) -> String {
-    // `str` ordering is bytewise, which is what JavaScript's `<` does on this ASCII alphabet.
-    let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    let mut id = String::with_capacity(low.len() + 1 + high.len());
-    id.push_str(low);
-    id.push('-');
-    id.push_str(high);
-    id
-}
+/// How a pair is spelled on the wire; defined beside [`crate::model::RoomKey`], whose id it
+/// is, and used here to check what a client sent.
+pub use crate::model::canonical_room_id;
 
 /// Why a room id is refused for a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,63 +1,45 @@
-//! Where messages are stored: a redb database behind a narrow, typed API.
+//! Where messages are stored: the traits every storage backend implements, and the error
+//! they share. The backend is chosen once, in `main.rs`, and held as `Arc<dyn ...>` here.
 //!
-//! Nothing outside this module touches redb. Reads ([`Store`]) run in MVCC read
-//! transactions and never wait for the writer; writes go through a [`batch::Batch`], which
-//! only the group-commit writer (`crate::writer`) opens, so there is exactly one write
-//! transaction at a time and every commit is fsync'd (`Durability::Immediate`).
+//! The store is split by who uses it:
+//! - [`ReadStore`]: the queries the handlers and the HTTP API answer from (history page,
+//!   inbox page, profile, a `clientMessageId` lookup). Async, so a network database can
+//!   answer without blocking a runtime worker; an embedded one answers on the calling task.
+//! - [`WriteStore`] / [`WriteTxn`]: the write side, used only by the group-commit writer
+//!   (`crate::writer`) on its own OS thread, so it is synchronous. One [`WriteTxn`] per
+//!   round: it sees its own uncommitted writes, and [`WriteTxn::commit`] returns only once
+//!   everything in it is durable. Dropping it without committing stores nothing.
 //!
-//! Layout (values are `postcard`-encoded records from [`records`]):
-//! - `meta`: `format_version`, `next_room_num`.
-//! - `room_nums`: (low user, high user) → room number. Rooms are stored under their *pair* of
-//!   participants, never under the id string alone, because ids with `-` can make two pairs
-//!   share one id string (PROTOCOL.md section 1).
-//! - `rooms`: room number → [`records::RoomRecord`] (pair, last id, last `sentAt`, unread).
-//! - `messages`: (room number, message id) → [`records::MessageRecord`]. Big-endian tuple
-//!   keys, so "latest 50" is one reverse range scan.
-//! - `client_ids`: (room number, sender, clientMessageId) → message id, for exactly-once.
-//! - `inbox`: (user, newest-first time key, room id, room number) → (), one row per room a
-//!   user has, so an inbox page is one forward range scan.
-//! - `profiles`: user id → latest display name.
+//! What the product guarantees on top ("acknowledge only after durable", "fan-out in
+//! commit order") is written once, in the writer, whatever the backend.
+//!
+//! Backends: [`redb`] (embedded, the default). `suite` is the behaviour every backend
+//! must show, written once against these traits.
 
-pub mod batch;
-mod records;
+pub mod redb;
+#[cfg(test)]
+mod suite;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-
-use crate::protocol::room::canonical_room_id;
-use crate::protocol::{ChatMessage, SessionUser};
-use records::RoomRecord;
-
-/// The on-disk format this binary writes. A store with a higher number is refused.
-pub const FORMAT_VERSION: u64 = 1;
-/// File name of the database inside the data directory.
-pub const DB_FILE: &str = "chat.redb";
-/// redb's page cache unless configured (`memory.redb_cache_bytes`). redb's own default,
-/// 1 GiB, would let the cache alone outgrow a small box as the store grows. Measured on a
-/// store of 1,000,000 messages (README, "Memory"): history pages take a median 18.8 us
-/// with 16 MiB against 15.1 us with the whole 255 MiB file cached, and the cache costs
-/// about 1.6 times its setting in RSS.
-pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
-
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const ROOM_NUMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("room_nums");
-const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
-const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
-const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("client_ids");
-const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
-const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
+use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
 
 /// Why the store failed. Callers report it as `internal`; the detail goes to the log.
 #[derive(Debug)]
 pub enum StoreError {
-    /// redb reported an I/O or consistency failure.
-    Db(redb::Error),
-    /// A stored value did not decode: the file is damaged or from an unknown format.
+    /// The database reported a failure (I/O, consistency, a lost connection), kept as the
+    /// backend's own error for the log.
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// A stored value did not decode: the data is damaged or from an unknown format.
     Corrupt(String),
-    /// The data directory was written by a newer chat-server.
-    NewerFormat(u64),
+    /// The data was written by a newer chat-server.
+    NewerFormat {
+        /// The format the data is in.
+        found: u64,
+        /// The newest format this binary understands.
+        supported: u64,
+    },
     /// The data directory could not be created or synced.
     Io(std::io::Error),
 }
@@ -65,12 +47,12 @@ pub enum StoreError {
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreError::Db(e) => write!(f, "storage error: {e}"),
+            StoreError::Backend(e) => write!(f, "storage error: {e}"),
             StoreError::Corrupt(what) => write!(f, "corrupt record: {what}"),
-            StoreError::NewerFormat(v) => write!(
+            StoreError::NewerFormat { found, supported } => write!(
                 f,
-                "the data directory uses store format {v}, newer than this chat-server \
-                 understands ({FORMAT_VERSION}); run a newer chat-server"
+                "the data directory uses store format {found}, newer than this chat-server \
+                 understands ({supported}); run a newer chat-server"
             ),
             StoreError::Io(e) => write!(f, "cannot prepare the data directory: {e}"),
         }
@@ -79,296 +61,105 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-impl<E: Into<redb::Error>> From<E> for StoreError {
-    fn from(e: E) -> StoreError {
-        StoreError::Db(e.into())
-    }
-}
-
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The pair of participants of a room, lowest id first: the room's identity in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RoomKey {
-    pub low: String,
-    pub high: String,
-}
+/// The answer to a read: boxed so that [`ReadStore`] can be used as `dyn ReadStore`.
+pub type Read<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-impl RoomKey {
-    pub fn new(a: &str, b: &str) -> RoomKey {
-        let (low, high) = if a.as_bytes() <= b.as_bytes() {
-            (a, b)
-        } else {
-            (b, a)
-        };
-        RoomKey {
-            low: low.to_owned(),
-            high: high.to_owned(),
-        }
-    }
-
-    /// The id string that travels on the wire.
-    pub fn id(&self) -> String {
-        canonical_room_id(&self.low, &self.high)
-    }
-
-    /// The other participant (the user themself in a self room).
-    pub fn partner_of<'a>(&'a self, user: &str) -> &'a str {
-        if self.low == user {
-            &self.high
-        } else {
-            &self.low
-        }
-    }
-
-    pub fn is_self_room(&self) -> bool {
-        self.low == self.high
-    }
-}
-
-/// One page of a room's history, as `viewer` sees it.
-#[derive(Debug, Clone)]
-pub struct HistoryPage {
-    /// The other participant, with their remembered name.
-    pub partner: SessionUser,
-    /// Newest first.
-    pub messages: Vec<ChatMessage>,
-}
-
-/// One row of a user's inbox.
-#[derive(Debug, Clone)]
-pub struct InboxRoom {
-    pub room_num: u64,
-    pub room_id: String,
-    /// The other participant, with their remembered name.
-    pub partner: SessionUser,
-    pub last_message: ChatMessage,
-    pub unread: u64,
-    pub updated_ms: i64,
-}
-
-/// Position in an inbox listing: the sort key of the last row returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxCursor {
-    pub updated_ms: i64,
-    pub room_id: String,
-    pub room_num: u64,
-}
-
-/// Sort key that lists the most recent activity first in a forward scan.
-fn newest_first(updated_ms: i64) -> u64 {
-    u64::MAX - updated_ms.max(0) as u64
-}
-
-/// The store: cheap to clone, safe to share; reads never block on the writer.
-#[derive(Clone)]
-pub struct Store {
-    db: Arc<Database>,
-}
-
-impl Store {
-    /// Opens (creating when absent) the store in `data_dir`, refusing a newer format, with
-    /// a page cache of [`DEFAULT_CACHE_BYTES`].
-    pub fn open(data_dir: &Path) -> Result<Store> {
-        Store::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
-    }
-
-    /// Opens the store with a page cache of `cache_bytes` (`memory.redb_cache_bytes`).
-    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Store> {
-        std::fs::create_dir_all(data_dir).map_err(StoreError::Io)?;
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(data_dir.join(DB_FILE))?;
-        let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let version = meta.get("format_version")?.map(|v| v.value());
-            match version {
-                Some(v) if v > FORMAT_VERSION => return Err(StoreError::NewerFormat(v)),
-                Some(_) => {}
-                None => {
-                    meta.insert("format_version", FORMAT_VERSION)?;
-                }
-            }
-            // Create every table up front so read transactions never meet a missing one.
-            txn.open_table(ROOM_NUMS)?;
-            txn.open_table(ROOMS)?;
-            txn.open_table(MESSAGES)?;
-            txn.open_table(CLIENT_IDS)?;
-            txn.open_table(INBOX)?;
-            txn.open_table(PROFILES)?;
-        }
-        txn.commit()?;
-        // A new file's directory entry is durable only once the directory is synced; without
-        // this a power cut could lose the whole file along with acknowledged messages.
-        std::fs::File::open(data_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(StoreError::Io)?;
-        Ok(Store { db: Arc::new(db) })
-    }
-
-    /// Starts the one write transaction; only the writer task calls this.
-    pub fn begin(&self) -> Result<batch::Batch> {
-        batch::Batch::begin(&self.db)
-    }
-
+/// The queries the handlers answer from. Reads see every committed write and never wait
+/// for the writer's transaction.
+pub trait ReadStore: Send + Sync {
     /// The stored message a sender already sent with this `clientMessageId`, if any.
-    pub fn find_by_client_id(
-        &self,
-        room: &RoomKey,
-        sender: &str,
-        client_message_id: &str,
-    ) -> Result<Option<ChatMessage>> {
-        let txn = self.db.begin_read()?;
-        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
-            return Ok(None);
-        };
-        let id = txn
-            .open_table(CLIENT_IDS)?
-            .get((num, sender, client_message_id))?
-            .map(|g| g.value());
-        match id {
-            Some(id) => read_message(&txn.open_table(MESSAGES)?, num, id),
-            None => Ok(None),
-        }
-    }
+    fn find_by_client_id<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        sender: &'a str,
+        client_message_id: &'a str,
+    ) -> Read<'a, Option<ChatMessage>>;
 
     /// Up to `limit` messages of a room, newest first, all with ids below `before` if given,
     /// and `viewer`'s partner in it. A room without messages gives an empty page.
-    pub fn messages_page(
-        &self,
-        room: &RoomKey,
-        viewer: &str,
+    fn messages_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<HistoryPage> {
-        let txn = self.db.begin_read()?;
-        let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
-        let messages = match room_num(&txn.open_table(ROOM_NUMS)?, room)? {
-            Some(num) => latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)?,
-            None => Vec::new(),
-        };
-        Ok(HistoryPage { partner, messages })
-    }
+    ) -> Read<'a, HistoryPage>;
 
     /// One page of a user's rooms, most recent activity first, strictly after `after`.
-    pub fn inbox_page(
-        &self,
-        user: &str,
-        after: Option<&InboxCursor>,
+    fn inbox_page<'a>(
+        &'a self,
+        user: &'a str,
+        after: Option<&'a InboxCursor>,
         limit: usize,
-    ) -> Result<Vec<InboxRoom>> {
-        let txn = self.db.begin_read()?;
-        let inbox = txn.open_table(INBOX)?;
-        let rooms = txn.open_table(ROOMS)?;
-        let messages = txn.open_table(MESSAGES)?;
-        let profiles = txn.open_table(PROFILES)?;
-        let start = match after {
-            Some(c) => (
-                user,
-                newest_first(c.updated_ms),
-                c.room_id.as_str(),
-                c.room_num,
-            ),
-            None => (user, 0, "", 0),
-        };
-        let mut page = Vec::with_capacity(limit);
-        for row in inbox.range(start..(user, u64::MAX, "\u{7f}", u64::MAX))? {
-            let (key, _) = row?;
-            let (_, _, room_id, num) = key.value();
-            if after.is_some_and(|c| c.room_num == num && c.room_id == room_id) {
-                continue;
-            }
-            let record: RoomRecord = records::decode_room(
-                rooms
-                    .get(num)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("inbox names missing room {num}")))?
-                    .value(),
-            )?;
-            let last_message = read_message(&messages, num, record.last_id)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("room {num} lost message {}", record.last_id))
-            })?;
-            let partner = profile_in(&profiles, record.partner_of(user))?;
-            page.push(InboxRoom {
-                room_num: num,
-                room_id: room_id.to_owned(),
-                unread: record.unread_of(user),
-                updated_ms: record.last_sent_ms,
-                partner,
-                last_message,
-            });
-            if page.len() == limit {
-                break;
-            }
-        }
-        Ok(page)
-    }
+    ) -> Read<'a, Vec<InboxRoom>>;
 
     /// The profile remembered for a user; a user never seen is named by their id.
-    pub fn profile(&self, user: &str) -> Result<SessionUser> {
-        let txn = self.db.begin_read()?;
-        profile_in(&txn.open_table(PROFILES)?, user)
-    }
-
-    /// The room's per-user unread count (0 for a room without messages).
-    pub fn unread(&self, room: &RoomKey, user: &str) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
-            return Ok(0);
-        };
-        match txn.open_table(ROOMS)?.get(num)? {
-            Some(v) => Ok(records::decode_room(v.value())?.unread_of(user)),
-            None => Ok(0),
-        }
-    }
+    fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser>;
 }
 
-fn room_num(
-    table: &impl ReadableTable<(&'static str, &'static str), u64>,
-    room: &RoomKey,
-) -> Result<Option<u64>> {
-    Ok(table
-        .get((room.low.as_str(), room.high.as_str()))?
-        .map(|g| g.value()))
+/// The write side: only the group-commit writer calls it, so there is one write
+/// transaction at a time.
+pub trait WriteStore: Send + Sync {
+    /// Starts a write transaction.
+    fn begin(&self) -> Result<Box<dyn WriteTxn>>;
 }
 
-/// A user's remembered profile; a user never seen is named by their id.
-fn profile_in(
-    table: &impl ReadableTable<&'static str, &'static str>,
-    user: &str,
-) -> Result<SessionUser> {
-    let name = table.get(user)?.map(|g| g.value().to_owned());
-    Ok(SessionUser {
-        id: user.to_owned(),
-        name: name.unwrap_or_else(|| user.to_owned()),
-    })
+/// One write transaction, applied op by op and committed once.
+pub trait WriteTxn {
+    /// Stores a new message (upserting the room: ids 1, 2, 3, … per room, `sentAt` never
+    /// going back), or finds the one this sender already stored under `client_message_id`
+    /// in this room, in this transaction or before.
+    fn append(
+        &mut self,
+        room: &RoomKey,
+        sender: &str,
+        text: &str,
+        client_message_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Appended>;
+
+    /// The room's newest messages as this transaction sees them, newest first.
+    fn latest(&self, room: &RoomKey, limit: usize) -> Result<Vec<ChatMessage>>;
+
+    /// Marks a message the reader received as seen at `seen_date_ms`, clamped into
+    /// `[sentAt, max(sentAt, now)]`, and takes it off the reader's unread count. The first
+    /// `seenAt` wins.
+    fn mark_seen(
+        &mut self,
+        room: &RoomKey,
+        reader: &str,
+        message_id: u64,
+        seen_date_ms: i64,
+        now_ms: i64,
+    ) -> Result<SeenOutcome>;
+
+    /// Remembers a user's display name.
+    fn put_profile(&mut self, user: &SessionUser) -> Result<()>;
+
+    /// Makes everything applied durable; returns only once it is.
+    fn commit(self: Box<Self>) -> Result<()>;
 }
 
-fn read_message(
-    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
-    num: u64,
-    id: u64,
-) -> Result<Option<ChatMessage>> {
-    match table.get((num, id))? {
-        Some(v) => Ok(Some(records::decode_message(id, v.value())?)),
-        None => Ok(None),
-    }
+/// What a send did.
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// A new message, with its id and `sentAt`.
+    New(ChatMessage),
+    /// The sender already sent this `clientMessageId` here; nothing was stored.
+    Duplicate(ChatMessage),
 }
 
-fn latest_messages(
-    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
-    num: u64,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<Vec<ChatMessage>> {
-    let end = before.unwrap_or(u64::MAX);
-    let mut page = Vec::with_capacity(limit.min(64));
-    for row in table.range((num, 0)..(num, end))?.rev().take(limit) {
-        let (key, value) = row?;
-        page.push(records::decode_message(key.value().1, value.value())?);
-    }
-    Ok(page)
+/// What marking one message as seen did.
+#[derive(Debug, Clone)]
+pub enum SeenOutcome {
+    /// It became seen now.
+    Changed(ChatMessage),
+    /// It was already seen; the first `seenAt` stays.
+    AlreadySeen,
+    /// The room has no message with that id.
+    NotFound,
+    /// The reader sent it (every message of a self room).
+    OwnMessage,
 }
-
-#[cfg(test)]
-mod tests;

@@ -507,8 +507,8 @@ fn restart(opts: &Opts, runs: usize) -> Result<Value, String> {
                 secs.push(r.to_healthy.as_secs_f64());
                 rss.push(r.rss as f64);
             }
-            let size =
-                std::fs::metadata(dir.join(chat_server::store::DB_FILE)).map_or(0, |m| m.len());
+            let size = std::fs::metadata(dir.join(chat_server::store::redb::DB_FILE))
+                .map_or(0, |m| m.len());
             Ok((fill, secs, rss, size))
         });
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,13 +1,15 @@
 //! Restart: how long a server with a big store takes to answer `/healthz`, and whether its
 //! memory after start depends on the store's size.
 //!
-//! The store is filled directly through `Store::begin` / `Batch::append` in big batches:
-//! going through the socket would make filling a million messages the slow part.
+//! The store is filled directly through `WriteStore::begin` / `WriteTxn::append` in big
+//! batches: going through the socket would make filling a million messages the slow part.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chat_server::store::{RoomKey, Store};
+use chat_server::model::RoomKey;
+use chat_server::store::redb::RedbStore;
+use chat_server::store::WriteStore;
 
 use crate::client;
 use crate::target::{wait_healthy, Launch, Target};
@@ -20,7 +22,7 @@ const PER_ROOM: usize = 1_000;
 /// Writes `messages` messages (about 100 bytes of text each) into a store at `dir`.
 pub fn fill(dir: &Path, messages: usize) -> Result<Duration, String> {
     let started = Instant::now();
-    let store = Store::open(dir).map_err(|e| e.to_string())?;
+    let store = RedbStore::open(dir).map_err(|e| e.to_string())?;
     let rooms = messages.div_ceil(PER_ROOM).max(1);
     let keys: Vec<RoomKey> = (0..rooms)
         .map(|r| RoomKey::new(&client::user(2 * r), &client::user(2 * r + 1)))

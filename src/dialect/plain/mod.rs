@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::chat::{Chat, Reply};
 use crate::hub::Subscription;
-use crate::protocol::{ChatError, SessionUser};
+use crate::model::SessionUser;
+use crate::protocol::ChatError;
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 

@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Result, StoreError};
-use crate::protocol::ChatMessage;
+use crate::model::ChatMessage;
+use crate::store::{Result, StoreError};
 
 /// A room: its pair, its counters, and its unread counts.
 #[derive(Debug, Clone, Serialize, Deserialize)]

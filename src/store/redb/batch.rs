@@ -1,5 +1,6 @@
-//! The write side of the store: one redb write transaction, applied op by op and committed
-//! once. The group-commit writer opens one `Batch` per round, so many sends share one fsync.
+//! The write side of the redb backend: one redb write transaction, applied op by op and
+//! committed once. The group-commit writer opens one `Batch` per round, so many sends share
+//! one fsync.
 //!
 //! A write transaction sees its own uncommitted writes, so two sends with the same
 //! `clientMessageId` in one batch still store one message.
@@ -8,35 +9,14 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::records::{self, MessageRecord, RoomRecord};
 use super::{
-    latest_messages, newest_first, read_message, Result, RoomKey, StoreError, CLIENT_IDS, INBOX,
-    MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
+    latest_messages, newest_first, read_message, CLIENT_IDS, INBOX, MESSAGES, META, PROFILES,
+    ROOMS, ROOM_NUMS,
 };
-use crate::protocol::{ChatMessage, SessionUser};
-
-/// What a send did.
-#[derive(Debug, Clone)]
-pub enum Appended {
-    /// A new message, with its id and `sentAt`.
-    New(ChatMessage),
-    /// The sender already sent this `clientMessageId` here; nothing was stored.
-    Duplicate(ChatMessage),
-}
-
-/// What marking one message as seen did.
-#[derive(Debug, Clone)]
-pub enum SeenOutcome {
-    /// It became seen now.
-    Changed(ChatMessage),
-    /// It was already seen; the first `seenAt` stays.
-    AlreadySeen,
-    /// The room has no message with that id.
-    NotFound,
-    /// The reader sent it (every message of a self room).
-    OwnMessage,
-}
+use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::store::{Appended, Result, SeenOutcome, StoreError, WriteTxn};
 
 /// One write transaction, committed with fsync.
-pub struct Batch {
+pub(super) struct Batch {
     txn: WriteTransaction,
 }
 
@@ -50,10 +30,12 @@ impl Batch {
         txn.set_quick_repair(true);
         Ok(Batch { txn })
     }
+}
 
+impl WriteTxn for Batch {
     /// Stores a new message (upserting the room), or finds the one this sender already
     /// stored under `client_message_id`.
-    pub fn append(
+    fn append(
         &mut self,
         room: &RoomKey,
         sender: &str,
@@ -121,7 +103,7 @@ impl Batch {
     }
 
     /// The room's newest messages as this transaction sees them, newest first.
-    pub fn latest(&self, room: &RoomKey, limit: usize) -> Result<Vec<ChatMessage>> {
+    fn latest(&self, room: &RoomKey, limit: usize) -> Result<Vec<ChatMessage>> {
         let num = self
             .txn
             .open_table(ROOM_NUMS)?
@@ -135,7 +117,7 @@ impl Batch {
 
     /// Marks a message the reader received as seen at `seen_date_ms`, clamped into
     /// `[sentAt, max(sentAt, now)]`. The first `seenAt` wins.
-    pub fn mark_seen(
+    fn mark_seen(
         &mut self,
         room: &RoomKey,
         reader: &str,
@@ -176,7 +158,7 @@ impl Batch {
     }
 
     /// Remembers a user's display name.
-    pub fn put_profile(&mut self, user: &SessionUser) -> Result<()> {
+    fn put_profile(&mut self, user: &SessionUser) -> Result<()> {
         self.txn
             .open_table(PROFILES)?
             .insert(user.id.as_str(), user.name.as_str())?;
@@ -184,11 +166,13 @@ impl Batch {
     }
 
     /// Commits and fsyncs everything applied to this batch.
-    pub fn commit(self) -> Result<()> {
+    fn commit(self: Box<Self>) -> Result<()> {
         self.txn.commit()?;
         Ok(())
     }
+}
 
+impl Batch {
     /// The room's number and record, creating both when the room is new.
     fn room_for_write(&mut self, room: &RoomKey) -> Result<(u64, RoomRecord)> {
         let pair = (room.low.as_str(), room.high.as_str());

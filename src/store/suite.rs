@@ -1,0 +1,310 @@
+//! The behaviour every storage backend must show, written once against the traits.
+//!
+//! A backend runs it from its own tests with `store_suite!(ItsFixture)`, which turns each
+//! function here into a `#[tokio::test]`. Only what a backend cannot share (its file
+//! format, say) is tested beside the backend.
+
+use super::*;
+
+/// What the suite needs from a backend: a place for one store, opened as often as asked
+/// (a reopen must see everything committed before).
+pub trait Fixture {
+    type Store: ReadStore + WriteStore;
+    /// A new, empty place.
+    fn new() -> Self;
+    /// Opens the store at this place.
+    fn open(&self) -> Self::Store;
+}
+
+/// Runs every test of the suite against the backend of `$fixture`.
+macro_rules! store_suite {
+    ($fixture:ty) => {
+        $crate::store::suite::store_suite!(@tests $fixture;
+            ids_are_sequential_per_room_and_time_never_goes_back,
+            client_message_id_is_exactly_once_per_sender_and_room,
+            seen_is_clamped_counted_and_first_wins,
+            inbox_lists_latest_activity_first_and_pages_by_cursor,
+            pairs_sharing_an_id_string_are_separate_rooms,
+            profiles_default_to_the_id_and_keep_the_latest_name,
+            a_transaction_sees_its_own_writes_and_only_commit_keeps_them,
+            reopen_keeps_committed_data
+        );
+    };
+    (@tests $fixture:ty; $($test:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $test() {
+            $crate::store::suite::$test::<$fixture>().await;
+        }
+    )*};
+}
+pub(crate) use store_suite;
+
+fn send(
+    store: &dyn WriteStore,
+    room: &RoomKey,
+    from: &str,
+    text: &str,
+    cmid: Option<&str>,
+    now: i64,
+) -> Appended {
+    let mut txn = store.begin().unwrap();
+    let out = txn.append(room, from, text, cmid, now).unwrap();
+    txn.commit().unwrap();
+    out
+}
+
+fn new_message(a: Appended) -> ChatMessage {
+    match a {
+        Appended::New(m) => m,
+        Appended::Duplicate(m) => panic!("unexpected duplicate {m:?}"),
+    }
+}
+
+fn ids(messages: &[ChatMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+/// `user`'s unread count in the room with this id, as the inbox shows it.
+async fn unread(store: &dyn ReadStore, user: &str, room_id: &str) -> u64 {
+    let rooms = store.inbox_page(user, None, 100).await.unwrap();
+    let row = rooms.iter().find(|r| r.room_id == room_id);
+    row.unwrap_or_else(|| panic!("{user} has no room {room_id}"))
+        .unread
+}
+
+pub async fn ids_are_sequential_per_room_and_time_never_goes_back<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("b", "a");
+    let ac = RoomKey::new("a", "c");
+    assert_eq!(new_message(send(&store, &ab, "a", "1", None, 1000)).id, 1);
+    assert_eq!(new_message(send(&store, &ac, "a", "x", None, 1000)).id, 1);
+    let second = new_message(send(&store, &ab, "b", "2", None, 500));
+    assert_eq!((second.id, second.sent_ms), (2, 1000));
+    let page = |before, limit| store.messages_page(&ab, "a", before, limit);
+    assert_eq!(ids(&page(None, 50).await.unwrap().messages), [2, 1]);
+    assert_eq!(ids(&page(Some(2), 50).await.unwrap().messages), [1]);
+    assert_eq!(ids(&page(Some(99), 1).await.unwrap().messages), [2]);
+    assert!(page(Some(1), 50).await.unwrap().messages.is_empty());
+}
+
+pub async fn client_message_id_is_exactly_once_per_sender_and_room<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    let first = new_message(send(&store, &ab, "a", "hi", Some("k1"), 1));
+    match send(&store, &ab, "a", "other text", Some("k1"), 2) {
+        Appended::Duplicate(m) => assert_eq!(m, first),
+        Appended::New(m) => panic!("stored twice: {m:?}"),
+    }
+    // The same key from the other participant, or in another room, is another message.
+    assert_eq!(
+        new_message(send(&store, &ab, "b", "hi", Some("k1"), 3)).id,
+        2
+    );
+    let ac = RoomKey::new("a", "c");
+    assert_eq!(
+        new_message(send(&store, &ac, "a", "hi", Some("k1"), 3)).id,
+        1
+    );
+    // Two sends with one key in one transaction store one message.
+    let mut txn = store.begin().unwrap();
+    let once = new_message(txn.append(&ab, "a", "x", Some("k2"), 4).unwrap());
+    assert!(matches!(
+        txn.append(&ab, "a", "x", Some("k2"), 5).unwrap(),
+        Appended::Duplicate(m) if m == once
+    ));
+    txn.commit().unwrap();
+    assert_eq!(
+        store.find_by_client_id(&ab, "a", "k1").await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        store.find_by_client_id(&ab, "a", "k2").await.unwrap(),
+        Some(once)
+    );
+    assert_eq!(store.find_by_client_id(&ab, "a", "k3").await.unwrap(), None);
+    let unknown = RoomKey::new("x", "y");
+    assert_eq!(
+        store.find_by_client_id(&unknown, "x", "k1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        ids(&store
+            .messages_page(&ab, "a", None, 50)
+            .await
+            .unwrap()
+            .messages),
+        [3, 2, 1]
+    );
+}
+
+pub async fn seen_is_clamped_counted_and_first_wins<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    new_message(send(&store, &ab, "a", "1", None, 1000));
+    new_message(send(&store, &ab, "a", "2", None, 2000));
+    assert_eq!(unread(&store, "b", "a-b").await, 2);
+    assert_eq!(unread(&store, "a", "a-b").await, 0);
+
+    let mut txn = store.begin().unwrap();
+    let early = txn.mark_seen(&ab, "b", 1, 10, 5000).unwrap();
+    let late = txn.mark_seen(&ab, "b", 2, 9_999_999, 5000).unwrap();
+    let again = txn.mark_seen(&ab, "b", 1, 4000, 5000).unwrap();
+    let own = txn.mark_seen(&ab, "a", 1, 4000, 5000).unwrap();
+    let missing = txn.mark_seen(&ab, "b", 3, 4000, 5000).unwrap();
+    let no_room = txn
+        .mark_seen(&RoomKey::new("b", "c"), "b", 1, 0, 0)
+        .unwrap();
+    txn.commit().unwrap();
+    assert!(matches!(early, SeenOutcome::Changed(ref m) if m.seen_ms == Some(1000)));
+    assert!(matches!(late, SeenOutcome::Changed(ref m) if m.seen_ms == Some(5000)));
+    assert!(matches!(again, SeenOutcome::AlreadySeen));
+    assert!(matches!(own, SeenOutcome::OwnMessage));
+    assert!(matches!(missing, SeenOutcome::NotFound));
+    assert!(matches!(no_room, SeenOutcome::NotFound));
+    assert_eq!(unread(&store, "b", "a-b").await, 0);
+    let page = store.messages_page(&ab, "b", None, 50).await.unwrap();
+    let seen: Vec<_> = page.messages.iter().map(|m| m.seen_ms).collect();
+    assert_eq!(seen, [Some(5000), Some(1000)]);
+
+    // Every message of a self room is the reader's own, and nothing is ever unread there.
+    let me = RoomKey::new("a", "a");
+    new_message(send(&store, &me, "a", "note", None, 6000));
+    let mut txn = store.begin().unwrap();
+    assert!(matches!(
+        txn.mark_seen(&me, "a", 1, 6000, 6000).unwrap(),
+        SeenOutcome::OwnMessage
+    ));
+    txn.commit().unwrap();
+    assert_eq!(unread(&store, "a", "a-a").await, 0);
+}
+
+pub async fn inbox_lists_latest_activity_first_and_pages_by_cursor<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    for (i, partner) in ["b", "c", "d"].iter().enumerate() {
+        let room = RoomKey::new("a", partner);
+        send(&store, &room, partner, "hi", None, 100 + i as i64);
+    }
+    send(&store, &RoomKey::new("a", "b"), "a", "again", None, 200);
+    let all = store.inbox_page("a", None, 10).await.unwrap();
+    let room_ids: Vec<_> = all.iter().map(|r| r.room_id.as_str()).collect();
+    assert_eq!(room_ids, ["a-b", "a-d", "a-c"]);
+    assert_eq!(all[0].unread, 1);
+    assert_eq!(all[0].updated_ms, 200);
+    assert_eq!(all[0].last_message.message, "again");
+    assert_eq!(all[0].partner, SessionUser::unnamed("b"));
+    let first = store.inbox_page("a", None, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let cursor = first[1].cursor();
+    let rest = store.inbox_page("a", Some(&cursor), 2).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].room_id, "a-c");
+    let end = rest[0].cursor();
+    assert!(store
+        .inbox_page("a", Some(&end), 2)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.inbox_page("b", None, 10).await.unwrap().len(), 1);
+    assert!(store.inbox_page("z", None, 10).await.unwrap().is_empty());
+}
+
+pub async fn pairs_sharing_an_id_string_are_separate_rooms<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let one = RoomKey::new("a-b", "c");
+    let two = RoomKey::new("a", "b-c");
+    assert_eq!(one.id(), two.id());
+    send(&store, &one, "c", "for a-b", None, 1);
+    let page = store.messages_page(&two, "a", None, 50).await.unwrap();
+    assert!(page.messages.is_empty());
+    assert_eq!(page.partner, SessionUser::unnamed("b-c"));
+    let page = store.messages_page(&one, "c", None, 50).await.unwrap();
+    assert_eq!(page.messages[0].message, "for a-b");
+}
+
+pub async fn profiles_default_to_the_id_and_keep_the_latest_name<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    assert_eq!(store.profile("b").await.unwrap(), SessionUser::unnamed("b"));
+    for name in ["Bea", "Beatrice"] {
+        let mut txn = store.begin().unwrap();
+        let user = SessionUser {
+            id: "b".into(),
+            name: name.into(),
+        };
+        txn.put_profile(&user).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(store.profile("b").await.unwrap(), user);
+    }
+    // Pages name the partner by the remembered name.
+    let ab = RoomKey::new("a", "b");
+    send(&store, &ab, "a", "hi", None, 1);
+    let page = store.messages_page(&ab, "a", None, 50).await.unwrap();
+    assert_eq!(page.partner.name, "Beatrice");
+    let inbox = store.inbox_page("a", None, 10).await.unwrap();
+    assert_eq!(inbox[0].partner.name, "Beatrice");
+    let own_side = store.messages_page(&ab, "b", None, 50).await.unwrap();
+    assert_eq!(own_side.partner, SessionUser::unnamed("a"));
+}
+
+pub async fn a_transaction_sees_its_own_writes_and_only_commit_keeps_them<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    send(&store, &ab, "a", "1", None, 1);
+    {
+        let mut txn = store.begin().unwrap();
+        new_message(txn.append(&ab, "b", "2", Some("k"), 2).unwrap());
+        txn.put_profile(&SessionUser {
+            id: "a".into(),
+            name: "Ann".into(),
+        })
+        .unwrap();
+        assert_eq!(ids(&txn.latest(&ab, 50).unwrap()), [2, 1]);
+        assert_eq!(ids(&txn.latest(&ab, 1).unwrap()), [2]);
+        assert!(txn.latest(&RoomKey::new("a", "c"), 50).unwrap().is_empty());
+        // Readers see only what is committed.
+        let page = store.messages_page(&ab, "a", None, 50).await.unwrap();
+        assert_eq!(ids(&page.messages), [1]);
+        // Dropped without commit: nothing of it is kept.
+    }
+    let page = store.messages_page(&ab, "a", None, 50).await.unwrap();
+    assert_eq!(ids(&page.messages), [1]);
+    assert_eq!(store.find_by_client_id(&ab, "b", "k").await.unwrap(), None);
+    assert_eq!(store.profile("a").await.unwrap(), SessionUser::unnamed("a"));
+    assert_eq!(unread(&store, "a", "a-b").await, 0);
+    // The id the dropped transaction used is given out again.
+    assert_eq!(new_message(send(&store, &ab, "b", "2", None, 3)).id, 2);
+}
+
+pub async fn reopen_keeps_committed_data<F: Fixture>() {
+    let place = F::new();
+    let ab = RoomKey::new("a", "b");
+    {
+        let store = place.open();
+        send(&store, &ab, "a", "kept", Some("k"), 1);
+        let mut txn = store.begin().unwrap();
+        txn.put_profile(&SessionUser {
+            id: "a".into(),
+            name: "Ann".into(),
+        })
+        .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = place.open();
+    let page = store.messages_page(&ab, "b", None, 50).await.unwrap();
+    assert_eq!(page.messages[0].message, "kept");
+    assert_eq!(page.partner.name, "Ann");
+    assert!(store
+        .find_by_client_id(&ab, "a", "k")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(unread(&store, "b", "a-b").await, 1);
+    // Ids go on from where they were.
+    assert_eq!(new_message(send(&store, &ab, "b", "next", None, 2)).id, 2);
+}
