@@ -41,8 +41,8 @@ use tower_service::Service;
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::app::App;
 use crate::chat::Chat;
+use crate::fanout::hub::{OverflowSignal, Subscription};
 use crate::http::query::{query_pairs, query_value};
-use crate::hub::{OverflowSignal, Subscription};
 use crate::metrics::{self, Dialect};
 use crate::model::SessionUser;
 use crate::protocol::{ChatError, ErrorCode};
@@ -444,7 +444,7 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
             }
             Some(event) = subscription.recv() => {
                 let data = event.raw_data();
-                let send = || socket.emit(event.event, data);
+                let send = || socket.emit(event.name, data);
                 let sent = Box::pin(deliver(send, &overflow, &gone)).await;
                 subscription.sent(&event);
                 sent

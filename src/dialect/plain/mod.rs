@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::chat::{Chat, Reply};
-use crate::hub::Subscription;
+use crate::fanout::hub::Subscription;
 use crate::model::SessionUser;
 use crate::protocol::ChatError;
 
