@@ -316,3 +316,204 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The writer's own guarantees, checked with commands and a store made for the test:
+    //! events go out only after their round committed, in the order the commands were
+    //! applied; a failed command publishes nothing; a failed commit publishes nothing and
+    //! answers everyone `internal`.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc as std_mpsc, Mutex};
+
+    use super::*;
+    use crate::model::{ChatMessage, RoomKey, SessionUser};
+    use crate::protocol::ErrorCode;
+    use crate::store::{self, Appended, SeenOutcome};
+
+    /// What happened, in order: `commit` for each commit, `publish <user> <room>` for each
+    /// event that reached the broker.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct Recorder(Log);
+
+    impl Broker for Recorder {
+        fn publish(&self, user: &str, event: &Arc<Outbound>) {
+            let room: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            let entry = format!("publish {user} {}", room["roomId"].as_str().unwrap());
+            self.0.lock().unwrap().push(entry);
+        }
+    }
+
+    struct TestStore {
+        log: Log,
+        fail_commits: AtomicBool,
+    }
+
+    struct TestTxn {
+        log: Log,
+        fail: bool,
+    }
+
+    impl WriteStore for TestStore {
+        fn begin(&self) -> store::Result<Box<dyn WriteTxn>> {
+            Ok(Box::new(TestTxn {
+                log: Arc::clone(&self.log),
+                fail: self.fail_commits.load(Ordering::SeqCst),
+            }))
+        }
+    }
+
+    const ONLY_TEST_COMMANDS: &str = "the writer's tests apply only their own commands";
+
+    impl WriteTxn for TestTxn {
+        fn append(
+            &mut self,
+            _: &RoomKey,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            _: i64,
+        ) -> store::Result<Appended> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn latest(&self, _: &RoomKey, _: usize) -> store::Result<Vec<ChatMessage>> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn mark_seen(
+            &mut self,
+            _: &RoomKey,
+            _: &str,
+            _: u64,
+            _: i64,
+            _: i64,
+        ) -> store::Result<SeenOutcome> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn put_profile(&mut self, _: &SessionUser) -> store::Result<()> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn commit(self: Box<Self>) -> store::Result<()> {
+            if self.fail {
+                return Err(StoreError::Corrupt("the test fails this commit".into()));
+            }
+            self.log.lock().unwrap().push("commit".into());
+            Ok(())
+        }
+    }
+
+    /// Publishes a typing event in `room` to `user`, then answers `room`, or fails.
+    struct Emit {
+        user: &'static str,
+        room: &'static str,
+        fail: bool,
+    }
+
+    impl Command for Emit {
+        type Output = &'static str;
+
+        fn apply(
+            self,
+            _: &mut dyn WriteTxn,
+            cx: &mut Context<'_>,
+        ) -> Result<&'static str, ChatError> {
+            cx.publish(
+                vec![self.user.into()],
+                ServerEvent::Typing {
+                    room_id: self.room.into(),
+                    user_id: "w".into(),
+                },
+            );
+            if self.fail {
+                return Err(ChatError::bad_request("this command fails"));
+            }
+            Ok(self.room)
+        }
+    }
+
+    /// Says when its round has started, then holds it open until the test lets it go,
+    /// so that what is submitted meanwhile lands together in the next round.
+    struct Hold {
+        started: oneshot::Sender<()>,
+        release: std_mpsc::Receiver<()>,
+    }
+
+    impl Command for Hold {
+        type Output = ();
+
+        fn apply(self, _: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<(), ChatError> {
+            self.started.send(()).unwrap();
+            self.release.recv().unwrap();
+            Ok(())
+        }
+    }
+
+    fn start(fail_commits: bool) -> (WriterThread, Log) {
+        let log = Log::default();
+        let store = Arc::new(TestStore {
+            log: Arc::clone(&log),
+            fail_commits: AtomicBool::new(fail_commits),
+        });
+        let config = WriterConfig {
+            recent_cache_bytes: 1 << 20,
+            max_batch: 16,
+        };
+        let thread = Writer::spawn(store, Arc::new(Recorder(Arc::clone(&log))), config);
+        (thread, log)
+    }
+
+    fn emit(user: &'static str, room: &'static str, fail: bool) -> Emit {
+        Emit { user, room, fail }
+    }
+
+    #[tokio::test]
+    async fn events_go_out_after_their_commit_in_order_and_a_failed_command_sends_none() {
+        let (thread, log) = start(false);
+        let writer = thread.writer();
+        let (release, held) = std_mpsc::channel();
+        let (started, holding) = oneshot::channel();
+        let hold = writer
+            .submit(Hold {
+                started,
+                release: held,
+            })
+            .await;
+        holding.await.unwrap();
+        // One round: applied in this order while the first round is held open.
+        let first = writer.submit(emit("a", "r1", false)).await;
+        let failed = writer.submit(emit("b", "r2", true)).await;
+        let last = writer.submit(emit("c", "r3", false)).await;
+        release.send(()).unwrap();
+        outcome(hold).await.unwrap();
+        assert_eq!(outcome(first).await.unwrap(), "r1");
+        let refused = outcome(failed).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadRequest);
+        assert_eq!(outcome(last).await.unwrap(), "r3");
+        thread.shutdown().await;
+
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["commit", "commit", "publish a r1", "publish c r3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_publishes_nothing_and_answers_internal() {
+        let (thread, log) = start(true);
+        let writer = thread.writer();
+        let answers = [
+            writer.submit(emit("a", "r1", false)).await,
+            writer.submit(emit("b", "r2", false)).await,
+        ];
+        for answer in answers {
+            assert_eq!(outcome(answer).await.unwrap_err().code, ErrorCode::Internal);
+        }
+        thread.shutdown().await;
+        assert!(log.lock().unwrap().is_empty());
+    }
+}
