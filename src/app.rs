@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::hub::Subscription;
+use crate::fanout::hub::Subscription;
 use crate::model::SessionUser;
 use crate::protocol::{ChatError, ErrorCode};
 

@@ -13,18 +13,20 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::hub::{Hub, Outbound};
+use crate::fanout::hub::Hub;
+use crate::fanout::{Broker, Outbound};
 use crate::model::{RoomKey, SessionUser};
 use crate::protocol::cursor::CursorCodec;
 use crate::protocol::event::{
     self, ClientEvent, MessagesRequest, ReadItem, RoomsRequest, SendMessage, Typing, MAX_READ_ITEMS,
 };
 use crate::protocol::room::resolve_partner;
+use crate::protocol::server_event::ServerEvent;
 use crate::protocol::time::{format_millis, parse_rfc3339_millis};
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::{Bucket, Rate, RateLimiter};
 use crate::store::{ReadStore, SeenOutcome};
-use crate::writer::{outcome, AppendJob, SeenItem, Writer};
+use crate::writer::{outcome, AppendMessage, MarkSeen, PutProfile, SeenItem, Writer};
 
 /// A successful answer.
 #[derive(Debug)]
@@ -111,11 +113,12 @@ impl From<&crate::config::Config> for ChatLimits {
     }
 }
 
-/// Everything the handlers need: the store for reads, the writer for writes, the hub for
-/// relaying events that are not stored (typing).
+/// Everything the handlers need: the store for reads, the writer for writes, the broker
+/// for relaying events that are not stored (typing), the hub for connections to join.
 pub struct Chat {
     store: Arc<dyn ReadStore>,
     writer: Writer,
+    broker: Arc<dyn Broker>,
     hub: Arc<Hub>,
     limits: ChatLimits,
     cursors: CursorCodec,
@@ -148,6 +151,7 @@ impl Chat {
     pub fn new(
         store: Arc<dyn ReadStore>,
         writer: Writer,
+        broker: Arc<dyn Broker>,
         hub: Arc<Hub>,
         limits: ChatLimits,
         secret: &[u8],
@@ -155,6 +159,7 @@ impl Chat {
         Chat {
             store,
             writer,
+            broker,
             hub,
             rate_limiter: Arc::new(RateLimiter::new(
                 limits.send_rate,
@@ -205,7 +210,7 @@ impl Chat {
         match self.store.profile(&user.id).await {
             Ok(stored) if stored.name == user.name => {}
             Ok(_) => {
-                let written = self.writer.put_profile(user.clone()).await;
+                let written = self.writer.submit(PutProfile { user: user.clone() }).await;
                 if let Err(e) = outcome(written).await {
                     tracing::warn!(error = %e, user = %user.id, "profile not stored");
                 }
@@ -252,13 +257,12 @@ impl Chat {
         let sender = user.clone();
         let rx = self
             .writer
-            .append(|reply| AppendJob {
+            .submit(AppendMessage {
                 room,
                 sender,
                 text: req.message,
                 client_message_id: req.client_message_id,
                 arrived,
-                reply,
             })
             .await;
         let refund = took_token.then(|| self.rate_limiter.clone());
@@ -341,7 +345,14 @@ impl Chat {
         let rx = if valid.is_empty() {
             None
         } else {
-            Some(self.writer.mark_seen(user.id.clone(), valid).await)
+            Some(
+                self.writer
+                    .submit(MarkSeen {
+                        reader: user.id.clone(),
+                        items: valid,
+                    })
+                    .await,
+            )
         };
         let reader = user.id.clone();
         Handled::Pending(Box::pin(async move {
@@ -358,9 +369,11 @@ impl Chat {
         let room = room_for(&user.id, &req.room_id)?;
         self.rate_limiter.take(&user.id, Bucket::Request)?;
         if !room.is_self_room() {
-            let payload = json!({ "roomId": req.room_id, "userId": user.id });
-            let event = Outbound::new("typing", payload.to_string());
-            self.hub.publish(room.partner_of(&user.id), &event);
+            let event = Outbound::new(ServerEvent::Typing {
+                room_id: req.room_id,
+                user_id: user.id.clone(),
+            });
+            self.broker.publish(room.partner_of(&user.id), &event);
         }
         Ok(Success::command(json!({ "ok": true })))
     }

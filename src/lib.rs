@@ -19,11 +19,15 @@
 //! - [`chat`]: the event handlers, shared by every dialect and the HTTP API.
 //! - [`model`]: the domain types that `protocol` and `store` share: users, messages, room
 //!   pairs, inbox and history pages.
-//! - [`protocol`]: payload shapes, room ids, timestamps, error codes.
-//! - [`writer`]: the group-commit writer, the only code that writes to the store; it
-//!   fans out `message:sent` / `message:seen` once a batch is durable.
+//! - [`protocol`]: payload shapes, room ids, timestamps, error codes;
+//!   [`protocol::server_event`]: every event the server pushes, named and rendered once.
+//! - [`writer`]: the group-commit writer, the only code that writes to the store. Each
+//!   write is a [`writer::Command`] applied through the round's transaction; its events
+//!   are published, and its caller answered, once the round is durable.
 //! - [`snapshot`]: the in-memory latest-50 of active rooms behind every `message:sent`.
-//! - [`hub`]: where fan-out happens: per-user channels with bounded queues.
+//! - [`fanout`]: where fan-out happens: the [`fanout::Broker`] that publishers see, the
+//!   rendered [`fanout::Outbound`]; [`fanout::hub`] is the in-process broker, per-user
+//!   channels with bounded queues.
 //! - [`ratelimit`]: the per-user token buckets over sends and requests.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`store`]: where a message is stored: the traits every backend implements (async
@@ -40,8 +44,8 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod dialect;
+pub mod fanout;
 pub mod http;
-pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod protocol;

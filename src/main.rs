@@ -9,7 +9,7 @@ use chat_server::auth::{resolve_secret, Auth};
 use chat_server::chat::{Chat, ChatLimits};
 use chat_server::cli::{self, Command};
 use chat_server::config::{Config, LogFormat};
-use chat_server::hub::Hub;
+use chat_server::fanout::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
 use chat_server::store::redb::RedbStore;
@@ -123,6 +123,7 @@ fn serve(config: Config) -> ExitCode {
         let chat = Arc::new(Chat::new(
             store,
             writer.writer(),
+            hub.clone(),
             hub,
             ChatLimits::from(&config),
             &secret,

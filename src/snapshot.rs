@@ -2,8 +2,8 @@
 //!
 //! Each `message:sent` carries the room's latest 50 messages. Reading them from disk on
 //! every send would cost a range scan per message; instead the writer keeps them in memory
-//! for recently active rooms, each message already serialized to JSON, so a snapshot is
-//! one concatenation.
+//! for recently active rooms, each message already serialized to JSON, so a snapshot (the
+//! JSON array that `ServerEvent::MessageSent` carries) is one concatenation.
 //!
 //! The cache is bounded in bytes (`memory.recent_cache_bytes`), not rooms: a room of fifty
 //! 8 KiB messages costs a hundred times one of short ones. A room's cost is its messages'
@@ -20,7 +20,7 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::model::{ChatMessage, RoomKey};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::store::Result;
 
@@ -133,15 +133,14 @@ impl RecentCache {
         Arc::clone(&self.stats)
     }
 
-    /// The `message:sent` payload after `message` was appended to `room`. `load` reads the
-    /// room's latest messages (which already include this one) when it is not cached.
+    /// The room's latest messages as a JSON array, after `message` was appended to `room`.
+    /// `load` reads the room's latest messages (which already include this one) when it is
+    /// not cached.
     pub fn record_new(
         &mut self,
         room: &RoomKey,
         message: &ChatMessage,
         load: impl FnOnce() -> Result<Vec<ChatMessage>>,
-        room_id: &str,
-        user: &SessionUser,
     ) -> Result<String> {
         let at = match self.index.get(room) {
             Some(&at) => {
@@ -153,22 +152,21 @@ impl RecentCache {
             }
             None => self.load(room, load)?,
         };
-        Ok(self.render_and_trim(at, room_id, user))
+        Ok(self.render_and_trim(at))
     }
 
-    /// The `message:sent` payload of `room` as it is (for a retry, which stores nothing).
+    /// The room's latest messages as a JSON array, as they are (for a retry, which stores
+    /// nothing).
     pub fn snapshot(
         &mut self,
         room: &RoomKey,
         load: impl FnOnce() -> Result<Vec<ChatMessage>>,
-        room_id: &str,
-        user: &SessionUser,
     ) -> Result<String> {
         let at = match self.index.get(room) {
             Some(&at) => at,
             None => self.load(room, load)?,
         };
-        Ok(self.render_and_trim(at, room_id, user))
+        Ok(self.render_and_trim(at))
     }
 
     /// Replaces a cached message whose state changed (it was seen).
@@ -196,24 +194,20 @@ impl RecentCache {
         self.publish();
     }
 
-    /// Renders the payload, marks the room most recently used, then drops rooms from the
+    /// Renders the messages, marks the room most recently used, then drops rooms from the
     /// old end until the budget holds (this one too, when it alone is over the budget).
-    fn render_and_trim(&mut self, at: usize, room_id: &str, user: &SessionUser) -> String {
+    fn render_and_trim(&mut self, at: usize) -> String {
         let slot = self.slot(at);
         let body: usize = slot.messages.iter().map(|c| c.json.len() + 1).sum();
-        let mut out = String::with_capacity(body + room_id.len() + user.name.len() * 2 + 64);
-        out.push_str("{\"roomId\":");
-        out.push_str(&serde_json::to_string(room_id).expect("strings serialize"));
-        out.push_str(",\"user\":");
-        out.push_str(&serde_json::to_string(user).expect("users serialize"));
-        out.push_str(",\"messages\":[");
+        let mut out = String::with_capacity(body + 2);
+        out.push('[');
         for (i, c) in slot.messages.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
             out.push_str(&c.json);
         }
-        out.push_str("]}");
+        out.push(']');
         self.unlink(at);
         self.push_front(at);
         self.trim();
@@ -337,16 +331,11 @@ mod tests {
 
     fn ids(snapshot: &str) -> Vec<u64> {
         let v: serde_json::Value = serde_json::from_str(snapshot).unwrap();
-        v["messages"]
-            .as_array()
+        v.as_array()
             .unwrap()
             .iter()
             .map(|m| m["id"].as_u64().unwrap())
             .collect()
-    }
-
-    fn user() -> SessionUser {
-        SessionUser::unnamed("a")
     }
 
     /// Every room in the recency list, most recent first, checked against the index and
@@ -374,18 +363,15 @@ mod tests {
         let room = RoomKey::new("a", "b");
         let mut cache = RecentCache::new(1 << 20);
         cache
-            .record_new(&room, &msg(1), || Ok(vec![msg(1)]), "a-b", &user())
+            .record_new(&room, &msg(1), || Ok(vec![msg(1)]))
             .unwrap();
         let mut snap = String::new();
         for id in 2..=60 {
             snap = cache
-                .record_new(&room, &msg(id), || panic!("room is cached"), "a-b", &user())
+                .record_new(&room, &msg(id), || panic!("room is cached"))
                 .unwrap();
         }
         assert_eq!(ids(&snap), (11..=60).rev().collect::<Vec<_>>());
-        let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
-        assert_eq!(v["roomId"], "a-b");
-        assert_eq!(v["user"]["id"], "a");
     }
 
     #[test]
@@ -393,16 +379,14 @@ mod tests {
         let room = RoomKey::new("a", "b");
         let mut cache = RecentCache::new(1 << 20);
         let load = || Ok(vec![msg(2), msg(1)]);
-        cache.snapshot(&room, load, "a-b", &user()).unwrap();
+        cache.snapshot(&room, load).unwrap();
         let mut seen = msg(1);
         seen.seen_ms = Some(5);
         cache.update(&room, &seen);
-        let snap = cache
-            .snapshot(&room, || panic!("room is cached"), "a-b", &user())
-            .unwrap();
+        let snap = cache.snapshot(&room, || panic!("room is cached")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
-        assert_eq!(v["messages"][1]["seenAt"], "1970-01-01T00:00:00.005Z");
-        assert_eq!(v["messages"][0]["seenAt"], serde_json::Value::Null);
+        assert_eq!(v[1]["seenAt"], "1970-01-01T00:00:00.005Z");
+        assert_eq!(v[0]["seenAt"], serde_json::Value::Null);
     }
 
     #[test]
@@ -414,22 +398,12 @@ mod tests {
         );
         // Measure one room, then allow exactly two of that size.
         let mut probe = RecentCache::new(usize::MAX);
-        probe
-            .snapshot(&r1, || Ok(vec![msg(1)]), "1-a", &user())
-            .unwrap();
+        probe.snapshot(&r1, || Ok(vec![msg(1)])).unwrap();
         let mut cache = RecentCache::new(2 * probe.bytes);
-        cache
-            .snapshot(&r1, || Ok(vec![msg(1)]), "1-a", &user())
-            .unwrap();
-        cache
-            .snapshot(&r2, || Ok(vec![msg(1)]), "2-a", &user())
-            .unwrap();
-        cache
-            .snapshot(&r1, || panic!("r1 is cached"), "1-a", &user())
-            .unwrap();
-        cache
-            .snapshot(&r3, || Ok(vec![msg(1)]), "3-a", &user())
-            .unwrap();
+        cache.snapshot(&r1, || Ok(vec![msg(1)])).unwrap();
+        cache.snapshot(&r2, || Ok(vec![msg(1)])).unwrap();
+        cache.snapshot(&r1, || panic!("r1 is cached")).unwrap();
+        cache.snapshot(&r3, || Ok(vec![msg(1)])).unwrap();
         assert_eq!(listed(&cache), [r3.clone(), r1.clone()]);
         let stats = cache.stats();
         assert_eq!(
@@ -446,34 +420,24 @@ mod tests {
         let big = RoomKey::new("a", "big");
         let small = RoomKey::new("a", "small");
         let mut cache = RecentCache::new(4096);
-        cache
-            .snapshot(&small, || Ok(vec![msg(1)]), "a-small", &user())
-            .unwrap();
+        cache.snapshot(&small, || Ok(vec![msg(1)])).unwrap();
         let history: Vec<_> = (1..=3)
             .rev()
             .map(|id| text_msg(id, "x".repeat(2000)))
             .collect();
-        let snap = cache
-            .snapshot(&big, || Ok(history.clone()), "a-big", &user())
-            .unwrap();
+        let snap = cache.snapshot(&big, || Ok(history.clone())).unwrap();
         assert_eq!(ids(&snap), [3, 2, 1]);
         // Both went: the small one to make room, then the big one, which alone is over.
         assert!(listed(&cache).is_empty());
         // The next send reads it again, and is served in full.
         let mut loads = 0;
         let snap = cache
-            .record_new(
-                &big,
-                &text_msg(4, "y".into()),
-                || {
-                    loads += 1;
-                    let mut latest = vec![text_msg(4, "y".into())];
-                    latest.extend(history.clone());
-                    Ok(latest)
-                },
-                "a-big",
-                &user(),
-            )
+            .record_new(&big, &text_msg(4, "y".into()), || {
+                loads += 1;
+                let mut latest = vec![text_msg(4, "y".into())];
+                latest.extend(history.clone());
+                Ok(latest)
+            })
             .unwrap();
         assert_eq!(loads, 1);
         assert_eq!(ids(&snap), [4, 3, 2, 1]);
@@ -523,14 +487,14 @@ mod tests {
                         let rows = latest(all);
                         let room = RoomKey::new("a", &r.to_string());
                         let snap = cache
-                            .record_new(&room, &message, || Ok(rows), "x", &user())
+                            .record_new(&room, &message, || Ok(rows))
                             .unwrap();
                         (r, Some(snap))
                     }
                     Op::Retry(r) => {
                         let rows = latest(disk.entry(r).or_default());
                         let room = RoomKey::new("a", &r.to_string());
-                        let snap = cache.snapshot(&room, || Ok(rows), "x", &user()).unwrap();
+                        let snap = cache.snapshot(&room, || Ok(rows)).unwrap();
                         (r, Some(snap))
                     }
                     Op::Seen(r, k) => {
@@ -549,7 +513,7 @@ mod tests {
                 if let Some(snap) = snap {
                     let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
                     let want: Vec<ChatMessage> = latest(&disk[&r]);
-                    prop_assert_eq!(v["messages"].clone(), serde_json::to_value(&want).unwrap());
+                    prop_assert_eq!(v, serde_json::to_value(&want).unwrap());
                 }
             }
         }

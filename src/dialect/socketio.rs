@@ -41,8 +41,8 @@ use tower_service::Service;
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::app::App;
 use crate::chat::Chat;
+use crate::fanout::hub::{OverflowSignal, Subscription};
 use crate::http::query::{query_pairs, query_value};
-use crate::hub::{OverflowSignal, Subscription};
 use crate::metrics::{self, Dialect};
 use crate::model::SessionUser;
 use crate::protocol::{ChatError, ErrorCode};
@@ -55,9 +55,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const ENGINE_BUFFER_PACKETS: usize = 32;
 /// How often a send into a full Engine.IO buffer is retried.
 const FULL_RETRY: Duration = Duration::from_millis(20);
-/// Incoming frames queued for the session, in units of `limits.max_frame_bytes`: a client
-/// that sends this much faster than it is served is disconnected.
-const INBOX_FRAMES_OF_MAX_SIZE: usize = 16;
+/// Frames that may wait for the session (its [`Arrivals`]), in units of
+/// `limits.max_frame_bytes`: a client that sends this much faster than it is served is
+/// disconnected.
+const ARRIVALS_FRAMES_OF_MAX_SIZE: usize = 16;
 
 /// Where Engine.IO is served; requests to it and below it go to socketioxide.
 const PATH: &str = "/socket.io";
@@ -200,7 +201,7 @@ struct Admitted(Arc<Mutex<Option<Session>>>);
 struct Session {
     user: SessionUser,
     subscription: Subscription,
-    inbox: Arc<Inbox>,
+    arrivals: Arc<Arrivals>,
     /// Cancelled when socketioxide reports the socket disconnected, or on shutdown.
     gone: CancellationToken,
 }
@@ -238,12 +239,12 @@ async fn admit(
         .map_err(|_| Refusal::TooManyConnections)?;
     let limits = &app.config.limits;
 
-    let inbox = Arc::new(Inbox {
+    let arrivals = Arc::new(Arrivals {
         queue: Mutex::default(),
         ready: Notify::new(),
-        max_bytes: INBOX_FRAMES_OF_MAX_SIZE * limits.max_frame_bytes,
+        max_bytes: ARRIVALS_FRAMES_OF_MAX_SIZE * limits.max_frame_bytes,
     });
-    socket.on_fallback(Enqueue(inbox.clone()));
+    socket.on_fallback(Enqueue(arrivals.clone()));
     // Also a child of shutdown: socketioxide's `close` drops its namespaces before the
     // transports, so disconnect handlers do not run then.
     let gone = app.shutdown.child_token();
@@ -259,7 +260,7 @@ async fn admit(
         .insert(Admitted(Arc::new(Mutex::new(Some(Session {
             user,
             subscription,
-            inbox,
+            arrivals,
             gone,
         })))));
     Ok(())
@@ -279,7 +280,7 @@ fn start(app: &Arc<App>, socket: SocketHandle) {
 }
 
 /// One event packet waiting for the session.
-struct Incoming {
+struct Arrival {
     packet: Packet,
     ack: Option<i64>,
     /// Its bytes and the entry's own.
@@ -290,7 +291,7 @@ struct Incoming {
 ///
 /// A locked `VecDeque` rather than a tokio channel: a tokio channel allocates a block of
 /// 32 entries (about 2 KiB here) up front for every socket, most of which stay idle.
-struct Inbox {
+struct Arrivals {
     queue: Mutex<Queue>,
     /// Woken when a packet is queued.
     ready: Notify,
@@ -299,51 +300,51 @@ struct Inbox {
 
 #[derive(Default)]
 struct Queue {
-    packets: VecDeque<Incoming>,
+    packets: VecDeque<Arrival>,
     /// The sum of the packets' costs.
     bytes: usize,
 }
 
-impl Inbox {
+impl Arrivals {
     /// Queues a packet; false when it does not fit.
     fn push(&self, packet: Packet, ack: Option<i64>) -> bool {
-        let cost = packet.len() + std::mem::size_of::<Incoming>();
+        let cost = packet.len() + std::mem::size_of::<Arrival>();
         let mut queue = self.queue.lock().expect("not poisoned");
         if queue.bytes + cost > self.max_bytes {
             return false;
         }
         queue.bytes += cost;
-        queue.packets.push_back(Incoming { packet, ack, cost });
+        queue.packets.push_back(Arrival { packet, ack, cost });
         drop(queue);
         self.ready.notify_one();
         true
     }
 
     /// The next packet, once there is one.
-    async fn pop(&self) -> Incoming {
+    async fn pop(&self) -> Arrival {
         loop {
-            if let Some(incoming) = self.take() {
-                return incoming;
+            if let Some(arrival) = self.take() {
+                return arrival;
             }
             // A packet queued since `take` left a permit: this returns at once.
             self.ready.notified().await;
         }
     }
 
-    fn take(&self) -> Option<Incoming> {
+    fn take(&self) -> Option<Arrival> {
         let mut queue = self.queue.lock().expect("not poisoned");
-        let incoming = queue.packets.pop_front()?;
-        queue.bytes -= incoming.cost;
+        let arrival = queue.packets.pop_front()?;
+        queue.bytes -= arrival.cost;
         if queue.packets.is_empty() {
             // What a burst grew is given back once it is served.
             queue.packets.shrink_to_fit();
         }
-        Some(incoming)
+        Some(arrival)
     }
 }
 
 /// The fallback handler of every event: queues the packet for the session, in order.
-struct Enqueue(Arc<Inbox>);
+struct Enqueue(Arc<Arrivals>);
 
 /// Marks [`Enqueue`]'s own [`MessageHandler`] implementation.
 struct Queued;
@@ -391,7 +392,7 @@ fn binary_refused() -> ChatError {
 /// Decodes and dispatches one event packet (its reply may wait for a commit). A request
 /// that reads the store first answers every earlier one: read-your-writes.
 async fn handle(
-    incoming: Incoming,
+    arrival: Arrival,
     user: &SessionUser,
     chat: &Chat,
     pending: &mut FuturesOrdered<PendingReply<i64>>,
@@ -399,13 +400,13 @@ async fn handle(
     overflow: &OverflowSignal,
     gone: &CancellationToken,
 ) -> Result<(), Stop> {
-    let decoded = decode(&incoming.packet);
+    let decoded = decode(&arrival.packet);
     if waits_for_earlier(&decoded) {
         while let Some((event, ack, reply)) = pending.next().await {
             send_answer(socket, answer(event.as_deref(), ack, reply), overflow, gone).await?;
         }
     }
-    pending.push_back(dispatch(chat, user, decoded, incoming.ack).await);
+    pending.push_back(dispatch(chat, user, decoded, arrival.ack).await);
     Ok(())
 }
 
@@ -423,7 +424,7 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
     let Session {
         user,
         mut subscription,
-        inbox,
+        arrivals,
         gone,
     } = session;
     let overflow = subscription.overflow_signal();
@@ -439,12 +440,12 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
                 let answer = answer(event.as_deref(), ack, reply);
                 Box::pin(send_answer(&socket, answer, &overflow, &gone)).await
             }
-            incoming = inbox.pop() => {
-                Box::pin(handle(incoming, &user, chat, &mut pending, &socket, &overflow, &gone)).await
+            arrival = arrivals.pop() => {
+                Box::pin(handle(arrival, &user, chat, &mut pending, &socket, &overflow, &gone)).await
             }
             Some(event) = subscription.recv() => {
                 let data = event.raw_data();
-                let send = || socket.emit(event.event, data);
+                let send = || socket.emit(event.name, data);
                 let sent = Box::pin(deliver(send, &overflow, &gone)).await;
                 subscription.sent(&event);
                 sent
@@ -585,8 +586,8 @@ mod tests {
         assert!(within(passed.headers()["x-shared"].as_bytes().as_ptr()));
     }
 
-    fn inbox(max_bytes: usize) -> Inbox {
-        Inbox {
+    fn arrivals(max_bytes: usize) -> Arrivals {
+        Arrivals {
             queue: Mutex::default(),
             ready: Notify::new(),
             max_bytes,
@@ -594,33 +595,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_inbox_keeps_order_and_its_byte_bound() {
-        let entry = std::mem::size_of::<Incoming>();
-        assert!(entry <= 96, "an inbox entry costs {entry} bytes");
-        let inbox = inbox(2 * (entry + 10));
-        assert!(inbox.push(packet("0123456789"), Some(1)));
-        assert!(inbox.push(packet("abcdefghij"), None));
+    async fn arrivals_keep_their_order_and_byte_bound() {
+        let entry = std::mem::size_of::<Arrival>();
+        assert!(entry <= 96, "an arrival costs {entry} bytes");
+        let arrivals = arrivals(2 * (entry + 10));
+        assert!(arrivals.push(packet("0123456789"), Some(1)));
+        assert!(arrivals.push(packet("abcdefghij"), None));
         // Full: the handler disconnects the client.
-        assert!(!inbox.push(packet("x"), None));
-        let first = inbox.pop().await;
+        assert!(!arrivals.push(packet("x"), None));
+        let first = arrivals.pop().await;
         assert_eq!((first.packet.len(), first.ack), (10, Some(1)));
         // Popping gives its bytes back.
-        assert!(inbox.push(packet("klmnopqrst"), None));
-        assert_eq!(inbox.pop().await.ack, None);
-        assert_eq!(inbox.pop().await.packet.len(), 10);
-        let queue = inbox.queue.lock().unwrap();
+        assert!(arrivals.push(packet("klmnopqrst"), None));
+        assert_eq!(arrivals.pop().await.ack, None);
+        assert_eq!(arrivals.pop().await.packet.len(), 10);
+        let queue = arrivals.queue.lock().unwrap();
         assert_eq!((queue.bytes, queue.packets.capacity()), (0, 0));
     }
 
     #[tokio::test]
     async fn the_session_wakes_for_a_packet_queued_while_it_waits() {
-        let inbox = Arc::new(inbox(1024));
+        let arrivals = Arc::new(arrivals(1024));
         let waiting = tokio::spawn({
-            let inbox = inbox.clone();
-            async move { inbox.pop().await.ack }
+            let arrivals = arrivals.clone();
+            async move { arrivals.pop().await.ack }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(inbox.push(packet("[]"), Some(7)));
+        assert!(arrivals.push(packet("[]"), Some(7)));
         let ack = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert_eq!(ack.unwrap().unwrap(), Some(7));
     }

@@ -9,6 +9,7 @@ pub mod cursor;
 pub mod error;
 pub mod event;
 pub mod room;
+pub mod server_event;
 pub mod time;
 
 pub use error::{ChatError, ErrorCode};

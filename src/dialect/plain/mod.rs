@@ -1,12 +1,12 @@
 //! Where a plain-dialect frame is parsed: the JSON envelope over a raw WebSocket, and the
 //! session loop of one connection ([`handshake`] answers `GET /ws` and starts it).
 //!
-//! A connection runs two halves. The reader parses frames, dispatches them to the
-//! handlers, and keeps the replies that wait for a commit in request order. The writer
+//! A connection runs two halves. The read half parses frames, dispatches them to the
+//! handlers, and keeps the replies that wait for a commit in request order. The send half
 //! sends those replies and the user's channel events, and is the one place that closes the
 //! socket: 1001 on shutdown, 1008 when the client stops reading (its queue overflowed),
 //! 1009 for an oversize message. Splitting them means a client that does not read can
-//! stall only its own writer, never the reader of anyone else.
+//! stall only its own send half, never the read half of anyone else.
 
 pub mod handshake;
 
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::chat::{Chat, Reply};
-use crate::hub::Subscription;
+use crate::fanout::hub::Subscription;
 use crate::model::SessionUser;
 use crate::protocol::ChatError;
 
@@ -120,7 +120,7 @@ fn reply_frames(event: Option<&str>, ack: Option<Value>, reply: Reply) -> Vec<St
     }
 }
 
-/// What the reader hands the writer half.
+/// What the read half hands the send half.
 enum Outgoing {
     Text(String),
     Ping,
@@ -138,14 +138,14 @@ pub async fn serve(
 ) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(64);
-    let reader = read_half(stream, &user, &chat, out_tx, liveness);
-    let writer = write_half(sink, subscription, out_rx, shutdown);
-    tokio::pin!(reader, writer);
-    // Whichever half ends first ends the connection: the writer after closing, the
-    // reader when the client closed or vanished.
+    let receiving = read_half(stream, &user, &chat, out_tx, liveness);
+    let sending = send_half(sink, subscription, out_rx, shutdown);
+    tokio::pin!(receiving, sending);
+    // Whichever half ends first ends the connection: the send half after closing, the
+    // read half when the client closed or vanished.
     tokio::select! {
-        _ = &mut reader => {}
-        _ = &mut writer => {}
+        _ = &mut receiving => {}
+        _ = &mut sending => {}
     }
     tracing::debug!(user = %user.id, "plain connection closed");
 }
@@ -187,7 +187,7 @@ async fn read_half(
                     Some(Ok(_)) => continue,
                     None => return,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        return close_via_writer(&out, CloseCode::Size, "message too large").await;
+                        return close_via_send_half(&out, CloseCode::Size, "message too large").await;
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "plain connection read failed");
@@ -210,7 +210,7 @@ async fn read_half(
             _ = sleep_until(deadline) => {
                 if pinged {
                     tracing::debug!(user = %user.id, "dropping a silent connection");
-                    return close_via_writer(&out, CloseCode::Away, "idle timeout").await;
+                    return close_via_send_half(&out, CloseCode::Away, "idle timeout").await;
                 }
                 pinged = true;
                 if out.send(Outgoing::Ping).await.is_err() {
@@ -221,15 +221,15 @@ async fn read_half(
     }
 }
 
-/// Asks the writer half to close the socket, then waits for it to do so: returning
+/// Asks the send half to close the socket, then waits for it to do so: returning
 /// would end the connection before the close frame is out.
-async fn close_via_writer(out: &mpsc::Sender<Outgoing>, code: CloseCode, reason: &'static str) {
+async fn close_via_send_half(out: &mpsc::Sender<Outgoing>, code: CloseCode, reason: &'static str) {
     if out.send(Outgoing::Close(code, reason)).await.is_ok() {
         std::future::pending::<()>().await;
     }
 }
 
-/// Hands one request's answer to the writer half; false once the connection is gone.
+/// Hands one request's answer to the send half; false once the connection is gone.
 async fn send_reply(
     out: &mpsc::Sender<Outgoing>,
     event: Option<&str>,
@@ -244,7 +244,7 @@ async fn send_reply(
     true
 }
 
-async fn write_half(
+async fn send_half(
     mut sink: SplitSink<Socket, Message>,
     mut subscription: Subscription,
     mut out: mpsc::Receiver<Outgoing>,

@@ -1,9 +1,8 @@
-//! Where fan-out happens: every user has a channel, and every connection of that user
+//! The in-process broker: every user has a channel, and every connection of that user
 //! (tabs, devices, either dialect) is subscribed to it.
 //!
-//! An event is serialized once into an [`Outbound`] and the same `Arc` is queued to every
-//! recipient. The plain frame is built lazily, once, and shared; for Socket.IO the JSON is
-//! checked once and shared, and socketioxide wraps it in a packet per socket.
+//! An event is rendered once into an [`Outbound`] and the same `Arc` is queued to every
+//! recipient.
 //!
 //! Each connection's queue is bounded in *bytes*: a client that stops reading is flagged
 //! as a slow consumer and cut off (1008) by its own connection task, so it can never slow
@@ -20,64 +19,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// One server-to-client event, serialized once for all its recipients.
-#[derive(Debug)]
-pub struct Outbound {
-    /// Event name (`message:sent`, `message:seen`, `typing`).
-    pub event: &'static str,
-    /// The payload as JSON text.
-    pub data: String,
-    /// The plain dialect's frame, built by the first plain connection that sends it.
-    plain: OnceLock<Utf8Bytes>,
-    /// The payload as a raw JSON value, built by the first Socket.IO connection that sends it.
-    raw: OnceLock<Box<RawValue>>,
-}
-
-impl Outbound {
-    pub fn new(event: &'static str, data: String) -> Arc<Outbound> {
-        Arc::new(Outbound {
-            event,
-            data,
-            plain: OnceLock::new(),
-            raw: OnceLock::new(),
-        })
-    }
-
-    /// The payload as a JSON value for emitters that take one (Socket.IO), checked once
-    /// per event rather than once per recipient.
-    pub fn raw_data(&self) -> &RawValue {
-        self.raw.get_or_init(|| {
-            RawValue::from_string(self.data.clone())
-                .expect("hub payloads are serialized by the server")
-        })
-    }
-
-    /// `{"event":…,"data":…}`, shared by every plain connection.
-    pub fn plain_frame(&self) -> Utf8Bytes {
-        self.plain
-            .get_or_init(|| {
-                let mut frame = String::with_capacity(self.data.len() + self.event.len() + 24);
-                frame.push_str("{\"event\":\"");
-                frame.push_str(self.event);
-                frame.push_str("\",\"data\":");
-                frame.push_str(&self.data);
-                frame.push('}');
-                Utf8Bytes::from(frame)
-            })
-            .clone()
-    }
-
-    /// What one queued copy counts against a connection's byte bound.
-    fn cost(&self) -> usize {
-        self.data.len() + 32
-    }
-}
+use super::{Broker, Outbound};
 
 /// The sending half of one connection's outbound queue.
 #[derive(Clone)]
@@ -247,19 +193,6 @@ impl Hub {
         })
     }
 
-    /// Queues `event` to every connection of `user`, without waiting for any of them.
-    pub fn publish(&self, user: &str, event: &Arc<Outbound>) {
-        let users = self.users.read().expect("hub lock poisoned");
-        if let Some(conns) = users.get(user) {
-            for (_, queue) in conns {
-                queue.push(event, &self.outstanding);
-            }
-        }
-        if self.outstanding.total.load(Ordering::Acquire) > self.outstanding.budget {
-            self.enforce_budget(&users);
-        }
-    }
-
     /// Cuts the connections holding the most queued bytes until the total is within the
     /// budget. Only runs when over budget, and in one publisher at a time: the others go
     /// on without waiting, since the one at work takes care of their bytes too.
@@ -328,6 +261,22 @@ impl Hub {
     }
 }
 
+impl Broker for Hub {
+    /// Queues `event` to every connection of `user` in this process, without waiting for
+    /// any of them.
+    fn publish(&self, user: &str, event: &Arc<Outbound>) {
+        let users = self.users.read().expect("hub lock poisoned");
+        if let Some(conns) = users.get(user) {
+            for (_, queue) in conns {
+                queue.push(event, &self.outstanding);
+            }
+        }
+        if self.outstanding.total.load(Ordering::Acquire) > self.outstanding.budget {
+            self.enforce_budget(&users);
+        }
+    }
+}
+
 /// One connection's membership in its user's channel; dropping it unsubscribes.
 pub struct Subscription {
     hub: Arc<Hub>,
@@ -387,6 +336,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::server_event::ServerEvent;
 
     #[tokio::test]
     async fn every_connection_of_a_user_receives_and_others_do_not() {
@@ -394,7 +344,10 @@ mod tests {
         let mut a1 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let mut a2 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let mut b = hub.subscribe("b", 4, 1 << 20).unwrap();
-        let event = Outbound::new("typing", "{}".into());
+        let event = Outbound::new(ServerEvent::Typing {
+            room_id: "a".into(),
+            user_id: "b".into(),
+        });
         hub.publish("a", &event);
         assert!(Arc::ptr_eq(&a1.recv().await.unwrap(), &event));
         assert!(Arc::ptr_eq(&a2.recv().await.unwrap(), &event));
@@ -417,7 +370,7 @@ mod tests {
     async fn a_full_queue_flags_the_slow_consumer_instead_of_growing() {
         let hub = Hub::new(usize::MAX);
         let sub = hub.subscribe("a", 1, 1000).unwrap();
-        let event = Outbound::new("message:sent", "x".repeat(400));
+        let event = event_of(432);
         for _ in 0..10 {
             hub.publish("a", &event);
         }
@@ -435,8 +388,14 @@ mod tests {
         hub.subscribe(user, 1, 1 << 30).unwrap()
     }
 
+    /// An event that costs `bytes` in a queue: 32 B of overhead, then its payload.
     fn event_of(bytes: usize) -> Arc<Outbound> {
-        Outbound::new("message:sent", "x".repeat(bytes - 32))
+        let event = Outbound::new(ServerEvent::Typing {
+            room_id: "x".repeat(bytes - 32 - r#"{"roomId":"","userId":""}"#.len()),
+            user_id: String::new(),
+        });
+        assert_eq!(event.cost(), bytes);
+        event
     }
 
     #[tokio::test]
@@ -526,21 +485,5 @@ mod tests {
         }
         assert_eq!(hub.queued_bytes(), 0);
         assert_eq!(hub.connection_count(), 0);
-    }
-
-    #[test]
-    fn plain_frame_is_built_once() {
-        let event = Outbound::new("typing", r#"{"roomId":"a-b"}"#.into());
-        let frame = event.plain_frame();
-        assert_eq!(
-            frame.as_str(),
-            r#"{"event":"typing","data":{"roomId":"a-b"}}"#
-        );
-        assert_eq!(
-            frame.as_str().as_ptr(),
-            event.plain_frame().as_str().as_ptr()
-        );
-        assert_eq!(event.raw_data().get(), r#"{"roomId":"a-b"}"#);
-        assert!(std::ptr::eq(event.raw_data(), event.raw_data()));
     }
 }

@@ -1,0 +1,149 @@
+//! What the server pushes to clients unasked: `message:sent`, `message:seen`, `typing`.
+//!
+//! One type for every pushed event, with its wire name and JSON payload written here
+//! once; both dialects frame the same rendering (see `crate::fanout::Outbound`). The
+//! variants hold data rather than JSON text, so that an event can be carried by a broker
+//! and rebuilt on the other side. The one exception is a room's latest messages, which
+//! stay pre-serialized: the latest-50 cache keeps each message as JSON so that a send
+//! costs a concatenation, not fifty serializations.
+
+use serde::Serialize;
+
+use crate::model::SessionUser;
+
+/// One event the server pushes to a user's connections.
+#[derive(Debug, Clone)]
+pub enum ServerEvent {
+    /// `message:sent`: a room's latest messages after a send (to both members), or as
+    /// they are after a retry (to the sender only).
+    MessageSent {
+        /// The room id as the sender names it.
+        room_id: String,
+        /// The sender.
+        user: SessionUser,
+        /// The room's latest messages, newest first, as one JSON array text.
+        messages: String,
+    },
+    /// `message:seen`: to a sender, which of their messages a reader has now seen.
+    MessageSeen(Vec<SeenReceipt>),
+    /// `typing`: to the partner, that the user is typing in the room.
+    Typing {
+        /// The room id as the typist names it.
+        room_id: String,
+        user_id: String,
+    },
+}
+
+/// One message that became seen, as `message:seen` lists it.
+// Fields in the order the payload has always had on the wire.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenReceipt {
+    pub message_id: u64,
+    /// The room id as the reader names it.
+    pub room_id: String,
+    /// RFC 3339, as every protocol timestamp.
+    pub seen_at: String,
+    /// The reader.
+    pub user_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TypingPayload<'a> {
+    room_id: &'a str,
+    user_id: &'a str,
+}
+
+impl ServerEvent {
+    /// The event's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerEvent::MessageSent { .. } => "message:sent",
+            ServerEvent::MessageSeen(_) => "message:seen",
+            ServerEvent::Typing { .. } => "typing",
+        }
+    }
+
+    /// The payload as JSON text, rendered once for all recipients and both dialects.
+    pub fn payload(&self) -> String {
+        match self {
+            ServerEvent::MessageSent {
+                room_id,
+                user,
+                messages,
+            } => {
+                let mut out = String::with_capacity(
+                    messages.len() + room_id.len() + user.name.len() * 2 + 64,
+                );
+                out.push_str("{\"roomId\":");
+                out.push_str(&serde_json::to_string(room_id).expect("strings serialize"));
+                out.push_str(",\"user\":");
+                out.push_str(&serde_json::to_string(user).expect("users serialize"));
+                out.push_str(",\"messages\":");
+                out.push_str(messages);
+                out.push('}');
+                out
+            }
+            ServerEvent::MessageSeen(receipts) => {
+                serde_json::to_string(receipts).expect("receipts serialize")
+            }
+            ServerEvent::Typing { room_id, user_id } => {
+                serde_json::to_string(&TypingPayload { room_id, user_id })
+                    .expect("strings serialize")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parsed(event: &ServerEvent) -> Value {
+        serde_json::from_str(&event.payload()).expect("payloads are JSON")
+    }
+
+    #[test]
+    fn message_sent_wraps_the_pre_serialized_messages() {
+        let event = ServerEvent::MessageSent {
+            room_id: "b\"".into(),
+            user: SessionUser {
+                id: "a".into(),
+                name: "Ann \"A\"".into(),
+            },
+            messages: r#"[{"id":2},{"id":1}]"#.into(),
+        };
+        assert_eq!(event.name(), "message:sent");
+        assert_eq!(
+            event.payload(),
+            r#"{"roomId":"b\"","user":{"id":"a","name":"Ann \"A\""},"messages":[{"id":2},{"id":1}]}"#
+        );
+    }
+
+    #[test]
+    fn message_seen_lists_its_receipts() {
+        let event = ServerEvent::MessageSeen(vec![SeenReceipt {
+            message_id: 7,
+            room_id: "a".into(),
+            seen_at: "2026-01-02T03:04:05.006Z".into(),
+            user_id: "b".into(),
+        }]);
+        assert_eq!(event.name(), "message:seen");
+        assert_eq!(
+            parsed(&event),
+            json!([{ "userId": "b", "roomId": "a", "messageId": 7, "seenAt": "2026-01-02T03:04:05.006Z" }])
+        );
+    }
+
+    #[test]
+    fn typing_names_room_and_typist() {
+        let event = ServerEvent::Typing {
+            room_id: "b".into(),
+            user_id: "a".into(),
+        };
+        assert_eq!(event.name(), "typing");
+        assert_eq!(event.payload(), r#"{"roomId":"b","userId":"a"}"#);
+    }
+}

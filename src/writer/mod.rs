@@ -1,0 +1,519 @@
+//! The group-commit writer: the only place that writes to the store.
+//!
+//! Every write is a [`Command`]: sends, reads, the changed names of connecting users.
+//! They queue to one thread. Each round it takes all that is queued (up to `max_batch`),
+//! applies each command through one write transaction, commits once with fsync, and only
+//! then releases their effects: it publishes their events in order, then answers the
+//! callers (a handshake waits for its name's answer). If the commit fails, nothing of the
+//! round is published and every command is answered `internal`. Under load the queue fills
+//! while the previous commit is syncing, so rounds grow by themselves; an idle server
+//! commits a lone message at once.
+//!
+//! Publishing here, in commit order, is what keeps every connection's `message:sent`
+//! events of one room in increasing id order. The thread is a plain OS thread because
+//! commits block on fsync, which must not stall the async runtime.
+//!
+//! Both guarantees (answer only once durable, publish in commit order) live here, above
+//! the storage traits and the broker, so every backend gets them: a backend only has to
+//! make [`WriteTxn::commit`] return once the transaction is durable. A command knows
+//! neither: it applies its write, names its events ([`ServerEvent`], rendered by the
+//! protocol) and returns its answer; adding a write is one new [`Command`] type.
+
+mod commands;
+
+pub use commands::{AppendMessage, AppendOutcome, MarkSeen, PutProfile, SeenItem};
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fanout::{Broker, Outbound};
+use crate::metrics;
+use crate::protocol::server_event::ServerEvent;
+use crate::protocol::ChatError;
+use crate::snapshot::{CacheStats, RecentCache};
+use crate::store::{StoreError, WriteStore, WriteTxn};
+
+/// One write, applied in a round's transaction and answered once the round is durable.
+pub trait Command: Send + 'static {
+    /// What the caller learns once the write is durable.
+    type Output: Send + 'static;
+
+    /// Applies the write through `txn` and publishes its events through `cx`. An error is
+    /// this command's answer alone: the round goes on, and the events it published are
+    /// dropped.
+    fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>)
+        -> Result<Self::Output, ChatError>;
+
+    /// When the request arrived, for commands timed from arrival to durable
+    /// (`chat_send_durable_seconds`).
+    fn arrived(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// What a command sees of its round: the latest-50 cache, and where its effects go.
+pub struct Context<'a> {
+    cache: &'a mut RecentCache,
+    effects: &'a mut Effects,
+}
+
+impl Context<'_> {
+    /// The latest-50 cache, which only the writer thread touches.
+    pub fn cache(&mut self) -> &mut RecentCache {
+        self.cache
+    }
+
+    /// Publishes `event` to each of `users` once the round is durable.
+    pub fn publish(&mut self, users: Vec<String>, event: ServerEvent) {
+        self.effects.deliveries.push(Delivery {
+            users,
+            event: Outbound::new(event),
+        });
+    }
+
+    /// Counts a new message in `chat_messages_stored_total` once the round is durable.
+    pub fn stored_message(&mut self) {
+        self.effects.new_messages += 1;
+    }
+}
+
+/// What a round releases once durable, besides the answers.
+#[derive(Default)]
+struct Effects {
+    deliveries: Vec<Delivery>,
+    new_messages: u64,
+}
+
+/// An event to publish once the round is durable.
+struct Delivery {
+    users: Vec<String>,
+    event: Arc<Outbound>,
+}
+
+/// A queued command and its caller, erased so that one queue carries every command.
+trait Queued: Send {
+    /// Applies the command, keeping its answer for [`Queued::answer`].
+    fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>);
+
+    /// Answers the caller: with the command's result once the round is `Ok(durable at)`,
+    /// `internal` when the round failed.
+    fn answer(self: Box<Self>, round: Result<Instant, &StoreError>);
+}
+
+struct Job<C: Command> {
+    /// Taken by `apply`.
+    command: Option<C>,
+    arrived: Option<Instant>,
+    result: Option<Result<C::Output, ChatError>>,
+    reply: oneshot::Sender<Result<C::Output, ChatError>>,
+}
+
+impl<C: Command> Queued for Job<C> {
+    fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) {
+        let command = self.command.take().expect("a job is applied once");
+        let (deliveries, new_messages) = (cx.effects.deliveries.len(), cx.effects.new_messages);
+        let result = command.apply(txn, cx);
+        if result.is_err() {
+            cx.effects.deliveries.truncate(deliveries);
+            cx.effects.new_messages = new_messages;
+        }
+        self.result = Some(result);
+    }
+
+    fn answer(self: Box<Self>, round: Result<Instant, &StoreError>) {
+        let answer = match round {
+            Ok(durable_at) => {
+                if let Some(arrived) = self.arrived {
+                    metrics::send_durable(durable_at.saturating_duration_since(arrived));
+                }
+                self.result
+                    .unwrap_or_else(|| Err(ChatError::internal("the write was not applied")))
+            }
+            Err(e) => Err(ChatError::internal(format!("commit failed: {e}"))),
+        };
+        // The caller may have gone away; nothing is owed to it then.
+        let _ = self.reply.send(answer);
+    }
+}
+
+enum Request {
+    Apply(Box<dyn Queued>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The handle through which sessions submit writes. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Request>,
+    /// The size of the writer thread's latest-50 cache, for `/metrics`.
+    recent_cache: Arc<CacheStats>,
+}
+
+/// Owns the writer thread; [`WriterThread::shutdown`] drains it.
+pub struct WriterThread {
+    writer: Writer,
+    thread: JoinHandle<()>,
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Bytes the latest-50 cache may hold (`memory.recent_cache_bytes`).
+    pub recent_cache_bytes: usize,
+    /// Most commands applied in one transaction.
+    pub max_batch: usize,
+}
+
+impl Writer {
+    /// Starts the writer thread, which publishes through `broker`.
+    pub fn spawn(
+        store: Arc<dyn WriteStore>,
+        broker: Arc<dyn Broker>,
+        config: WriterConfig,
+    ) -> WriterThread {
+        let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
+        let cache = RecentCache::new(config.recent_cache_bytes);
+        let recent_cache = cache.stats();
+        let thread = std::thread::Builder::new()
+            .name("chat-writer".into())
+            .spawn(move || {
+                let mut state = State {
+                    store,
+                    broker,
+                    cache,
+                };
+                state.run(rx, config.max_batch.max(1));
+            })
+            .expect("spawn the writer thread");
+        WriterThread {
+            writer: Writer { tx, recent_cache },
+            thread,
+        }
+    }
+
+    /// Queues a command; the returned receiver resolves once it is durable (or failed).
+    pub async fn submit<C: Command>(
+        &self,
+        command: C,
+    ) -> oneshot::Receiver<Result<C::Output, ChatError>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            arrived: command.arrived(),
+            command: Some(command),
+            result: None,
+            reply,
+        };
+        // A failed send drops `reply`, so the receiver reports the writer as gone.
+        let _ = self.tx.send(Request::Apply(Box::new(job))).await;
+        rx
+    }
+
+    /// How big the latest-50 cache is now.
+    pub fn recent_cache(&self) -> &CacheStats {
+        &self.recent_cache
+    }
+}
+
+/// Waits for a writer reply, mapping a vanished writer to `internal`.
+pub async fn outcome<T>(rx: oneshot::Receiver<Result<T, ChatError>>) -> Result<T, ChatError> {
+    rx.await
+        .unwrap_or_else(|_| Err(ChatError::internal("the writer has shut down")))
+}
+
+impl WriterThread {
+    pub fn writer(&self) -> Writer {
+        self.writer.clone()
+    }
+
+    /// Commits everything queued before this call, then stops the thread.
+    pub async fn shutdown(self) {
+        let (done, rx) = oneshot::channel();
+        if self.writer.tx.send(Request::Shutdown(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+/// What the writer thread owns.
+struct State {
+    store: Arc<dyn WriteStore>,
+    broker: Arc<dyn Broker>,
+    cache: RecentCache,
+}
+
+impl State {
+    fn run(&mut self, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
+        let mut requests = Vec::with_capacity(max_batch);
+        while rx.blocking_recv_many(&mut requests, max_batch) > 0 {
+            let mut stop = None;
+            let mut jobs = Vec::with_capacity(requests.len());
+            for request in requests.drain(..) {
+                match request {
+                    Request::Shutdown(done) => stop = Some(done),
+                    Request::Apply(job) => jobs.push(job),
+                }
+            }
+            if !jobs.is_empty() {
+                self.commit_round(jobs);
+            }
+            if let Some(done) = stop {
+                rx.close();
+                // Anything that raced in before the close still gets committed.
+                while let Ok(request) = rx.try_recv() {
+                    if let Request::Apply(job) = request {
+                        self.commit_round(vec![job]);
+                    }
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Applies one round of commands in one transaction, commits, then publishes and
+    /// answers.
+    fn commit_round(&mut self, mut jobs: Vec<Box<dyn Queued>>) {
+        let mut effects = Effects::default();
+        let cache = &mut self.cache;
+        let committed = self.store.begin().and_then(|mut txn| {
+            let mut cx = Context {
+                cache,
+                effects: &mut effects,
+            };
+            for job in &mut jobs {
+                job.apply(txn.as_mut(), &mut cx);
+            }
+            let commit_started = Instant::now();
+            txn.commit()?;
+            metrics::commit_took(commit_started.elapsed());
+            Ok(())
+        });
+
+        if let Err(e) = committed {
+            // Nothing of this round is durable: nobody hears of it, and the cache may hold
+            // messages that never reached the disk.
+            tracing::error!(error = %e, "commit failed");
+            self.cache.clear();
+            for job in jobs {
+                job.answer(Err(&e));
+            }
+            return;
+        }
+        let durable_at = Instant::now();
+        // Recorded before anyone hears of the commit, so a scrape after an ack sees it.
+        metrics::committed(jobs.len(), effects.new_messages);
+        for delivery in effects.deliveries {
+            for user in &delivery.users {
+                self.broker.publish(user, &delivery.event);
+            }
+        }
+        for job in jobs {
+            job.answer(Ok(durable_at));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer's own guarantees, checked with commands and a store made for the test:
+    //! events go out only after their round committed, in the order the commands were
+    //! applied; a failed command publishes nothing; a failed commit publishes nothing and
+    //! answers everyone `internal`.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc as std_mpsc, Mutex};
+
+    use super::*;
+    use crate::model::{ChatMessage, RoomKey, SessionUser};
+    use crate::protocol::ErrorCode;
+    use crate::store::{self, Appended, SeenOutcome};
+
+    /// What happened, in order: `commit` for each commit, `publish <user> <room>` for each
+    /// event that reached the broker.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct Recorder(Log);
+
+    impl Broker for Recorder {
+        fn publish(&self, user: &str, event: &Arc<Outbound>) {
+            let room: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            let entry = format!("publish {user} {}", room["roomId"].as_str().unwrap());
+            self.0.lock().unwrap().push(entry);
+        }
+    }
+
+    struct TestStore {
+        log: Log,
+        fail_commits: AtomicBool,
+    }
+
+    struct TestTxn {
+        log: Log,
+        fail: bool,
+    }
+
+    impl WriteStore for TestStore {
+        fn begin(&self) -> store::Result<Box<dyn WriteTxn>> {
+            Ok(Box::new(TestTxn {
+                log: Arc::clone(&self.log),
+                fail: self.fail_commits.load(Ordering::SeqCst),
+            }))
+        }
+    }
+
+    const ONLY_TEST_COMMANDS: &str = "the writer's tests apply only their own commands";
+
+    impl WriteTxn for TestTxn {
+        fn append(
+            &mut self,
+            _: &RoomKey,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            _: i64,
+        ) -> store::Result<Appended> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn latest(&self, _: &RoomKey, _: usize) -> store::Result<Vec<ChatMessage>> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn mark_seen(
+            &mut self,
+            _: &RoomKey,
+            _: &str,
+            _: u64,
+            _: i64,
+            _: i64,
+        ) -> store::Result<SeenOutcome> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn put_profile(&mut self, _: &SessionUser) -> store::Result<()> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn commit(self: Box<Self>) -> store::Result<()> {
+            if self.fail {
+                return Err(StoreError::Corrupt("the test fails this commit".into()));
+            }
+            self.log.lock().unwrap().push("commit".into());
+            Ok(())
+        }
+    }
+
+    /// Publishes a typing event in `room` to `user`, then answers `room`, or fails.
+    struct Emit {
+        user: &'static str,
+        room: &'static str,
+        fail: bool,
+    }
+
+    impl Command for Emit {
+        type Output = &'static str;
+
+        fn apply(
+            self,
+            _: &mut dyn WriteTxn,
+            cx: &mut Context<'_>,
+        ) -> Result<&'static str, ChatError> {
+            cx.publish(
+                vec![self.user.into()],
+                ServerEvent::Typing {
+                    room_id: self.room.into(),
+                    user_id: "w".into(),
+                },
+            );
+            if self.fail {
+                return Err(ChatError::bad_request("this command fails"));
+            }
+            Ok(self.room)
+        }
+    }
+
+    /// Says when its round has started, then holds it open until the test lets it go,
+    /// so that what is submitted meanwhile lands together in the next round.
+    struct Hold {
+        started: oneshot::Sender<()>,
+        release: std_mpsc::Receiver<()>,
+    }
+
+    impl Command for Hold {
+        type Output = ();
+
+        fn apply(self, _: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<(), ChatError> {
+            self.started.send(()).unwrap();
+            self.release.recv().unwrap();
+            Ok(())
+        }
+    }
+
+    fn start(fail_commits: bool) -> (WriterThread, Log) {
+        let log = Log::default();
+        let store = Arc::new(TestStore {
+            log: Arc::clone(&log),
+            fail_commits: AtomicBool::new(fail_commits),
+        });
+        let config = WriterConfig {
+            recent_cache_bytes: 1 << 20,
+            max_batch: 16,
+        };
+        let thread = Writer::spawn(store, Arc::new(Recorder(Arc::clone(&log))), config);
+        (thread, log)
+    }
+
+    fn emit(user: &'static str, room: &'static str, fail: bool) -> Emit {
+        Emit { user, room, fail }
+    }
+
+    #[tokio::test]
+    async fn events_go_out_after_their_commit_in_order_and_a_failed_command_sends_none() {
+        let (thread, log) = start(false);
+        let writer = thread.writer();
+        let (release, held) = std_mpsc::channel();
+        let (started, holding) = oneshot::channel();
+        let hold = writer
+            .submit(Hold {
+                started,
+                release: held,
+            })
+            .await;
+        holding.await.unwrap();
+        // One round: applied in this order while the first round is held open.
+        let first = writer.submit(emit("a", "r1", false)).await;
+        let failed = writer.submit(emit("b", "r2", true)).await;
+        let last = writer.submit(emit("c", "r3", false)).await;
+        release.send(()).unwrap();
+        outcome(hold).await.unwrap();
+        assert_eq!(outcome(first).await.unwrap(), "r1");
+        let refused = outcome(failed).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadRequest);
+        assert_eq!(outcome(last).await.unwrap(), "r3");
+        thread.shutdown().await;
+
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["commit", "commit", "publish a r1", "publish c r3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_publishes_nothing_and_answers_internal() {
+        let (thread, log) = start(true);
+        let writer = thread.writer();
+        let answers = [
+            writer.submit(emit("a", "r1", false)).await,
+            writer.submit(emit("b", "r2", false)).await,
+        ];
+        for answer in answers {
+            assert_eq!(outcome(answer).await.unwrap_err().code, ErrorCode::Internal);
+        }
+        thread.shutdown().await;
+        assert!(log.lock().unwrap().is_empty());
+    }
+}
