@@ -16,7 +16,8 @@
 //! - [`dialect::socketio`]: where a Socket.IO packet is decoded (socketioxide), and its
 //!   session; [`dialect::frame_limit`]: its WebSocket messages' size limit, with close
 //!   1009; [`dialect`] itself decides how a reply is answered, for both dialects.
-//! - [`chat`]: the event handlers, shared by every dialect and the HTTP API.
+//! - [`chat`]: the event handlers, shared by every dialect and the HTTP API, one file per
+//!   event: its checks, the writer command it submits, its reply.
 //! - [`model`]: the domain types that `protocol` and `store` share: users, messages, room
 //!   pairs, inbox and history pages.
 //! - [`protocol`]: payload shapes, room ids, timestamps, error codes;

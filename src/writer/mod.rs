@@ -17,11 +17,8 @@
 //! the storage traits and the broker, so every backend gets them: a backend only has to
 //! make [`WriteTxn::commit`] return once the transaction is durable. A command knows
 //! neither: it applies its write, names its events ([`ServerEvent`], rendered by the
-//! protocol) and returns its answer; adding a write is one new [`Command`] type.
-
-mod commands;
-
-pub use commands::{AppendMessage, AppendOutcome, MarkSeen, PutProfile, SeenItem};
+//! protocol) and returns its answer; adding a write is one new [`Command`] type, which lives beside the handler that
+//! submits it (`crate::chat`).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -1,0 +1,187 @@
+//! `message`: a new chat message. Checks (shape, who, room, content, idempotency, rate
+//! limit), then the `AppendMessage` command the writer applies, then the ack reply once
+//! it is durable.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{check_sender, internal, room_for, Chat, Handled, Success};
+use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::protocol::event::{self, ClientEvent, SendMessage, MAX_MESSAGES_LIMIT};
+use crate::protocol::server_event::ServerEvent;
+use crate::protocol::time::now_millis;
+use crate::protocol::{ChatError, ErrorCode};
+use crate::ratelimit::Bucket;
+use crate::store::{Appended, WriteTxn};
+use crate::writer::{outcome, Command, Context};
+
+impl Chat {
+    pub(super) async fn send_message(
+        &self,
+        user: &SessionUser,
+        data: &str,
+        arrived: Instant,
+    ) -> Handled {
+        let checked = (|| {
+            let req: SendMessage = event::parse(ClientEvent::Message, data)?;
+            req.check_shape()?;
+            check_sender(user, &req.user_id)?;
+            let room = room_for(&user.id, &req.room_id)?;
+            if req.message.is_empty() {
+                return Err(ChatError::new(
+                    ErrorCode::InvalidMessage,
+                    "message must not be empty",
+                ));
+            }
+            if req.message.len() > self.limits.max_message_bytes {
+                return Err(ChatError::new(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "message is {} bytes; the limit is {}",
+                        req.message.len(),
+                        self.limits.max_message_bytes
+                    ),
+                ));
+            }
+            Ok((req, room))
+        })();
+        let (req, room) = match checked {
+            Ok(ok) => ok,
+            Err(e) => return Handled::Done(Err(e)),
+        };
+        let took_token = match self
+            .send_allowance(user, &room, req.client_message_id.as_deref())
+            .await
+        {
+            Ok(took_token) => took_token,
+            Err(e) => return Handled::Done(Err(e)),
+        };
+        let sender = user.clone();
+        let rx = self
+            .writer
+            .submit(AppendMessage {
+                room,
+                sender,
+                text: req.message,
+                client_message_id: req.client_message_id,
+                arrived,
+            })
+            .await;
+        let refund = took_token.then(|| self.rate_limiter.clone());
+        Handled::Pending(Box::pin(async move {
+            let appended = outcome(rx).await?;
+            if let (true, Some(limiter)) = (appended.duplicate, refund) {
+                // A retry stores nothing, so it must not cost anything either. The stored
+                // message is the sender's own: client ids are kept per sender.
+                limiter.give_back(&appended.message.user_id, Bucket::Send);
+            }
+            Ok(Success::command(
+                json!({ "ok": true, "message": appended.message }),
+            ))
+        }))
+    }
+
+    /// The idempotency and rate-limit checks of a send: takes a send token (returning
+    /// true), or lets a retry of an already stored message through without one (false),
+    /// or refuses with `rate_limited`.
+    async fn send_allowance(
+        &self,
+        user: &SessionUser,
+        room: &RoomKey,
+        client_message_id: Option<&str>,
+    ) -> Result<bool, ChatError> {
+        let refused = match self.rate_limiter.take(&user.id, Bucket::Send) {
+            Ok(()) => return Ok(true),
+            Err(refused) => refused,
+        };
+        // Only an empty bucket pays for this lookup; the writer dedups the rest.
+        let Some(client_message_id) = client_message_id else {
+            return Err(refused);
+        };
+        match self
+            .store
+            .find_by_client_id(room, &user.id, client_message_id)
+            .await
+        {
+            Ok(Some(_)) => Ok(false),
+            Ok(None) => Err(refused),
+            Err(e) => Err(internal(e)),
+        }
+    }
+}
+
+/// A new message to store (`message`): `message:sent` to both members of the room, or,
+/// for a retry of one already stored, to the sender alone.
+pub struct AppendMessage {
+    pub room: RoomKey,
+    pub sender: SessionUser,
+    pub text: String,
+    pub client_message_id: Option<String>,
+    /// When the `message` frame arrived, for `chat_send_durable_seconds`.
+    pub arrived: Instant,
+}
+
+/// What the sender learns once the message is durable.
+#[derive(Debug)]
+pub struct AppendOutcome {
+    /// The stored message (for a retry: the one stored first, in its current state).
+    pub message: ChatMessage,
+    /// True when this was a retry and nothing new was stored.
+    pub duplicate: bool,
+}
+
+impl Command for AppendMessage {
+    type Output = AppendOutcome;
+
+    fn apply(
+        self,
+        txn: &mut dyn WriteTxn,
+        cx: &mut Context<'_>,
+    ) -> Result<AppendOutcome, ChatError> {
+        let appended = txn
+            .append(
+                &self.room,
+                &self.sender.id,
+                &self.text,
+                self.client_message_id.as_deref(),
+                now_millis(),
+            )
+            .map_err(ChatError::internal)?;
+        let load = || txn.latest(&self.room, MAX_MESSAGES_LIMIT);
+        let (message, duplicate, recipients, messages) = match appended {
+            Appended::New(message) => {
+                let messages = cx
+                    .cache()
+                    .record_new(&self.room, &message, load)
+                    .map_err(ChatError::internal)?;
+                cx.stored_message();
+                let mut users = vec![self.room.low.clone()];
+                if !self.room.is_self_room() {
+                    users.push(self.room.high.clone());
+                }
+                (message, false, users, messages)
+            }
+            Appended::Duplicate(message) => {
+                let messages = cx
+                    .cache()
+                    .snapshot(&self.room, load)
+                    .map_err(ChatError::internal)?;
+                (message, true, vec![self.sender.id.clone()], messages)
+            }
+        };
+        cx.publish(
+            recipients,
+            ServerEvent::MessageSent {
+                room_id: self.room.id(),
+                user: self.sender,
+                messages,
+            },
+        );
+        Ok(AppendOutcome { message, duplicate })
+    }
+
+    fn arrived(&self) -> Option<Instant> {
+        Some(self.arrived)
+    }
+}
