@@ -88,3 +88,122 @@ fn every_bench_scenario_runs_and_reports() {
     }
     assert!(report["machine"]["cpus"].as_u64().unwrap() > 0);
 }
+
+/// Runs chat-bench against the debug server with `args`, returning its stdout and report.
+fn bench(args: &[&str]) -> (String, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args(["--server", env!("CARGO_BIN_EXE_chat-server")])
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run chat-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "chat-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    (stdout, report)
+}
+
+/// The soak with a 1 MiB outbound bound: memory is sampled, latency is windowed, and the
+/// stalled connections are cut. Few users at a high rate, so each stalled connection gets
+/// enough traffic to fill the loopback socket buffers (a few MiB) and then its queue
+/// within seconds.
+#[test]
+fn the_soak_samples_memory_and_cuts_stalled_connections() {
+    let (stdout, report) = bench(&[
+        "--scenarios",
+        "soak",
+        "--soak-secs",
+        "10",
+        "--soak-rate",
+        "500",
+        "--soak-users",
+        "10",
+        "--soak-stalled",
+        "0.5",
+        "--soak-window-secs",
+        "2",
+        "--soak-sample-secs",
+        "0.5",
+        "--server-env",
+        "CHAT_LIMITS_MAX_OUTBOUND_BYTES=1048576",
+    ]);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("soak: peak RSS")),
+        "{stdout}"
+    );
+    let soak = &report["scenarios"]["soak"];
+    let rss = &soak["rss"];
+    let samples = rss["samples"].as_array().unwrap();
+    // 12.5 s paced (2.5 s warm-up + 10 s), a sample every 0.5 s.
+    assert!(samples.len() >= 20, "{} RSS samples", samples.len());
+    let peak = rss["peak_bytes"].as_u64().unwrap();
+    assert!(peak >= rss["max_sampled_bytes"].as_u64().unwrap() && peak > 1 << 20);
+    assert!(rss["slope_mib_per_min"].as_f64().unwrap().is_finite());
+    assert!(rss["slope_stderr_mib_per_min"].as_f64().unwrap() >= 0.0);
+    assert!(rss["under_ceiling"].as_bool().unwrap());
+    let windows = soak["windows"].as_array().unwrap();
+    assert!(
+        (4..=5).contains(&windows.len()),
+        "{} windows",
+        windows.len()
+    );
+    for w in windows {
+        assert!(w["delivered"].as_u64().unwrap() > 0);
+        assert!(w["p99_ms"].as_f64().unwrap() >= w["p50_ms"].as_f64().unwrap());
+    }
+    assert!(soak["delivered"].as_u64().unwrap() > soak["offered"].as_u64().unwrap() / 2);
+    let stalled = &soak["stalled"];
+    assert_eq!(stalled["opened"], 5);
+    let cut = ["closed_1008", "dropped_without_close"]
+        .iter()
+        .map(|k| stalled[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(cut > 0, "no stalled connection was cut: {stalled}");
+    assert_eq!(stalled["closed_other"], 0, "{stalled}");
+    // The server cut at least those the client saw cut, and none of the readers.
+    let server_cut = soak["slow_consumers_cut"].as_f64().unwrap();
+    assert!(
+        server_cut >= cut as f64 && server_cut <= 5.0,
+        "{server_cut} cut"
+    );
+}
+
+/// The history scenario fills a store, pages through cold rooms with each cache size and
+/// checks every room was walked completely.
+#[test]
+fn history_pages_through_cold_rooms_per_cache_size() {
+    let (stdout, report) = bench(&[
+        "--scenarios",
+        "history",
+        "--runs",
+        "1",
+        "--history-messages",
+        "3000",
+        "--history-rooms",
+        "2",
+        "--history-cache-bytes",
+        "default,1048576",
+    ]);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("history: cache default")),
+        "{stdout}"
+    );
+    let history = &report["scenarios"]["history"];
+    assert_eq!(history["messages"], 3000);
+    assert!(history["store_bytes"].as_u64().unwrap() > 3000 * 96);
+    assert!(history["page_cache_dropped"].is_boolean());
+    for size in ["default", "1048576"] {
+        let figures = &history["cache_bytes"][size];
+        let p50 = figures["p50_ms"]["median"].as_f64().unwrap();
+        assert!(p50 > 0.0 && figures["p99_ms"]["median"].as_f64().unwrap() >= p50);
+    }
+}

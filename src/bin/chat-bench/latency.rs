@@ -1,6 +1,9 @@
 //! The latency load: many connected users, messages offered at a fixed rate whatever the
 //! server does (open loop), latency measured from the *intended* send time to the moment
 //! the partner receives the `message:sent`, so a stalled server cannot hide its delay.
+//!
+//! [`OpenLoop`] is the load itself, shared with the soak scenario, which runs it for much
+//! longer and reads its latencies per time window.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 use chat_server::auth::Auth;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Dialect, Ws};
@@ -38,52 +42,16 @@ pub struct LatencyResult {
     pub avg_frame_bytes: f64,
 }
 
-struct Shared {
-    epoch: Instant,
-    warmup_us: u64,
-    samples: Mutex<Vec<f64>>,
-    /// Bytes of the measured `message:sent` frames, so the relay can send the same.
-    frame_bytes: AtomicU64,
-}
-
 pub async fn run(
     addr: SocketAddr,
     auth: &Auth,
     config: LatencyConfig,
 ) -> Result<LatencyResult, String> {
-    let users = config.users.max(2) & !1;
-    let conns = client::connect_users(addr, auth, 0..users, 0, 16 * 1024, Dialect::Plain).await?;
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        warmup_us: config.warmup.as_micros() as u64,
-        samples: Mutex::new(Vec::new()),
-        frame_bytes: AtomicU64::new(0),
-    });
-    let (mut senders, mut tasks) = (Vec::with_capacity(users), Vec::with_capacity(users));
-    for (i, ws) in conns.into_iter().enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        senders.push(tx);
-        tasks.push(tokio::spawn(connection(i, ws, rx, shared.clone())));
-    }
-
+    let mut load = OpenLoop::start(addr, auth, config.users, config.warmup, None).await?;
     let total = (config.rate * (config.warmup + config.duration).as_secs_f64()) as u64;
-    let pacer_shared = shared.clone();
-    // Paced from an OS thread: tokio's timer rounds every sleep up to the next whole
-    // millisecond, which at 2,000 msgs/s would add up to a millisecond of latency that
-    // is the generator's, not the server's. `thread::sleep` wakes within tens of µs.
-    let pacer = std::thread::spawn(move || pace(senders, total, config.rate, &pacer_shared));
-    let (offered, scheduled_for, senders) = tokio::task::spawn_blocking(move || pacer.join())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|_| "the pacing thread panicked".to_string())?;
-    // Late deliveries still count; give them a moment, then stop everything.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    drop(senders);
-    for task in &tasks {
-        task.abort();
-    }
-
-    let mut samples = std::mem::take(&mut *shared.samples.lock().expect("not poisoned"));
+    let (offered, scheduled_for) = load.pace(total, config.rate).await?;
+    let (windows, frame_bytes) = load.finish().await;
+    let mut samples: Vec<f64> = windows.into_iter().flatten().collect();
     samples.sort_by(f64::total_cmp);
     Ok(LatencyResult {
         p50: percentile(&samples, 0.50),
@@ -93,14 +61,112 @@ pub async fn run(
         offered,
         delivered: samples.len() as u64,
         offered_rate: total as f64 / scheduled_for.as_secs_f64(),
-        avg_frame_bytes: shared.frame_bytes.load(Ordering::Relaxed) as f64
-            / samples.len().max(1) as f64,
+        avg_frame_bytes: frame_bytes as f64 / samples.len().max(1) as f64,
     })
+}
+
+/// What the connection tasks record.
+struct Shared {
+    epoch: Instant,
+    warmup_us: u64,
+    /// Width of a reporting window: a sample belongs to the window of its intended send
+    /// time (counted from the end of the warm-up), so a late delivery is charged to the
+    /// moment the server fell behind, not to when it caught up.
+    window_us: u64,
+    /// Latencies in ms, per window.
+    windows: Mutex<Vec<Vec<f64>>>,
+    /// Bytes of the measured `message:sent` frames, so the relay can send the same.
+    frame_bytes: AtomicU64,
+}
+
+impl Shared {
+    fn record(&self, sent_us: u64, ms: f64) {
+        let window = ((sent_us - self.warmup_us) / self.window_us) as usize;
+        let mut windows = self.windows.lock().expect("not poisoned");
+        if windows.len() <= window {
+            windows.resize_with(window + 1, Vec::new);
+        }
+        windows[window].push(ms);
+    }
+}
+
+/// An open-loop load in progress: `users` connected users (pairs share a room), each
+/// sending what the pacer hands it and timing the `message:sent` of its partner's messages.
+pub struct OpenLoop {
+    shared: Arc<Shared>,
+    /// One per user; the pacer hands a message's intended send time to its sender.
+    senders: Vec<mpsc::UnboundedSender<u64>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl OpenLoop {
+    /// Connects the users. Messages intended before `warmup` are not measured; `window`
+    /// splits the measured latencies by time (`None`: one window).
+    pub async fn start(
+        addr: SocketAddr,
+        auth: &Auth,
+        users: usize,
+        warmup: Duration,
+        window: Option<Duration>,
+    ) -> Result<OpenLoop, String> {
+        let users = users.max(2) & !1;
+        let conns =
+            client::connect_users(addr, auth, 0..users, 0, 16 * 1024, Dialect::Plain).await?;
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            warmup_us: warmup.as_micros() as u64,
+            window_us: window.map_or(u64::MAX, |w| (w.as_micros() as u64).max(1)),
+            windows: Mutex::new(Vec::new()),
+            frame_bytes: AtomicU64::new(0),
+        });
+        let (mut senders, mut tasks) = (Vec::with_capacity(users), Vec::with_capacity(users));
+        for (i, ws) in conns.into_iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            tasks.push(tokio::spawn(connection(i, ws, rx, shared.clone())));
+        }
+        Ok(OpenLoop {
+            shared,
+            senders,
+            tasks,
+        })
+    }
+
+    /// Offers `total` messages at `rate` per second from the start of the load's clock;
+    /// returns how many were offered after the warm-up and how long it took.
+    pub async fn pace(&mut self, total: u64, rate: f64) -> Result<(u64, Duration), String> {
+        let senders = std::mem::take(&mut self.senders);
+        let shared = self.shared.clone();
+        // Paced from an OS thread: tokio's timer rounds every sleep up to the next whole
+        // millisecond, which at 2,000 msgs/s would add up to a millisecond of latency that
+        // is the generator's, not the server's. `thread::sleep` wakes within tens of µs.
+        let pacer = std::thread::spawn(move || pace(senders, total, rate, &shared));
+        let (offered, took, senders) = tokio::task::spawn_blocking(move || pacer.join())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the pacing thread panicked".to_string())?;
+        self.senders = senders;
+        Ok((offered, took))
+    }
+
+    /// Gives late deliveries a moment, ends the connections and returns the latencies
+    /// (ms) of each window and the bytes of the measured frames.
+    pub async fn finish(self) -> (Vec<Vec<f64>>, u64) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The senders live until here: dropping them would end the connections before
+        // late deliveries arrive.
+        drop(self.senders);
+        for task in &self.tasks {
+            task.abort();
+        }
+        let windows = std::mem::take(&mut *self.shared.windows.lock().expect("not poisoned"));
+        (windows, self.shared.frame_bytes.load(Ordering::Relaxed))
+    }
 }
 
 /// Hands message `k` to its sender at `k / rate` seconds, whatever happened to the
 /// earlier ones. Returns how many were offered after the warm-up, how long it took, and
-/// the senders (dropping them would end the connections before late deliveries arrive).
+/// the senders.
 fn pace(
     senders: Vec<mpsc::UnboundedSender<u64>>,
     total: u64,
@@ -159,7 +225,7 @@ async fn connection(
                 }
                 let now_us = shared.epoch.elapsed().as_micros() as u64;
                 let ms = now_us.saturating_sub(sent.sent_us) as f64 / 1000.0;
-                shared.samples.lock().expect("not poisoned").push(ms);
+                shared.record(sent.sent_us, ms);
                 shared.frame_bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
             }
         }

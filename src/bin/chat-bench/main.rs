@@ -5,14 +5,17 @@
 //! line per scenario (median, lowest–highest) and writes every figure to a JSON file.
 //! Scenarios: `throughput`, `latency`, `idle` and `idle-socketio` (the same measure for
 //! each dialect), `restart`, `ceiling` (the throughput load through a bare relay, see
-//! `relay`). Everything targets loopback and is bounded in time
-//! and count.
+//! `relay`), and, only when named, `soak` (memory under a long steady load) and `history`
+//! (paging through cold rooms of a large store). Everything targets loopback and is
+//! bounded in time and count.
 
 mod client;
+mod history;
 mod idle;
 mod latency;
 mod relay;
 mod restart;
+mod soak;
 mod stats;
 mod target;
 mod throughput;
@@ -135,6 +138,53 @@ struct Opts {
     /// Ceiling: relay frame size when the throughput scenario did not run.
     #[arg(long, default_value_t = 7000)]
     frame_bytes: usize,
+    /// Extra environment for every server the bench starts, `KEY=VALUE` (repeatable), e.g.
+    /// `CHAT_MEMORY_REDB_CACHE_BYTES=67108864`.
+    #[arg(long = "server-env", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
+    /// History: messages in the store, in rooms of a thousand.
+    #[arg(long, default_value_t = 10_000_000)]
+    history_messages: usize,
+    /// History: cold rooms paged through per run.
+    #[arg(long, default_value_t = 20)]
+    history_rooms: usize,
+    /// History: redb cache sizes to compare, in bytes (`CHAT_MEMORY_REDB_CACHE_BYTES`);
+    /// `default` starts the server without the setting.
+    #[arg(long, default_value = "default,1073741824")]
+    history_cache_bytes: String,
+    /// History: drop the OS page cache (machine-wide; needs root) before each server start.
+    #[arg(long)]
+    drop_caches: bool,
+    /// Soak: seconds of steady load (runs once, whatever `--runs` says).
+    #[arg(long, default_value_t = 1800.0)]
+    soak_secs: f64,
+    /// Soak: offered rate as a share of the throughput measured first (closed loop, with
+    /// the throughput options), unless `--soak-rate` is given.
+    #[arg(long, default_value_t = 0.5)]
+    soak_fraction: f64,
+    /// Soak: offered messages per second, instead of a share of a measured throughput.
+    #[arg(long)]
+    soak_rate: Option<f64>,
+    /// Soak: connected users, all reading.
+    #[arg(long, default_value_t = 10_000)]
+    soak_users: usize,
+    /// Soak: share of the users that also hold a connection that never reads.
+    #[arg(long, default_value_t = 0.05)]
+    soak_stalled: f64,
+    /// Soak: seconds per latency window (p99 per window).
+    #[arg(long, default_value_t = 60.0)]
+    soak_window_secs: f64,
+    /// Soak: seconds between two readings of the server's RSS.
+    #[arg(long, default_value_t = 5.0)]
+    soak_sample_secs: f64,
+}
+
+/// `KEY=VALUE` of `--server-env`.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 /// Open files a process keeps for itself besides connections.
@@ -196,6 +246,8 @@ fn bench(opts: &Opts) -> Result<(), String> {
             "idle" => idle(opts, runs, Dialect::Plain)?,
             "idle-socketio" => idle(opts, runs, Dialect::Socketio)?,
             "restart" => restart(opts, runs)?,
+            "soak" => soak(opts, &runtime, server_rate)?,
+            "history" => history(opts, runs)?,
             "ceiling" => {
                 let launch = relay_launch(opts, frame_bytes);
                 let (mut value, median, _) = throughput_on(opts, &runtime, runs, Some(launch))?;
@@ -241,14 +293,25 @@ fn relay_launch(opts: &Opts, frame_bytes: usize) -> Launch {
     }
 }
 
+/// The server on `data_dir` with the bench's secret, limits and `--server-env`.
+fn server_launch(opts: &Opts, data_dir: &std::path::Path) -> Launch {
+    let mut launch = Launch::server(
+        &opts.server,
+        data_dir,
+        &opts.secret,
+        opts.server_cpus.clone(),
+    );
+    launch.env.extend(opts.server_env.iter().cloned());
+    launch
+}
+
 /// Starts a fresh server (or uses `--addr`) for one run.
 fn start_server(opts: &Opts, label: &str) -> Result<(Option<Target>, SocketAddr), String> {
     if let Some(addr) = opts.addr {
         return Ok((None, addr));
     }
     let dir = target::temp_dir(label);
-    let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
-    let server = Target::start(&launch, Some(dir))?;
+    let server = Target::start(&server_launch(opts, &dir), Some(dir))?;
     target::wait_healthy(server.addr)?;
     let addr = server.addr;
     Ok((Some(server), addr))
@@ -452,7 +515,7 @@ fn idle(opts: &Opts, runs: usize, dialect: Dialect) -> Result<Value, String> {
     let (mut slopes, mut details) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let dir = target::temp_dir(name);
-        let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
+        let launch = server_launch(opts, &dir);
         let settle = Duration::from_secs_f64(opts.idle_settle_secs);
         let result = idle::run(
             &launch,
@@ -500,7 +563,7 @@ fn restart(opts: &Opts, runs: usize) -> Result<Value, String> {
         let dir = target::temp_dir("restart");
         let filled = restart::fill(&dir, messages);
         let result = filled.and_then(|fill| {
-            let launch = Launch::server(&opts.server, &dir, &opts.secret, opts.server_cpus.clone());
+            let launch = server_launch(opts, &dir);
             let (mut secs, mut rss) = (Vec::new(), Vec::new());
             for _ in 0..runs {
                 let r = restart::measure(&launch)?;
@@ -534,6 +597,225 @@ fn restart(opts: &Opts, runs: usize) -> Result<Value, String> {
         line.join("; ")
     );
     Ok(Value::Object(value))
+}
+
+/// Pages through cold rooms of a large store with each redb cache size, the sizes
+/// interleaved run by run so a change in the machine's load hits them alike.
+fn history(opts: &Opts, runs: usize) -> Result<Value, String> {
+    let sizes: Vec<Option<u64>> = opts
+        .history_cache_bytes
+        .split(',')
+        .map(str::trim)
+        .map(|s| match s {
+            "default" => Ok(None),
+            _ => s
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("bad cache size {s:?}")),
+        })
+        .collect::<Result<_, _>>()?;
+    let label = |size: Option<u64>| size.map_or("default".to_string(), |b| b.to_string());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let auth = Auth::new(opts.secret.as_bytes());
+    let messages = opts.history_messages.max(1);
+    let rooms = messages.div_ceil(restart::PER_ROOM);
+    let dir = target::temp_dir("history");
+    let measured = (|| {
+        let fill = restart::fill(&dir, messages)?;
+        let mut pages: Vec<Vec<(f64, f64)>> = vec![Vec::new(); sizes.len()];
+        let (mut rss, mut dropped) = (vec![Vec::new(); sizes.len()], Vec::new());
+        for run in 0..runs {
+            for (k, &size) in sizes.iter().enumerate() {
+                dropped.push(opts.drop_caches && history::drop_page_cache());
+                let mut launch = server_launch(opts, &dir);
+                if let Some(bytes) = size {
+                    launch
+                        .env
+                        .push(("CHAT_MEMORY_REDB_CACHE_BYTES".into(), bytes.to_string()));
+                }
+                let server = Target::start(&launch, None)?;
+                target::wait_healthy(server.addr)?;
+                let picked = history::pick_rooms(rooms, opts.history_rooms, run * sizes.len() + k);
+                let walked = runtime.block_on(history::page_through(server.addr, &auth, &picked));
+                rss[k].push(server.rss_bytes() as f64);
+                server.stop();
+                let (mut ms, counts) = walked?;
+                for (&r, &count) in picked.iter().zip(&counts) {
+                    // Room `r` holds the messages `i` with `i % rooms == r`.
+                    let expected = (messages + rooms - 1 - r) / rooms;
+                    if count != expected {
+                        return Err(format!(
+                            "history: paging room {r} returned {count} messages, not {expected}"
+                        ));
+                    }
+                }
+                ms.sort_by(f64::total_cmp);
+                pages[k].push((stats::percentile(&ms, 0.50), stats::percentile(&ms, 0.99)));
+            }
+        }
+        let size =
+            std::fs::metadata(dir.join(chat_server::store::redb::DB_FILE)).map_or(0, |m| m.len());
+        Ok((fill, pages, rss, dropped, size))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (fill, pages, rss, dropped, store_bytes) = measured?;
+    let all_dropped = dropped.iter().all(|&d| d);
+    let mut by_size = serde_json::Map::new();
+    let mut line = Vec::new();
+    for (k, &size) in sizes.iter().enumerate() {
+        let p50: Vec<f64> = pages[k].iter().map(|p| p.0).collect();
+        let p99: Vec<f64> = pages[k].iter().map(|p| p.1).collect();
+        let mib: Vec<f64> = rss[k].iter().map(|b| b / 1048576.0).collect();
+        line.push(format!(
+            "cache {}: p50 {} ms, p99 {} ms per page, server RSS after {} MiB",
+            label(size),
+            Spread::of(&p50).text(2),
+            Spread::of(&p99).text(2),
+            Spread::of(&mib).text(1),
+        ));
+        by_size.insert(
+            label(size),
+            json!({
+                "p50_ms": Spread::summary(&p50),
+                "p99_ms": Spread::summary(&p99),
+                "rss_bytes_after": Spread::summary(&rss[k]),
+            }),
+        );
+    }
+    println!(
+        "history: {} (median, lowest–highest of {runs}); {} cold rooms of {} messages per \
+         run, {messages} messages ({:.0} MiB store); OS page cache {}",
+        line.join("; "),
+        opts.history_rooms.min(rooms),
+        restart::PER_ROOM,
+        store_bytes as f64 / 1048576.0,
+        if all_dropped {
+            "dropped before each start"
+        } else {
+            "NOT dropped (needs --drop-caches, as root)"
+        },
+    );
+    Ok(json!({
+        "messages": messages,
+        "store_bytes": store_bytes,
+        "fill_secs": fill.as_secs_f64(),
+        "rooms_per_run": opts.history_rooms.min(rooms),
+        "page_limit": 50,
+        "page_cache_dropped": all_dropped,
+        "cache_bytes": by_size,
+    }))
+}
+
+/// The RSS the soak must stay under.
+const SOAK_CEILING_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A long steady open-loop load on one fresh server, at `--soak-rate` or at
+/// `--soak-fraction` of a throughput measured first (`measured`, when the throughput
+/// scenario ran before it, or one throughput run now, on its own server).
+fn soak(
+    opts: &Opts,
+    runtime: &tokio::runtime::Runtime,
+    measured: Option<f64>,
+) -> Result<Value, String> {
+    if opts.addr.is_some() {
+        return Err("soak: needs a server it starts itself (it reads the server's RSS)".into());
+    }
+    if !(opts.soak_stalled >= 0.0 && opts.soak_stalled <= 1.0) {
+        return Err(format!(
+            "soak: --soak-stalled {} is not a share in 0..=1",
+            opts.soak_stalled
+        ));
+    }
+    let (rate, measured) = match opts.soak_rate {
+        Some(rate) => (rate, None),
+        None => {
+            let measured = match measured {
+                Some(rate) => rate,
+                None => throughput_on(opts, runtime, 1, None)?.1,
+            };
+            (opts.soak_fraction * measured, Some(measured))
+        }
+    };
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(format!("soak: the offered rate {rate} is not positive"));
+    }
+    let config = soak::SoakConfig {
+        users: opts.soak_users,
+        stalled: (opts.soak_users as f64 * opts.soak_stalled).round() as usize,
+        rate,
+        warmup: Duration::from_secs(5).min(Duration::from_secs_f64(opts.soak_secs / 4.0)),
+        duration: Duration::from_secs_f64(opts.soak_secs),
+        window: Duration::from_secs_f64(opts.soak_window_secs.max(0.1)),
+        sample_every: Duration::from_secs_f64(opts.soak_sample_secs.max(0.1)),
+    };
+    let (server, _) = start_server(opts, "soak")?;
+    let server = server.expect("no --addr");
+    let auth = Auth::new(opts.secret.as_bytes());
+    let result = runtime.block_on(soak::run(server.addr, server.pid(), &auth, config));
+    server.stop();
+    let r = result?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let p99: Vec<f64> = r.windows.iter().map(|w| w.p99).collect();
+    let measured_secs = opts.soak_secs;
+    let achieved = r.delivered as f64 / measured_secs;
+    println!(
+        "soak: peak RSS {:.1} MiB (ceiling {} MiB), RSS slope over the last two thirds \
+         {:+.3} ± {:.3} MiB/min; {:.0} msgs/s offered, {:.0} delivered per second; p99 per \
+         {}-s window {} ms; {} of {} stalled connections cut (server: {} slow consumers); \
+         {} users, {:.0} s",
+        mib(r.peak_rss),
+        SOAK_CEILING_BYTES / 1048576,
+        r.slope_mib_per_min,
+        r.slope_stderr,
+        r.offered_rate,
+        achieved,
+        opts.soak_window_secs,
+        Spread::of(&p99).text(2),
+        r.stalled.closed_1008 + r.stalled.closed_other + r.stalled.dropped,
+        r.stalled.opened,
+        r.slow_consumers,
+        config.users,
+        measured_secs,
+    );
+    Ok(json!({
+        "users": config.users,
+        "duration_secs": measured_secs,
+        "rate": {
+            "offered_per_sec": rate,
+            "achieved_offered_per_sec": r.offered_rate,
+            "measured_throughput": measured,
+            "fraction": measured.map(|_| opts.soak_fraction),
+        },
+        "offered": r.offered,
+        "delivered": r.delivered,
+        "delivered_per_sec": achieved,
+        "rss": {
+            "peak_bytes": r.peak_rss,
+            "max_sampled_bytes": r.rss.iter().map(|s| s.1).max().unwrap_or(0),
+            "ceiling_bytes": SOAK_CEILING_BYTES,
+            "under_ceiling": r.peak_rss < SOAK_CEILING_BYTES,
+            "slope_mib_per_min": r.slope_mib_per_min,
+            "slope_stderr_mib_per_min": r.slope_stderr,
+            "sample_secs": opts.soak_sample_secs,
+            "samples": r.rss.iter().map(|&(t, b)| json!([t, b])).collect::<Vec<_>>(),
+        },
+        "p99_ms_per_window": Spread::summary(&p99),
+        "windows": r.windows.iter().map(|w| json!({
+            "start_secs": w.start_secs, "delivered": w.delivered,
+            "p50_ms": w.p50, "p99_ms": w.p99, "max_ms": w.max,
+        })).collect::<Vec<_>>(),
+        "stalled": {
+            "opened": r.stalled.opened,
+            "closed_1008": r.stalled.closed_1008,
+            "closed_other": r.stalled.closed_other,
+            "dropped_without_close": r.stalled.dropped,
+            "still_open": r.stalled.open,
+        },
+        "slow_consumers_cut": r.slow_consumers,
+    }))
 }
 
 /// What the figures were measured on.

@@ -17,7 +17,7 @@ use crate::target::{wait_healthy, Launch, Target};
 /// Messages per write transaction while filling.
 const FILL_BATCH: usize = 20_000;
 /// Messages per room: a long history per room, as a busy server would have.
-const PER_ROOM: usize = 1_000;
+pub const PER_ROOM: usize = 1_000;
 
 /// Writes `messages` messages (about 100 bytes of text each) into a store at `dir`.
 pub fn fill(dir: &Path, messages: usize) -> Result<Duration, String> {

@@ -199,6 +199,22 @@ pub fn healthz_ok(addr: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
+/// The value of an unlabelled metric in `GET /metrics` (Prometheus text format).
+pub fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("/metrics: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.read_to_string(&mut body))
+        .map_err(|e| format!("/metrics: {e}"))?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| format!("/metrics has no {name}"))
+}
+
 /// The hard open-file limit of this process.
 pub fn nofile_hard_limit() -> u32 {
     let mut limit = libc::rlimit {
