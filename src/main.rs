@@ -111,7 +111,10 @@ fn serve(config: Config) -> ExitCode {
         if let Err(e) = chat_server::metrics::install() {
             return fail(format_args!("cannot set up metrics: {e}"));
         }
-        let hub = Hub::new(config.memory.outbound_total_bytes);
+        let hub = Hub::new(
+            config.memory.outbound_total_bytes,
+            config.memory.outbound_cut_floor_bytes,
+        );
         let writer = Writer::spawn(
             store.clone(),
             hub.clone(),

@@ -122,6 +122,8 @@ pub struct MemoryConfig {
     pub recent_cache_bytes: usize,
     /// Outbound bytes queued across all connections; past it the largest queues are cut.
     pub outbound_total_bytes: usize,
+    /// A connection holding fewer queued bytes than this is never cut for the total.
+    pub outbound_cut_floor_bytes: usize,
     /// Users whose rate-limit buckets are remembered at once (full buckets are dropped).
     pub rate_limit_users: usize,
 }
@@ -181,6 +183,7 @@ impl Default for MemoryConfig {
             redb_cache_bytes: crate::store::redb::DEFAULT_CACHE_BYTES,
             recent_cache_bytes: 32 * 1024 * 1024,
             outbound_total_bytes: 32 * 1024 * 1024,
+            outbound_cut_floor_bytes: 256 * 1024,
             rate_limit_users: 50_000,
         }
     }

@@ -216,6 +216,9 @@ const KEYS: &[Key] = &[
     key!("memory.outbound_total_bytes", byte_size, |c| c
         .memory
         .outbound_total_bytes),
+    key!("memory.outbound_cut_floor_bytes", byte_size, |c| c
+        .memory
+        .outbound_cut_floor_bytes),
     key!("memory.rate_limit_users", positive_int, |c| c
         .memory
         .rate_limit_users),

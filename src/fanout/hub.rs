@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
@@ -64,14 +65,28 @@ impl QueueState {
     }
 }
 
+/// How long publishers wait before scanning again when the total is over budget but every
+/// queue is below the cut floor: what can pile up meanwhile is a few milliseconds of
+/// fan-out, and a scan visits every connection.
+const RESCAN_AFTER_MS: u64 = 10;
+
 /// The queued bytes of every connection together, and the budget over them.
 struct Outstanding {
     /// Bytes queued on connections that are not cut.
     total: AtomicUsize,
     /// `memory.outbound_total_bytes`.
     budget: usize,
+    /// `memory.outbound_cut_floor_bytes`: a queue holding less is never cut for the budget.
+    /// A client that reads keeps far less than this queued, even in a burst of fan-out to
+    /// every connection at once, so the budget only ever cuts clients that stopped reading.
+    cut_floor: usize,
     /// Set while one publisher cuts the largest queues, so that others do not repeat it.
     enforcing: AtomicBool,
+    /// When the total is over budget but no queue is above the floor, publishers skip the
+    /// scan until this time (milliseconds since `started`) instead of rescanning every
+    /// connection on every publish.
+    quiet_until_ms: AtomicU64,
+    started: Instant,
     /// Connections cut because the total was over the budget.
     budget_cuts: AtomicU64,
 }
@@ -141,8 +156,9 @@ pub struct Hub {
 pub struct TooManyConnections;
 
 impl Hub {
-    /// A hub whose connections together may queue `outbound_total_bytes`.
-    pub fn new(outbound_total_bytes: usize) -> Arc<Hub> {
+    /// A hub whose connections together may queue `outbound_total_bytes`; over it, queues
+    /// holding at least `cut_floor_bytes` are cut, largest first.
+    pub fn new(outbound_total_bytes: usize, cut_floor_bytes: usize) -> Arc<Hub> {
         Arc::new(Hub {
             users: RwLock::default(),
             next_id: AtomicU64::new(0),
@@ -151,7 +167,10 @@ impl Hub {
             outstanding: Outstanding {
                 total: AtomicUsize::new(0),
                 budget: outbound_total_bytes,
+                cut_floor: cut_floor_bytes,
                 enforcing: AtomicBool::new(false),
+                quiet_until_ms: AtomicU64::new(0),
+                started: Instant::now(),
                 budget_cuts: AtomicU64::new(0),
             },
         })
@@ -193,19 +212,23 @@ impl Hub {
         })
     }
 
-    /// Cuts the connections holding the most queued bytes until the total is within the
-    /// budget. Only runs when over budget, and in one publisher at a time: the others go
-    /// on without waiting, since the one at work takes care of their bytes too.
+    /// Cuts the connections holding the most queued bytes (at least the cut floor) until
+    /// the total is within the budget. Only runs when over budget, and in one publisher at
+    /// a time: the others go on without waiting, since the one at work takes care of their
+    /// bytes too. When nothing is left to cut, the next scan waits [`RESCAN_AFTER_MS`].
     fn enforce_budget(&self, users: &HashMap<String, Vec<(u64, Queue)>>) {
         let outstanding = &self.outstanding;
-        if outstanding.enforcing.swap(true, Ordering::AcqRel) {
+        let now_ms = outstanding.started.elapsed().as_millis() as u64;
+        if now_ms < outstanding.quiet_until_ms.load(Ordering::Acquire)
+            || outstanding.enforcing.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let mut queues: Vec<(usize, &QueueState)> = users
             .values()
             .flatten()
             .map(|(_, queue)| (queue.state.live_bytes(), &*queue.state))
-            .filter(|(bytes, _)| *bytes > 0)
+            .filter(|(bytes, _)| *bytes > 0 && *bytes >= outstanding.cut_floor)
             .collect();
         queues.sort_unstable_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
         for (_, state) in queues {
@@ -216,6 +239,11 @@ impl Hub {
                 outstanding.budget_cuts.fetch_add(1, Ordering::Relaxed);
                 state.overflow.notify_one();
             }
+        }
+        if outstanding.total.load(Ordering::Acquire) > outstanding.budget {
+            outstanding
+                .quiet_until_ms
+                .store(now_ms + RESCAN_AFTER_MS, Ordering::Release);
         }
         outstanding.enforcing.store(false, Ordering::Release);
     }
@@ -340,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_connection_of_a_user_receives_and_others_do_not() {
-        let hub = Hub::new(usize::MAX);
+        let hub = Hub::new(usize::MAX, 0);
         let mut a1 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let mut a2 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let mut b = hub.subscribe("b", 4, 1 << 20).unwrap();
@@ -360,7 +388,7 @@ mod tests {
 
     #[test]
     fn per_user_cap_is_enforced() {
-        let hub = Hub::new(usize::MAX);
+        let hub = Hub::new(usize::MAX, 0);
         let _one = hub.subscribe("a", 1, 1024).unwrap();
         assert!(hub.subscribe("a", 1, 1024).is_err());
         assert!(hub.subscribe("b", 1, 1024).is_ok());
@@ -368,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_flags_the_slow_consumer_instead_of_growing() {
-        let hub = Hub::new(usize::MAX);
+        let hub = Hub::new(usize::MAX, 0);
         let sub = hub.subscribe("a", 1, 1000).unwrap();
         let event = event_of(432);
         for _ in 0..10 {
@@ -400,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_budget_the_largest_queues_are_cut_first_and_small_ones_kept() {
-        let hub = Hub::new(10_000);
+        let hub = Hub::new(10_000, 1_000);
         let big1 = connect(&hub, "big1");
         let big2 = connect(&hub, "big2");
         let small = connect(&hub, "small");
@@ -449,11 +477,39 @@ mod tests {
         assert_eq!(hub.connection_count(), 0);
     }
 
+    #[test]
+    fn queues_under_the_cut_floor_are_never_cut_for_the_budget() {
+        // Many readers that are each a little behind, as in a burst of fan-out to everyone:
+        // together over the budget, each under the floor. Nobody is cut.
+        let hub = Hub::new(10_000, 5_000);
+        let readers: Vec<_> = (0..8).map(|i| connect(&hub, &format!("r{i}"))).collect();
+        for i in 0..8 {
+            for _ in 0..3 {
+                hub.publish(&format!("r{i}"), &event_of(1000));
+            }
+        }
+        assert_eq!(hub.queued_bytes(), 24_000);
+        assert_eq!(hub.budget_cuts(), 0);
+        assert!(readers.iter().all(|r| !r.state.is_cut()));
+        // One that stopped reading grows past the floor: it alone is cut, by the first
+        // scan after the interval that follows a scan which found nothing to cut.
+        let stalled = connect(&hub, "stalled");
+        for _ in 0..6 {
+            hub.publish("stalled", &event_of(1000));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(RESCAN_AFTER_MS + 5));
+        hub.publish("stalled", &event_of(1000));
+        assert!(stalled.state.is_cut());
+        assert_eq!(hub.budget_cuts(), 1);
+        assert!(readers.iter().all(|r| !r.state.is_cut()));
+        assert_eq!(hub.queued_bytes(), 24_000);
+    }
+
     /// Pushes, releases, cuts and drops from several threads at once never leave bytes
     /// behind in the total: once everyone is gone it is exactly zero.
     #[test]
     fn the_total_stays_exact_under_concurrency() {
-        let hub = Hub::new(200_000);
+        let hub = Hub::new(200_000, 0);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let hub = Arc::clone(&hub);
