@@ -212,27 +212,38 @@ impl Hub {
         })
     }
 
-    /// Cuts the connections holding the most queued bytes (at least the cut floor) until
-    /// the total is within the budget. Only runs when over budget, and in one publisher at
-    /// a time: the others go on without waiting, since the one at work takes care of their
-    /// bytes too. When nothing is left to cut, the next scan waits [`RESCAN_AFTER_MS`].
+    /// Cuts the connections holding the most queued bytes until the total is within the
+    /// budget: first only those holding at least the cut floor, so that clients that read
+    /// are spared in a burst; then, if the total is still over twice the budget (everyone
+    /// is falling behind: the server is overloaded), the largest of the rest too, so that
+    /// the total never stays past twice the budget. Only runs when over budget, and in one
+    /// publisher at a time: the others go on without waiting, since the one at work takes
+    /// care of their bytes too. When nothing is left to cut, the next scan waits
+    /// [`RESCAN_AFTER_MS`], unless the total passes twice the budget meanwhile.
     fn enforce_budget(&self, users: &HashMap<String, Vec<(u64, Queue)>>) {
         let outstanding = &self.outstanding;
         let now_ms = outstanding.started.elapsed().as_millis() as u64;
-        if now_ms < outstanding.quiet_until_ms.load(Ordering::Acquire)
-            || outstanding.enforcing.swap(true, Ordering::AcqRel)
-        {
+        let hard_limit = outstanding.budget.saturating_mul(2);
+        let quiet = now_ms < outstanding.quiet_until_ms.load(Ordering::Acquire)
+            && outstanding.total.load(Ordering::Acquire) <= hard_limit;
+        if quiet || outstanding.enforcing.swap(true, Ordering::AcqRel) {
             return;
         }
         let mut queues: Vec<(usize, &QueueState)> = users
             .values()
             .flatten()
             .map(|(_, queue)| (queue.state.live_bytes(), &*queue.state))
-            .filter(|(bytes, _)| *bytes > 0 && *bytes >= outstanding.cut_floor)
+            .filter(|(bytes, _)| *bytes > 0)
             .collect();
         queues.sort_unstable_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
-        for (_, state) in queues {
-            if outstanding.total.load(Ordering::Acquire) <= outstanding.budget {
+        for (bytes, state) in queues {
+            let total = outstanding.total.load(Ordering::Acquire);
+            let limit = if bytes >= outstanding.cut_floor {
+                outstanding.budget
+            } else {
+                hard_limit
+            };
+            if total <= limit {
                 break;
             }
             if outstanding.cut(state) {
@@ -480,8 +491,9 @@ mod tests {
     #[test]
     fn queues_under_the_cut_floor_are_never_cut_for_the_budget() {
         // Many readers that are each a little behind, as in a burst of fan-out to everyone:
-        // together over the budget, each under the floor. Nobody is cut.
-        let hub = Hub::new(10_000, 5_000);
+        // together over the budget (but within twice it), each under the floor. Nobody is
+        // cut.
+        let hub = Hub::new(15_000, 5_000);
         let readers: Vec<_> = (0..8).map(|i| connect(&hub, &format!("r{i}"))).collect();
         for i in 0..8 {
             for _ in 0..3 {
@@ -503,6 +515,26 @@ mod tests {
         assert_eq!(hub.budget_cuts(), 1);
         assert!(readers.iter().all(|r| !r.state.is_cut()));
         assert_eq!(hub.queued_bytes(), 24_000);
+    }
+
+    #[test]
+    fn past_twice_the_budget_the_largest_queues_are_cut_even_under_the_floor() {
+        // Overload: every reader falls behind, none reaches the floor. Past twice the
+        // budget the largest are cut until the total is back within twice the budget.
+        let hub = Hub::new(4_000, 1_000_000);
+        let readers: Vec<_> = (0..5).map(|i| connect(&hub, &format!("r{i}"))).collect();
+        for (i, n) in [(0, 3), (1, 1), (2, 2), (3, 1)] {
+            for _ in 0..n {
+                hub.publish(&format!("r{i}"), &event_of(1000));
+            }
+        }
+        assert_eq!((hub.queued_bytes(), hub.budget_cuts()), (7_000, 0));
+        // Two more to r4 take the total to 9,000: r0 (3,000), the largest, is cut.
+        hub.publish("r4", &event_of(1000));
+        hub.publish("r4", &event_of(1000));
+        assert!(readers[0].state.is_cut());
+        assert!(readers[1..].iter().all(|r| !r.state.is_cut()));
+        assert_eq!((hub.queued_bytes(), hub.budget_cuts()), (6_000, 1));
     }
 
     /// Pushes, releases, cuts and drops from several threads at once never leave bytes
