@@ -18,6 +18,8 @@ use chat_server::writer::{Writer, WriterConfig};
 /// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
 /// KiB-sized strings across threads, and under load glibc's arena bookkeeping
 /// (`_int_malloc`, `malloc_consolidate`, `unlink_chunk`) took ~18% of the server's CPU.
+/// The `system-alloc` feature turns it off for heap profiling only.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
