@@ -33,8 +33,6 @@ impl Batch {
 }
 
 impl WriteTxn for Batch {
-    /// Stores a new message (upserting the room), or finds the one this sender already
-    /// stored under `client_message_id`.
     fn append(
         &mut self,
         room: &RoomKey,
@@ -102,7 +100,6 @@ impl WriteTxn for Batch {
         Ok(Appended::New(message))
     }
 
-    /// The room's newest messages as this transaction sees them, newest first.
     fn latest(&self, room: &RoomKey, limit: usize) -> Result<Vec<ChatMessage>> {
         let num = self
             .txn
@@ -115,8 +112,6 @@ impl WriteTxn for Batch {
         }
     }
 
-    /// Marks a message the reader received as seen at `seen_date_ms`, clamped into
-    /// `[sentAt, max(sentAt, now)]`. The first `seenAt` wins.
     fn mark_seen(
         &mut self,
         room: &RoomKey,
@@ -157,7 +152,6 @@ impl WriteTxn for Batch {
         Ok(SeenOutcome::Changed(message))
     }
 
-    /// Remembers a user's display name.
     fn put_profile(&mut self, user: &SessionUser) -> Result<()> {
         self.txn
             .open_table(PROFILES)?
@@ -165,7 +159,6 @@ impl WriteTxn for Batch {
         Ok(())
     }
 
-    /// Commits and fsyncs everything applied to this batch.
     fn commit(self: Box<Self>) -> Result<()> {
         self.txn.commit()?;
         Ok(())
