@@ -20,6 +20,14 @@ async fn unblock(client: &mut Client, user: &str) -> Value {
     client.request("unblock", json!({ "userId": user })).await
 }
 
+/// Checks that `client` (one of the blocker's connections) is told of a change of its
+/// block list: `event` is `block` or `unblock`.
+async fn told(client: &mut Client, event: &str, user: &str) -> Value {
+    let data = client.recv_event(event).await;
+    assert_eq!(data["userId"], user, "{data}");
+    data
+}
+
 /// The ids of everyone `client` blocks, in the order the list gives.
 async fn blocked_ids(client: &mut Client) -> Vec<String> {
     let reply = client.request("blocks", Value::Null).await;
@@ -63,11 +71,18 @@ async fn a_block_refuses_sends_both_ways_until_unblocked() {
     alice.recv_event("message:sent").await;
     bob.recv_event("message:sent").await;
 
+    let mut bob_tab = server.connect("bob").await;
     let reply = block(&mut bob, "alice").await;
     assert_eq!(reply["ok"], true, "{reply}");
     assert_eq!(reply["userId"], "alice");
     assert!(reply["blockedAt"].is_string(), "{reply}");
-    // The blocked user is not told of the block itself.
+    // Every connection of the blocker hears of it; the blocked user is not told.
+    for tab in [&mut bob, &mut bob_tab] {
+        assert_eq!(
+            told(tab, "block", "alice").await["blockedAt"],
+            reply["blockedAt"]
+        );
+    }
     alice.expect_silence(QUIET).await;
 
     let refused = alice.send_message("alice-bob", "are you there?").await;
@@ -106,6 +121,12 @@ async fn a_block_refuses_sends_both_ways_until_unblocked() {
     assert_eq!(ids(&history(&mut bob, "alice-bob").await), [1]);
 
     assert_eq!(unblock(&mut bob, "alice").await["ok"], true);
+    for tab in [&mut bob, &mut bob_tab] {
+        assert_eq!(
+            told(tab, "unblock", "alice").await,
+            json!({ "userId": "alice" })
+        );
+    }
     let ack = alice.send_message("alice-bob", "back").await;
     assert_eq!(ack["message"]["id"], 2, "{ack}");
     assert_eq!(
@@ -124,6 +145,7 @@ async fn a_blocked_user_cannot_start_a_conversation_and_self_rooms_are_untouched
     let mut carol = server.connect("carol").await;
     let mut dave = server.connect("dave").await;
     assert_eq!(block(&mut carol, "dave").await["ok"], true);
+    told(&mut carol, "block", "dave").await;
     assert_blocked(&dave.send_message("carol-dave", "first contact").await);
     carol.expect_silence(QUIET).await;
     let rooms = carol.request("rooms", json!({})).await;
@@ -180,6 +202,7 @@ async fn typing_is_not_relayed_between_a_blocked_pair() {
     assert_eq!(bob.recv_event("typing").await["userId"], "alice");
 
     assert_eq!(block(&mut bob, "alice").await["ok"], true);
+    told(&mut bob, "block", "alice").await;
     // The typist gets ok either way; nothing reaches the other side, in both directions.
     assert_eq!(alice.request("typing", typing.clone()).await["ok"], true);
     bob.expect_silence(QUIET).await;
@@ -187,6 +210,7 @@ async fn typing_is_not_relayed_between_a_blocked_pair() {
     alice.expect_silence(QUIET).await;
 
     assert_eq!(unblock(&mut bob, "alice").await["ok"], true);
+    told(&mut bob, "unblock", "alice").await;
     assert_eq!(alice.request("typing", typing).await["ok"], true);
     assert_eq!(bob.recv_event("typing").await["userId"], "alice");
 }
@@ -241,6 +265,9 @@ async fn blocks_lists_names_and_every_call_is_idempotent() {
     assert_eq!(block(&mut bob, "alice").await["ok"], true);
     let again = block(&mut bob, "carol").await;
     assert_eq!(again, first, "a repeated block answers the first block");
+    // Only the two new blocks were announced.
+    told(&mut bob, "block", "carol").await;
+    told(&mut bob, "block", "alice").await;
 
     let reply = bob.request("blocks", json!({ "future": 1 })).await;
     assert_eq!(
@@ -254,16 +281,19 @@ async fn blocks_lists_names_and_every_call_is_idempotent() {
     assert_eq!(reply["blocks"][1]["blockedAt"], first["blockedAt"]);
     assert_eq!(reply["blocks"].as_array().unwrap().len(), 2);
 
-    // Without an ack, `blocks` answers with a `blocks` event; block and unblock say nothing.
+    // Without an ack, `blocks` answers with a `blocks` event; block and unblock answer
+    // nothing but the announcement of the change.
     bob.emit("blocks", Value::Null).await;
     assert_eq!(bob.recv_event("blocks").await, reply);
     bob.emit("unblock", json!({ "userId": "carol" })).await;
+    told(&mut bob, "unblock", "carol").await;
     bob.expect_silence(QUIET).await;
     assert_eq!(blocked_ids(&mut bob).await, ["alice"]);
     let twice = unblock(&mut bob, "carol").await;
     assert_eq!(twice, json!({ "ok": true, "userId": "carol" }));
-    // Unblocking someone never blocked is fine too.
+    // Unblocking someone never blocked is fine too; neither announces anything.
     assert_eq!(unblock(&mut bob, "zed").await["ok"], true);
+    bob.expect_silence(QUIET).await;
     assert_eq!(blocked_ids(&mut bob).await, ["alice"]);
     // A block is the blocker's alone.
     let mut carol = server.connect("carol").await;
@@ -357,12 +387,14 @@ async fn an_acknowledged_block_survives_kill_9() {
 async fn blocks_over_http() {
     let server = Server::start();
     let bob = server.token("bob");
+    let mut bob_socket = server.connect("bob").await;
     let (status, body) = http_call(server.addr, "PUT", "/api/blocks/alice", Some(&bob)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (&body["ok"], &body["userId"]),
         (&json!(true), &json!("alice"))
     );
+    told(&mut bob_socket, "block", "alice").await;
     let (status, again) = http_call(server.addr, "PUT", "/api/blocks/alice", Some(&bob)).await;
     assert_eq!((status, &again), (200, &body));
 
@@ -407,6 +439,8 @@ async fn blocks_over_http() {
         (status, body),
         (200, json!({ "ok": true, "userId": "alice" }))
     );
+    told(&mut bob_socket, "unblock", "alice").await;
+    bob_socket.expect_silence(QUIET).await;
     let (_, empty) = server.get("/api/blocks", Some(&bob)).await;
     assert_eq!(empty, json!({ "ok": true, "blocks": [] }));
     assert_eq!(

@@ -239,6 +239,15 @@ class Session {
       case 'typing':
         if (data.roomId === this.openRoomId && data.userId !== this.me.id) this.showTyping();
         break;
+      case 'block':
+      case 'unblock':
+        // My block list changed, maybe from another tab: show it here too. After an
+        // unblock the server counts again what is still unseen, so ask it.
+        this.state.setBlocked(data.userId, event === 'block');
+        this.renderInbox();
+        if (this.openRoomId) this.renderHeader();
+        if (event === 'unblock') this.loadInbox(null);
+        break;
       case 'error':
         this.toast(describe(data));
         break;
@@ -341,11 +350,11 @@ class Session {
     const block = !this.state.isBlocked(partner.id);
     const reply = await this.ask(block ? 'block' : 'unblock', { userId: partner.id });
     if (!reply || session !== this) return;
+    // The `block` / `unblock` event that follows (to every tab) does it again, harmlessly;
+    // this keeps the button right when a repeated request announces nothing.
     this.state.setBlocked(partner.id, block);
     if (roomId === this.openRoomId) this.renderHeader();
     this.renderInbox();
-    // Unblocking brings back the unread count of what is still unseen: the server has it.
-    if (!block) this.loadInbox(null);
   }
 
   async loadLatest(roomId) {

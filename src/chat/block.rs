@@ -14,6 +14,7 @@ use super::{internal, Chat, Handled, Reply, Success};
 use crate::model::SessionUser;
 use crate::protocol::event::{self, BlockRequest, ClientEvent};
 use crate::protocol::room::is_valid_user_id;
+use crate::protocol::server_event::ServerEvent;
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
@@ -126,8 +127,9 @@ fn parse_target(event: ClientEvent, data: &str) -> Result<String, ChatError> {
     Ok(req.user_id)
 }
 
-/// `blocker` blocks `blocked`; answers since when. Publishes nothing: the blocked user is
-/// not told, and the blocker's own reply is the ack.
+/// `blocker` blocks `blocked`; answers since when. A new block is published as `block` to
+/// the blocker's own connections, so their other tabs show it; the blocked user is not
+/// told, and a repeated block publishes nothing.
 pub struct BlockUser {
     pub blocker: String,
     pub blocked: String,
@@ -138,7 +140,7 @@ pub struct BlockUser {
 impl Command for BlockUser {
     type Output = i64;
 
-    fn apply(self, txn: &mut dyn WriteTxn, _cx: &mut Context<'_>) -> Result<i64, ChatError> {
+    fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<i64, ChatError> {
         if let Some(since) = txn
             .blocked_since(&self.blocker, &self.blocked)
             .map_err(ChatError::internal)?
@@ -157,11 +159,19 @@ impl Command for BlockUser {
         let now = now_millis();
         txn.put_block(&self.blocker, &self.blocked, now)
             .map_err(ChatError::internal)?;
+        cx.publish(
+            vec![self.blocker],
+            ServerEvent::Blocked {
+                user_id: self.blocked,
+                blocked_at: format_millis(now),
+            },
+        );
         Ok(now)
     }
 }
 
-/// `blocker` lifts their block of `blocked`, if there is one.
+/// `blocker` lifts their block of `blocked`, if there is one; a lifted block is published
+/// as `unblock` to the blocker's own connections.
 pub struct UnblockUser {
     pub blocker: String,
     pub blocked: String,
@@ -170,9 +180,18 @@ pub struct UnblockUser {
 impl Command for UnblockUser {
     type Output = ();
 
-    fn apply(self, txn: &mut dyn WriteTxn, _cx: &mut Context<'_>) -> Result<(), ChatError> {
-        txn.remove_block(&self.blocker, &self.blocked)
+    fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<(), ChatError> {
+        let removed = txn
+            .remove_block(&self.blocker, &self.blocked)
             .map_err(ChatError::internal)?;
+        if removed {
+            cx.publish(
+                vec![self.blocker],
+                ServerEvent::Unblocked {
+                    user_id: self.blocked,
+                },
+            );
+        }
         Ok(())
     }
 }

@@ -416,6 +416,12 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   await bubbles(a, 'Hi Alice').waitFor();
   const toggle = a.locator('#block-toggle');
   assert.equal(await toggle.textContent(), 'Block');
+  // A second tab of Alice's, open before the block, follows it live.
+  const aliceTab = await openPage({ width: 390, height: 844 });
+  const tabRow = aliceTab.page.locator('#inbox [data-room="alice-carol"]');
+  await aliceTab.page.goto(`${URL}/#token=${ALICE}`);
+  await tabRow.waitFor();
+  assert.equal(await tabRow.locator('.blocked-tag').count(), 0);
 
   // Alice blocks Carol: the header says so, the composer gives way to a notice, the
   // inbox row is tagged, and the server has the block.
@@ -424,6 +430,7 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   await a.locator('#blocked-note').waitFor();
   assert.ok(await a.locator('#composer').isHidden());
   await row.locator('.blocked-tag').waitFor();
+  await tabRow.locator('.blocked-tag').waitFor();
   const blocks = await api('/api/blocks', ALICE);
   assert.deepEqual(blocks.blocks.map((b) => b.user.id), ['carol']);
   await a.screenshot({ path: join(SHOTS, 'desktop-blocked.png') });
@@ -445,6 +452,8 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   assert.ok(await a.locator('#blocked-note').isHidden());
   await a.locator('#composer').waitFor();
   assert.equal(await row.locator('.blocked-tag').count(), 0);
+  await eventually(async () => (await tabRow.locator('.blocked-tag').count()) === 0, "the other tab shows the unblock");
+  await aliceTab.context.close();
   await c.locator('#messages .msg[data-state="failed"] .discard').click();
   await send(c, 'Back again');
   await bubbles(a, 'Back again').waitFor();

@@ -428,9 +428,11 @@ if (SCENARIO === "blocking") {
       request(socket, "message", { userId: from, roomId: "alice-bob", message });
     assert.equal((await send(alice, "alice", "before the block")).ok, true);
 
+    const announced = next(bob, "block");
     const blocked = await request(bob, "block", { userId: "alice" });
     assert.equal(blocked.ok, true);
     assert.equal(blocked.userId, "alice");
+    assert.deepEqual(await announced, { userId: "alice", blockedAt: blocked.blockedAt });
     assert.deepEqual(await request(bob, "block", { userId: "alice" }), blocked);
 
     const quiet = silence(bob, "message:sent");
@@ -473,10 +475,12 @@ if (SCENARIO === "blocking") {
     }
     assert.deepEqual(await request(bob, "blocks", {}), blocks);
 
+    const unannounced = next(bob, "unblock");
     assert.deepEqual(await request(bob, "unblock", { userId: "alice" }), {
       ok: true,
       userId: "alice",
     });
+    assert.deepEqual(await unannounced, { userId: "alice" });
     assert.deepEqual(await request(bob, "unblock", { userId: "alice" }), {
       ok: true,
       userId: "alice",
