@@ -5,8 +5,8 @@
 //!
 //! A block is enforced where it must be ordered against sends: `AppendMessage` looks it up
 //! in the same write transaction (`send.rs`), so a send and a block racing are applied in
-//! one order, and a send acknowledged after a block's ack was refused. Typing and unread
-//! counts only read it (`typing.rs`, the store's inbox page).
+//! one order, and once a block is acknowledged every later send between the pair is
+//! refused. Typing and unread counts only read it (`typing.rs`, the store's inbox page).
 
 use serde_json::{json, Value};
 
