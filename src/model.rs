@@ -113,8 +113,11 @@ pub struct InboxRoom {
     /// The other participant, with their remembered name.
     pub partner: SessionUser,
     pub last_message: ChatMessage,
+    /// Messages from the partner the viewer has not seen; 0 while the viewer blocks them.
     pub unread: u64,
     pub updated_ms: i64,
+    /// Whether the viewer has blocked the partner.
+    pub blocked: bool,
 }
 
 impl InboxRoom {
@@ -126,6 +129,15 @@ impl InboxRoom {
             room_num: self.room_num,
         }
     }
+}
+
+/// A user someone has blocked, as their block list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedUser {
+    /// The blocked user, with their remembered name.
+    pub user: SessionUser,
+    /// When the block was made (the first time, for a repeated block).
+    pub since_ms: i64,
 }
 
 /// Position in an inbox listing: the sort key of the last row returned.

@@ -67,6 +67,8 @@ function describe(error) {
       return `You are sending too fast; trying again in ${Math.ceil((error.retryAfterMs ?? 1000) / 1000)} s.`;
     case 'unauthorized':
       return `Signed out: ${error.message}`;
+    case 'blocked':
+      return `Not sent: ${error.message}`;
     default:
       return error.message || error.code;
   }
@@ -130,6 +132,7 @@ class Session {
     on($('logout'), 'click', () => signOut(''));
     on($('retry'), 'click', () => this.socket.retryNow());
     on($('back'), 'click', () => this.closeRoom());
+    on($('block-toggle'), 'click', () => this.toggleBlock());
     on($('inbox-more'), 'click', () => this.loadInbox(this.state.inboxCursor));
     on($('inbox'), 'click', (e) => {
       const row = e.target.closest('[data-room]');
@@ -187,6 +190,7 @@ class Session {
     await this.pumpReads();
     if (session !== this || !this.socket.isOpen) return; // the next onOpen reloads
     this.loadInbox(null);
+    this.loadBlocks();
     if (this.openRoomId) this.loadLatest(this.openRoomId);
   }
 
@@ -235,6 +239,15 @@ class Session {
       case 'typing':
         if (data.roomId === this.openRoomId && data.userId !== this.me.id) this.showTyping();
         break;
+      case 'block':
+      case 'unblock':
+        // My block list changed, maybe from another tab: show it here too. After an
+        // unblock the server counts again what is still unseen, so ask it.
+        this.state.setBlocked(data.userId, event === 'block');
+        this.renderInbox();
+        if (this.openRoomId) this.renderHeader();
+        if (event === 'unblock') this.loadInbox(null);
+        break;
       case 'error':
         this.toast(describe(data));
         break;
@@ -264,7 +277,11 @@ class Session {
 
   renderInbox() {
     const rooms = this.state.inbox();
-    $('inbox').replaceChildren(...rooms.map((r) => inboxRow(r, this.me, r.roomId === this.openRoomId)));
+    $('inbox').replaceChildren(
+      ...rooms.map((r) =>
+        inboxRow(r, this.me, r.roomId === this.openRoomId, this.state.isBlocked(r.partner.id)),
+      ),
+    );
     $('inbox-empty').hidden = rooms.length > 0;
     $('inbox-more').hidden = !this.state.inboxCursor;
     const unread = rooms.reduce((sum, r) => sum + r.unread, 0);
@@ -306,6 +323,38 @@ class Session {
     $('partner-avatar').textContent = initial(partner.name);
     $('partner-name').textContent = partner.id === this.me.id ? `${partner.name} (notes to self)` : partner.name;
     $('partner-id').textContent = partner.id;
+    // Nobody blocks themself; for anyone else the header says, and the composer gives way
+    // to a notice while the block stands (the server would refuse every send).
+    const blocked = this.state.isBlocked(partner.id);
+    $('block-toggle').hidden = partner.id === this.me.id;
+    $('block-toggle').textContent = blocked ? 'Unblock' : 'Block';
+    $('block-toggle').setAttribute('aria-pressed', String(blocked));
+    $('blocked-note').hidden = !blocked;
+    $('composer').hidden = blocked;
+  }
+
+  // --- blocking -----------------------------------------------------------------------
+
+  async loadBlocks() {
+    const reply = await this.ask('blocks', {});
+    if (!reply || session !== this) return;
+    this.state.applyBlocks(reply);
+    this.renderInbox();
+    if (this.openRoomId) this.renderHeader();
+  }
+
+  async toggleBlock() {
+    const roomId = this.openRoomId;
+    if (!roomId) return;
+    const partner = this.state.room(roomId).partner;
+    const block = !this.state.isBlocked(partner.id);
+    const reply = await this.ask(block ? 'block' : 'unblock', { userId: partner.id });
+    if (!reply || session !== this) return;
+    // The `block` / `unblock` event that follows (to every tab) does it again, harmlessly;
+    // this keeps the button right when a repeated request announces nothing.
+    this.state.setBlocked(partner.id, block);
+    if (roomId === this.openRoomId) this.renderHeader();
+    this.renderInbox();
   }
 
   async loadLatest(roomId) {

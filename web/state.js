@@ -22,6 +22,8 @@ export class ChatState {
     // { roomId, messageId, seenDate }. One per message, so it holds at most the partner
     // messages that were on screen while the server could not be told.
     this.reads = new Map();
+    // Ids of the users I block, as the server last said (`blocks`, inbox rows, acks).
+    this.blocked = new Set();
   }
 
   room(roomId) {
@@ -57,9 +59,29 @@ export class ChatState {
       const room = this.room(entry.roomId);
       room.partner = entry.user;
       room.unread = entry.unread;
+      if (entry.blocked !== undefined) this.setBlocked(entry.user.id, entry.blocked);
       this.setLastMessage(room, entry.lastMessage);
     }
     this.inboxCursor = reply.nextCursor;
+  }
+
+  // The `blocks` reply: the whole list.
+  applyBlocks(reply) {
+    this.blocked = new Set(reply.blocks.map((b) => b.user.id));
+  }
+
+  // After a `block` / `unblock` ack. While I block someone the server counts nothing
+  // unread from them, and so does the client.
+  setBlocked(userId, blocked) {
+    if (blocked) this.blocked.add(userId);
+    else this.blocked.delete(userId);
+    if (blocked) {
+      for (const room of this.rooms.values()) if (room.partner.id === userId) room.unread = 0;
+    }
+  }
+
+  isBlocked(userId) {
+    return this.blocked.has(userId);
   }
 
   // A `message:sent` event. Returns the message that caused it when it is new to this

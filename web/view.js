@@ -25,8 +25,8 @@ export function shortTime(iso) {
     : date.toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
 }
 
-// One inbox row: partner, last message, time, unread badge.
-export function inboxRow(room, me, isOpen) {
+// One inbox row: partner, last message, time, unread badge, and whether I block them.
+export function inboxRow(room, me, isOpen, blocked = false) {
   const last = room.lastMessage;
   const mine = last.userId === me.id;
   const preview = el('span', { class: 'preview' });
@@ -43,6 +43,7 @@ export function inboxRow(room, me, isOpen) {
         'span',
         { class: 'room-top' },
         el('span', { class: 'partner', text: room.partner.name }),
+        blocked ? el('span', { class: 'blocked-tag', text: 'Blocked' }) : null,
         el('time', { datetime: last.sentAt, text: shortTime(last.sentAt) }),
       ),
       el(

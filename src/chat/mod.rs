@@ -10,7 +10,10 @@
 //! writes) and its reply: `send.rs` (`message`), `read.rs` (`message:read`), `typing.rs`,
 //! `rooms.rs`, `history.rs` (`messages`), and `profile.rs` (a connecting user's name). This
 //! file holds what they share and the table that routes an event name to its handler.
+//! `block.rs` holds `block`, `unblock` and `blocks`: one file for the three, because they
+//! share one table and one payload.
 
+mod block;
 mod history;
 mod profile;
 mod read;
@@ -101,6 +104,8 @@ pub struct ChatLimits {
     pub request_rate: Rate,
     /// Users whose buckets are remembered at once (`memory.rate_limit_users`).
     pub rate_limit_users: usize,
+    /// Most users one user may block (`limits.max_blocks_per_user`).
+    pub max_blocks_per_user: usize,
 }
 
 impl From<&crate::config::Config> for ChatLimits {
@@ -117,6 +122,7 @@ impl From<&crate::config::Config> for ChatLimits {
                 burst: limits.request_burst,
             },
             rate_limit_users: config.memory.rate_limit_users,
+            max_blocks_per_user: limits.max_blocks_per_user,
         }
     }
 }
@@ -203,9 +209,12 @@ impl Chat {
         match event {
             ClientEvent::Message => self.send_message(user, data, arrived).await,
             ClientEvent::Read => self.mark_read(user, data).await,
-            ClientEvent::Typing => self.typing(user, data).into(),
+            ClientEvent::Typing => self.typing(user, data).await.into(),
             ClientEvent::Rooms => self.rooms(user, data).await.into(),
             ClientEvent::Messages => self.messages(user, data).await.into(),
+            ClientEvent::Block => self.block(user, data).await,
+            ClientEvent::Unblock => self.unblock(user, data).await,
+            ClientEvent::Blocks => self.blocks(user, data).await.into(),
         }
     }
 }

@@ -44,6 +44,7 @@ impl Chat {
                 "lastMessage": row.last_message,
                 "unread": row.unread,
                 "updatedAt": format_millis(row.updated_ms),
+                "blocked": row.blocked,
             }));
         }
         Ok(Success::request(

@@ -139,6 +139,7 @@ impl Command for AppendMessage {
         txn: &mut dyn WriteTxn,
         cx: &mut Context<'_>,
     ) -> Result<AppendOutcome, ChatError> {
+        check_not_blocked(txn, &self.room, &self.sender.id)?;
         let appended = txn
             .append(
                 &self.room,
@@ -184,4 +185,37 @@ impl Command for AppendMessage {
     fn arrived(&self) -> Option<Instant> {
         Some(self.arrived)
     }
+}
+
+/// Refuses a send between two users where either blocks the other, as this transaction
+/// sees it: checked here, in the writer, so a block and a send racing are applied in one
+/// order. The blocked sender is told (`blocked`), rather than shown a sent tick for a
+/// message nobody stores (docs/protocol.md, "Blocking users", says why). A retry of a
+/// message stored before the block is refused too: the block wins.
+fn check_not_blocked(txn: &dyn WriteTxn, room: &RoomKey, sender: &str) -> Result<(), ChatError> {
+    if room.is_self_room() {
+        return Ok(());
+    }
+    let partner = room.partner_of(sender);
+    if txn
+        .blocked_since(sender, partner)
+        .map_err(ChatError::internal)?
+        .is_some()
+    {
+        return Err(ChatError::new(
+            ErrorCode::Blocked,
+            format!("you have blocked {partner:?}; unblock them to send"),
+        ));
+    }
+    if txn
+        .blocked_since(partner, sender)
+        .map_err(ChatError::internal)?
+        .is_some()
+    {
+        return Err(ChatError::new(
+            ErrorCode::Blocked,
+            format!("{partner:?} does not accept your messages"),
+        ));
+    }
+    Ok(())
 }

@@ -103,6 +103,8 @@ pub struct Limits {
     pub max_http_body_bytes: usize,
     /// Seconds an HTTP request may take before it is abandoned.
     pub request_timeout_secs: u64,
+    /// Most users one user may block; bounds the block list a `blocks` reply carries.
+    pub max_blocks_per_user: usize,
 }
 
 /// Storage tuning.
@@ -167,6 +169,7 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             max_http_body_bytes: 65536,
             request_timeout_secs: 30,
+            max_blocks_per_user: 1000,
         }
     }
 }

@@ -206,6 +206,10 @@ const KEYS: &[Key] = &[
     key!("limits.request_timeout_secs", positive_int, |c| c
         .limits
         .request_timeout_secs),
+    // Blocking users (issue 16, item 4).
+    key!("limits.max_blocks_per_user", positive_int, |c| c
+        .limits
+        .max_blocks_per_user),
     key!("storage.max_batch", positive_int, |c| c.storage.max_batch),
     key!("memory.redb_cache_bytes", byte_size, |c| c
         .memory

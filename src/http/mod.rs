@@ -1,7 +1,8 @@
 //! HTTP: the REST API, health, metrics, CORS, and JSON errors.
 //!
 //! The REST endpoints call the same handlers as the socket requests (`Chat::rooms_page`,
-//! `Chat::messages_page`) and answer with exactly the socket reply object. Every failure,
+//! `Chat::messages_page`, and for blocks `Chat::blocks_list`, `Chat::block_user`,
+//! `Chat::unblock_user`) and answer with exactly the socket reply object. Every failure,
 //! including unknown paths, is `{ "error": { "code", "message" } }` with the status of its
 //! code, turned into a response in one place ([`error_response`]).
 
@@ -65,6 +66,14 @@ pub(crate) fn bearer_header(headers: &HeaderMap) -> Result<Option<&str>, ChatErr
             })
         })
         .transpose()
+}
+
+/// A user id from a path segment; broken escapes are `bad_request` (the id itself is
+/// checked by the handler).
+fn user_id_from_path(segment: &str) -> Result<String, ChatError> {
+    percent_decode_strict(segment).ok_or_else(|| {
+        ChatError::bad_request("the user id in the path is not cleanly percent-encoded")
+    })
 }
 
 /// A room id from a path segment; `%2F` and broken escapes are `invalid_room`.
@@ -138,7 +147,7 @@ pub fn routes(
 
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
-        .and(with_app)
+        .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(query)
         .then(
@@ -157,6 +166,8 @@ pub fn routes(
             },
         );
 
+    let blocks = blocks_routes(with_app);
+
     let not_found = warp::any().map(|| error_response(&ChatError::not_found("no such endpoint")));
 
     healthz
@@ -166,10 +177,56 @@ pub fn routes(
         .unify()
         .or(messages)
         .unify()
+        .or(blocks)
+        .unify()
         .or(crate::web::routes())
         .unify()
         .or(not_found)
         .unify()
+}
+
+/// `GET /api/blocks` (the caller's block list), `PUT /api/blocks/{userId}` (block) and
+/// `DELETE /api/blocks/{userId}` (unblock), answered like the `blocks`, `block` and
+/// `unblock` events' ack replies.
+fn blocks_routes(
+    with_app: impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let list = warp::path!("api" / "blocks")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .then(|app: Arc<App>, headers: HeaderMap| async move {
+            let reply = async {
+                let user = app.authenticate(bearer_header(&headers)?)?;
+                app.chat.blocks_list(&user).await
+            };
+            reply_response(reply.await)
+        });
+    let change = warp::path!("api" / "blocks" / String)
+        .and(
+            warp::put()
+                .map(|| true)
+                .or(warp::delete().map(|| false))
+                .unify(),
+        )
+        .and(with_app)
+        .and(warp::header::headers_cloned())
+        .then(
+            |segment: String, block: bool, app: Arc<App>, headers: HeaderMap| async move {
+                let reply = async {
+                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let target = user_id_from_path(&segment)?;
+                    let handled = if block {
+                        app.chat.block_user(&user, &target).await
+                    } else {
+                        app.chat.unblock_user(&user, &target).await
+                    };
+                    handled.into_reply().await
+                };
+                reply_response(reply.await)
+            },
+        );
+    list.or(change).unify()
 }
 
 /// Cross-origin access for browser front ends served from another origin (the HTTP API
@@ -190,7 +247,12 @@ pub fn cors_layer(config: &CorsConfig) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([hyper::Method::GET, hyper::Method::POST])
+        .allow_methods([
+            hyper::Method::GET,
+            hyper::Method::POST,
+            hyper::Method::PUT,
+            hyper::Method::DELETE,
+        ])
         .allow_headers([AUTHORIZATION, hyper::header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(3600))
 }

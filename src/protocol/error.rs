@@ -21,11 +21,15 @@ pub enum ErrorCode {
     TooManyConnections,
     Unauthorized,
     Internal,
+    /// A send between two users where one blocks the other.
+    Blocked,
+    /// A block past `limits.max_blocks_per_user`.
+    TooManyBlocks,
 }
 
 impl ErrorCode {
     /// Every code, for whatever must list them all (the metrics seed a series per code).
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownEvent,
         ErrorCode::InvalidRoom,
@@ -37,6 +41,8 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::Unauthorized,
         ErrorCode::Internal,
+        ErrorCode::Blocked,
+        ErrorCode::TooManyBlocks,
     ];
 
     /// The code as it travels on the wire.
@@ -53,6 +59,8 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
+            ErrorCode::Blocked => "blocked",
+            ErrorCode::TooManyBlocks => "too_many_blocks",
         }
     }
 
@@ -65,7 +73,7 @@ impl ErrorCode {
             | ErrorCode::InvalidMessage
             | ErrorCode::MessageTooLarge => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::Blocked | ErrorCode::TooManyBlocks => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
             ErrorCode::Internal => 500,

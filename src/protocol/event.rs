@@ -18,6 +18,9 @@ pub enum ClientEvent {
     Typing,
     Rooms,
     Messages,
+    Block,
+    Unblock,
+    Blocks,
 }
 
 impl ClientEvent {
@@ -29,6 +32,9 @@ impl ClientEvent {
             "typing" => ClientEvent::Typing,
             "rooms" => ClientEvent::Rooms,
             "messages" => ClientEvent::Messages,
+            "block" => ClientEvent::Block,
+            "unblock" => ClientEvent::Unblock,
+            "blocks" => ClientEvent::Blocks,
             _ => return None,
         })
     }
@@ -38,7 +44,10 @@ impl ClientEvent {
     /// connection's earlier requests before it runs one: otherwise a `rooms` sent right
     /// after a `message:read` could be answered from before the read's commit.
     pub fn reads_store(self) -> bool {
-        matches!(self, ClientEvent::Rooms | ClientEvent::Messages)
+        matches!(
+            self,
+            ClientEvent::Rooms | ClientEvent::Messages | ClientEvent::Blocks
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -48,6 +57,9 @@ impl ClientEvent {
             ClientEvent::Typing => "typing",
             ClientEvent::Rooms => "rooms",
             ClientEvent::Messages => "messages",
+            ClientEvent::Block => "block",
+            ClientEvent::Unblock => "unblock",
+            ClientEvent::Blocks => "blocks",
         }
     }
 
@@ -114,6 +126,13 @@ pub struct MessagesRequest {
     pub before: Option<u64>,
     #[serde(default)]
     pub limit: Option<u64>,
+}
+
+/// `block` and `unblock`: the user to block or unblock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockRequest {
+    pub user_id: String,
 }
 
 /// Parses a payload (raw JSON text) into `T`, mapping every serde failure to `bad_request`.
@@ -283,6 +302,24 @@ mod tests {
         }
         let rooms: RoomsRequest = parse(ClientEvent::Rooms, r#"{"limit":100}"#).unwrap();
         assert_eq!(rooms.checked_limit().unwrap(), 100);
+    }
+
+    #[test]
+    fn block_payload_shapes() {
+        let ok: BlockRequest =
+            parse(ClientEvent::Block, r#"{"userId":"bob","extra":[1]}"#).unwrap();
+        assert_eq!(ok.user_id, "bob");
+        for bad in [
+            r#"{}"#,
+            r#"{"userId":null}"#,
+            r#"{"userId":7}"#,
+            r#"{"userId":["bob"]}"#,
+            r#"["bob"]"#,
+            r#""bob""#,
+        ] {
+            let err = parse::<BlockRequest>(ClientEvent::Unblock, bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! What the server pushes to clients unasked: `message:sent`, `message:seen`, `typing`.
+//! What the server pushes to clients unasked: `message:sent`, `message:seen`, `typing`,
+//! and to a blocker's own connections `block` / `unblock` when their block list changed.
 //!
 //! One type for every pushed event, with its wire name and JSON payload written here
 //! once; both dialects frame the same rendering (see `crate::fanout::Outbound`). The
@@ -32,6 +33,15 @@ pub enum ServerEvent {
         room_id: String,
         user_id: String,
     },
+    /// `block`: to the blocker's connections, that they now block `user_id`, so every tab
+    /// shows it (the blocked user is never told).
+    Blocked {
+        user_id: String,
+        /// RFC 3339.
+        blocked_at: String,
+    },
+    /// `unblock`: to the blocker's connections, that they no longer block `user_id`.
+    Unblocked { user_id: String },
 }
 
 /// One message that became seen, as `message:seen` lists it.
@@ -50,6 +60,14 @@ pub struct SeenReceipt {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct BlockPayload<'a> {
+    user_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked_at: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct TypingPayload<'a> {
     room_id: &'a str,
     user_id: &'a str,
@@ -62,6 +80,8 @@ impl ServerEvent {
             ServerEvent::MessageSent { .. } => "message:sent",
             ServerEvent::MessageSeen(_) => "message:seen",
             ServerEvent::Typing { .. } => "typing",
+            ServerEvent::Blocked { .. } => "block",
+            ServerEvent::Unblocked { .. } => "unblock",
         }
     }
 
@@ -92,6 +112,19 @@ impl ServerEvent {
                 serde_json::to_string(&TypingPayload { room_id, user_id })
                     .expect("strings serialize")
             }
+            ServerEvent::Blocked {
+                user_id,
+                blocked_at,
+            } => serde_json::to_string(&BlockPayload {
+                user_id,
+                blocked_at: Some(blocked_at),
+            })
+            .expect("strings serialize"),
+            ServerEvent::Unblocked { user_id } => serde_json::to_string(&BlockPayload {
+                user_id,
+                blocked_at: None,
+            })
+            .expect("strings serialize"),
         }
     }
 }
@@ -145,5 +178,23 @@ mod tests {
         };
         assert_eq!(event.name(), "typing");
         assert_eq!(event.payload(), r#"{"roomId":"b","userId":"a"}"#);
+    }
+
+    #[test]
+    fn block_and_unblock_name_the_user() {
+        let blocked = ServerEvent::Blocked {
+            user_id: "a".into(),
+            blocked_at: "2026-01-02T03:04:05.006Z".into(),
+        };
+        assert_eq!(blocked.name(), "block");
+        assert_eq!(
+            blocked.payload(),
+            r#"{"userId":"a","blockedAt":"2026-01-02T03:04:05.006Z"}"#
+        );
+        let unblocked = ServerEvent::Unblocked {
+            user_id: "a".into(),
+        };
+        assert_eq!(unblocked.name(), "unblock");
+        assert_eq!(unblocked.payload(), r#"{"userId":"a"}"#);
     }
 }

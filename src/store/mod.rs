@@ -23,7 +23,9 @@ mod suite;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
+use crate::model::{
+    BlockedUser, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
+};
 
 /// Why the store failed. Callers report it as `internal`; the detail goes to the log.
 #[derive(Debug)]
@@ -88,6 +90,7 @@ pub trait ReadStore: Send + Sync {
     ) -> Read<'a, HistoryPage>;
 
     /// One page of a user's rooms, most recent activity first, strictly after `after`.
+    /// A row whose partner the user blocks says so and counts nothing as unread.
     fn inbox_page<'a>(
         &'a self,
         user: &'a str,
@@ -97,6 +100,12 @@ pub trait ReadStore: Send + Sync {
 
     /// The profile remembered for a user; a user never seen is named by their id.
     fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser>;
+
+    /// Everyone `blocker` blocks, in id order, with their remembered names.
+    fn blocks<'a>(&'a self, blocker: &'a str) -> Read<'a, Vec<BlockedUser>>;
+
+    /// Whether either of `a` and `b` blocks the other.
+    fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool>;
 }
 
 /// The write side: only the group-commit writer calls it, so there is one write
@@ -137,6 +146,18 @@ pub trait WriteTxn {
 
     /// Remembers a user's display name.
     fn put_profile(&mut self, user: &SessionUser) -> Result<()>;
+
+    /// Since when `blocker` blocks `blocked`, if they do, as this transaction sees it.
+    fn blocked_since(&self, blocker: &str, blocked: &str) -> Result<Option<i64>>;
+
+    /// How many users `blocker` blocks.
+    fn count_blocks(&self, blocker: &str) -> Result<usize>;
+
+    /// Records that `blocker` blocks `blocked` from `since_ms` (replacing any earlier row).
+    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<()>;
+
+    /// Lifts a block; returns whether there was one.
+    fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool>;
 
     /// Makes everything applied durable; returns only once it is.
     fn commit(self: Box<Self>) -> Result<()>;

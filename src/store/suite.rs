@@ -27,7 +27,8 @@ macro_rules! store_suite {
             pairs_sharing_an_id_string_are_separate_rooms,
             profiles_default_to_the_id_and_keep_the_latest_name,
             a_transaction_sees_its_own_writes_and_only_commit_keeps_them,
-            reopen_keeps_committed_data
+            reopen_keeps_committed_data,
+            blocks_are_per_direction_listed_in_id_order_and_mask_unread
         );
     };
     (@tests $fixture:ty; $($test:ident),* $(,)?) => {$(
@@ -307,4 +308,68 @@ pub async fn reopen_keeps_committed_data<F: Fixture>() {
     assert_eq!(unread(&store, "b", "a-b").await, 1);
     // Ids go on from where they were.
     assert_eq!(new_message(send(&store, &ab, "b", "next", None, 2)).id, 2);
+}
+
+pub async fn blocks_are_per_direction_listed_in_id_order_and_mask_unread<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    send(&store, &ab, "b", "1", None, 1);
+    send(&store, &ab, "b", "2", None, 2);
+    let mut txn = store.begin().unwrap();
+    txn.put_profile(&SessionUser {
+        id: "c".into(),
+        name: "Cy".into(),
+    })
+    .unwrap();
+    // "a-" sorts between "a" and "b": a prefix of the blocker must not leak into its list.
+    for (blocker, blocked, since) in [("a", "c", 10), ("a", "b", 20), ("a-", "x", 30)] {
+        txn.put_block(blocker, blocked, since).unwrap();
+    }
+    // The transaction sees its own blocks.
+    assert_eq!(txn.blocked_since("a", "b").unwrap(), Some(20));
+    assert_eq!(txn.blocked_since("b", "a").unwrap(), None);
+    assert_eq!(txn.count_blocks("a").unwrap(), 2);
+    assert_eq!(txn.count_blocks("a-").unwrap(), 1);
+    txn.commit().unwrap();
+
+    let list = store.blocks("a").await.unwrap();
+    assert_eq!(
+        list,
+        [
+            BlockedUser {
+                user: SessionUser::unnamed("b"),
+                since_ms: 20
+            },
+            BlockedUser {
+                user: SessionUser {
+                    id: "c".into(),
+                    name: "Cy".into()
+                },
+                since_ms: 10
+            },
+        ]
+    );
+    assert!(store.blocks("b").await.unwrap().is_empty());
+    assert!(store.blocked_between("a", "b").await.unwrap());
+    assert!(store.blocked_between("b", "a").await.unwrap());
+    assert!(!store.blocked_between("b", "c").await.unwrap());
+
+    // The blocker's row says so and counts nothing; the blocked user's row is unchanged.
+    let rows = store.inbox_page("a", None, 10).await.unwrap();
+    assert!(rows[0].blocked);
+    assert_eq!(rows[0].unread, 0);
+    assert!(!store.inbox_page("b", None, 10).await.unwrap()[0].blocked);
+
+    let mut txn = store.begin().unwrap();
+    assert!(txn.remove_block("a", "b").unwrap());
+    assert!(!txn.remove_block("a", "b").unwrap());
+    txn.commit().unwrap();
+    // The stored count was kept: both messages are still unseen.
+    assert_eq!(unread(&store, "a", "a-b").await, 2);
+    assert!(!store.blocked_between("a", "b").await.unwrap());
+    assert_eq!(store.blocks("a").await.unwrap().len(), 1);
+    drop(store);
+    let store = place.open();
+    assert_eq!(store.blocks("a").await.unwrap()[0].user.id, "c");
 }

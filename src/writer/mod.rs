@@ -395,6 +395,22 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
+        fn blocked_since(&self, _: &str, _: &str) -> store::Result<Option<i64>> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn count_blocks(&self, _: &str) -> store::Result<usize> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn put_block(&mut self, _: &str, _: &str, _: i64) -> store::Result<()> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn remove_block(&mut self, _: &str, _: &str) -> store::Result<bool> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
         fn commit(self: Box<Self>) -> store::Result<()> {
             if self.fail {
                 return Err(StoreError::Corrupt("the test fails this commit".into()));

@@ -225,10 +225,21 @@ pub async fn raw_request(addr: SocketAddr, head: &str, body: &[u8]) -> Vec<u8> {
 
 /// A minimal HTTP/1.1 GET; returns the status and the JSON body.
 pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
+    http_call(addr, "GET", path, token).await
+}
+
+/// A minimal bodiless HTTP/1.1 request with any method; returns the status and JSON body.
+pub async fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     status_and_json(raw_request(addr, &head, b"").await)
 }
 

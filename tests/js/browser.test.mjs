@@ -396,3 +396,68 @@ test('a read lost with the server is sent again once it is back', { timeout: 90_
   await alice.context.close();
   await bob.context.close();
 });
+
+test('a conversation can be blocked and unblocked from its header', { timeout: 60_000 }, async () => {
+  const carol = await openPage({ width: 1280, height: 800 });
+  const c = carol.page;
+  await c.goto(`${URL}/#token=${CAROL}`);
+  await c.locator('#new-chat-input').fill('alice');
+  await c.locator('#new-chat-form button').click();
+  await c.locator('#partner-id', { hasText: 'alice' }).waitFor();
+  await send(c, 'Hi Alice');
+  const hi = bubbles(c, 'Hi Alice');
+  await eventually(async () => (await stateOf(hi)) === 'sent' || (await stateOf(hi)), 'first tick on Hi Alice');
+
+  const alice = await openPage({ width: 1280, height: 800 });
+  const a = alice.page;
+  await a.goto(`${URL}/#token=${ALICE}`);
+  const row = a.locator('#inbox [data-room="alice-carol"]');
+  await row.click();
+  await bubbles(a, 'Hi Alice').waitFor();
+  const toggle = a.locator('#block-toggle');
+  assert.equal(await toggle.textContent(), 'Block');
+  // A second tab of Alice's, open before the block, follows it live.
+  const aliceTab = await openPage({ width: 390, height: 844 });
+  const tabRow = aliceTab.page.locator('#inbox [data-room="alice-carol"]');
+  await aliceTab.page.goto(`${URL}/#token=${ALICE}`);
+  await tabRow.waitFor();
+  assert.equal(await tabRow.locator('.blocked-tag').count(), 0);
+
+  // Alice blocks Carol: the header says so, the composer gives way to a notice, the
+  // inbox row is tagged, and the server has the block.
+  await toggle.click();
+  await a.locator('#block-toggle', { hasText: 'Unblock' }).waitFor();
+  await a.locator('#blocked-note').waitFor();
+  assert.ok(await a.locator('#composer').isHidden());
+  await row.locator('.blocked-tag').waitFor();
+  await tabRow.locator('.blocked-tag').waitFor();
+  const blocks = await api('/api/blocks', ALICE);
+  assert.deepEqual(blocks.blocks.map((b) => b.user.id), ['carol']);
+  await a.screenshot({ path: join(SHOTS, 'desktop-blocked.png') });
+
+  // Carol's next message is refused, visibly, and never reaches Alice.
+  await send(c, 'Blocked?');
+  await c.locator('#messages .msg[data-state="failed"] .failure', { hasText: 'Not sent' }).waitFor();
+  assert.equal(await bubbles(a, 'Blocked?').count(), 0);
+
+  // After a reload the block is still shown: the client asks the server.
+  await a.reload();
+  await row.locator('.blocked-tag').waitFor();
+  await row.click();
+  await a.locator('#block-toggle', { hasText: 'Unblock' }).waitFor();
+
+  // Unblocking brings the composer back and Carol gets through again.
+  await a.locator('#block-toggle').click();
+  await a.locator('#block-toggle', { hasText: /^Block$/ }).waitFor();
+  assert.ok(await a.locator('#blocked-note').isHidden());
+  await a.locator('#composer').waitFor();
+  assert.equal(await row.locator('.blocked-tag').count(), 0);
+  await eventually(async () => (await tabRow.locator('.blocked-tag').count()) === 0, "the other tab shows the unblock");
+  await aliceTab.context.close();
+  await c.locator('#messages .msg[data-state="failed"] .discard').click();
+  await send(c, 'Back again');
+  await bubbles(a, 'Back again').waitFor();
+  assert.deepEqual(dialogs, []);
+  await alice.context.close();
+  await carol.context.close();
+});

@@ -87,6 +87,32 @@ test('unread counts follow snapshots and my own reads', () => {
   assert.deepEqual(state.inbox().map((r) => r.roomId), ['alice-bob']);
 });
 
+test('blocks come from the server and mask unread counts while they stand', () => {
+  const state = new ChatState(me, memoryStorage());
+  const bob = { id: 'bob', name: 'Bob' };
+  state.applySent(snapshot('alice-bob', bob, 1, 2));
+  assert.equal(state.room('alice-bob').unread, 2);
+  state.applyBlocks({ ok: true, blocks: [{ user: bob, blockedAt: 'x' }] });
+  assert.ok(state.isBlocked('bob'));
+  state.setBlocked('bob', false);
+  assert.ok(!state.isBlocked('bob'));
+  state.setBlocked('bob', true);
+  assert.equal(state.room('alice-bob').unread, 0, 'nothing unread from someone I block');
+  // An inbox row says whether I block its partner, and replaces what the client thought.
+  const row = (blocked) => ({
+    rooms: [{ roomId: 'alice-bob', user: bob, lastMessage: msg(2, 'bob'), unread: blocked ? 0 : 2, blocked }],
+    nextCursor: null,
+  });
+  state.applyInbox(row(false));
+  assert.ok(!state.isBlocked('bob'));
+  assert.equal(state.room('alice-bob').unread, 2);
+  state.applyInbox(row(true));
+  assert.ok(state.isBlocked('bob'));
+  // A row from a server without blocking (no field) leaves the list alone.
+  state.applyInbox({ rooms: [{ roomId: 'alice-bob', user: bob, lastMessage: msg(2, 'bob'), unread: 0 }], nextCursor: null });
+  assert.ok(state.isBlocked('bob'));
+});
+
 test('the outbox keeps typed order, survives a reload and settles on the echo', () => {
   const storage = memoryStorage();
   const state = new ChatState(me, storage);

@@ -1,7 +1,8 @@
 // The Socket.IO dialect, driven by the official socket.io-client exactly as a front end
 // uses it. Run by tests/socketio.rs, which starts the server and passes:
 //   CHAT_URL            the server's base URL (http://127.0.0.1:PORT)
-//   SIO_SCENARIO        which group of cases to run: protocol | tabs | restart | shutdown
+//   SIO_SCENARIO        which group of cases to run: protocol | blocking | tabs | restart |
+//                       shutdown
 //   TOKEN_<USER>        tokens minted by the test (TOKEN_ALICE, TOKEN_FORGED, ...)
 // Cases that need the Rust side (plain-dialect tabs, killing or stopping the server) talk
 // to it through their own events and through marker lines on stdout.
@@ -401,6 +402,98 @@ if (SCENARIO === "protocol") {
     const empty = await request(alice, "messages", { roomId: "alice-fay" });
     assert.deepEqual(empty.room, { roomId: "alice-fay", user: { id: "fay", name: "Fay" }, messages: [] });
     for (const socket of [alice, second, third, fay]) socket.close();
+  });
+}
+
+if (SCENARIO === "blocking") {
+  /** Resolves if `socket` gets no `event` for `ms`; rejects if it does. */
+  function silence(socket, event, ms = 400) {
+    return new Promise((resolve, reject) => {
+      const listener = (data) => {
+        socket.off(event, listener);
+        reject(new Error(`unexpected ${event}: ${JSON.stringify(data)}`));
+      };
+      socket.on(event, listener);
+      setTimeout(() => {
+        socket.off(event, listener);
+        resolve();
+      }, ms);
+    });
+  }
+
+  test("block, unblock and blocks: sends refused, typing dropped, unread masked", async () => {
+    const alice = await connect({ auth: { token: token("alice") } });
+    const bob = await connect({ auth: { token: token("bob") }, transports: ["websocket"] });
+    const send = (socket, from, message) =>
+      request(socket, "message", { userId: from, roomId: "alice-bob", message });
+    assert.equal((await send(alice, "alice", "before the block")).ok, true);
+
+    const announced = next(bob, "block");
+    const blocked = await request(bob, "block", { userId: "alice" });
+    assert.equal(blocked.ok, true);
+    assert.equal(blocked.userId, "alice");
+    assert.deepEqual(await announced, { userId: "alice", blockedAt: blocked.blockedAt });
+    assert.deepEqual(await request(bob, "block", { userId: "alice" }), blocked);
+
+    const quiet = silence(bob, "message:sent");
+    const refused = await send(alice, "alice", "are you there?");
+    assert.deepEqual([refused.ok, refused.error.code], [false, "blocked"]);
+    const own = await send(bob, "bob", "bye");
+    assert.equal(own.error.code, "blocked");
+    const errorEvent = next(alice, "error");
+    alice.emit("message", { userId: "alice", roomId: "alice-bob", message: "no ack" });
+    const err = await errorEvent;
+    assert.deepEqual([err.code, err.event], ["blocked", "message"]);
+    await quiet;
+
+    const noTyping = silence(bob, "typing");
+    assert.deepEqual(await request(alice, "typing", { roomId: "alice-bob" }), { ok: true });
+    await noTyping;
+
+    const inbox = await request(bob, "rooms", {});
+    const row = inbox.rooms.find((r) => r.roomId === "alice-bob");
+    assert.deepEqual([row.unread, row.blocked], [0, true]);
+
+    const list = next(bob, "blocks");
+    bob.emit("blocks");
+    const blocks = await list;
+    assert.deepEqual(blocks.blocks, [
+      { user: { id: "alice", name: "alice" }, blockedAt: blocked.blockedAt },
+    ]);
+
+    for (const [event, data] of [
+      ["block", {}],
+      ["block", { userId: 5 }],
+      ["block", { userId: "bob" }],
+      ["block", ["alice"]],
+      ["unblock", null],
+      ["unblock", { userId: "not valid" }],
+      ["blocks", "all"],
+    ]) {
+      const reply = await request(bob, event, data);
+      assert.equal(reply.error?.code, "bad_request", `${event} ${JSON.stringify(data)}`);
+    }
+    assert.deepEqual(await request(bob, "blocks", {}), blocks);
+
+    const unannounced = next(bob, "unblock");
+    assert.deepEqual(await request(bob, "unblock", { userId: "alice" }), {
+      ok: true,
+      userId: "alice",
+    });
+    assert.deepEqual(await unannounced, { userId: "alice" });
+    assert.deepEqual(await request(bob, "unblock", { userId: "alice" }), {
+      ok: true,
+      userId: "alice",
+    });
+    const hears = next(bob, "message:sent");
+    assert.equal((await send(alice, "alice", "after the unblock")).ok, true);
+    assert.equal((await hears).messages[0].message, "after the unblock");
+    const typing = next(bob, "typing");
+    alice.emit("typing", { roomId: "alice-bob" });
+    assert.equal((await typing).userId, "alice");
+    assert.deepEqual((await request(bob, "blocks", {})).blocks, []);
+    alice.close();
+    bob.close();
   });
 }
 

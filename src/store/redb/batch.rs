@@ -9,8 +9,8 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::records::{self, MessageRecord, RoomRecord};
 use super::{
-    latest_messages, newest_first, read_message, CLIENT_IDS, INBOX, MESSAGES, META, PROFILES,
-    ROOMS, ROOM_NUMS,
+    latest_messages, newest_first, read_message, BLOCKS, CLIENT_IDS, INBOX, MESSAGES, META,
+    PROFILES, ROOMS, ROOM_NUMS,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{Appended, Result, SeenOutcome, StoreError, WriteTxn};
@@ -157,6 +157,41 @@ impl WriteTxn for Batch {
             .open_table(PROFILES)?
             .insert(user.id.as_str(), user.name.as_str())?;
         Ok(())
+    }
+
+    fn blocked_since(&self, blocker: &str, blocked: &str) -> Result<Option<i64>> {
+        Ok(self
+            .txn
+            .open_table(BLOCKS)?
+            .get((blocker, blocked))?
+            .map(|g| g.value()))
+    }
+
+    fn count_blocks(&self, blocker: &str) -> Result<usize> {
+        let blocks = self.txn.open_table(BLOCKS)?;
+        let mut count = 0;
+        for row in blocks.range((blocker, "")..)? {
+            if row?.0.value().0 != blocker {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<()> {
+        self.txn
+            .open_table(BLOCKS)?
+            .insert((blocker, blocked), since_ms)?;
+        Ok(())
+    }
+
+    fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool> {
+        Ok(self
+            .txn
+            .open_table(BLOCKS)?
+            .remove((blocker, blocked))?
+            .is_some())
     }
 
     fn commit(self: Box<Self>) -> Result<()> {

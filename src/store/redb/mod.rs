@@ -18,6 +18,9 @@
 //! - `inbox`: (user, newest-first time key, room id, room number) → (), one row per room a
 //!   user has, so an inbox page is one forward range scan.
 //! - `profiles`: user id → latest display name.
+//! - `blocks`: (blocker, blocked) → since (Unix ms), one row per block, so a user's block
+//!   list is one range scan and "does either block the other" is two point lookups. A new
+//!   table needs no format bump: an older binary never opens it, and `open` creates it.
 
 mod batch;
 mod records;
@@ -27,7 +30,9 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Read, ReadStore, Result, StoreError, WriteStore, WriteTxn};
-use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
+use crate::model::{
+    BlockedUser, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
+};
 use records::RoomRecord;
 
 /// The on-disk format this binary writes. A store with a higher number is refused.
@@ -48,6 +53,7 @@ const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messa
 const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("client_ids");
 const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
 const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
+const BLOCKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("blocks");
 
 /// Every redb error is a backend failure; the macro keeps `?` working on each of redb's
 /// error types without a blanket impl that a second backend's errors would collide with.
@@ -116,6 +122,7 @@ impl RedbStore {
             txn.open_table(CLIENT_IDS)?;
             txn.open_table(INBOX)?;
             txn.open_table(PROFILES)?;
+            txn.open_table(BLOCKS)?;
         }
         txn.commit()?;
         // A new file's directory entry is durable only once the directory is synced; without
@@ -177,6 +184,7 @@ impl RedbStore {
         let rooms = txn.open_table(ROOMS)?;
         let messages = txn.open_table(MESSAGES)?;
         let profiles = txn.open_table(PROFILES)?;
+        let blocks = txn.open_table(BLOCKS)?;
         let start = match after {
             Some(c) => (
                 user,
@@ -203,13 +211,17 @@ impl RedbStore {
                 StoreError::Corrupt(format!("room {num} lost message {}", record.last_id))
             })?;
             let partner = profile_in(&profiles, record.partner_of(user))?;
+            let blocked = blocks.get((user, partner.id.as_str()))?.is_some();
             page.push(InboxRoom {
                 room_num: num,
                 room_id: room_id.to_owned(),
-                unread: record.unread_of(user),
+                // A blocked partner's messages count for nothing while the block stands;
+                // the stored count is kept, so unblocking shows what is still unseen.
+                unread: if blocked { 0 } else { record.unread_of(user) },
                 updated_ms: record.last_sent_ms,
                 partner,
                 last_message,
+                blocked,
             });
             if page.len() == limit {
                 break;
@@ -222,6 +234,32 @@ impl RedbStore {
     fn profile_now(&self, user: &str) -> Result<SessionUser> {
         let txn = self.db.begin_read()?;
         profile_in(&txn.open_table(PROFILES)?, user)
+    }
+
+    /// Everyone `blocker` blocks, in id order, with their remembered names.
+    fn blocks_now(&self, blocker: &str) -> Result<Vec<BlockedUser>> {
+        let txn = self.db.begin_read()?;
+        let profiles = txn.open_table(PROFILES)?;
+        let mut list = Vec::new();
+        for row in txn.open_table(BLOCKS)?.range((blocker, "")..)? {
+            let (key, since) = row?;
+            let (who, blocked) = key.value();
+            if who != blocker {
+                break;
+            }
+            list.push(BlockedUser {
+                user: profile_in(&profiles, blocked)?,
+                since_ms: since.value(),
+            });
+        }
+        Ok(list)
+    }
+
+    /// Whether either of `a` and `b` blocks the other.
+    fn blocked_between_now(&self, a: &str, b: &str) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        Ok(blocks.get((a, b))?.is_some() || blocks.get((b, a))?.is_some())
     }
 }
 
@@ -258,6 +296,14 @@ impl ReadStore for RedbStore {
 
     fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser> {
         ready(self.profile_now(user))
+    }
+
+    fn blocks<'a>(&'a self, blocker: &'a str) -> Read<'a, Vec<BlockedUser>> {
+        ready(self.blocks_now(blocker))
+    }
+
+    fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool> {
+        ready(self.blocked_between_now(a, b))
     }
 }
 
