@@ -18,15 +18,23 @@
 //! - `inbox`: (user, newest-first time key, room id, room number) → (), one row per room a
 //!   user has, so an inbox page is one forward range scan.
 //! - `profiles`: user id → latest display name.
+//! - `webhook_outbox`: (hook URL, seq) → [`outbox::OutboxRecord`], the transactional
+//!   outbox: an event is written in the commit that stores what it describes, and
+//!   removed once delivered. `meta.next_webhook_seq` numbers them in commit order.
+//! - `webhook_dead`: (hook URL, seq) → [`outbox::DeadRecord`], events given up on.
 
 mod batch;
+mod outbox;
 mod records;
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Read, ReadStore, Result, StoreError, WriteStore, WriteTxn};
+use super::{
+    DeadLetter, OutboxEvent, Read, ReadStore, Result, StoreError, WebhookCounts, WriteStore,
+    WriteTxn,
+};
 use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
 use records::RoomRecord;
 
@@ -48,6 +56,8 @@ const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messa
 const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("client_ids");
 const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
 const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
+const WEBHOOK_OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_outbox");
+const WEBHOOK_DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_dead");
 
 /// Every redb error is a backend failure; the macro keeps `?` working on each of redb's
 /// error types without a blanket impl that a second backend's errors would collide with.
@@ -116,6 +126,8 @@ impl RedbStore {
             txn.open_table(CLIENT_IDS)?;
             txn.open_table(INBOX)?;
             txn.open_table(PROFILES)?;
+            txn.open_table(WEBHOOK_OUTBOX)?;
+            txn.open_table(WEBHOOK_DEAD)?;
         }
         txn.commit()?;
         // A new file's directory entry is durable only once the directory is synced; without
@@ -258,6 +270,27 @@ impl ReadStore for RedbStore {
 
     fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser> {
         ready(self.profile_now(user))
+    }
+
+    fn webhook_outbox<'a>(
+        &'a self,
+        hook: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'a, Vec<OutboxEvent>> {
+        ready(outbox::pending(&self.db, hook, after, limit))
+    }
+
+    fn webhook_dead_letters<'a>(
+        &'a self,
+        hook: &'a str,
+        limit: usize,
+    ) -> Read<'a, Vec<DeadLetter>> {
+        ready(outbox::dead_letters(&self.db, hook, limit))
+    }
+
+    fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts> {
+        ready(outbox::counts(&self.db, hook))
     }
 }
 
