@@ -105,11 +105,17 @@ fn http_client(idle: usize) -> HttpClient {
 
 /// Delivers one hook's outbox.
 struct HookTask {
+    /// All hooks, shared with the writer: this task's hook is `hooks[index]`, whose
+    /// `disabled` flag both sides read.
     hooks: Arc<Hooks>,
     index: usize,
+    /// Where the outbox is read from, a window at a time.
     store: Arc<dyn ReadStore>,
+    /// Where finished events are taken out of the outbox: the one writer.
     writer: Writer,
+    /// Shared by all hooks; it pools connections per receiver.
     client: HttpClient,
+    /// Most events of this hook in memory at once (`memory.webhook_window_events`).
     window: usize,
 }
 

@@ -14,17 +14,24 @@ use crate::store::{DeadLetter, OutboxEvent, Result, StoreError, WebhookCounts};
 /// An event waiting in the outbox; its hook and seq are the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutboxRecord {
+    /// The user the event is for: events of one recipient are posted in `seq` order.
     pub recipient: String,
+    /// The event's `id`, sent again unchanged on every attempt.
     pub id: String,
+    /// Commit time (ms since the epoch): delivery gives up relative to it.
     pub created_ms: i64,
+    /// The JSON body exactly as posted and signed.
     pub body: String,
 }
 
 /// An event given up on; its hook and seq are the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadRecord {
+    /// The event as it waited in the outbox.
     pub event: OutboxRecord,
+    /// Why delivery stopped.
     pub reason: String,
+    /// When (ms since the epoch).
     pub dead_ms: i64,
 }
 
