@@ -534,3 +534,33 @@ async fn dead_letters(server: &Server, url: &str) -> Vec<DeadLetter> {
     let store = RedbStore::open(server.data_dir()).unwrap();
     store.webhook_dead_letters(url, 100).await.unwrap()
 }
+
+/// An `https://` hook is posted over TLS: against a receiver that speaks plain HTTP the
+/// handshake fails (no request ever reaches it), the failure is retried and finally dead-
+/// lettered with the TLS error. (A full TLS round trip needs a certificate the Mozilla
+/// roots trust, which a loopback test cannot have.)
+#[tokio::test]
+async fn an_https_hook_speaks_tls() {
+    let receiver = Receiver::start(Mode::Status(200)).await;
+    let url = format!("https://{}/hook", receiver.addr);
+    let mut server =
+        Server::start_with(&hook_env(&url, &[("CHAT_WEBHOOK_GIVE_UP_AFTER_SECS", "1")]));
+    let mut ann = server.connect("ann").await;
+    ann.send_message("ann-bob", "over TLS").await;
+    wait_metric(&server, "chat_webhook_dead_lettered_total", |v| v == 1.0).await;
+    assert!(receiver.received().is_empty());
+    assert!(server.terminate());
+    let dead = dead_letters(&server, &url).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let reason = dead[0].reason.to_ascii_lowercase();
+    assert!(
+        !reason.contains("answered") && !reason.contains("scheme"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("tls")
+            || reason.contains("corrupt message")
+            || reason.contains("handshake"),
+        "{reason}"
+    );
+}
