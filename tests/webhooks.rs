@@ -136,7 +136,10 @@ async fn handle(
         header("webhook-timestamp"),
         header("webhook-signature"),
     );
-    let body = req.into_body().collect().await.unwrap().to_bytes();
+    // A server killed mid-request leaves a body that never ends: nothing was received.
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return Ok(Response::new(Full::new(Bytes::new())));
+    };
     let mode = state.lock().unwrap().0;
     let answered = match mode {
         Mode::Status(status) => Some(status),
@@ -408,30 +411,36 @@ async fn after_kill_9_every_pending_event_is_delivered_with_the_same_id() {
 
     receiver.set_mode(Mode::Status(200));
     server.restart();
-    let delivered = receiver
-        .wait_until("ten delivered", |_| receiver.delivered().len() >= 10)
+    // At least once: a request in flight at the kill may have been answered 200 to a dead
+    // server, and comes again; what counts is that every event arrives.
+    let unique = |received: &[Received]| -> BTreeSet<(String, u64)> {
+        received
+            .iter()
+            .filter(|r| r.answered == Some(200))
+            .map(|r| {
+                let body = r.json();
+                (
+                    body["data"]["recipient"]["id"].as_str().unwrap().to_owned(),
+                    body["data"]["message"]["id"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let received = receiver
+        .wait_until("ten delivered", |r| unique(r).len() == 10)
         .await;
-    let delivered: Vec<Received> = delivered
+    assert_eq!(unique(&received), messages);
+    let delivered: Vec<Received> = received
         .into_iter()
         .filter(|r| r.answered == Some(200))
         .collect();
-    let got: BTreeSet<(String, u64)> = delivered
-        .iter()
-        .map(|r| {
-            let body = r.json();
-            (
-                body["data"]["recipient"]["id"].as_str().unwrap().to_owned(),
-                body["data"]["message"]["id"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got, messages);
     // The events tried before the crash came back with the ids they had then.
     let ids_after: BTreeSet<&str> = delivered.iter().map(|r| r.id.as_str()).collect();
     for before in &tried {
         assert!(ids_after.contains(before.id.as_str()), "{} lost", before.id);
     }
-    for by_recipient in delivered_ids_by_recipient(&delivered).values() {
+    for mut by_recipient in delivered_ids_by_recipient(&delivered).into_values() {
+        by_recipient.dedup();
         assert!(
             by_recipient.windows(2).all(|w| w[0] < w[1]),
             "{by_recipient:?}"
