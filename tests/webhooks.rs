@@ -96,14 +96,6 @@ impl Receiver {
         self.state.lock().unwrap().1.clone()
     }
 
-    /// The requests answered 2xx.
-    fn delivered(&self) -> Vec<Received> {
-        let all = self.received();
-        all.into_iter()
-            .filter(|r| r.answered.is_some_and(|s| (200..300).contains(&s)))
-            .collect()
-    }
-
     /// Waits until `done` holds for what was received.
     async fn wait_until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
         let deadline = Instant::now() + WAIT * 2;
