@@ -38,6 +38,8 @@
 //! - [`cli`]: the subcommands and their flags, turned into a [`cli::Command`].
 //! - [`config`]: the settings, their key registry, and file → environment → flag.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
+//! - [`webhook`]: events for the app's backend: written to an outbox in the commit of
+//!   what they describe, posted signed and in order per recipient, retried, dead-lettered.
 
 pub mod app;
 pub mod auth;
@@ -55,4 +57,5 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod web;
+pub mod webhook;
 pub mod writer;

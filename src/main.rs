@@ -13,6 +13,7 @@ use chat_server::fanout::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
 use chat_server::store::redb::RedbStore;
+use chat_server::webhook::{self, Hooks};
 use chat_server::writer::{Writer, WriterConfig};
 
 /// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
@@ -117,14 +118,23 @@ fn serve(config: Config) -> ExitCode {
             config.memory.outbound_total_bytes,
             config.memory.outbound_cut_floor_bytes,
         );
+        let hooks = Arc::new(Hooks::new(&config.webhooks));
         let writer = Writer::spawn(
             store.clone(),
             hub.clone(),
+            hooks.clone(),
             WriterConfig {
                 recent_cache_bytes: config.memory.recent_cache_bytes,
                 max_batch: config.storage.max_batch,
             },
         );
+        let delivery = webhook::start(
+            hooks,
+            store.clone(),
+            writer.writer(),
+            config.memory.webhook_window_events,
+        )
+        .await;
         let chat = Arc::new(Chat::new(
             store,
             writer.writer(),
@@ -140,6 +150,7 @@ fn serve(config: Config) -> ExitCode {
         // One plain line on stdout for scripts and tests that wait for the port.
         println!("listening on http://{addr}");
         server::run(listener, app, shutdown_signal()).await;
+        delivery.stop();
         writer.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -32,6 +32,13 @@ const RECENT_BYTES: &str = "chat_recent_cache_bytes";
 const RECENT_EVICTIONS: &str = "chat_recent_cache_evictions_total";
 const OUTBOUND_QUEUED: &str = "chat_outbound_queued_bytes";
 const OUTBOUND_CUTS: &str = "chat_outbound_budget_cuts_total";
+const WEBHOOK_QUEUED: &str = "chat_webhook_queued";
+const WEBHOOK_DELIVERED: &str = "chat_webhook_delivered_total";
+const WEBHOOK_RETRIED: &str = "chat_webhook_retried_total";
+const WEBHOOK_FAILED: &str = "chat_webhook_failed_total";
+const WEBHOOK_DEAD_LETTERED: &str = "chat_webhook_dead_lettered_total";
+const WEBHOOK_DEAD_LETTERS: &str = "chat_webhook_dead_letters";
+const WEBHOOK_DELIVERY: &str = "chat_webhook_delivery_seconds";
 
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
@@ -41,6 +48,12 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// millisecond, one on a stalled disk seconds.
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of the webhook delivery histogram: from a few milliseconds when the receiver is
+/// up to a day of retries.
+const DELIVERY_SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -57,6 +70,9 @@ pub fn install() -> Result<(), String> {
         )
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SEND_DURABLE.into()), SECONDS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_SECONDS.into()), SECONDS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(WEBHOOK_DELIVERY.into()), DELIVERY_SECONDS)
+        })
         .and_then(|b| b.install_recorder())
         .map_err(|e| e.to_string())?;
     describe();
@@ -127,8 +143,43 @@ fn describe() {
         "Connections cut off (1008) because all queues together were over \
          memory.outbound_total_bytes; also counted in chat_slow_consumers_total."
     );
+    describe_gauge!(
+        WEBHOOK_QUEUED,
+        "Webhook events in the outbox on disk, not yet delivered or given up."
+    );
+    describe_counter!(WEBHOOK_DELIVERED, "Webhook events answered with a 2xx.");
+    describe_counter!(
+        WEBHOOK_RETRIED,
+        "Webhook attempts scheduled again after a failure."
+    );
+    describe_counter!(
+        WEBHOOK_FAILED,
+        "Webhook attempts that failed: no answer in time, no connection, or a status other \
+         than 2xx."
+    );
+    describe_counter!(
+        WEBHOOK_DEAD_LETTERED,
+        "Webhook events given up (past give_up_after_secs, or the hook answered 410)."
+    );
+    describe_gauge!(
+        WEBHOOK_DEAD_LETTERS,
+        "Webhook events in the dead-letter table, since the store was created."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY,
+        metrics::Unit::Seconds,
+        "Time from a webhook event's commit to its 2xx, retries included."
+    );
     for dialect in [Dialect::Plain, Dialect::SocketIo] {
         gauge!(CONNECTIONS, "dialect" => dialect.label()).set(0.0);
+    }
+    for name in [
+        WEBHOOK_DELIVERED,
+        WEBHOOK_RETRIED,
+        WEBHOOK_FAILED,
+        WEBHOOK_DEAD_LETTERED,
+    ] {
+        counter!(name).absolute(0);
     }
     gauge!(USERS_ONLINE).set(0.0);
     counter!(MESSAGES_STORED).absolute(0);
@@ -141,6 +192,8 @@ fn describe() {
         RECENT_ROOMS,
         RECENT_BYTES,
         OUTBOUND_QUEUED,
+        WEBHOOK_QUEUED,
+        WEBHOOK_DEAD_LETTERS,
     ] {
         gauge!(name).set(0.0);
     }
@@ -243,4 +296,36 @@ pub fn send_durable(elapsed: Duration) {
 /// An error reply with `code` went to a client.
 pub fn rejected(code: ErrorCode) {
     counter!(REJECTED, "code" => code.as_str()).increment(1);
+}
+
+/// `change` webhook events entered (positive) or left (negative) the outbox.
+pub fn webhook_queued(change: i64) {
+    gauge!(WEBHOOK_QUEUED).increment(change as f64);
+}
+
+/// A hook's delivery task found `count` dead letters already stored at startup.
+pub fn webhook_dead_letters_stored(count: u64) {
+    gauge!(WEBHOOK_DEAD_LETTERS).increment(count as f64);
+}
+
+/// A webhook event got its 2xx this long after its commit.
+pub fn webhook_delivered(since_commit: Duration) {
+    counter!(WEBHOOK_DELIVERED).increment(1);
+    histogram!(WEBHOOK_DELIVERY).record(since_commit.as_secs_f64());
+}
+
+/// A webhook attempt failed.
+pub fn webhook_failed() {
+    counter!(WEBHOOK_FAILED).increment(1);
+}
+
+/// A failed webhook attempt will be made again.
+pub fn webhook_retried() {
+    counter!(WEBHOOK_RETRIED).increment(1);
+}
+
+/// A webhook event moved to the dead letters.
+pub fn webhook_dead_lettered() {
+    counter!(WEBHOOK_DEAD_LETTERED).increment(1);
+    gauge!(WEBHOOK_DEAD_LETTERS).increment(1.0);
 }

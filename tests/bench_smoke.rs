@@ -207,3 +207,42 @@ fn history_pages_through_cold_rooms_per_cache_size() {
         assert!(p50 > 0.0 && figures["p99_ms"]["median"].as_f64().unwrap() >= p50);
     }
 }
+
+/// `--webhook 500` points the latency run's server at a failing receiver in the bench,
+/// which gets events; the drain scenario empties a full outbox into a fast one.
+#[test]
+fn the_webhook_options_post_events_and_the_drain_empties_the_outbox() {
+    let (stdout, report) = bench(&[
+        "--scenarios",
+        "latency,webhook-drain",
+        "--runs",
+        "1",
+        "--latency-users",
+        "10",
+        "--rate",
+        "50",
+        "--latency-secs",
+        "0.5",
+        "--webhook",
+        "500",
+        "--drain-events",
+        "200",
+        "--drain-users",
+        "5",
+    ]);
+    let answered: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook receiver: answered 500 to "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no receiver line in\n{stdout}"));
+    assert!(answered > 0, "{stdout}");
+    assert_eq!(report["webhook_status"], 500);
+    let drain = &report["scenarios"]["webhook-drain"];
+    assert_eq!(drain["details"][0]["events"], 200);
+    assert!(drain["details"][0]["events_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("webhook-drain: ")),
+        "{stdout}"
+    );
+}

@@ -14,6 +14,7 @@ use crate::protocol::time::{format_millis, now_millis, parse_rfc3339_millis};
 use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
 use crate::store::{SeenOutcome, WriteTxn};
+use crate::webhook;
 use crate::writer::{outcome, Command, Context};
 
 impl Chat {
@@ -198,6 +199,8 @@ impl Command for MarkSeen {
                 .map_err(ChatError::internal)?;
             if let SeenOutcome::Changed(message) = &outcome {
                 cx.cache().update(&item.room, message);
+                webhook::message_seen(txn, cx, &item.room, message, &self.reader)
+                    .map_err(ChatError::internal)?;
                 by_partner
                     .entry(message.user_id.clone())
                     .or_default()

@@ -14,6 +14,7 @@ use crate::protocol::time::now_millis;
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
 use crate::store::{Appended, WriteTxn};
+use crate::webhook;
 use crate::writer::{outcome, Command, Context};
 
 impl Chat {
@@ -157,6 +158,8 @@ impl Command for AppendMessage {
                     .record_new(&self.room, &message, load)
                     .map_err(ChatError::internal)?;
                 cx.stored_message();
+                webhook::message_created(txn, cx, &self.room, &message, &self.sender)
+                    .map_err(ChatError::internal)?;
                 let mut users = vec![self.room.low.clone()];
                 if !self.room.is_self_room() {
                     users.push(self.room.high.clone());

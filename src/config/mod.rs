@@ -8,7 +8,8 @@
 //! about. Errors are one line because they are printed at startup, before logging exists.
 //!
 //! - `registry.rs`: the key table: names, parsers, where each value is stored.
-//! - `source.rs`: the file (walked recursively, to any depth), the environment, flags.
+//! - `source.rs`: the file (walked recursively, to any depth, and arrays of tables such as
+//!   `[[webhooks]]` element by element), the environment, flags.
 //!
 //! The command line itself (subcommands, which flag sets which key) is [`crate::cli`]'s.
 
@@ -61,6 +62,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Cross-origin settings for the HTTP API and Socket.IO (section `[cors]`).
     pub cors: CorsConfig,
+    /// Where events are posted (array `[[webhooks]]`, or one hook from `CHAT_WEBHOOK_*`).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// How log lines are written.
@@ -128,6 +131,80 @@ pub struct MemoryConfig {
     pub outbound_cut_floor_bytes: usize,
     /// Users whose rate-limit buckets are remembered at once (full buckets are dropped).
     pub rate_limit_users: usize,
+    /// Webhook events each hook holds in memory at once; the rest wait in the outbox on disk.
+    pub webhook_window_events: usize,
+}
+
+/// One webhook: where events are posted, how they are signed, which ones, and how long
+/// delivery is retried.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// An `http://` or `https://` URL; it also names the hook's rows in the outbox.
+    pub url: String,
+    /// The HMAC-SHA256 key of the `webhook-signature` header.
+    pub secret: String,
+    /// The event types posted.
+    pub events: Vec<WebhookEvent>,
+    /// Post `message.*` events only when their recipient had no open connection at commit.
+    pub offline_only: bool,
+    /// Seconds one attempt may take, connecting included.
+    pub timeout_secs: u64,
+    /// The first retry's delay; each next one doubles, up to `max_backoff_secs`.
+    pub initial_backoff_ms: u64,
+    /// The longest delay between two attempts.
+    pub max_backoff_secs: u64,
+    /// Seconds after its commit an undelivered event moves to the dead letters.
+    pub give_up_after_secs: u64,
+}
+
+/// The events a webhook can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookEvent {
+    /// A new message was stored (`message.created`).
+    MessageCreated,
+    /// A message was marked seen by its recipient (`message.seen`).
+    MessageSeen,
+}
+
+impl WebhookEvent {
+    /// The `type` field of the body, and the name in `events`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookEvent::MessageCreated => "message.created",
+            WebhookEvent::MessageSeen => "message.seen",
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            secret: String::new(),
+            events: vec![WebhookEvent::MessageCreated],
+            offline_only: true,
+            timeout_secs: 10,
+            initial_backoff_ms: 1000,
+            max_backoff_secs: 600,
+            give_up_after_secs: 24 * 60 * 60,
+        }
+    }
+}
+
+// By hand, so that the secret never reaches a log line.
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field("offline_only", &self.offline_only)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("initial_backoff_ms", &self.initial_backoff_ms)
+            .field("max_backoff_secs", &self.max_backoff_secs)
+            .field("give_up_after_secs", &self.give_up_after_secs)
+            .finish()
+    }
 }
 
 /// Cross-origin resource sharing for the HTTP API and Socket.IO's long-polling.
@@ -148,6 +225,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             memory: MemoryConfig::default(),
             cors: CorsConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -188,6 +266,7 @@ impl Default for MemoryConfig {
             outbound_total_bytes: 32 * 1024 * 1024,
             outbound_cut_floor_bytes: 256 * 1024,
             rate_limit_users: 50_000,
+            webhook_window_events: 256,
         }
     }
 }
@@ -212,6 +291,35 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "limits.max_message_bytes ({}) must not exceed limits.max_frame_bytes ({})",
             l.max_message_bytes, l.max_frame_bytes
         )));
+    }
+    for (i, hook) in cfg.webhooks.iter().enumerate() {
+        for (key, value) in [("url", &hook.url), ("secret", &hook.secret)] {
+            if value.is_empty() {
+                return Err(ConfigError(format!(
+                    "webhooks[{i}].{key} is required (CHAT_WEBHOOK_{} for a single hook)",
+                    key.to_ascii_uppercase()
+                )));
+            }
+        }
+        if hook.events.is_empty() {
+            return Err(ConfigError(format!(
+                "webhooks[{i}].events must name at least one event"
+            )));
+        }
+        // The URL names the hook's rows in the outbox, so two hooks may not share one.
+        if let Some(j) = cfg.webhooks[..i].iter().position(|h| h.url == hook.url) {
+            return Err(ConfigError(format!(
+                "webhooks[{i}].url is the same as webhooks[{j}].url ({})",
+                hook.url
+            )));
+        }
+        if hook.initial_backoff_ms > hook.max_backoff_secs.saturating_mul(1000) {
+            return Err(ConfigError(format!(
+                "webhooks[{i}].initial_backoff_ms ({}) must not exceed \
+                 webhooks[{i}].max_backoff_secs ({}) in milliseconds",
+                hook.initial_backoff_ms, hook.max_backoff_secs
+            )));
+        }
     }
     Ok(())
 }
@@ -434,5 +542,40 @@ mod tests {
         source::apply_file(&mut c, &REGISTRY, &uncommented, "uncommented example").unwrap();
         c.jwt_secret = None;
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+
+        // The webhook block, uncommented, is one hook at the defaults, naming every key
+        // and its variable.
+        let block = example
+            .split_once("# [[webhooks]]\n")
+            .expect("a [[webhooks]] block")
+            .1;
+        let hook: String = block
+            .lines()
+            .filter_map(|line| line.strip_prefix("#   "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut c = Config::default();
+        let text = format!("[[webhooks]]\n{hook}");
+        source::apply_file(&mut c, &REGISTRY, &text, "webhook example").unwrap();
+        let example_hook = WebhookConfig {
+            url: c.webhooks[0].url.clone(),
+            secret: c.webhooks[0].secret.clone(),
+            ..WebhookConfig::default()
+        };
+        assert_eq!(format!("{:?}", c.webhooks[0]), format!("{example_hook:?}"));
+        for array in REGISTRY.arrays {
+            for key in array.keys {
+                assert!(
+                    hook.contains(&format!("{} = ", key.name)),
+                    "{} missing",
+                    key.name
+                );
+                assert!(
+                    example.contains(&array.env_var(key)),
+                    "{} env missing",
+                    key.name
+                );
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use toml::Value;
 
-use super::{Config, ConfigError, LogFormat};
+use super::{Config, ConfigError, LogFormat, WebhookConfig, WebhookEvent};
 
 /// A set of keys, with the keys that once existed. The server has one, [`REGISTRY`]; tests
 /// build others to exercise the sources on shapes the real settings do not have yet.
@@ -22,6 +22,8 @@ pub(super) struct Registry {
     /// Settings that no longer exist, so that an old file or environment fails with a
     /// pointer to the new key instead of being silently ignored.
     pub(super) replaced: &'static [Replaced],
+    /// Arrays of tables (`[[webhooks]]`): a list of like things, each with its own keys.
+    pub(super) arrays: &'static [Array],
 }
 
 /// What a dotted name is, as the file walker needs to know it.
@@ -32,6 +34,8 @@ pub(super) enum Entry<'r> {
     Section,
     /// A setting that was renamed or redefined.
     Replaced(&'r Replaced),
+    /// An array of tables (`[[webhooks]]`).
+    Array(&'r Array),
     /// Nothing this server knows.
     Unknown,
 }
@@ -44,6 +48,9 @@ impl Registry {
         }
         if let Some(key) = self.key(name) {
             return Entry::Key(key);
+        }
+        if let Some(array) = self.arrays.iter().find(|a| a.name == name) {
+            return Entry::Array(array);
         }
         // A section exists because something lives under it; replaced keys count, so
         // that their pointer is shown even once their whole section is gone.
@@ -81,6 +88,55 @@ impl Key {
         source: &str,
     ) -> Result<(), ConfigError> {
         (self.set)(cfg, raw).map_err(|m| ConfigError(format!("{}: {m} ({source})", self.name)))
+    }
+}
+
+/// An array of tables: each element is a table of the same keys, added to a `Vec` in
+/// [`Config`]. The environment cannot spell a list of tables, so its variables
+/// (`CHAT_WEBHOOK_URL`, from [`Array::env_prefix`]) configure a single element.
+pub(super) struct Array {
+    /// The array's name in the file (`webhooks`).
+    pub(super) name: &'static str,
+    /// The singular that prefixes its variables (`webhook` → `CHAT_WEBHOOK_URL`).
+    pub(super) env_prefix: &'static str,
+    /// Appends an element with every key at its default.
+    pub(super) push: fn(&mut Config),
+    /// How many elements there are.
+    pub(super) len: fn(&Config) -> usize,
+    /// The keys of one element.
+    pub(super) keys: &'static [ItemKey],
+}
+
+/// One key of an array's elements.
+pub(super) struct ItemKey {
+    /// The key's name inside the element (`url`).
+    pub(super) name: &'static str,
+    /// Parses a raw value and stores it in the element at the index.
+    pub(super) set: fn(&mut Config, usize, Raw<'_>) -> Result<(), String>,
+}
+
+impl Array {
+    /// The variable of one of its keys: `url` → `CHAT_WEBHOOK_URL`.
+    pub(super) fn env_var(&self, key: &ItemKey) -> String {
+        env_var(&format!("{}.{}", self.env_prefix, key.name))
+    }
+
+    /// Parses and stores `raw` into element `index`; an error names the element's key
+    /// (`webhooks[1].url`) and `source`.
+    pub(super) fn apply(
+        &self,
+        key: &ItemKey,
+        cfg: &mut Config,
+        index: usize,
+        raw: Raw<'_>,
+        source: &str,
+    ) -> Result<(), ConfigError> {
+        (key.set)(cfg, index, raw).map_err(|m| {
+            ConfigError(format!(
+                "{}[{index}].{}: {m} ({source})",
+                self.name, key.name
+            ))
+        })
     }
 }
 
@@ -146,11 +202,43 @@ macro_rules! key {
 #[cfg(test)]
 pub(super) use key;
 
+/// `item_key!("url", http_url, |h| h.url)`: a key of a `[[webhooks]]` element.
+macro_rules! webhook_key {
+    ($name:literal, $parse:expr, |$h:ident| $field:expr) => {
+        ItemKey {
+            name: $name,
+            set: |c, i, raw| {
+                let $h: &mut WebhookConfig = &mut c.webhooks[i];
+                $field = $parse(raw)?;
+                Ok(())
+            },
+        }
+    };
+}
+
 /// The server's settings.
 pub(super) static REGISTRY: Registry = Registry {
     keys: KEYS,
     replaced: REPLACED,
+    arrays: ARRAYS,
 };
+
+const ARRAYS: &[Array] = &[Array {
+    name: "webhooks",
+    env_prefix: "webhook",
+    push: |c| c.webhooks.push(WebhookConfig::default()),
+    len: |c| c.webhooks.len(),
+    keys: &[
+        webhook_key!("url", http_url, |h| h.url),
+        webhook_key!("secret", non_empty_str, |h| h.secret),
+        webhook_key!("events", webhook_events, |h| h.events),
+        webhook_key!("offline_only", boolean, |h| h.offline_only),
+        webhook_key!("timeout_secs", positive_int, |h| h.timeout_secs),
+        webhook_key!("initial_backoff_ms", positive_int, |h| h.initial_backoff_ms),
+        webhook_key!("max_backoff_secs", positive_int, |h| h.max_backoff_secs),
+        webhook_key!("give_up_after_secs", positive_int, |h| h.give_up_after_secs),
+    ],
+}];
 
 const REPLACED: &[Replaced] = &[Replaced {
     old: "storage.cache_rooms",
@@ -226,6 +314,9 @@ const KEYS: &[Key] = &[
     key!("memory.rate_limit_users", positive_int, |c| c
         .memory
         .rate_limit_users),
+    key!("memory.webhook_window_events", positive_int, |c| c
+        .memory
+        .webhook_window_events),
     key!("cors.allowed_origins", origins, |c| c.cors.allowed_origins),
 ];
 
@@ -311,6 +402,77 @@ fn positive_rate(raw: Raw<'_>) -> Result<f64, String> {
     };
     n.filter(|n| n.is_finite() && *n > 0.0)
         .ok_or_else(|| format!("expected a positive number, got {}", raw.show()))
+}
+
+fn boolean(raw: Raw<'_>) -> Result<bool, String> {
+    match raw {
+        Raw::Toml(Value::Boolean(b)) => Ok(*b),
+        Raw::Text("true") => Ok(true),
+        Raw::Text("false") => Ok(false),
+        _ => Err(format!("expected true or false, got {}", raw.show())),
+    }
+}
+
+/// Only `http` and `https`, with a host: a webhook never goes anywhere else.
+fn http_url(raw: Raw<'_>) -> Result<String, String> {
+    let expected = || {
+        format!(
+            "expected an http:// or https:// URL with a host, got {}",
+            raw.show()
+        )
+    };
+    let text = raw.as_str().ok_or_else(expected)?;
+    let uri: http::Uri = text.parse().map_err(|_| expected())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.host().is_none_or(str::is_empty) {
+        return Err(expected());
+    }
+    Ok(text.to_owned())
+}
+
+/// A list of event names: a TOML array, or comma-separated text from the environment.
+fn webhook_events(raw: Raw<'_>) -> Result<Vec<WebhookEvent>, String> {
+    let names: Vec<&str> = match raw {
+        Raw::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect(),
+        Raw::Toml(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| format!("expected an array of event names, got {}", raw.show()))
+            })
+            .collect::<Result<_, _>>()?,
+        Raw::Toml(_) => {
+            return Err(format!(
+                "expected an array of event names, got {}",
+                raw.show()
+            ))
+        }
+    };
+    let mut events = Vec::with_capacity(names.len());
+    for name in names {
+        let event = match name {
+            "message.created" => WebhookEvent::MessageCreated,
+            "message.seen" => WebhookEvent::MessageSeen,
+            "user.erased" => {
+                return Err(
+                    "\"user.erased\" is reserved: this server cannot erase users yet".to_owned(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown event {other:?}; known: \"message.created\", \"message.seen\""
+                ))
+            }
+        };
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    Ok(events)
 }
 
 fn origins(raw: Raw<'_>) -> Result<Vec<String>, String> {
@@ -426,11 +588,21 @@ mod tests {
             .iter()
             .map(|k| k.name)
             .chain(REGISTRY.replaced.iter().map(|r| r.old))
+            .chain(REGISTRY.arrays.iter().map(|a| a.name))
             .collect();
-        let mut vars: Vec<String> = names.iter().map(|n| env_var(n)).collect();
+        let item_vars = REGISTRY
+            .arrays
+            .iter()
+            .flat_map(|a| a.keys.iter().map(|k| a.env_var(k)));
+        let mut vars: Vec<String> = names.iter().map(|n| env_var(n)).chain(item_vars).collect();
         vars.sort();
         vars.dedup();
-        assert_eq!(vars.len(), names.len(), "two names share a variable");
+        let item_keys: usize = REGISTRY.arrays.iter().map(|a| a.keys.len()).sum();
+        assert_eq!(
+            vars.len(),
+            names.len() + item_keys,
+            "two names share a variable"
+        );
         for name in &names {
             assert!(
                 name.split('.').all(|part| !part.is_empty()

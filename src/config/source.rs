@@ -5,13 +5,16 @@
 //! table the registry knows as a section is entered, anything else must be a key. So
 //! `[a.b]` with `c = 1`, `a.b.c = 1` and `a = { b = { c = 1 } }` set the same key, and every
 //! complaint names the full dotted key and the file. An array of tables (`[[webhooks]]`)
-//! would be one more kind of registry entry, walked element by element.
+//! is one more kind of registry entry, walked element by element: each element starts at
+//! its defaults and its keys are named `webhooks[1].url` in complaints. The environment
+//! has no lists, so an array's variables (`CHAT_WEBHOOK_URL`, …) set a single element:
+//! they create it when the file has none, and override it when the file has one.
 
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
-use super::registry::{env_var, Entry, Raw, Registry};
+use super::registry::{env_var, Array, Entry, Raw, Registry};
 use super::{Config, ConfigError};
 
 /// A setting given as a command-line flag.
@@ -97,6 +100,7 @@ fn walk(
                 };
                 walk(cfg, registry, section, &name, origin)?;
             }
+            Entry::Array(array) => walk_array(cfg, array, value, origin)?,
             Entry::Replaced(r) => {
                 return Err(ConfigError(format!(
                     "`{name}` in {origin} was replaced by `{}` ({})",
@@ -106,6 +110,41 @@ fn walk(
             Entry::Unknown => {
                 return Err(ConfigError(format!("unknown key `{name}` in {origin}")));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Appends one element per table of `value`, an array of tables.
+fn walk_array(
+    cfg: &mut Config,
+    array: &Array,
+    value: &Value,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let name = array.name;
+    let Value::Array(items) = value else {
+        return Err(ConfigError(format!(
+            "{name}: expected an array of tables ([[{name}]]), got {} (in {origin})",
+            Raw::Toml(value).show()
+        )));
+    };
+    for item in items {
+        let index = (array.len)(cfg);
+        let Value::Table(table) = item else {
+            return Err(ConfigError(format!(
+                "{name}[{index}]: expected a table, got {} (in {origin})",
+                Raw::Toml(item).show()
+            )));
+        };
+        (array.push)(cfg);
+        for (key_name, value) in table {
+            let Some(key) = array.keys.iter().find(|k| k.name == key_name) else {
+                return Err(ConfigError(format!(
+                    "unknown key `{name}[{index}].{key_name}` in {origin}"
+                )));
+            };
+            array.apply(key, cfg, index, Raw::Toml(value), &format!("in {origin}"))?;
         }
     }
     Ok(())
@@ -133,6 +172,33 @@ fn apply_env(
             key.apply(cfg, Raw::Text(&value), &format!("from {var}"))?;
         }
     }
+    for array in registry.arrays {
+        let set: Vec<_> = array
+            .keys
+            .iter()
+            .filter_map(|key| {
+                let var = array.env_var(key);
+                non_empty(env(&var)).map(|value| (key, var, value))
+            })
+            .collect();
+        let Some((_, first_var, _)) = set.first() else {
+            continue;
+        };
+        match (array.len)(cfg) {
+            0 => (array.push)(cfg),
+            1 => {}
+            n => {
+                return Err(ConfigError(format!(
+                    "{first_var} sets a single entry of {}, but the file has {n}; \
+                     configure them all in the file",
+                    array.name
+                )))
+            }
+        }
+        for (key, var, value) in &set {
+            array.apply(key, cfg, 0, Raw::Text(value), &format!("from {var}"))?;
+        }
+    }
     Ok(())
 }
 
@@ -155,6 +221,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 mod tests {
     use super::super::registry::{key, positive_int, Key, Replaced, REGISTRY};
     use super::super::testing::{env, error, file, load, path};
+    use super::super::WebhookEvent;
     use super::*;
 
     #[test]
@@ -241,6 +308,7 @@ mod tests {
             key!("a.b.frame", positive_int, |c| c.limits.max_frame_bytes),
             key!("a.b.c.burst", positive_int, |c| c.limits.send_burst),
         ],
+        arrays: &[],
         replaced: &[
             Replaced {
                 old: "a.b.old",
@@ -342,5 +410,174 @@ mod tests {
             apply_file(&mut c, &REGISTRY, text, "t.toml").unwrap();
             assert_eq!(c.limits.max_frame_bytes, 9000, "{text}");
         }
+    }
+
+    /// Resolves `text` as the file against the server's registry, with `pairs` as the
+    /// environment.
+    fn real(text: &str, pairs: &[(&str, &str)]) -> (Result<Config, ConfigError>, String) {
+        let f = file(text);
+        let result = super::super::load(Some(f.path().to_owned()), &[], &env(pairs));
+        (result, path(&f).to_owned())
+    }
+
+    #[test]
+    fn an_array_of_tables_gives_one_element_each_at_its_defaults() {
+        let text = "[[webhooks]]\nurl = \"https://a.example/hook\"\nsecret = \"s1\"\n\
+                    events = [\"message.created\", \"message.seen\"]\noffline_only = false\n\
+                    [[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"s2\"\n\
+                    give_up_after_secs = 60\n";
+        let c = real(text, &[]).0.unwrap();
+        assert_eq!(c.webhooks.len(), 2);
+        let (a, b) = (&c.webhooks[0], &c.webhooks[1]);
+        assert_eq!(
+            (a.url.as_str(), a.secret.as_str()),
+            ("https://a.example/hook", "s1")
+        );
+        assert_eq!(
+            a.events,
+            [WebhookEvent::MessageCreated, WebhookEvent::MessageSeen]
+        );
+        assert!(!a.offline_only);
+        assert_eq!(a.give_up_after_secs, 86_400);
+        assert_eq!(b.events, [WebhookEvent::MessageCreated]);
+        assert!(b.offline_only);
+        assert_eq!(b.give_up_after_secs, 60);
+        assert_eq!(b.timeout_secs, 10);
+        // The inline spelling is the same array.
+        let inline = "webhooks = [{ url = \"http://h.example\", secret = \"x\" }]\n";
+        assert_eq!(
+            real(inline, &[]).0.unwrap().webhooks[0].url,
+            "http://h.example"
+        );
+    }
+
+    #[test]
+    fn array_errors_name_the_element_key_and_the_file() {
+        let hook = "url = \"http://h.example\"\nsecret = \"s\"\n";
+        let cases = [
+            (
+                format!("[[webhooks]]\n{hook}[[webhooks]]\n{hook}urll = 1\n"),
+                "unknown key `webhooks[1].urll` in {p}".to_owned(),
+            ),
+            (
+                "webhooks = 3\n".to_owned(),
+                "webhooks: expected an array of tables ([[webhooks]]), got 3 (in {p})".to_owned(),
+            ),
+            (
+                "webhooks = [1]\n".to_owned(),
+                "webhooks[0]: expected a table, got 1 (in {p})".to_owned(),
+            ),
+            (
+                "[webhooks]\nurl = \"http://h.example\"\n".to_owned(),
+                "webhooks: expected an array of tables ([[webhooks]]), got a table (in {p})"
+                    .to_owned(),
+            ),
+            (
+                "[[webhooks]]\nurl = \"ftp://h.example/x\"\n".to_owned(),
+                "webhooks[0].url: expected an http:// or https:// URL with a host, \
+                 got \"ftp://h.example/x\" (in {p})"
+                    .to_owned(),
+            ),
+            (
+                "[[webhooks]]\nurl = \"/relative\"\n".to_owned(),
+                "webhooks[0].url: expected an http:// or https:// URL with a host, \
+                 got \"/relative\" (in {p})"
+                    .to_owned(),
+            ),
+            (
+                format!("[[webhooks]]\n{hook}events = [\"message.deleted\"]\n"),
+                "webhooks[0].events: unknown event \"message.deleted\"; known: \
+                 \"message.created\", \"message.seen\" (in {p})"
+                    .to_owned(),
+            ),
+            (
+                format!("[[webhooks]]\n{hook}events = [\"user.erased\"]\n"),
+                "webhooks[0].events: \"user.erased\" is reserved: this server cannot \
+                 erase users yet (in {p})"
+                    .to_owned(),
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://h.example\"\nsecret = \"\"\n".to_owned(),
+                "webhooks[0].secret: expected a non-empty string (in {p})".to_owned(),
+            ),
+            (
+                format!("[[webhooks]]\n{hook}offline_only = \"no\"\n"),
+                "webhooks[0].offline_only: expected true or false, got \"no\" (in {p})".to_owned(),
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://h.example\"\n".to_owned(),
+                "webhooks[0].secret is required (CHAT_WEBHOOK_SECRET for a single hook)".to_owned(),
+            ),
+            (
+                format!("[[webhooks]]\n{hook}events = []\n"),
+                "webhooks[0].events must name at least one event".to_owned(),
+            ),
+            (
+                format!("[[webhooks]]\n{hook}[[webhooks]]\n{hook}"),
+                "webhooks[1].url is the same as webhooks[0].url (http://h.example)".to_owned(),
+            ),
+        ];
+        for (text, expected) in cases {
+            let (result, p) = real(&text, &[]);
+            let e = error(result);
+            assert_eq!(
+                e,
+                format!("config error: {}", expected.replace("{p}", &p)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_environment_configures_a_single_hook() {
+        let c = load(
+            None,
+            &[
+                ("CHAT_WEBHOOK_URL", "http://127.0.0.1:1/h"),
+                ("CHAT_WEBHOOK_SECRET", "env-secret"),
+                ("CHAT_WEBHOOK_EVENTS", "message.seen, message.created"),
+                ("CHAT_WEBHOOK_OFFLINE_ONLY", "false"),
+                ("CHAT_WEBHOOK_GIVE_UP_AFTER_SECS", "5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.len(), 1);
+        let h = &c.webhooks[0];
+        assert_eq!(
+            (h.url.as_str(), h.secret.as_str()),
+            ("http://127.0.0.1:1/h", "env-secret")
+        );
+        assert_eq!(
+            h.events,
+            [WebhookEvent::MessageSeen, WebhookEvent::MessageCreated]
+        );
+        assert!(!h.offline_only);
+        assert_eq!(h.give_up_after_secs, 5);
+
+        // Over the file's one hook, the environment wins key by key.
+        let text = "[[webhooks]]\nurl = \"http://file.example\"\nsecret = \"f\"\n";
+        let c = real(text, &[("CHAT_WEBHOOK_SECRET", "e")]).0.unwrap();
+        assert_eq!(
+            (c.webhooks[0].url.as_str(), c.webhooks[0].secret.as_str()),
+            ("http://file.example", "e")
+        );
+
+        let two = format!("{text}[[webhooks]]\nurl = \"http://two.example\"\nsecret = \"t\"\n");
+        let e = error(real(&two, &[("CHAT_WEBHOOK_SECRET", "e")]).0);
+        assert_eq!(
+            e,
+            "config error: CHAT_WEBHOOK_SECRET sets a single entry of webhooks, but the file \
+             has 2; configure them all in the file"
+        );
+        let e = error(load(None, &[("CHAT_WEBHOOK_URL", "mailto:a@b.example")]));
+        assert!(
+            e.starts_with("config error: webhooks[0].url: expected an http")
+                && e.ends_with("(from CHAT_WEBHOOK_URL)"),
+            "{e}"
+        );
+        let e = error(load(None, &[("CHAT_WEBHOOK_URL", "https://h.example")]));
+        assert!(e.contains("webhooks[0].secret is required"), "{e}");
+        // No variable, no hook.
+        assert!(load(None, &[]).unwrap().webhooks.is_empty());
     }
 }

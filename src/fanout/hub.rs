@@ -314,6 +314,14 @@ impl Broker for Hub {
             self.enforce_budget(&users);
         }
     }
+
+    /// A user is listed exactly while they hold a subscription.
+    fn is_online(&self, user: &str) -> bool {
+        self.users
+            .read()
+            .expect("hub lock poisoned")
+            .contains_key(user)
+    }
 }
 
 /// One connection's membership in its user's channel; dropping it unsubscribes.

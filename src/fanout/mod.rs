@@ -23,6 +23,10 @@ pub trait Broker: Send + Sync {
     /// Queues `event` to every connection of `user`. Never blocks: the writer calls it
     /// between commits.
     fn publish(&self, user: &str, event: &Arc<Outbound>);
+
+    /// Whether `user` has an open connection now: webhooks marked `offline_only` are
+    /// posted only for recipients who have none when their message commits.
+    fn is_online(&self, user: &str) -> bool;
 }
 
 /// One server-to-client event, rendered once for all its recipients and both dialects.

@@ -3,7 +3,8 @@
 //!
 //! The store is split by who uses it:
 //! - [`ReadStore`]: the queries the handlers and the HTTP API answer from (history page,
-//!   inbox page, profile, a `clientMessageId` lookup). Async, so a network database can
+//!   inbox page, profile, a `clientMessageId` lookup), and the webhook outbox the
+//!   delivery tasks read. Async, so a network database can
 //!   answer without blocking a runtime worker; an embedded one answers on the calling task.
 //! - [`WriteStore`] / [`WriteTxn`]: the write side, used only by the group-commit writer
 //!   (`crate::writer`) on its own OS thread, so it is synchronous. One [`WriteTxn`] per
@@ -26,6 +27,38 @@ use std::pin::Pin;
 use crate::model::{
     BlockedUser, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
 };
+
+/// A webhook event in a hook's outbox, waiting to be posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Its place in the hook's outbox; one recipient's events are posted in this order.
+    pub seq: u64,
+    /// The user the event is for; deliveries to one recipient never overtake each other.
+    pub recipient: String,
+    /// The event's `id`, the same on every attempt, so receivers can drop duplicates.
+    pub id: String,
+    /// When it was committed (ms since the epoch); delivery gives up some time after.
+    pub created_ms: i64,
+    /// The JSON body, posted and signed exactly as stored.
+    pub body: String,
+}
+
+/// An event that was never delivered, kept for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub event: OutboxEvent,
+    /// Why delivery stopped: the last failure, or the hook answering 410.
+    pub reason: String,
+    /// When it was given up (ms since the epoch).
+    pub dead_ms: i64,
+}
+
+/// The size of a hook's outbox and dead letters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookCounts {
+    pub pending: u64,
+    pub dead: u64,
+}
 
 /// Why the store failed. Callers report it as `internal`; the detail goes to the log.
 #[derive(Debug)]
@@ -106,6 +139,22 @@ pub trait ReadStore: Send + Sync {
 
     /// Whether either of `a` and `b` blocks the other.
     fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool>;
+
+    /// Up to `limit` of `hook`'s undelivered webhook events, oldest first, all with `seq`
+    /// above `after` if given.
+    fn webhook_outbox<'a>(
+        &'a self,
+        hook: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'a, Vec<OutboxEvent>>;
+
+    /// Up to `limit` of `hook`'s dead letters, oldest first.
+    fn webhook_dead_letters<'a>(&'a self, hook: &'a str, limit: usize)
+        -> Read<'a, Vec<DeadLetter>>;
+
+    /// How many events `hook` has waiting in its outbox, and how many dead letters.
+    fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts>;
 }
 
 /// The write side: only the group-commit writer calls it, so there is one write
@@ -158,6 +207,28 @@ pub trait WriteTxn {
 
     /// Lifts a block; returns whether there was one.
     fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool>;
+
+    /// The profile remembered for a user as this transaction sees it; a user never seen
+    /// is named by their id.
+    fn profile(&self, user: &str) -> Result<SessionUser>;
+
+    /// Puts a webhook event in `hook`'s outbox, in the same commit as the write it
+    /// describes, and returns its `seq` (`event.seq` is ignored): increasing across
+    /// commits, so that the outbox is read in commit order.
+    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<u64>;
+
+    /// Takes a delivered event out of `hook`'s outbox; false when it was not there.
+    fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool>;
+
+    /// Moves an undeliverable event from `hook`'s outbox to its dead letters, with why;
+    /// false when it was not in the outbox.
+    fn dead_letter_webhook(
+        &mut self,
+        hook: &str,
+        seq: u64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
 
     /// Makes everything applied durable; returns only once it is.
     fn commit(self: Box<Self>) -> Result<()>;

@@ -28,7 +28,8 @@ macro_rules! store_suite {
             profiles_default_to_the_id_and_keep_the_latest_name,
             a_transaction_sees_its_own_writes_and_only_commit_keeps_them,
             reopen_keeps_committed_data,
-            blocks_are_per_direction_listed_in_id_order_and_mask_unread
+            blocks_are_per_direction_listed_in_id_order_and_mask_unread,
+            the_webhook_outbox_is_per_hook_in_commit_order_and_dead_letters_keep_why
         );
     };
     (@tests $fixture:ty; $($test:ident),* $(,)?) => {$(
@@ -372,4 +373,104 @@ pub async fn blocks_are_per_direction_listed_in_id_order_and_mask_unread<F: Fixt
     drop(store);
     let store = place.open();
     assert_eq!(store.blocks("a").await.unwrap()[0].user.id, "c");
+}
+
+fn event(recipient: &str, id: &str) -> OutboxEvent {
+    OutboxEvent {
+        seq: 0,
+        recipient: recipient.into(),
+        id: id.into(),
+        created_ms: 7,
+        body: format!("{{\"id\":\"{id}\"}}"),
+    }
+}
+
+pub async fn the_webhook_outbox_is_per_hook_in_commit_order_and_dead_letters_keep_why<
+    F: Fixture,
+>() {
+    let place = F::new();
+    let (h1, h2) = ("http://one.example", "http://two.example");
+    let seqs = {
+        let store = place.open();
+        let mut txn = store.begin().unwrap();
+        let first = txn.enqueue_webhook(h1, &event("b", "e1")).unwrap();
+        let other = txn.enqueue_webhook(h2, &event("b", "e1")).unwrap();
+        txn.commit().unwrap();
+        // Not committed: never seen.
+        let mut dropped = store.begin().unwrap();
+        dropped.enqueue_webhook(h1, &event("c", "lost")).unwrap();
+        drop(dropped);
+        let mut txn = store.begin().unwrap();
+        let second = txn.enqueue_webhook(h1, &event("c", "e2")).unwrap();
+        let third = txn.enqueue_webhook(h1, &event("b", "e3")).unwrap();
+        txn.commit().unwrap();
+        assert!(first < other && other < second && second < third);
+        [first, second, third]
+    };
+    // Reopened: everything committed is still there, in commit order, per hook.
+    let store = place.open();
+    let pending = store.webhook_outbox(h1, None, 10).await.unwrap();
+    let ids: Vec<&str> = pending.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+    assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(
+        pending[1],
+        OutboxEvent {
+            seq: seqs[1],
+            ..event("c", "e2")
+        }
+    );
+    let after_first = store.webhook_outbox(h1, Some(seqs[0]), 1).await.unwrap();
+    assert_eq!(after_first[0].id, "e2");
+    assert_eq!(store.webhook_outbox(h2, None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.webhook_counts(h1).await.unwrap(),
+        WebhookCounts {
+            pending: 3,
+            dead: 0
+        }
+    );
+
+    let mut txn = store.begin().unwrap();
+    assert!(txn.remove_webhook(h1, seqs[0]).unwrap());
+    assert!(!txn.remove_webhook(h1, seqs[0]).unwrap());
+    assert!(txn
+        .dead_letter_webhook(h1, seqs[2], "answered 500", 99)
+        .unwrap());
+    assert!(!txn
+        .dead_letter_webhook(h1, 12345, "never queued", 99)
+        .unwrap());
+    txn.commit().unwrap();
+    let left = store.webhook_outbox(h1, None, 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["e2"]
+    );
+    let dead = store.webhook_dead_letters(h1, 10).await.unwrap();
+    assert_eq!(
+        dead,
+        [DeadLetter {
+            event: OutboxEvent {
+                seq: seqs[2],
+                ..event("b", "e3")
+            },
+            reason: "answered 500".into(),
+            dead_ms: 99,
+        }]
+    );
+    assert_eq!(
+        store.webhook_counts(h1).await.unwrap(),
+        WebhookCounts {
+            pending: 1,
+            dead: 1
+        }
+    );
+    // The other hook's copy is untouched.
+    assert_eq!(
+        store.webhook_counts(h2).await.unwrap(),
+        WebhookCounts {
+            pending: 1,
+            dead: 0
+        }
+    );
 }

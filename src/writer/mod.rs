@@ -32,6 +32,7 @@ use crate::protocol::server_event::ServerEvent;
 use crate::protocol::ChatError;
 use crate::snapshot::{CacheStats, RecentCache};
 use crate::store::{StoreError, WriteStore, WriteTxn};
+use crate::webhook::Hooks;
 
 /// One write, applied in a round's transaction and answered once the round is durable.
 pub trait Command: Send + 'static {
@@ -51,10 +52,13 @@ pub trait Command: Send + 'static {
     }
 }
 
-/// What a command sees of its round: the latest-50 cache, and where its effects go.
+/// What a command sees of its round: the latest-50 cache, the webhooks, who is online,
+/// and where its effects go.
 pub struct Context<'a> {
     cache: &'a mut RecentCache,
     effects: &'a mut Effects,
+    hooks: &'a Hooks,
+    broker: &'a dyn Broker,
 }
 
 impl Context<'_> {
@@ -75,6 +79,23 @@ impl Context<'_> {
     pub fn stored_message(&mut self) {
         self.effects.new_messages += 1;
     }
+
+    /// The configured webhooks, whose events a command writes in its own transaction.
+    pub fn hooks(&self) -> &Hooks {
+        self.hooks
+    }
+
+    /// Whether `user` has an open connection as this round is applied.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.broker.is_online(user)
+    }
+
+    /// Tells hook number `hook`'s delivery task, once the round is durable, that an event
+    /// was put in its outbox. Not taken back when the command fails: the row is in the
+    /// transaction either way, and a wake-up finding nothing new costs one read.
+    pub fn webhook_queued(&mut self, hook: usize) {
+        self.effects.webhooks_queued.push(hook);
+    }
 }
 
 /// What a round releases once durable, besides the answers.
@@ -82,6 +103,8 @@ impl Context<'_> {
 struct Effects {
     deliveries: Vec<Delivery>,
     new_messages: u64,
+    /// The hook of each webhook event written this round.
+    webhooks_queued: Vec<usize>,
 }
 
 /// An event to publish once the round is durable.
@@ -169,6 +192,7 @@ impl Writer {
     pub fn spawn(
         store: Arc<dyn WriteStore>,
         broker: Arc<dyn Broker>,
+        hooks: Arc<Hooks>,
         config: WriterConfig,
     ) -> WriterThread {
         let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
@@ -180,6 +204,7 @@ impl Writer {
                 let mut state = State {
                     store,
                     broker,
+                    hooks,
                     cache,
                 };
                 state.run(rx, config.max_batch.max(1));
@@ -239,6 +264,8 @@ impl WriterThread {
 struct State {
     store: Arc<dyn WriteStore>,
     broker: Arc<dyn Broker>,
+    /// Read by commands that write webhook events; woken after each commit.
+    hooks: Arc<Hooks>,
     cache: RecentCache,
 }
 
@@ -276,10 +303,13 @@ impl State {
     fn commit_round(&mut self, mut jobs: Vec<Box<dyn Queued>>) {
         let mut effects = Effects::default();
         let cache = &mut self.cache;
+        let (hooks, broker) = (&*self.hooks, &*self.broker);
         let committed = self.store.begin().and_then(|mut txn| {
             let mut cx = Context {
                 cache,
                 effects: &mut effects,
+                hooks,
+                broker,
             };
             for job in &mut jobs {
                 job.apply(txn.as_mut(), &mut cx);
@@ -308,6 +338,9 @@ impl State {
                 self.broker.publish(user, &delivery.event);
             }
         }
+        for hook in effects.webhooks_queued {
+            self.hooks.queued(hook);
+        }
         for job in jobs {
             job.answer(Ok(durable_at));
         }
@@ -327,7 +360,7 @@ mod tests {
     use super::*;
     use crate::model::{ChatMessage, RoomKey, SessionUser};
     use crate::protocol::ErrorCode;
-    use crate::store::{self, Appended, SeenOutcome};
+    use crate::store::{self, Appended, OutboxEvent, SeenOutcome};
 
     /// What happened, in order: `commit` for each commit, `publish <user> <room>` for each
     /// event that reached the broker.
@@ -340,6 +373,10 @@ mod tests {
             let room: serde_json::Value = serde_json::from_str(&event.data).unwrap();
             let entry = format!("publish {user} {}", room["roomId"].as_str().unwrap());
             self.0.lock().unwrap().push(entry);
+        }
+
+        fn is_online(&self, _: &str) -> bool {
+            false
         }
     }
 
@@ -411,6 +448,22 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
+        fn profile(&self, _: &str) -> store::Result<SessionUser> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn enqueue_webhook(&mut self, _: &str, _: &OutboxEvent) -> store::Result<u64> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn remove_webhook(&mut self, _: &str, _: u64) -> store::Result<bool> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn dead_letter_webhook(&mut self, _: &str, _: u64, _: &str, _: i64) -> store::Result<bool> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
         fn commit(self: Box<Self>) -> store::Result<()> {
             if self.fail {
                 return Err(StoreError::Corrupt("the test fails this commit".into()));
@@ -476,7 +529,8 @@ mod tests {
             recent_cache_bytes: 1 << 20,
             max_batch: 16,
         };
-        let thread = Writer::spawn(store, Arc::new(Recorder(Arc::clone(&log))), config);
+        let recorder = Arc::new(Recorder(Arc::clone(&log)));
+        let thread = Writer::spawn(store, recorder, Arc::new(Hooks::none()), config);
         (thread, log)
     }
 

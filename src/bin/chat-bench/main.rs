@@ -5,9 +5,11 @@
 //! line per scenario (median, lowest–highest) and writes every figure to a JSON file.
 //! Scenarios: `throughput`, `latency`, `idle` and `idle-socketio` (the same measure for
 //! each dialect), `restart`, `ceiling` (the throughput load through a bare relay, see
-//! `relay`), and, only when named, `soak` (memory under a long steady load) and `history`
-//! (paging through cold rooms of a large store). Everything targets loopback and is
-//! bounded in time and count.
+//! `relay`), and, only when named, `soak` (memory under a long steady load), `history`
+//! (paging through cold rooms of a large store) and `webhook-drain` (events per second
+//! from a full webhook outbox). `--webhook STATUS` points every server at a receiver in
+//! the bench answering STATUS. Everything targets loopback and is bounded in time and
+//! count.
 
 mod client;
 mod history;
@@ -19,6 +21,7 @@ mod soak;
 mod stats;
 mod target;
 mod throughput;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -177,6 +180,17 @@ struct Opts {
     /// Soak: seconds between two readings of the server's RSS.
     #[arg(long, default_value_t = 5.0)]
     soak_sample_secs: f64,
+    /// Point every server the bench starts at a webhook receiver in the bench that answers
+    /// every event with this status (500: a hook failing for the whole run), for every
+    /// message (`offline_only = false`).
+    #[arg(long)]
+    webhook: Option<u16>,
+    /// Webhook drain: events put in the outbox before it is drained.
+    #[arg(long, default_value_t = 20_000)]
+    drain_events: usize,
+    /// Webhook drain: sending users, each with an offline partner (one delivery lane each).
+    #[arg(long, default_value_t = 100)]
+    drain_users: usize,
 }
 
 /// `KEY=VALUE` of `--server-env`.
@@ -191,7 +205,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 const FD_HEADROOM: usize = 200;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     // The idle scenario holds as many connections as the hard limit allows.
     if let Err(e) = chat_server::server::raise_open_file_limit() {
         eprintln!("chat-bench: cannot raise the open-file limit: {e}");
@@ -210,7 +224,7 @@ fn main() -> ExitCode {
             idle::worker(addr, &secret, first, dialect);
             ExitCode::SUCCESS
         }
-        None => match bench(&cli.opts) {
+        None => match bench(&mut cli.opts) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("chat-bench: {e}");
@@ -220,12 +234,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(opts: &Opts) -> Result<(), String> {
+fn bench(opts: &mut Opts) -> Result<(), String> {
     if let Some(addr) = opts.addr {
         if !addr.ip().is_loopback() {
             return Err(format!("{addr} is not a loopback address"));
         }
     }
+    // Kept for the whole bench: every server started from here on posts to it.
+    let receiver = match opts.webhook {
+        Some(status) => {
+            let receiver = webhook::Receiver::start(([127, 0, 0, 1], 0).into(), status)?;
+            opts.server_env.extend(webhook::server_env(receiver.addr));
+            Some(receiver)
+        }
+        None => None,
+    };
+    let opts = &*opts;
     if let Some(cpus) = &opts.bench_cpus {
         target::pin_self(cpus)?;
     }
@@ -248,6 +272,7 @@ fn bench(opts: &Opts) -> Result<(), String> {
             "restart" => restart(opts, runs)?,
             "soak" => soak(opts, &runtime, server_rate)?,
             "history" => history(opts, runs)?,
+            "webhook-drain" => webhook_drain(opts, runs)?,
             "ceiling" => {
                 let launch = relay_launch(opts, frame_bytes);
                 let (mut value, median, _) = throughput_on(opts, &runtime, runs, Some(launch))?;
@@ -265,9 +290,16 @@ fn bench(opts: &Opts) -> Result<(), String> {
         };
         results.insert(scenario.to_owned(), value);
     }
+    if let (Some(receiver), Some(status)) = (&receiver, opts.webhook) {
+        println!(
+            "webhook receiver: answered {status} to {} requests",
+            receiver.requests()
+        );
+    }
     let report = json!({
         "machine": machine(),
         "runs": runs,
+        "webhook_status": opts.webhook,
         "scenarios": results,
     });
     std::fs::write(
@@ -277,6 +309,38 @@ fn bench(opts: &Opts) -> Result<(), String> {
     .map_err(|e| format!("cannot write {}: {e}", opts.out.display()))?;
     println!("results: {}", opts.out.display());
     Ok(())
+}
+
+/// Events per second posted from a full outbox to a fast receiver (see `webhook`).
+fn webhook_drain(opts: &Opts, runs: usize) -> Result<Value, String> {
+    let auth = Auth::new(opts.secret.as_bytes());
+    let mut rates = Vec::new();
+    let mut details = Vec::new();
+    for _ in 0..runs {
+        let dir = target::temp_dir("webhook-drain");
+        let launch = server_launch(opts, &dir);
+        let run = webhook::drain(&launch, dir, &auth, opts.drain_users, opts.drain_events)?;
+        rates.push(run.events_per_sec);
+        details.push(json!({
+            "events": run.events,
+            "secs": run.secs,
+            "events_per_sec": run.events_per_sec,
+        }));
+    }
+    let spread = Spread::of(&rates);
+    println!(
+        "webhook-drain: {} events/s posted to a 204 receiver from a full outbox, median \
+         (lowest–highest) of {runs}; {} events, {} recipients, server start included",
+        spread.text(0),
+        opts.drain_events,
+        opts.drain_users,
+    );
+    Ok(json!({
+        "events_per_sec": spread.json(&rates),
+        "events": opts.drain_events,
+        "recipients": opts.drain_users,
+        "details": details,
+    }))
 }
 
 /// The bare relay of the ceiling, sending `message:sent` frames of `frame_bytes`.

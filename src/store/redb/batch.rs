@@ -9,11 +9,11 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::records::{self, MessageRecord, RoomRecord};
 use super::{
-    latest_messages, newest_first, read_message, BLOCKS, CLIENT_IDS, INBOX, MESSAGES, META,
-    PROFILES, ROOMS, ROOM_NUMS,
+    latest_messages, newest_first, outbox, profile_in, read_message, BLOCKS, CLIENT_IDS, INBOX,
+    MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
-use crate::store::{Appended, Result, SeenOutcome, StoreError, WriteTxn};
+use crate::store::{Appended, OutboxEvent, Result, SeenOutcome, StoreError, WriteTxn};
 
 /// One write transaction, committed with fsync.
 pub(super) struct Batch {
@@ -192,6 +192,28 @@ impl WriteTxn for Batch {
             .open_table(BLOCKS)?
             .remove((blocker, blocked))?
             .is_some())
+    }
+
+    fn profile(&self, user: &str) -> Result<SessionUser> {
+        profile_in(&self.txn.open_table(PROFILES)?, user)
+    }
+
+    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<u64> {
+        outbox::enqueue(&self.txn, hook, event)
+    }
+
+    fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool> {
+        outbox::remove(&self.txn, hook, seq)
+    }
+
+    fn dead_letter_webhook(
+        &mut self,
+        hook: &str,
+        seq: u64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        outbox::dead_letter(&self.txn, hook, seq, reason, now_ms)
     }
 
     fn commit(self: Box<Self>) -> Result<()> {

@@ -22,14 +22,23 @@
 //!   list is one range scan and "does either block the other" is two point lookups. A new
 //!   table needs no format bump: an older binary never opens it, and `open` creates it.
 
+//! - `webhook_outbox`: (hook URL, seq) → [`outbox::OutboxRecord`], the transactional
+//!   outbox: an event is written in the commit that stores what it describes, and
+//!   removed once delivered. `meta.next_webhook_seq` numbers them in commit order.
+//! - `webhook_dead`: (hook URL, seq) → [`outbox::DeadRecord`], events given up on.
+
 mod batch;
+mod outbox;
 mod records;
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Read, ReadStore, Result, StoreError, WriteStore, WriteTxn};
+use super::{
+    DeadLetter, OutboxEvent, Read, ReadStore, Result, StoreError, WebhookCounts, WriteStore,
+    WriteTxn,
+};
 use crate::model::{
     BlockedUser, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
 };
@@ -54,6 +63,9 @@ const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new
 const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
 const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
 const BLOCKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("blocks");
+
+const WEBHOOK_OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_outbox");
+const WEBHOOK_DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_dead");
 
 /// Every redb error is a backend failure; the macro keeps `?` working on each of redb's
 /// error types without a blanket impl that a second backend's errors would collide with.
@@ -123,6 +135,9 @@ impl RedbStore {
             txn.open_table(INBOX)?;
             txn.open_table(PROFILES)?;
             txn.open_table(BLOCKS)?;
+
+            txn.open_table(WEBHOOK_OUTBOX)?;
+            txn.open_table(WEBHOOK_DEAD)?;
         }
         txn.commit()?;
         // A new file's directory entry is durable only once the directory is synced; without
@@ -304,6 +319,27 @@ impl ReadStore for RedbStore {
 
     fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool> {
         ready(self.blocked_between_now(a, b))
+    }
+
+    fn webhook_outbox<'a>(
+        &'a self,
+        hook: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'a, Vec<OutboxEvent>> {
+        ready(outbox::pending(&self.db, hook, after, limit))
+    }
+
+    fn webhook_dead_letters<'a>(
+        &'a self,
+        hook: &'a str,
+        limit: usize,
+    ) -> Read<'a, Vec<DeadLetter>> {
+        ready(outbox::dead_letters(&self.db, hook, limit))
+    }
+
+    fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts> {
+        ready(outbox::counts(&self.db, hook))
     }
 }
 

@@ -1,0 +1,99 @@
+//! Webhooks: the app's own backend hears of every message, signed, retried, never lost, so
+//! that it can notify users who are not connected (push notifications are its business: a
+//! self-hosted server cannot talk to FCM or APNs for someone else's app).
+//!
+//! Why it is built this way:
+//! - **A transactional outbox** (`outbox.rs`): a command writes its event into the store in
+//!   the same transaction as the message it describes, so a crash can neither lose an
+//!   event nor send one for a message that was never stored. Whether the recipient is
+//!   online (for `offline_only`) is read from the broker as the command is applied.
+//! - **Delivery reads the disk, not a queue** (`deliver.rs`): one task per hook pages
+//!   through its outbox, holding at most `memory.webhook_window_events` events, so a hook
+//!   that is down makes the outbox grow on disk, never the heap, and never slows a send.
+//!   Each recipient's events go out in commit order, one at a time; recipients go
+//!   concurrently. Finished events leave the outbox through small writer commands, so
+//!   there is still one writer.
+//! - **At least once**: an event is removed only after a 2xx; a crash in between posts it
+//!   again after the restart, with the same `id`, which receivers use to drop duplicates.
+//! - **Signed** (`sign.rs`): HMAC-SHA256 over `"{timestamp}.{body}"`, the Stripe scheme,
+//!   so a receiver can check both who sent it and that it is fresh.
+
+mod deliver;
+mod outbox;
+mod sign;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+use crate::config::{WebhookConfig, WebhookEvent};
+use crate::metrics;
+
+pub use deliver::{start, Delivery};
+pub use outbox::{message_created, message_seen, EVENT_ID_PREFIX};
+pub use sign::{signature, SIGNATURE_VERSION};
+
+/// The configured hooks, shared by the writer (which writes their events) and the
+/// delivery tasks.
+pub struct Hooks {
+    hooks: Vec<Hook>,
+}
+
+/// One hook and what delivery has learnt about it.
+pub struct Hook {
+    pub config: WebhookConfig,
+    /// Set once the receiver answered 410 Gone: nothing more is written or posted for this
+    /// hook until the server restarts.
+    disabled: AtomicBool,
+    /// Wakes the hook's delivery task when a commit put events in its outbox.
+    wake: Notify,
+}
+
+impl Hooks {
+    pub fn new(configs: &[WebhookConfig]) -> Hooks {
+        Hooks {
+            hooks: configs
+                .iter()
+                .map(|config| Hook {
+                    config: config.clone(),
+                    disabled: AtomicBool::new(false),
+                    wake: Notify::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// No hooks: commands write no events.
+    pub fn none() -> Hooks {
+        Hooks { hooks: Vec::new() }
+    }
+
+    /// Each enabled hook subscribed to `event`, with its index.
+    pub fn subscribed(&self, event: WebhookEvent) -> impl Iterator<Item = (usize, &Hook)> {
+        self.hooks
+            .iter()
+            .enumerate()
+            .filter(move |(_, h)| h.config.events.contains(&event) && !h.is_disabled())
+    }
+
+    /// A commit put an event in hook `index`'s outbox.
+    pub fn queued(&self, index: usize) {
+        metrics::webhook_queued(1);
+        self.hooks[index].wake.notify_one();
+    }
+
+    fn all(&self) -> &[Hook] {
+        &self.hooks
+    }
+}
+
+impl Hook {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Acquire)
+    }
+
+    /// Stops writing and posting events for this hook; true the first time.
+    fn disable(&self) -> bool {
+        !self.disabled.swap(true, Ordering::AcqRel)
+    }
+}

@@ -1,0 +1,144 @@
+//! Writing events into the outbox, inside the command that stores what they describe, and
+//! the two commands that take them out again (delivered, given up).
+//!
+//! The body is rendered here, once, at commit: it is what is stored, signed and posted on
+//! every attempt, so a retry is byte for byte the first attempt.
+
+use serde_json::json;
+
+use crate::config::WebhookEvent;
+use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::protocol::time::{format_millis, now_millis};
+use crate::protocol::ChatError;
+use crate::store::{self, OutboxEvent, WriteTxn};
+use crate::writer::{Command, Context};
+
+/// Every event id starts with it; 32 random hex digits follow.
+pub const EVENT_ID_PREFIX: &str = "evt_";
+
+/// Writes a `message.created` event for the recipient of a new `message` in `room`, to
+/// every hook subscribed (and, for `offline_only` hooks, only when the recipient has no
+/// connection now). A self room has no recipient, so no event.
+pub fn message_created(
+    txn: &mut dyn WriteTxn,
+    cx: &mut Context<'_>,
+    room: &RoomKey,
+    message: &ChatMessage,
+    sender: &SessionUser,
+) -> store::Result<()> {
+    if room.is_self_room() {
+        return Ok(());
+    }
+    let recipient = room.partner_of(&sender.id).to_owned();
+    write_event(
+        txn,
+        cx,
+        WebhookEvent::MessageCreated,
+        &recipient,
+        |txn, online| {
+            Ok(json!({
+                "room": room.id(),
+                "message": message,
+                "sender": sender,
+                "recipient": txn.profile(&recipient)?,
+                "recipientOnline": online,
+            }))
+        },
+    )
+}
+
+/// Writes a `message.seen` event for the author of `message`, which `reader` has just seen
+/// in `room`, to every hook subscribed (the same `offline_only` rule, for the author).
+pub fn message_seen(
+    txn: &mut dyn WriteTxn,
+    cx: &mut Context<'_>,
+    room: &RoomKey,
+    message: &ChatMessage,
+    reader: &str,
+) -> store::Result<()> {
+    let author = message.user_id.clone();
+    write_event(
+        txn,
+        cx,
+        WebhookEvent::MessageSeen,
+        &author,
+        |txn, online| {
+            Ok(json!({
+                "room": room.id(),
+                "message": message,
+                "reader": txn.profile(reader)?,
+                "recipient": txn.profile(&author)?,
+                "recipientOnline": online,
+            }))
+        },
+    )
+}
+
+/// Renders the body once, if any hook wants it, and puts it in each such hook's outbox.
+fn write_event(
+    txn: &mut dyn WriteTxn,
+    cx: &mut Context<'_>,
+    kind: WebhookEvent,
+    recipient: &str,
+    data: impl FnOnce(&dyn WriteTxn, bool) -> store::Result<serde_json::Value>,
+) -> store::Result<()> {
+    let online = cx.is_online(recipient);
+    let hooks: Vec<(usize, String)> = cx
+        .hooks()
+        .subscribed(kind)
+        .filter(|(_, hook)| !(hook.config.offline_only && online))
+        .map(|(index, hook)| (index, hook.config.url.clone()))
+        .collect();
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let created_ms = now_millis();
+    let id = format!("{EVENT_ID_PREFIX}{:032x}", rand::random::<u128>());
+    let body = json!({
+        "id": id,
+        "type": kind.name(),
+        "createdAt": format_millis(created_ms),
+        "data": data(txn, online)?,
+    })
+    .to_string();
+    let event = OutboxEvent {
+        seq: 0,
+        recipient: recipient.to_owned(),
+        id,
+        created_ms,
+        body,
+    };
+    for (index, url) in hooks {
+        txn.enqueue_webhook(&url, &event)?;
+        cx.webhook_queued(index);
+    }
+    Ok(())
+}
+
+/// Takes a delivered event (`Delivered`) or one given up on (`GiveUp`) out of a hook's
+/// outbox. Answers whether the row was still there.
+pub(super) enum Finish {
+    Delivered {
+        hook: String,
+        seq: u64,
+    },
+    GiveUp {
+        hook: String,
+        seq: u64,
+        reason: String,
+    },
+}
+
+impl Command for Finish {
+    type Output = bool;
+
+    fn apply(self, txn: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<bool, ChatError> {
+        match self {
+            Finish::Delivered { hook, seq } => txn.remove_webhook(&hook, seq),
+            Finish::GiveUp { hook, seq, reason } => {
+                txn.dead_letter_webhook(&hook, seq, &reason, now_millis())
+            }
+        }
+        .map_err(ChatError::internal)
+    }
+}
