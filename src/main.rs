@@ -12,8 +12,9 @@ use chat_server::config::{Config, LogFormat};
 use chat_server::fanout::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
-use chat_server::store::redb::RedbStore;
+use chat_server::store::redb::{ReadOnlyStore, RedbStore};
 use chat_server::writer::{Writer, WriterConfig};
+use chat_server::{ops, retention};
 
 /// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
 /// KiB-sized strings across threads, and under load glibc's arena bookkeeping
@@ -32,6 +33,45 @@ fn main() -> ExitCode {
             name,
             ttl,
         } => mint_token(&config, &user_id, name.as_deref(), ttl),
+        Command::Export { config, user } => export(&config, user.as_deref()),
+        Command::Import { config } => import(&config),
+    }
+}
+
+/// Writes the store as JSON lines to stdout; the counts go to stderr.
+fn export(config: &Config, user: Option<&str>) -> ExitCode {
+    let store = match ReadOnlyStore::open(&config.data_dir) {
+        Ok(store) => store,
+        Err(e) => return fail(format_args!("cannot open the store: {e}")),
+    };
+    let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    match ops::export::write_dump(&store, user, out) {
+        Ok(n) => {
+            eprintln!(
+                "exported {} profiles, {} rooms, {} messages",
+                n.profiles, n.rooms, n.messages
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Builds a new store from JSON lines on stdin; the counts go to stderr.
+fn import(config: &Config) -> ExitCode {
+    let input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    match ops::import::import(&config.data_dir, input) {
+        Ok(n) => {
+            eprintln!(
+                "imported {} profiles, {} rooms, {} messages into {}",
+                n.profiles,
+                n.rooms,
+                n.messages,
+                config.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format_args!("import refused, nothing stored: {e}")),
     }
 }
 
@@ -124,6 +164,12 @@ fn serve(config: Config) -> ExitCode {
                 recent_cache_bytes: config.memory.recent_cache_bytes,
                 max_batch: config.storage.max_batch,
             },
+        );
+        // Off unless `retention.max_age_days` is set; runs until the runtime stops.
+        let _retention = retention::spawn(
+            store.clone(),
+            writer.writer(),
+            config.retention.max_age_days,
         );
         let chat = Arc::new(Chat::new(
             store,

@@ -32,6 +32,7 @@ const RECENT_BYTES: &str = "chat_recent_cache_bytes";
 const RECENT_EVICTIONS: &str = "chat_recent_cache_evictions_total";
 const OUTBOUND_QUEUED: &str = "chat_outbound_queued_bytes";
 const OUTBOUND_CUTS: &str = "chat_outbound_budget_cuts_total";
+const RETENTION_DELETED: &str = "chat_retention_deleted_total";
 
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
@@ -127,6 +128,11 @@ fn describe() {
         "Connections cut off (1008) because all queues together were over \
          memory.outbound_total_bytes; also counted in chat_slow_consumers_total."
     );
+    describe_counter!(
+        RETENTION_DELETED,
+        "Messages deleted for being older than retention.max_age_days."
+    );
+    counter!(RETENTION_DELETED).absolute(0);
     for dialect in [Dialect::Plain, Dialect::SocketIo] {
         gauge!(CONNECTIONS, "dialect" => dialect.label()).set(0.0);
     }
@@ -238,6 +244,11 @@ pub fn commit_took(elapsed: Duration) {
 /// A send became durable this long after its frame arrived.
 pub fn send_durable(elapsed: Duration) {
     histogram!(SEND_DURABLE).record(elapsed.as_secs_f64());
+}
+
+/// Retention deleted `messages` old messages.
+pub fn retention_deleted(messages: u64) {
+    counter!(RETENTION_DELETED).increment(messages);
 }
 
 /// An error reply with `code` went to a client.

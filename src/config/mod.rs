@@ -61,6 +61,19 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Cross-origin settings for the HTTP API and Socket.IO (section `[cors]`).
     pub cors: CorsConfig,
+    /// How long messages are kept (section `[retention]`).
+    pub retention: RetentionConfig,
+}
+
+/// The longest retention that can be set: a century, far past any policy, and small
+/// enough that the cutoff in milliseconds cannot overflow.
+pub const MAX_RETENTION_DAYS: u64 = 36_500;
+
+/// How long messages are kept.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionConfig {
+    /// Messages older than this many days are deleted; 0 keeps them forever.
+    pub max_age_days: u64,
 }
 
 /// How log lines are written.
@@ -146,6 +159,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             memory: MemoryConfig::default(),
             cors: CorsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

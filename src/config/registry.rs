@@ -223,7 +223,28 @@ const KEYS: &[Key] = &[
         .memory
         .rate_limit_users),
     key!("cors.allowed_origins", origins, |c| c.cors.allowed_origins),
+    // Retention (issue 14).
+    key!("retention.max_age_days", retention_days, |c| c
+        .retention
+        .max_age_days),
 ];
+
+/// Days of retention: 0 (off) up to [`super::MAX_RETENTION_DAYS`].
+fn retention_days(raw: Raw<'_>) -> Result<u64, String> {
+    let n = match raw {
+        Raw::Text(s) => s.parse::<u64>().ok(),
+        Raw::Toml(Value::Integer(i)) => u64::try_from(*i).ok(),
+        Raw::Toml(_) => None,
+    };
+    match n {
+        Some(n) if n <= super::MAX_RETENTION_DAYS => Ok(n),
+        _ => Err(format!(
+            "expected 0 (keep forever) to {} days, got {}",
+            super::MAX_RETENTION_DAYS,
+            raw.show()
+        )),
+    }
+}
 
 fn non_empty_str(raw: Raw<'_>) -> Result<String, String> {
     match raw.as_str() {

@@ -20,13 +20,16 @@
 //! - `profiles`: user id → latest display name.
 
 mod batch;
+mod dump;
 mod records;
+
+pub use dump::{Item, Loader, ReadOnlyStore, RoomState, Walk};
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Read, ReadStore, Result, StoreError, WriteStore, WriteTxn};
+use super::{ExpiryScan, Read, ReadStore, Result, StoreError, WriteStore, WriteTxn};
 use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
 use records::RoomRecord;
 
@@ -223,6 +226,45 @@ impl RedbStore {
         let txn = self.db.begin_read()?;
         profile_in(&txn.open_table(PROFILES)?, user)
     }
+
+    /// Of up to `limit` rooms numbered after `after`, those whose first message is older
+    /// than `cutoff_ms`: one key read per room.
+    fn rooms_to_expire_now(
+        &self,
+        cutoff_ms: i64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<ExpiryScan> {
+        let txn = self.db.begin_read()?;
+        let rooms = txn.open_table(ROOMS)?;
+        let messages = txn.open_table(MESSAGES)?;
+        let mut scan = ExpiryScan::default();
+        let start = after.map_or(0, |n| n.saturating_add(1));
+        let mut rows = rooms.range(start..)?;
+        let mut last = None;
+        for row in rows.by_ref().take(limit) {
+            let (num, value) = row?;
+            let num = num.value();
+            last = Some(num);
+            let first = messages.range((num, 0)..(num, u64::MAX))?.next();
+            if let Some(row) = first {
+                let (key, value_bytes) = row?;
+                let oldest = records::decode_message(key.value().1, value_bytes.value())?;
+                if oldest.sent_ms < cutoff_ms {
+                    let record = records::decode_room(value.value())?;
+                    scan.rooms.push(RoomKey {
+                        low: record.low,
+                        high: record.high,
+                    });
+                }
+            }
+        }
+        scan.next = match rows.next() {
+            Some(_) => last,
+            None => None,
+        };
+        Ok(scan)
+    }
 }
 
 // Each read runs at once on the calling task and hands back a ready future: a redb read is
@@ -258,6 +300,15 @@ impl ReadStore for RedbStore {
 
     fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser> {
         ready(self.profile_now(user))
+    }
+
+    fn rooms_to_expire(
+        &self,
+        cutoff_ms: i64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'_, ExpiryScan> {
+        ready(self.rooms_to_expire_now(cutoff_ms, after, limit))
     }
 }
 
