@@ -304,3 +304,34 @@ fn import_refuses_a_non_empty_directory_and_leaves_it_alone() {
         "keep me"
     );
 }
+
+#[test]
+fn export_refuses_a_directory_without_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(dir.path(), None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("there is no store at"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_leftover_temporary_file_of_a_killed_import_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".chat.redb.import"), "half a store").unwrap();
+    let t = "2026-01-01T00:00:00.000Z";
+    let ab = ["alice", "bob"];
+    let dump = dump_of(&[header(), room(ab, 1, t, [0, 1]), message(ab, 1, "alice", t)]);
+    let out = import(dir.path(), &dump);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["chat.redb"]);
+}

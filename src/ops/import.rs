@@ -57,10 +57,10 @@ pub fn import(data_dir: &Path, input: impl BufRead) -> Result<Imported, ImportEr
     };
     std::fs::create_dir_all(data_dir)
         .map_err(|e| general(format!("cannot create {}: {e}", data_dir.display())))?;
+    // A killed import's temporary file is not a store; the next import replaces it.
     let not_empty = std::fs::read_dir(data_dir)
         .map_err(|e| general(format!("cannot read {}: {e}", data_dir.display())))?
-        .next()
-        .is_some();
+        .any(|entry| entry.map_or(true, |e| e.file_name() != Loader::TEMP_FILE));
     if not_empty {
         return Err(general(format!(
             "{} is not empty: import builds a new store, into an empty directory only",

@@ -69,6 +69,39 @@ impl Walk for RedbStore {
     }
 }
 
+/// Why a store could not be opened read-only.
+#[derive(Debug)]
+pub enum OpenError {
+    /// There is no store file.
+    Missing(PathBuf),
+    /// A running server holds it (redb's file lock).
+    InUse(PathBuf),
+    /// It could not be read, or is of a newer format.
+    Store(StoreError),
+}
+
+impl From<StoreError> for OpenError {
+    fn from(e: StoreError) -> OpenError {
+        OpenError::Store(e)
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Missing(path) => write!(f, "there is no store at {}", path.display()),
+            OpenError::InUse(path) => write!(
+                f,
+                "{} is in use by a running chat-server; stop it first",
+                path.display()
+            ),
+            OpenError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
 /// A store opened read-only, for offline export: it refuses a store a server holds.
 pub struct ReadOnlyStore {
     db: ReadOnlyDatabase,
@@ -76,38 +109,32 @@ pub struct ReadOnlyStore {
 
 impl ReadOnlyStore {
     /// Opens the store in `data_dir` without creating or changing anything.
-    pub fn open(data_dir: &Path) -> Result<ReadOnlyStore> {
+    pub fn open(data_dir: &Path) -> std::result::Result<ReadOnlyStore, OpenError> {
         let path = data_dir.join(DB_FILE);
         if !path.is_file() {
-            return Err(StoreError::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no store at {}", path.display()),
-            )));
+            return Err(OpenError::Missing(path));
         }
         let db = match redb::Builder::new()
             .set_cache_size(super::DEFAULT_CACHE_BYTES)
             .open_read_only(&path)
         {
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Io(std::io::Error::new(
-                    std::io::ErrorKind::WouldBlock,
-                    format!("{} is in use by a running chat-server", path.display()),
-                )))
-            }
-            opened => opened?,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse(path)),
+            opened => opened.map_err(StoreError::from)?,
         };
-        let txn = db.begin_read()?;
+        let txn = db.begin_read().map_err(StoreError::from)?;
         let version = txn
-            .open_table(META)?
-            .get("format_version")?
+            .open_table(META)
+            .map_err(StoreError::from)?
+            .get("format_version")
+            .map_err(StoreError::from)?
             .map(|v| v.value());
+        drop(txn);
         if let Some(found) = version.filter(|&v| v > FORMAT_VERSION) {
-            return Err(StoreError::NewerFormat {
+            return Err(OpenError::Store(StoreError::NewerFormat {
                 found,
                 supported: FORMAT_VERSION,
-            });
+            }));
         }
-        drop(txn);
         Ok(ReadOnlyStore { db })
     }
 }
@@ -199,10 +226,13 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// The file a store is built in, inside the data directory.
+    pub const TEMP_FILE: &'static str = ".chat.redb.import";
+
     /// Starts a new store file in `data_dir`, which must not hold one.
     pub fn create(data_dir: &Path) -> Result<Loader> {
         let target = data_dir.join(DB_FILE);
-        let temp = data_dir.join(format!(".{DB_FILE}.import"));
+        let temp = data_dir.join(Loader::TEMP_FILE);
         // A leftover from an import that was killed holds nothing anyone relies on.
         match std::fs::remove_file(&temp) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::Io(e)),

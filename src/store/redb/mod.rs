@@ -23,7 +23,7 @@ mod batch;
 mod dump;
 mod records;
 
-pub use dump::{Item, Loader, ReadOnlyStore, RoomState, Walk};
+pub use dump::{Item, Loader, OpenError, ReadOnlyStore, RoomState, Walk};
 
 use std::path::Path;
 
