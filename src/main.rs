@@ -165,8 +165,8 @@ fn serve(config: Config) -> ExitCode {
                 max_batch: config.storage.max_batch,
             },
         );
-        // Off unless `retention.max_age_days` is set; runs until the runtime stops.
-        let _retention = retention::spawn(
+        // Off unless `retention.max_age_days` is set.
+        let sweeper = retention::spawn(
             store.clone(),
             writer.writer(),
             config.retention.max_age_days,
@@ -186,6 +186,11 @@ fn serve(config: Config) -> ExitCode {
         // One plain line on stdout for scripts and tests that wait for the port.
         println!("listening on http://{addr}");
         server::run(listener, app, shutdown_signal()).await;
+        // Stopped before the writer, so that a sweep in progress ends here (its deleted
+        // batches are committed; the next start sweeps the rest) rather than failing.
+        if let Some(sweeping) = sweeper {
+            sweeping.abort();
+        }
         writer.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
