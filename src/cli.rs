@@ -405,6 +405,29 @@ mod tests {
     }
 
     #[test]
+    fn export_and_import_subcommands() {
+        let Command::Export { config, user } =
+            run(&["export", "--data", "/d", "--user", "a-b"], &[]).unwrap()
+        else {
+            panic!("expected export");
+        };
+        assert_eq!(config.data_dir, PathBuf::from("/d"));
+        assert_eq!(user.as_deref(), Some("a-b"));
+        let Command::Export { user, .. } = run(&["export"], &[("CHAT_DATA", "/e")]).unwrap() else {
+            panic!("expected export");
+        };
+        assert_eq!(user, None);
+        assert!(error(&["export", "--user", "a b"], &[]).contains("--user"));
+        let Command::Import { config } = run(&["import", "--data", "/i"], &[]).unwrap() else {
+            panic!("expected import");
+        };
+        assert_eq!(config.data_dir, PathBuf::from("/i"));
+        // Serve-only flags are not accepted by either.
+        assert!(run(&["import", "--bind", "127.0.0.1:1"], &[]).is_err());
+        assert!(run(&["export", "--bind", "127.0.0.1:1"], &[]).is_err());
+    }
+
+    #[test]
     fn durations() {
         let d = |s| parse_duration(s).map(|d| d.as_secs());
         assert_eq!(d("90s"), Some(90));

@@ -375,6 +375,24 @@ mod tests {
     }
 
     #[test]
+    fn retention_takes_zero_to_a_century_of_days() {
+        assert_eq!(load(None, &[]).unwrap().retention.max_age_days, 0);
+        let f = file("[retention]\nmax_age_days = 36500\n");
+        assert_eq!(load(Some(&f), &[]).unwrap().retention.max_age_days, 36_500);
+        let c = load(None, &[("CHAT_RETENTION_MAX_AGE_DAYS", "30")]).unwrap();
+        assert_eq!(c.retention.max_age_days, 30);
+        for bad in ["36501", "-1", "30d"] {
+            let e = error(load(None, &[("CHAT_RETENTION_MAX_AGE_DAYS", bad)]));
+            assert!(
+                e.starts_with("config error: retention.max_age_days: "),
+                "{e}"
+            );
+        }
+        let f = file("[retention]\nmax_age_days = \"30\"\n");
+        assert!(error(load(Some(&f), &[])).contains("retention.max_age_days"));
+    }
+
+    #[test]
     fn zero_limit_is_refused() {
         let f = file("[storage]\nmax_batch = 0\n");
         let e = error(load(Some(&f), &[]));

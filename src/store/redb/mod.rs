@@ -18,6 +18,9 @@
 //! - `inbox`: (user, newest-first time key, room id, room number) → (), one row per room a
 //!   user has, so an inbox page is one forward range scan.
 //! - `profiles`: user id → latest display name.
+//!
+//! [`dump`] walks a whole store in one read transaction and loads one into a new file,
+//! for `chat-server export` and `import` (`crate::ops`).
 
 mod batch;
 mod dump;
