@@ -32,6 +32,14 @@ pub enum Command {
         /// How long the token is valid from now.
         ttl: Duration,
     },
+    /// Write the store in `config.data_dir` as JSON lines to stdout.
+    Export {
+        config: Config,
+        /// Only this user's profile, rooms and messages (a data-access request).
+        user: Option<String>,
+    },
+    /// Build a new store in `config.data_dir` from JSON lines on stdin.
+    Import { config: Config },
 }
 
 /// Parses the process's args and env; on error prints one clear line (naming the key or
@@ -85,6 +93,10 @@ impl Cli {
         match self.command.unwrap_or(Sub::Serve(self.serve)) {
             Sub::Serve(args) => args.into_command(env),
             Sub::Token(args) => args.into_command(env),
+            Sub::Export(args) => args.into_command(env),
+            Sub::Import(args) => Ok(Command::Import {
+                config: args.shared.config([], env)?,
+            }),
         }
     }
 }
@@ -95,6 +107,10 @@ enum Sub {
     Serve(ServeArgs),
     /// Print a token for USER_ID signed with the server's secret.
     Token(TokenArgs),
+    /// Write the store as JSON lines to stdout (offline: the server must be stopped).
+    Export(ExportArgs),
+    /// Build a new store in an empty data directory from JSON lines on stdin.
+    Import(ImportArgs),
 }
 
 /// Flags every subcommand takes because they decide where the secret comes from.
@@ -206,6 +222,37 @@ impl TokenArgs {
             ttl,
         })
     }
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// Export only this user's profile, rooms and their messages
+    #[arg(long, value_name = "ID")]
+    user: Option<String>,
+    #[command(flatten)]
+    shared: SharedArgs,
+}
+
+impl ExportArgs {
+    fn into_command(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
+        if let Some(user) = &self.user {
+            if !is_valid_user_id(user) {
+                return Err(ConfigError::new(format!(
+                    "--user: {user:?} is not a valid user id (1 to 64 of A-Z a-z 0-9 _ . @ + -)"
+                )));
+            }
+        }
+        Ok(Command::Export {
+            config: self.shared.config([], env)?,
+            user: self.user,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    #[command(flatten)]
+    shared: SharedArgs,
 }
 
 /// "90s", "15m", "24h", "7d" or plain seconds; `None` for anything else, zero or overflow.
@@ -355,6 +402,29 @@ mod tests {
         assert!(error(&["token", "bob", "--name", "   "], &[]).contains("--name"));
         // Serve-only flags are not accepted by `token`.
         assert!(run(&["token", "bob", "--bind", "127.0.0.1:1"], &[]).is_err());
+    }
+
+    #[test]
+    fn export_and_import_subcommands() {
+        let Command::Export { config, user } =
+            run(&["export", "--data", "/d", "--user", "a-b"], &[]).unwrap()
+        else {
+            panic!("expected export");
+        };
+        assert_eq!(config.data_dir, PathBuf::from("/d"));
+        assert_eq!(user.as_deref(), Some("a-b"));
+        let Command::Export { user, .. } = run(&["export"], &[("CHAT_DATA", "/e")]).unwrap() else {
+            panic!("expected export");
+        };
+        assert_eq!(user, None);
+        assert!(error(&["export", "--user", "a b"], &[]).contains("--user"));
+        let Command::Import { config } = run(&["import", "--data", "/i"], &[]).unwrap() else {
+            panic!("expected import");
+        };
+        assert_eq!(config.data_dir, PathBuf::from("/i"));
+        // Serve-only flags are not accepted by either.
+        assert!(run(&["import", "--bind", "127.0.0.1:1"], &[]).is_err());
+        assert!(run(&["export", "--bind", "127.0.0.1:1"], &[]).is_err());
     }
 
     #[test]

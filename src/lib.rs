@@ -37,6 +37,9 @@
 //! - [`auth`]: tokens: verify, mint.
 //! - [`cli`]: the subcommands and their flags, turned into a [`cli::Command`].
 //! - [`config`]: the settings, their key registry, and file → environment → flag.
+//! - [`ops`]: offline operations on a data directory: export as JSON lines, import.
+//! - [`retention`]: the background sweep that deletes messages past
+//!   `retention.max_age_days`, through the writer.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 //! - [`webhook`]: events for the app's backend: written to an outbox in the commit of
 //!   what they describe, posted signed and in order per recipient, retried, dead-lettered.
@@ -51,8 +54,10 @@ pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod protocol;
 pub mod ratelimit;
+pub mod retention;
 pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -12,9 +12,10 @@ use chat_server::config::{Config, LogFormat};
 use chat_server::fanout::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
-use chat_server::store::redb::RedbStore;
+use chat_server::store::redb::{ReadOnlyStore, RedbStore};
 use chat_server::webhook::{self, Hooks};
 use chat_server::writer::{Writer, WriterConfig};
+use chat_server::{ops, retention};
 
 /// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
 /// KiB-sized strings across threads, and under load glibc's arena bookkeeping
@@ -33,6 +34,45 @@ fn main() -> ExitCode {
             name,
             ttl,
         } => mint_token(&config, &user_id, name.as_deref(), ttl),
+        Command::Export { config, user } => export(&config, user.as_deref()),
+        Command::Import { config } => import(&config),
+    }
+}
+
+/// Writes the store as JSON lines to stdout; the counts go to stderr.
+fn export(config: &Config, user: Option<&str>) -> ExitCode {
+    let store = match ReadOnlyStore::open(&config.data_dir) {
+        Ok(store) => store,
+        Err(e) => return fail(format_args!("cannot open the store: {e}")),
+    };
+    let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    match ops::export::write_dump(&store, user, out) {
+        Ok(n) => {
+            eprintln!(
+                "exported {} profiles, {} rooms, {} messages",
+                n.profiles, n.rooms, n.messages
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Builds a new store from JSON lines on stdin; the counts go to stderr.
+fn import(config: &Config) -> ExitCode {
+    let input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    match ops::import::import(&config.data_dir, input) {
+        Ok(n) => {
+            eprintln!(
+                "imported {} profiles, {} rooms, {} messages into {}",
+                n.profiles,
+                n.rooms,
+                n.messages,
+                config.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format_args!("import refused, nothing stored: {e}")),
     }
 }
 
@@ -135,6 +175,13 @@ fn serve(config: Config) -> ExitCode {
             config.memory.webhook_window_events,
         )
         .await;
+
+        // Off unless `retention.max_age_days` is set.
+        let sweeper = retention::spawn(
+            store.clone(),
+            writer.writer(),
+            config.retention.max_age_days,
+        );
         let chat = Arc::new(Chat::new(
             store,
             writer.writer(),
@@ -151,6 +198,12 @@ fn serve(config: Config) -> ExitCode {
         println!("listening on http://{addr}");
         server::run(listener, app, shutdown_signal()).await;
         delivery.stop();
+
+        // Stopped before the writer, so that a sweep in progress ends here (its deleted
+        // batches are committed; the next start sweeps the rest) rather than failing.
+        if let Some(sweeping) = sweeper {
+            sweeping.abort();
+        }
         writer.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -40,6 +40,8 @@ const WEBHOOK_DEAD_LETTERED: &str = "chat_webhook_dead_lettered_total";
 const WEBHOOK_DEAD_LETTERS: &str = "chat_webhook_dead_letters";
 const WEBHOOK_DELIVERY: &str = "chat_webhook_delivery_seconds";
 
+const RETENTION_DELETED: &str = "chat_retention_deleted_total";
+
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -170,6 +172,12 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time from a webhook event's commit to its 2xx, retries included."
     );
+
+    describe_counter!(
+        RETENTION_DELETED,
+        "Messages deleted for being older than retention.max_age_days."
+    );
+    counter!(RETENTION_DELETED).absolute(0);
     for dialect in [Dialect::Plain, Dialect::SocketIo] {
         gauge!(CONNECTIONS, "dialect" => dialect.label()).set(0.0);
     }
@@ -291,6 +299,11 @@ pub fn commit_took(elapsed: Duration) {
 /// A send became durable this long after its frame arrived.
 pub fn send_durable(elapsed: Duration) {
     histogram!(SEND_DURABLE).record(elapsed.as_secs_f64());
+}
+
+/// Retention deleted `messages` old messages.
+pub fn retention_deleted(messages: u64) {
+    counter!(RETENTION_DELETED).increment(messages);
 }
 
 /// An error reply with `code` went to a client.

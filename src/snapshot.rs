@@ -182,6 +182,19 @@ impl RecentCache {
         }
     }
 
+    /// Forgets one room, whose messages were deleted: its next snapshot is read from the
+    /// store again.
+    pub fn forget(&mut self, room: &RoomKey) {
+        let Some(at) = self.index.remove(room) else {
+            return;
+        };
+        self.unlink(at);
+        let slot = self.slots[at].take().expect("indexed slots are occupied");
+        self.free.push(at);
+        self.bytes -= slot.bytes;
+        self.publish();
+    }
+
     /// Forgets everything; used when a commit failed, since the cache may then hold
     /// messages that never reached the disk.
     pub fn clear(&mut self) {
@@ -372,6 +385,21 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(ids(&snap), (11..=60).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_forgotten_room_is_read_again() {
+        let (r1, r2) = (RoomKey::new("a", "b"), RoomKey::new("a", "c"));
+        let mut cache = RecentCache::new(1 << 20);
+        cache.snapshot(&r1, || Ok(vec![msg(2), msg(1)])).unwrap();
+        cache.snapshot(&r2, || Ok(vec![msg(1)])).unwrap();
+        cache.forget(&r1);
+        assert_eq!(listed(&cache), std::slice::from_ref(&r2));
+        cache.forget(&RoomKey::new("x", "y"));
+        let snap = cache.snapshot(&r1, || Ok(vec![msg(2)])).unwrap();
+        assert_eq!(ids(&snap), [2]);
+        assert_eq!(listed(&cache), [r1, r2]);
+        assert_eq!(cache.stats().rooms(), 2);
     }
 
     #[test]

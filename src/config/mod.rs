@@ -64,6 +64,20 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Where events are posted (array `[[webhooks]]`, or one hook from `CHAT_WEBHOOK_*`).
     pub webhooks: Vec<WebhookConfig>,
+
+    /// How long messages are kept (section `[retention]`).
+    pub retention: RetentionConfig,
+}
+
+/// The longest retention that can be set: a century, far past any policy, and small
+/// enough that the cutoff in milliseconds cannot overflow.
+pub const MAX_RETENTION_DAYS: u64 = 36_500;
+
+/// How long messages are kept.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionConfig {
+    /// Messages older than this many days are deleted; 0 keeps them forever.
+    pub max_age_days: u64,
 }
 
 /// How log lines are written.
@@ -226,6 +240,8 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             cors: CorsConfig::default(),
             webhooks: Vec::new(),
+
+            retention: RetentionConfig::default(),
         }
     }
 }

@@ -318,7 +318,28 @@ const KEYS: &[Key] = &[
         .memory
         .webhook_window_events),
     key!("cors.allowed_origins", origins, |c| c.cors.allowed_origins),
+    // Retention (issue 14).
+    key!("retention.max_age_days", retention_days, |c| c
+        .retention
+        .max_age_days),
 ];
+
+/// Days of retention: 0 (off) up to [`super::MAX_RETENTION_DAYS`].
+fn retention_days(raw: Raw<'_>) -> Result<u64, String> {
+    let n = match raw {
+        Raw::Text(s) => s.parse::<u64>().ok(),
+        Raw::Toml(Value::Integer(i)) => u64::try_from(*i).ok(),
+        Raw::Toml(_) => None,
+    };
+    match n {
+        Some(n) if n <= super::MAX_RETENTION_DAYS => Ok(n),
+        _ => Err(format!(
+            "expected 0 (keep forever) to {} days, got {}",
+            super::MAX_RETENTION_DAYS,
+            raw.show()
+        )),
+    }
+}
 
 fn non_empty_str(raw: Raw<'_>) -> Result<String, String> {
     match raw.as_str() {
@@ -517,6 +538,24 @@ mod tests {
         assert!(e.contains("limits.request_rate_per_sec"), "{e}");
         let e = error(load(None, &[("CHAT_LOG_FORMAT", "xml")]));
         assert!(e.contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn retention_takes_zero_to_a_century_of_days() {
+        assert_eq!(load(None, &[]).unwrap().retention.max_age_days, 0);
+        let f = file("[retention]\nmax_age_days = 36500\n");
+        assert_eq!(load(Some(&f), &[]).unwrap().retention.max_age_days, 36_500);
+        let c = load(None, &[("CHAT_RETENTION_MAX_AGE_DAYS", "30")]).unwrap();
+        assert_eq!(c.retention.max_age_days, 30);
+        for bad in ["36501", "-1", "30d"] {
+            let e = error(load(None, &[("CHAT_RETENTION_MAX_AGE_DAYS", bad)]));
+            assert!(
+                e.starts_with("config error: retention.max_age_days: "),
+                "{e}"
+            );
+        }
+        let f = file("[retention]\nmax_age_days = \"30\"\n");
+        assert!(error(load(Some(&f), &[])).contains("retention.max_age_days"));
     }
 
     #[test]

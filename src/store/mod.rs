@@ -155,6 +155,34 @@ pub trait ReadStore: Send + Sync {
 
     /// How many events `hook` has waiting in its outbox, and how many dead letters.
     fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts>;
+
+    /// Retention: of up to `limit` rooms after the position `after`, those whose oldest
+    /// message was sent before `cutoff_ms`, and where the next scan starts (`None` once
+    /// every room was looked at).
+    fn rooms_to_expire(
+        &self,
+        cutoff_ms: i64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'_, ExpiryScan>;
+}
+
+/// One step of a retention scan over the rooms.
+#[derive(Debug, Clone, Default)]
+pub struct ExpiryScan {
+    /// Rooms holding messages older than the cutoff.
+    pub rooms: Vec<RoomKey>,
+    /// Where the next step starts; `None` when the scan is complete.
+    pub next: Option<u64>,
+}
+
+/// What deleting a room's oldest messages did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Messages deleted.
+    pub deleted: u64,
+    /// Whether older messages may remain (the call stopped at its limit).
+    pub more: bool,
 }
 
 /// The write side: only the group-commit writer calls it, so there is one write
@@ -229,6 +257,12 @@ pub trait WriteTxn {
         reason: &str,
         now_ms: i64,
     ) -> Result<bool>;
+
+    /// Retention: deletes up to `max` of the room's oldest messages sent before
+    /// `cutoff_ms`, with their `clientMessageId` rows, takes the unseen ones off the unread
+    /// counts, and takes the room out of both inboxes when no message is left. The room
+    /// keeps its last id, so a new message never reuses one.
+    fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired>;
 
     /// Makes everything applied durable; returns only once it is.
     fn commit(self: Box<Self>) -> Result<()>;

@@ -464,6 +464,10 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
+        fn expire(&mut self, _: &RoomKey, _: i64, _: usize) -> store::Result<store::Expired> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
         fn commit(self: Box<Self>) -> store::Result<()> {
             if self.fail {
                 return Err(StoreError::Corrupt("the test fails this commit".into()));

@@ -68,6 +68,21 @@ impl Server {
         }
     }
 
+    /// Starts on a data directory prepared beforehand (an imported store, say).
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr) = spawn(dir.path(), &env);
+        Server {
+            child: Some(child),
+            addr,
+            dir,
+            env,
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -605,6 +620,7 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     (head.to_ascii_lowercase(), body.to_owned())
 }
+pub mod dump;
 pub mod load;
 pub mod metrics;
 

@@ -13,7 +13,7 @@ use super::{
     MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
-use crate::store::{Appended, OutboxEvent, Result, SeenOutcome, StoreError, WriteTxn};
+use crate::store::{Appended, Expired, OutboxEvent, Result, SeenOutcome, StoreError, WriteTxn};
 
 /// One write transaction, committed with fsync.
 pub(super) struct Batch {
@@ -214,6 +214,63 @@ impl WriteTxn for Batch {
         now_ms: i64,
     ) -> Result<bool> {
         outbox::dead_letter(&self.txn, hook, seq, reason, now_ms)
+    }
+
+    fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired> {
+        let num = self
+            .txn
+            .open_table(ROOM_NUMS)?
+            .get((room.low.as_str(), room.high.as_str()))?
+            .map(|g| g.value());
+        let Some(num) = num else {
+            return Ok(Expired {
+                deleted: 0,
+                more: false,
+            });
+        };
+        let mut record = self.room_record(num)?;
+        let mut messages = self.txn.open_table(MESSAGES)?;
+        let mut client_ids = self.txn.open_table(CLIENT_IDS)?;
+        // Ids and `sentAt` rise together in a room, so the old messages are its first ones.
+        let mut old = Vec::new();
+        for row in messages.range((num, 0)..(num, u64::MAX))?.take(max) {
+            let (key, value) = row?;
+            let message = records::decode_message(key.value().1, value.value())?;
+            if message.sent_ms >= cutoff_ms {
+                break;
+            }
+            old.push(message);
+        }
+        for message in &old {
+            messages.remove((num, message.id))?;
+            if let Some(cmid) = &message.client_message_id {
+                client_ids.remove((num, message.user_id.as_str(), cmid.as_str()))?;
+            }
+            if message.seen_ms.is_none() && !room.is_self_room() {
+                let unread = record.unread_mut(room.partner_of(&message.user_id));
+                *unread = unread.saturating_sub(1);
+            }
+        }
+        let deleted = old.len() as u64;
+        let newest_gone = old.last().map_or(0, |m| m.id);
+        drop((messages, client_ids));
+        if deleted > 0 && newest_gone == record.last_id {
+            let room_id = room.id();
+            let mut inbox = self.txn.open_table(INBOX)?;
+            for user in participants(room) {
+                inbox.remove((
+                    user,
+                    newest_first(record.last_sent_ms),
+                    room_id.as_str(),
+                    num,
+                ))?;
+            }
+        }
+        self.put_room(num, &record)?;
+        Ok(Expired {
+            deleted,
+            more: deleted == max as u64,
+        })
     }
 
     fn commit(self: Box<Self>) -> Result<()> {

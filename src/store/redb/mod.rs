@@ -21,23 +21,28 @@
 //! - `blocks`: (blocker, blocked) → since (Unix ms), one row per block, so a user's block
 //!   list is one range scan and "does either block the other" is two point lookups. A new
 //!   table needs no format bump: an older binary never opens it, and `open` creates it.
-
 //! - `webhook_outbox`: (hook URL, seq) → [`outbox::OutboxRecord`], the transactional
 //!   outbox: an event is written in the commit that stores what it describes, and
 //!   removed once delivered. `meta.next_webhook_seq` numbers them in commit order.
 //! - `webhook_dead`: (hook URL, seq) → [`outbox::DeadRecord`], events given up on.
+//!
+//! [`dump`] walks a whole store in one read transaction and loads one into a new file,
+//! for `chat-server export` and `import` (`crate::ops`).
 
 mod batch;
+mod dump;
 mod outbox;
 mod records;
+
+pub use dump::{Item, Loader, OpenError, ReadOnlyStore, RoomState, Walk};
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    DeadLetter, OutboxEvent, Read, ReadStore, Result, StoreError, WebhookCounts, WriteStore,
-    WriteTxn,
+    DeadLetter, ExpiryScan, OutboxEvent, Read, ReadStore, Result, StoreError, WebhookCounts,
+    WriteStore, WriteTxn,
 };
 use crate::model::{
     BlockedUser, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
@@ -276,6 +281,45 @@ impl RedbStore {
         let blocks = txn.open_table(BLOCKS)?;
         Ok(blocks.get((a, b))?.is_some() || blocks.get((b, a))?.is_some())
     }
+
+    /// Of up to `limit` rooms numbered after `after`, those whose first message is older
+    /// than `cutoff_ms`: one key read per room.
+    fn rooms_to_expire_now(
+        &self,
+        cutoff_ms: i64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<ExpiryScan> {
+        let txn = self.db.begin_read()?;
+        let rooms = txn.open_table(ROOMS)?;
+        let messages = txn.open_table(MESSAGES)?;
+        let mut scan = ExpiryScan::default();
+        let start = after.map_or(0, |n| n.saturating_add(1));
+        let mut rows = rooms.range(start..)?;
+        let mut last = None;
+        for row in rows.by_ref().take(limit) {
+            let (num, value) = row?;
+            let num = num.value();
+            last = Some(num);
+            let first = messages.range((num, 0)..(num, u64::MAX))?.next();
+            if let Some(row) = first {
+                let (key, value_bytes) = row?;
+                let oldest = records::decode_message(key.value().1, value_bytes.value())?;
+                if oldest.sent_ms < cutoff_ms {
+                    let record = records::decode_room(value.value())?;
+                    scan.rooms.push(RoomKey {
+                        low: record.low,
+                        high: record.high,
+                    });
+                }
+            }
+        }
+        scan.next = match rows.next() {
+            Some(_) => last,
+            None => None,
+        };
+        Ok(scan)
+    }
 }
 
 // Each read runs at once on the calling task and hands back a ready future: a redb read is
@@ -340,6 +384,15 @@ impl ReadStore for RedbStore {
 
     fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts> {
         ready(outbox::counts(&self.db, hook))
+    }
+
+    fn rooms_to_expire(
+        &self,
+        cutoff_ms: i64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'_, ExpiryScan> {
+        ready(self.rooms_to_expire_now(cutoff_ms, after, limit))
     }
 }
 
