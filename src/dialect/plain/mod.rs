@@ -7,8 +7,12 @@
 //! socket: 1001 on shutdown, 1008 when the client stops reading (its queue overflowed),
 //! 1009 for an oversize message. Splitting them means a client that does not read can
 //! stall only its own send half, never the read half of anyone else.
+//!
+//! Long texts go out as WebSocket fragments gathered into one write ([`wire`]), so that no
+//! connection keeps a write buffer the size of the largest message it ever sent.
 
 pub mod handshake;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +38,9 @@ use crate::chat::{Chat, Reply};
 use crate::fanout::hub::Subscription;
 use crate::model::SessionUser;
 use crate::protocol::ChatError;
+use wire::{fragments, Coalesce, FRAGMENT_BYTES};
 
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<Coalesce<TokioIo<Upgraded>>>;
 
 /// How long a closing client gets to complete the close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -275,7 +280,7 @@ async fn send_half(
             },
         };
         let sent = tokio::select! {
-            sent = sink.send(message) => sent,
+            sent = send(&mut sink, message) => sent,
             _ = shutdown.cancelled() => {
                 return close(&mut sink, CloseCode::Away, "server shutting down").await;
             }
@@ -289,6 +294,19 @@ async fn send_half(
         if sent.is_err() {
             return;
         }
+    }
+}
+
+/// Sends one message, a long text as fragments that [`Coalesce`] writes out together.
+async fn send(sink: &mut SplitSink<Socket, Message>, message: Message) -> Result<(), WsError> {
+    match message {
+        Message::Text(text) if text.len() > FRAGMENT_BYTES => {
+            for frame in fragments(text) {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        }
+        message => sink.send(message).await,
     }
 }
 
