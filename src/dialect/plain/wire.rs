@@ -6,12 +6,16 @@
 //! closes, some 55 MB over 10,000 busy connections. So a long text goes out as fragments
 //! of at most [`FRAGMENT_BYTES`] (RFC 6455 §5.4: a text frame and continuation frames,
 //! which every WebSocket client reassembles into one message), and the socket is wrapped
-//! in [`Coalesce`], which gathers the fragments of one message in a buffer of its own,
-//! hands them to the kernel in one write when the message is flushed, and then frees
-//! that buffer. One write per message as before, and a few hundred bytes held once the
-//! message is out instead of the largest message ever sent.
+//! in [`Coalesce`], which keeps a message's non-final fragments in a buffer of its own
+//! and writes them out together with the final one, then frees that buffer. One write
+//! per message as before, and nothing held once the message is out.
+//!
+//! Every other frame (the final fragment, whole texts, pings, tungstenite's own pong and
+//! close replies) is written through at once: tungstenite does not always flush after a
+//! write (its answer to a client's close is written just before it ends the connection),
+//! so nothing but a fragment that more must follow may wait in [`Coalesce`].
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -25,8 +29,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// tungstenite's write buffer never grows past 1 KiB.
 pub const FRAGMENT_BYTES: usize = 1020;
 
-/// What [`Coalesce`] gathers before it writes through, so one message of up to this size
-/// costs one write. Larger messages go out in writes of about this size.
+/// Most non-final fragments [`Coalesce`] keeps, so one message of up to this size costs
+/// one write; past it, fragments are written through one by one.
 const COALESCE_BYTES: usize = 64 * 1024;
 
 /// `text` as the frames that carry it: one text frame when it fits in
@@ -74,13 +78,16 @@ impl Iterator for Fragments {
     }
 }
 
-/// A socket whose writes are gathered until flushed and written in one go; see the
-/// module docs. Reads pass straight through.
+/// A socket that keeps the non-final fragments of a message and writes them out with
+/// its final frame; see the module docs. Reads pass straight through.
 pub struct Coalesce<S> {
     inner: S,
     pending: Vec<u8>,
     /// How much of `pending` the kernel already took.
     written: usize,
+    /// Whether the next write starts a frame: true unless the last write went through
+    /// only in part (tungstenite then writes the rest of that frame next).
+    at_frame_start: bool,
 }
 
 impl<S> Coalesce<S> {
@@ -89,25 +96,43 @@ impl<S> Coalesce<S> {
             inner,
             pending: Vec::new(),
             written: 0,
+            at_frame_start: true,
         }
     }
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {
-    /// Writes out everything gathered, then frees the buffer.
-    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Writes out the kept fragments, with `buf` in the same write when the socket takes
+    /// both, then as much of `buf` as the socket takes; the count is `buf`'s part.
+    fn poll_write_through(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         while self.written < self.pending.len() {
-            let n =
-                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
+            let left = self.pending.len() - self.written;
+            let both = [
+                IoSlice::new(&self.pending[self.written..]),
+                IoSlice::new(buf),
+            ];
+            let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &both))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.written += n;
+            if n < left {
+                self.written += n;
+                continue;
+            }
+            // Freed, not cleared: a buffer kept at its largest size is what this type avoids.
+            self.pending = Vec::new();
+            self.written = 0;
+            if n > left {
+                self.at_frame_start = n - left == buf.len();
+                return Poll::Ready(Ok(n - left));
+            }
         }
-        // Freed, not cleared: a buffer kept at its largest size is what this type avoids.
-        self.pending = Vec::new();
-        self.written = 0;
-        Poll::Ready(Ok(()))
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.at_frame_start = n == buf.len();
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -128,24 +153,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.pending.len() + buf.len() > COALESCE_BYTES {
-            // Pending while the peer does not read: that is the backpressure.
-            ready!(this.poll_write_pending(cx))?;
-            if buf.len() >= COALESCE_BYTES {
-                return Pin::new(&mut this.inner).poll_write(cx, buf);
-            }
+        // A frame header's first bit is FIN; only a data frame may lack it.
+        let more_follows = this.at_frame_start && buf.first().is_some_and(|b| b & 0x80 == 0);
+        if more_follows && this.pending.len() + buf.len() <= COALESCE_BYTES {
+            this.pending.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
         }
-        this.pending.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        this.poll_write_through(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_pending(cx))?;
+        ready!(self.poll_write_through(cx, &[]))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_pending(cx))?;
+        ready!(self.poll_write_through(cx, &[]))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -205,47 +228,75 @@ mod tests {
         assert_eq!(joined, text);
     }
 
+    /// One unmasked frame as tungstenite formats it (payloads under 126 bytes).
+    fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![first_byte, payload.len() as u8];
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
     #[tokio::test]
-    async fn writes_are_gathered_until_flush_and_the_buffer_is_freed() {
+    async fn fragments_wait_for_the_final_frame_and_the_buffer_is_freed() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut socket = Coalesce::new(near);
-        socket.write_all(b"hello, ").await.unwrap();
-        socket.write_all(b"world").await.unwrap();
-        assert_eq!(socket.pending.len(), 12);
-        // Nothing reached the peer before the flush.
+        let (first, middle, last) = (
+            frame(0x01, b"hello"),
+            frame(0x00, b", "),
+            frame(0x80, b"world"),
+        );
+        socket.write_all(&first).await.unwrap();
+        socket.write_all(&middle).await.unwrap();
         let mut byte = [0u8; 1];
         assert!(
             far.read(&mut byte).now_or_never().is_none(),
-            "data arrived before the flush"
+            "a fragment went out before the final frame"
         );
-        socket.flush().await.unwrap();
+        socket.write_all(&last).await.unwrap();
         assert_eq!(socket.pending.capacity(), 0);
-        let mut got = [0u8; 12];
+        let mut got = vec![0u8; first.len() + middle.len() + last.len()];
         far.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello, world");
+        assert_eq!(got, [first, middle, last].concat());
+    }
+
+    #[tokio::test]
+    async fn whole_frames_go_out_without_a_flush() {
+        // tungstenite writes its reply to a client's close and ends without flushing.
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut socket = Coalesce::new(near);
+        let close = frame(0x88, &1000u16.to_be_bytes());
+        socket.write_all(&close).await.unwrap();
+        let text = frame(0x81, b"{}");
+        socket.write_all(&text).await.unwrap();
+        drop(socket);
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [close, text].concat());
     }
 
     #[tokio::test]
     async fn a_peer_that_does_not_read_holds_back_the_writer() {
-        // The pipe takes 1 KiB; the rest must wait in `Coalesce` up to its bound.
+        // The pipe takes 1 KiB; kept fragments stop at the bound and then go out.
         let (near, mut far) = tokio::io::duplex(1024);
         let mut socket = Coalesce::new(near);
-        let big = vec![7u8; COALESCE_BYTES];
-        socket.write_all(&big[..COALESCE_BYTES / 2]).await.unwrap();
+        let fragment = frame(0x00, &[7u8; 100]);
+        let mut accepted = 0;
+        while socket.pending.len() + fragment.len() <= COALESCE_BYTES {
+            socket.write_all(&fragment).await.unwrap();
+            accepted += fragment.len();
+        }
         assert!(
-            socket.write_all(&big).now_or_never().is_none(),
-            "a write past the bound did not wait"
+            socket.write_all(&fragment).now_or_never().is_none(),
+            "a write past the bound did not wait for the peer"
         );
-        assert!(socket.pending.len() <= COALESCE_BYTES);
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             far.read_to_end(&mut all).await.unwrap();
             all.len()
         });
-        socket.write_all(&big).await.unwrap();
+        socket.write_all(&frame(0x80, b"end")).await.unwrap();
         socket.shutdown().await.unwrap();
         drop(socket);
-        // The write that had to wait took nothing: exactly the two complete writes arrived.
-        assert_eq!(reader.await.unwrap(), COALESCE_BYTES / 2 + COALESCE_BYTES);
+        // Everything kept and the end; the write that had to wait took nothing.
+        assert_eq!(reader.await.unwrap(), accepted + 5);
     }
 }
