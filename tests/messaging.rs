@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ids, Server};
+use common::{ids, RawFrame, Server};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -513,4 +513,34 @@ async fn names_from_tokens_travel_with_messages() {
         room["user"],
         json!({"id": "alice", "name": "Alice Liddell"})
     );
+}
+
+#[tokio::test]
+async fn long_messages_arrive_intact_as_fragments_of_at_most_1_kib() {
+    let server = Server::start();
+    let mut alice = server.raw_ws("alice", None).await;
+    let mut bob = server.connect("bob").await;
+    // Characters of 1 to 4 bytes, so the cuts meet every kind of character boundary.
+    let text = "é€😀a".repeat(300);
+    let ack = bob.send_message("alice-bob", &text).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    // tokio-tungstenite reassembles the fragments into one message.
+    let room = bob.recv_event("message:sent").await;
+    assert_eq!(room["messages"][0]["message"], text);
+
+    // On the wire: a text frame and continuations, none over 1020 bytes of payload.
+    let frame = loop {
+        match alice.next_frame().await.expect("connection open") {
+            RawFrame::Text(frame) => break frame,
+            RawFrame::Ping => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    let frame: Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(frame["event"], "message:sent");
+    assert_eq!(frame["data"]["messages"][0]["message"], text);
+    let sizes = &alice.last_fragments;
+    assert!(sizes.len() >= 3, "not fragmented: {sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 1020), "{sizes:?}");
 }

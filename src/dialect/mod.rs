@@ -43,7 +43,9 @@ pub async fn dispatch<A: Send + 'static>(
     match decoded {
         Err((event, error)) => Box::pin(async move { (event, ack, Err(error)) }),
         Ok((event, data)) => {
-            let handled = chat.dispatch(user, &event, data).await;
+            // Boxed: inline, the largest handler's state would be part of every
+            // session's future for the connection's whole life.
+            let handled = Box::pin(chat.dispatch(user, &event, data)).await;
             Box::pin(async move { (Some(event), ack, handled.into_reply().await) })
         }
     }

@@ -507,6 +507,8 @@ impl Server {
         RawWs {
             stream,
             buffer: Vec::new(),
+            last_fragments: Vec::new(),
+            partial: None,
         }
     }
 }
@@ -525,16 +527,52 @@ pub enum RawFrame {
 pub struct RawWs {
     pub stream: TcpStream,
     buffer: Vec<u8>,
+    /// The payload sizes of the frames that carried the last text message, in order
+    /// (one entry when it was not fragmented).
+    pub last_fragments: Vec<usize>,
+    /// A fragmented text message still arriving, and its fragments' sizes.
+    partial: Option<(Vec<u8>, Vec<usize>)>,
 }
 
 impl RawWs {
-    /// The next frame, or `None` once the server closed the TCP connection.
+    /// The next message, fragments reassembled (control frames between them come first),
+    /// or `None` once the server closed the TCP connection.
     pub async fn next_frame(&mut self) -> Option<RawFrame> {
         use tokio::io::AsyncReadExt;
         loop {
-            if let Some((frame, used)) = parse_server_frame(&self.buffer) {
+            let frame = parse_server_frame(&self.buffer).map(|(f, o, p, u)| (f, o, p.to_vec(), u));
+            if let Some((fin, opcode, payload, used)) = frame {
                 self.buffer.drain(..used);
-                return Some(frame);
+                let text = match (opcode, self.partial.take()) {
+                    (0x1, None) => (payload.to_vec(), vec![payload.len()]),
+                    (0x0, Some((mut text, mut sizes))) => {
+                        text.extend_from_slice(&payload);
+                        sizes.push(payload.len());
+                        (text, sizes)
+                    }
+                    (0x1 | 0x0, partial) => panic!("continuation out of place: {partial:?}"),
+                    (0x8, partial) => {
+                        self.partial = partial;
+                        let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                        return Some(RawFrame::Close(code));
+                    }
+                    (0x9, partial) => {
+                        self.partial = partial;
+                        return Some(RawFrame::Ping);
+                    }
+                    (other, partial) => {
+                        self.partial = partial;
+                        return Some(RawFrame::Other(other));
+                    }
+                };
+                if !fin {
+                    self.partial = Some(text);
+                    continue;
+                }
+                self.last_fragments = text.1;
+                return Some(RawFrame::Text(
+                    String::from_utf8(text.0).expect("UTF-8 text"),
+                ));
             }
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk).await {
@@ -545,10 +583,10 @@ impl RawWs {
     }
 }
 
-/// One unmasked, unfragmented frame from the start of `bytes`, and its length.
-fn parse_server_frame(bytes: &[u8]) -> Option<(RawFrame, usize)> {
+/// One unmasked frame from the start of `bytes`: its FIN bit, opcode, payload, and length.
+fn parse_server_frame(bytes: &[u8]) -> Option<(bool, u8, &[u8], usize)> {
     let (&b0, &b1) = (bytes.first()?, bytes.get(1)?);
-    let (len, mut at) = match b1 & 0x7f {
+    let (len, at) = match b1 & 0x7f {
         126 => (
             u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
             4,
@@ -560,18 +598,7 @@ fn parse_server_frame(bytes: &[u8]) -> Option<(RawFrame, usize)> {
         n => (n as usize, 2),
     };
     let payload = bytes.get(at..at + len)?;
-    at += len;
-    let frame = match b0 & 0x0f {
-        0x1 => RawFrame::Text(String::from_utf8(payload.to_vec()).expect("UTF-8 text")),
-        0x8 => RawFrame::Close(
-            payload
-                .get(..2)
-                .map(|code| u16::from_be_bytes([code[0], code[1]])),
-        ),
-        0x9 => RawFrame::Ping,
-        other => RawFrame::Other(other),
-    };
-    Some((frame, at))
+    Some((b0 & 0x80 != 0, b0 & 0x0f, payload, at + len))
 }
 
 /// A GET over a raw socket that also sends `body`, declaring its length; returns the

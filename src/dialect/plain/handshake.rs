@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use warp::reply::Response;
 
+use super::wire::Coalesce;
 use super::{serve, Liveness};
 use crate::app::App;
 use crate::http::query::{query_pairs, query_value};
@@ -65,7 +66,8 @@ pub async fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Client frames are small; tungstenite allocates the read buffer up front for every
     // connection, so 1 KiB instead of 4 KiB is 3 KiB less per idle connection. Larger
-    // frames still arrive, in more reads.
+    // frames still arrive, in more reads. No write buffering here: each frame goes
+    // straight to `Coalesce`, which gathers a message's fragments into one write.
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0)
@@ -85,9 +87,12 @@ pub async fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
             }
         };
         let _counted = metrics::connection_opened(Dialect::Plain);
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let socket = WebSocketStream::from_raw_socket(
+            Coalesce::new(TokioIo::new(upgraded)),
+            Role::Server,
+            Some(ws_config),
+        )
+        .await;
         serve(
             socket,
             user,

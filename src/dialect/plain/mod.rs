@@ -7,12 +7,18 @@
 //! socket: 1001 on shutdown, 1008 when the client stops reading (its queue overflowed),
 //! 1009 for an oversize message. Splitting them means a client that does not read can
 //! stall only its own send half, never the read half of anyone else.
+//!
+//! Long texts go out as WebSocket fragments gathered into one write ([`wire`]), so that no
+//! connection keeps a write buffer the size of the largest message it ever sent.
 
 pub mod handshake;
+pub mod wire;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_channel::mpsc;
 use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -20,7 +26,6 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -34,8 +39,9 @@ use crate::chat::{Chat, Reply};
 use crate::fanout::hub::Subscription;
 use crate::model::SessionUser;
 use crate::protocol::ChatError;
+use wire::{fragments, Coalesce, FRAGMENT_BYTES};
 
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<Coalesce<TokioIo<Upgraded>>>;
 
 /// How long a closing client gets to complete the close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -128,33 +134,41 @@ enum Outgoing {
 }
 
 /// Runs one plain-dialect connection until either side ends it.
-pub async fn serve(
+///
+/// Not an `async fn`: its arguments would stay in the future for the connection's life
+/// (the socket alone is a few hundred bytes, moved into the split halves at once).
+pub fn serve(
     socket: Socket,
     user: SessionUser,
     subscription: Subscription,
     chat: Arc<Chat>,
     liveness: Liveness,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> {
     let (sink, stream) = socket.split();
+    // futures' channel rather than tokio's: tokio's allocates a block of 32 slots and a
+    // cache-padded state up front (about 1.5 KiB per connection); this one allocates a
+    // node per queued item, and one or two are queued at a time.
     let (out_tx, out_rx) = mpsc::channel(64);
-    let receiving = read_half(stream, &user, &chat, out_tx, liveness);
-    let sending = send_half(sink, subscription, out_rx, shutdown);
-    tokio::pin!(receiving, sending);
-    // Whichever half ends first ends the connection: the send half after closing, the
-    // read half when the client closed or vanished.
-    tokio::select! {
-        _ = &mut receiving => {}
-        _ = &mut sending => {}
+    async move {
+        let receiving = read_half(stream, &user, &chat, out_tx, liveness);
+        let sending = send_half(sink, subscription, out_rx, shutdown);
+        tokio::pin!(receiving, sending);
+        // Whichever half ends first ends the connection: the send half after closing,
+        // the read half when the client closed or vanished.
+        tokio::select! {
+            _ = &mut receiving => {}
+            _ = &mut sending => {}
+        }
+        tracing::debug!(user = %user.id, "plain connection closed");
     }
-    tracing::debug!(user = %user.id, "plain connection closed");
 }
 
 async fn read_half(
     mut stream: futures_util::stream::SplitStream<Socket>,
     user: &SessionUser,
     chat: &Chat,
-    out: mpsc::Sender<Outgoing>,
+    mut out: mpsc::Sender<Outgoing>,
     liveness: Liveness,
 ) {
     let mut pending: FuturesOrdered<PendingReply<Value>> = FuturesOrdered::new();
@@ -168,7 +182,7 @@ async fn read_half(
         };
         tokio::select! {
             Some((event, ack, reply)) = pending.next(), if !pending.is_empty() => {
-                if !send_reply(&out, event.as_deref(), ack, reply).await {
+                if !send_reply(&mut out, event.as_deref(), ack, reply).await {
                     return;
                 }
             }
@@ -187,7 +201,7 @@ async fn read_half(
                     Some(Ok(_)) => continue,
                     None => return,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        return close_via_send_half(&out, CloseCode::Size, "message too large").await;
+                        return close_via_send_half(&mut out, CloseCode::Size, "message too large").await;
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "plain connection read failed");
@@ -200,7 +214,7 @@ async fn read_half(
                 };
                 if waits_for_earlier(&decoded) {
                     while let Some((event, ack, reply)) = pending.next().await {
-                        if !send_reply(&out, event.as_deref(), ack, reply).await {
+                        if !send_reply(&mut out, event.as_deref(), ack, reply).await {
                             return;
                         }
                     }
@@ -210,7 +224,7 @@ async fn read_half(
             _ = sleep_until(deadline) => {
                 if pinged {
                     tracing::debug!(user = %user.id, "dropping a silent connection");
-                    return close_via_send_half(&out, CloseCode::Away, "idle timeout").await;
+                    return close_via_send_half(&mut out, CloseCode::Away, "idle timeout").await;
                 }
                 pinged = true;
                 if out.send(Outgoing::Ping).await.is_err() {
@@ -223,7 +237,11 @@ async fn read_half(
 
 /// Asks the send half to close the socket, then waits for it to do so: returning
 /// would end the connection before the close frame is out.
-async fn close_via_send_half(out: &mpsc::Sender<Outgoing>, code: CloseCode, reason: &'static str) {
+async fn close_via_send_half(
+    out: &mut mpsc::Sender<Outgoing>,
+    code: CloseCode,
+    reason: &'static str,
+) {
     if out.send(Outgoing::Close(code, reason)).await.is_ok() {
         std::future::pending::<()>().await;
     }
@@ -231,7 +249,7 @@ async fn close_via_send_half(out: &mpsc::Sender<Outgoing>, code: CloseCode, reas
 
 /// Hands one request's answer to the send half; false once the connection is gone.
 async fn send_reply(
-    out: &mpsc::Sender<Outgoing>,
+    out: &mut mpsc::Sender<Outgoing>,
     event: Option<&str>,
     ack: Option<Value>,
     reply: Reply,
@@ -263,7 +281,7 @@ async fn send_half(
             _ = overflow.overflowed() => {
                 return close(&mut sink, CloseCode::Policy, "too slow: outbound queue full").await;
             }
-            outgoing = out.recv() => match outgoing {
+            outgoing = out.next() => match outgoing {
                 Some(Outgoing::Text(text)) => Message::text(text),
                 Some(Outgoing::Ping) => Message::Ping(Default::default()),
                 Some(Outgoing::Close(code, reason)) => return close(&mut sink, code, reason).await,
@@ -275,7 +293,7 @@ async fn send_half(
             },
         };
         let sent = tokio::select! {
-            sent = sink.send(message) => sent,
+            sent = send(&mut sink, message) => sent,
             _ = shutdown.cancelled() => {
                 return close(&mut sink, CloseCode::Away, "server shutting down").await;
             }
@@ -289,6 +307,19 @@ async fn send_half(
         if sent.is_err() {
             return;
         }
+    }
+}
+
+/// Sends one message, a long text as fragments that [`Coalesce`] writes out together.
+async fn send(sink: &mut SplitSink<Socket, Message>, message: Message) -> Result<(), WsError> {
+    match message {
+        Message::Text(text) if text.len() > FRAGMENT_BYTES => {
+            for frame in fragments(text) {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        }
+        message => sink.send(message).await,
     }
 }
 
