@@ -73,6 +73,12 @@ fn socketio_client_speaks_the_protocol() {
     finish_node(node, |_| {});
 }
 
+#[test]
+fn socketio_client_speaks_the_message_lifecycle() {
+    let server = Server::start_with(&[("CHAT_LIMITS_EDIT_WINDOW_SECS", "1")]);
+    finish_node(start_node(&server, "lifecycle", &["gina", "hank"]), |_| {});
+}
+
 #[tokio::test]
 async fn a_socketio_tab_and_a_plain_tab_of_one_user_share_every_event() {
     let server = Server::start();
