@@ -125,8 +125,10 @@ impl RoomKey {
 pub struct HistoryPage {
     /// The other participant, with their remembered name.
     pub partner: SessionUser,
-    /// Newest first.
+    /// Newest first (oldest first for a catch-up page).
     pub messages: Vec<ChatMessage>,
+    /// The room's change counter as of this page, for a later `changes` to start from.
+    pub position: u64,
 }
 
 /// What changed in a room since a position of its change counter, as `viewer` sees it.

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{internal, room_for, Chat, Reply, Success};
 use crate::model::SessionUser;
-use crate::protocol::event::{self, ClientEvent, MessagesRequest};
+use crate::protocol::event::{self, format_position, ClientEvent, MessagesRequest};
 use crate::ratelimit::Bucket;
 
 impl Chat {
@@ -40,6 +40,7 @@ impl Chat {
             json!({
                 "ok": true,
                 "room": { "roomId": req.room_id, "user": page.partner, "messages": page.messages },
+                "position": format_position(page.position),
             }),
         ))
     }

@@ -178,11 +178,18 @@ impl RedbStore {
     ) -> Result<HistoryPage> {
         let txn = self.db.begin_read()?;
         let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
-        let messages = match room_num(&txn.open_table(ROOM_NUMS)?, room)? {
-            Some(num) => latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)?,
-            None => Vec::new(),
+        let (messages, position) = match room_num(&txn.open_table(ROOM_NUMS)?, room)? {
+            Some(num) => (
+                latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)?,
+                change_counter(&txn, num)?,
+            ),
+            None => (Vec::new(), 0),
         };
-        Ok(HistoryPage { partner, messages })
+        Ok(HistoryPage {
+            partner,
+            messages,
+            position,
+        })
     }
 
     /// Up to `limit` messages with ids above `after`, oldest first.
@@ -196,6 +203,7 @@ impl RedbStore {
         let txn = self.db.begin_read()?;
         let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
         let mut messages = Vec::new();
+        let mut position = 0;
         if let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? {
             let table = txn.open_table(MESSAGES)?;
             for row in table
@@ -205,8 +213,13 @@ impl RedbStore {
                 let (key, value) = row?;
                 messages.push(records::decode_message(key.value().1, value.value())?);
             }
+            position = change_counter(&txn, num)?;
         }
-        Ok(HistoryPage { partner, messages })
+        Ok(HistoryPage {
+            partner,
+            messages,
+            position,
+        })
     }
 
     /// Up to `limit` messages changed after change `since`, in change order.
@@ -248,13 +261,7 @@ impl RedbStore {
         if !more {
             // Nothing is left: the room's counter is the position, so that a caller that
             // asked from beyond it (a position from another room) starts over cleanly.
-            let record = records::decode_room(
-                txn.open_table(ROOMS)?
-                    .get(num)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("room {num} has no record")))?
-                    .value(),
-            )?;
-            position = record.lifecycle.change;
+            position = change_counter(&txn, num)?;
         }
         Ok(ChangesPage {
             partner,
@@ -409,6 +416,15 @@ fn profile_in(
         id: user.to_owned(),
         name: name.unwrap_or_else(|| user.to_owned()),
     })
+}
+
+/// A room's change counter, as a read transaction sees it.
+fn change_counter(txn: &redb::ReadTransaction, num: u64) -> Result<u64> {
+    let rooms = txn.open_table(ROOMS)?;
+    let value = rooms
+        .get(num)?
+        .ok_or_else(|| StoreError::Corrupt(format!("room {num} has no record")))?;
+    Ok(records::decode_room(value.value())?.lifecycle.change)
 }
 
 fn read_message(
