@@ -92,10 +92,10 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
             writeln!(stdin, "{command}: done").expect("answer node");
         }
     });
-    // Both scenarios of the script ran and passed (its early exit cuts node:test's
+    // Every scenario of the script ran and passed (its early exit cuts node:test's
     // summary, so count the TAP result lines).
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 2, "{stdout}");
+    assert_eq!(passed, 3, "{stdout}");
     for shot in [
         "desktop-conversation.png",
         "desktop-outage.png",
@@ -103,6 +103,8 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
         "phone-inbox.png",
         "phone-conversation.png",
         "phone-history.png",
+        "desktop-lifecycle.png",
+        "desktop-caught-up.png",
     ] {
         assert!(shots.join(shot).is_file(), "missing screenshot {shot}");
     }
