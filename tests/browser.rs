@@ -104,6 +104,8 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
         "phone-inbox.png",
         "phone-conversation.png",
         "phone-history.png",
+        "desktop-lifecycle.png",
+        "desktop-caught-up.png",
     ] {
         assert!(shots.join(shot).is_file(), "missing screenshot {shot}");
     }

@@ -4,6 +4,9 @@
 //! room, no `clientMessageId` is stored twice, the store opens and `/healthz` answers; then
 //! resending every unacknowledged message (same `clientMessageId`) stores each exactly once.
 //!
+//! A second test does the same to the message lifecycle: pipelined edits and delivered
+//! marks, killed at a random moment; every acknowledged one must be stored.
+//!
 //! `CRASH_TRIALS` sets the number of trials (default 3, a few seconds); the data dir is
 //! kept across trials, so later trials reopen a store that has been crashed many times.
 //! `CRASH_SEED` replays a run's kill moments. The long run:
@@ -122,4 +125,106 @@ async fn acknowledged_messages_survive_kill_9_at_random_moments() {
         median.as_millis(),
         restart_times.last().unwrap().as_millis()
     );
+}
+
+/// The lifecycle under a crash: pipelined edits of many messages and delivered marks,
+/// `kill -9` at a random moment. Every acknowledged edit is stored (or a later edit of the
+/// same message, which may have committed without its ack getting out), and every
+/// acknowledged delivered mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_edits_and_marks_survive_kill_9_at_random_moments() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const MESSAGES: u64 = 40;
+    const ROUNDS: u64 = 50;
+    let trials = env_number("CRASH_TRIALS", 3);
+    let seed = env_number(
+        "CRASH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    println!("lifecycle crash trials: {trials} trials, CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut server = Server::start_with(UNTHROTTLED);
+    for trial in 0..trials {
+        let room = format!("alice-bob{trial}");
+        let partner = format!("bob{trial}");
+        let mut alice = server.connect("alice").await;
+        let mut bob = server.connect(&partner).await;
+        for i in 1..=MESSAGES {
+            alice.send_message(&room, &format!("m{i}")).await;
+        }
+        // Bob's marks (ack id) walk the room, pipelined ahead of the edits; edit k of
+        // message id (ack k * 1000 + id) sets the text "v{k}".
+        for id in 1..=MESSAGES {
+            let data = json!([{ "roomId": room, "messageId": id }]);
+            let frame = json!({ "event": "message:received", "data": data, "ack": id });
+            bob.ws.feed(Message::text(frame.to_string())).await.unwrap();
+        }
+        bob.ws.flush().await.unwrap();
+        for k in 1..=ROUNDS {
+            for id in 1..=MESSAGES {
+                let data = json!({ "roomId": room, "messageId": id, "message": format!("v{k}") });
+                let frame = json!({ "event": "message:edit", "data": data, "ack": k * 1000 + id });
+                alice
+                    .ws
+                    .feed(Message::text(frame.to_string()))
+                    .await
+                    .unwrap();
+            }
+        }
+        alice.ws.flush().await.unwrap();
+        let kill_after = Duration::from_millis(rng.random_range(5..400));
+        let acks = |mut client: common::Client| async move {
+            let mut acked = Vec::new();
+            while let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout(Duration::from_secs(5), client.ws.next()).await
+            {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["event"] == "ack" {
+                    assert_eq!(frame["data"]["ok"], true, "{frame}");
+                    acked.push(frame["ack"].as_u64().unwrap());
+                }
+            }
+            acked
+        };
+        let alice_acks = tokio::spawn(acks(alice));
+        let bob_acks = tokio::spawn(acks(bob));
+        tokio::time::sleep(kill_after).await;
+        server.kill9();
+        let (edits, marks) = (alice_acks.await.unwrap(), bob_acks.await.unwrap());
+        server.restart();
+
+        let mut alice = server.connect("alice").await;
+        let stored = load::history(&mut alice, &room).await;
+        let version = |m: &Value| {
+            let text = m["message"].as_str().unwrap();
+            text.strip_prefix('v')
+                .map_or(0, |k| k.parse::<u64>().unwrap())
+        };
+        for ack in &edits {
+            let (k, id) = (ack / 1000, ack % 1000);
+            let m = &stored[(MESSAGES - id) as usize];
+            assert!(
+                version(m) >= k,
+                "trial {trial} (CRASH_SEED={seed}): edit v{k} of {id} was acked, stored {m}"
+            );
+        }
+        let highest_mark = marks.iter().max().copied().unwrap_or(0);
+        for m in &stored {
+            if m["id"].as_u64().unwrap() <= highest_mark {
+                assert!(m["deliveredAt"].is_string(), "trial {trial}: {m}");
+            }
+        }
+        println!(
+            "lifecycle trial {trial}: killed after {} ms, {} edits and {} marks acked",
+            kill_after.as_millis(),
+            edits.len(),
+            marks.len()
+        );
+    }
 }

@@ -191,3 +191,81 @@ async fn sigterm_under_concurrent_load_loses_nothing_and_the_next_start_serves_a
         "each sent message stored once"
     );
 }
+
+#[tokio::test]
+async fn acknowledged_edits_deletes_and_marks_survive_kill_9() {
+    let mut server = Server::start();
+    let before_kill = {
+        let mut alice = server.connect("alice").await;
+        let mut bob = server.connect("bob").await;
+        for i in 1..=10 {
+            alice.send_message("alice-bob", &format!("m{i}")).await;
+        }
+        let marks = bob
+            .request(
+                "message:received",
+                json!([{ "roomId": "alice-bob", "messageId": 10 }]),
+            )
+            .await;
+        assert_eq!(marks["rejected"], json!([]));
+        let read = bob
+            .request(
+                "message:read",
+                json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 4,
+                         "seenDate": "2000-01-01T00:00:00Z" }]),
+            )
+            .await;
+        assert_eq!(read["rejected"], json!([]));
+        for id in 1..=5 {
+            let reply = alice
+                .request(
+                    "message:edit",
+                    json!({ "roomId": "alice-bob", "messageId": id, "message": format!("edited {id}") }),
+                )
+                .await;
+            assert_eq!(reply["ok"], true, "{reply}");
+        }
+        for id in [6, 7] {
+            let reply = alice
+                .request(
+                    "message:delete",
+                    json!({ "roomId": "alice-bob", "messageId": id }),
+                )
+                .await;
+            assert_eq!(reply["ok"], true, "{reply}");
+        }
+        history(&mut alice, "alice-bob").await
+    };
+    server.kill9();
+    server.restart();
+
+    let mut alice = server.connect("alice").await;
+    let after = history(&mut alice, "alice-bob").await;
+    assert_eq!(after, before_kill);
+    let by_id = |id: u64| &after[10 - id as usize];
+    assert_eq!(by_id(3)["message"], "edited 3");
+    assert!(by_id(3)["editedAt"].is_string());
+    assert_eq!(by_id(6)["deleted"], true);
+    assert!(by_id(4)["seenAt"].is_string());
+    assert!(after.iter().all(|m| m["deliveredAt"].is_string()));
+    // The change log came back too: everything is listed once since the start.
+    let changes = alice
+        .request("changes", json!({ "roomId": "alice-bob" }))
+        .await;
+    assert_eq!(changes["room"]["messages"].as_array().unwrap().len(), 10);
+    // New changes continue the counter rather than reuse a position.
+    let position = changes["position"].clone();
+    alice
+        .request(
+            "message:delete",
+            json!({ "roomId": "alice-bob", "messageId": 1 }),
+        )
+        .await;
+    let next = alice
+        .request(
+            "changes",
+            json!({ "roomId": "alice-bob", "since": position }),
+        )
+        .await;
+    assert_eq!(ids(&next["room"]["messages"]), [1]);
+}

@@ -79,6 +79,12 @@ fn socketio_client_blocks_and_unblocks() {
     finish_node(start_node(&server, "blocking", &["alice", "bob"]), |_| {});
 }
 
+#[test]
+fn socketio_client_speaks_the_message_lifecycle() {
+    let server = Server::start_with(&[("CHAT_LIMITS_EDIT_WINDOW_SECS", "1")]);
+    finish_node(start_node(&server, "lifecycle", &["gina", "hank"]), |_| {});
+}
+
 #[tokio::test]
 async fn a_socketio_tab_and_a_plain_tab_of_one_user_share_every_event() {
     let server = Server::start();
@@ -114,6 +120,7 @@ async fn a_socketio_tab_and_a_plain_tab_of_one_user_share_every_event() {
         )
         .await;
     assert_eq!(read["seen"].as_array().unwrap().len(), 1, "{read}");
+    alice_plain.recv_event("message:delivered").await;
     let seen = alice_plain.recv_event("message:seen").await;
     assert_eq!(seen[0]["messageId"], id);
 

@@ -92,6 +92,7 @@ class Session {
     this.typingTimer = null;
     this.lastTypingSentAt = 0;
     this.loadingOlder = false;
+    this.editing = null; // { roomId, messageId } while the composer edits a sent message
     this.everConnected = false;
     this.listeners = new AbortController();
     this.observer = new IntersectionObserver((entries) => this.onVisibility(entries), {
@@ -154,6 +155,11 @@ class Session {
       this.sendTyped();
     });
     on($('composer-input'), 'keydown', (e) => {
+      if (e.key === 'Escape' && this.editing) {
+        e.preventDefault();
+        this.stopEditing();
+        return;
+      }
       if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
         e.preventDefault();
         this.sendTyped();
@@ -169,6 +175,10 @@ class Session {
         this.state.discardPending(discard.dataset.discard);
         this.renderConversation();
       }
+      const edit = e.target.closest('[data-edit]');
+      if (edit) this.startEditing(Number(edit.dataset.edit));
+      const remove = e.target.closest('[data-delete]');
+      if (remove) this.deleteMessage(remove);
     });
     on(document, 'visibilitychange', () => this.scheduleReads());
   }
@@ -191,7 +201,36 @@ class Session {
     if (session !== this || !this.socket.isOpen) return; // the next onOpen reloads
     this.loadInbox(null);
     this.loadBlocks();
-    if (this.openRoomId) this.loadLatest(this.openRoomId);
+    if (this.openRoomId) this.catchUp(this.openRoomId);
+  }
+
+  // Brings the open room up to date after a reconnect: every change since the position
+  // of what we hold (new messages, edits, deletes, marks), page by page, so the window
+  // never has a gap. Without a position (never loaded), or if the server refuses it, the
+  // latest page is loaded instead.
+  async catchUp(roomId) {
+    let position = this.state.room(roomId).position;
+    if (position === null) return this.loadLatest(roomId);
+    const newerThan = this.state.newestHeld(roomId);
+    for (;;) {
+      const reply = await this.ask('changes', { roomId, since: position, limit: 50 });
+      if (roomId !== this.openRoomId || session !== this) return;
+      if (!reply) return this.socket.isOpen ? this.loadLatest(roomId) : undefined;
+      this.state.applyChanges(reply.room, reply.position, newerThan);
+      position = reply.position;
+      if (!reply.more) break;
+    }
+    this.renderInbox();
+    this.renderConversation();
+    this.acknowledge(roomId);
+  }
+
+  // Tells the server this client has the room's messages up to the newest it holds
+  // (`message:received`, the partner's ✓✓ delivered). Fire and forget: the mark is a
+  // high-water mark, so the next one covers one that was lost.
+  acknowledge(roomId) {
+    const messageId = this.state.toAcknowledge(roomId);
+    if (messageId !== null) this.socket.emit('message:received', [{ roomId, messageId }]);
   }
 
   onDown({ wasOpen, retryInMs }) {
@@ -224,6 +263,7 @@ class Session {
     switch (event) {
       case 'message:sent': {
         const incoming = this.state.applySent(data);
+        if (incoming) this.acknowledge(data.roomId);
         if (incoming && data.roomId === this.openRoomId) this.hideTyping();
         this.renderInbox();
         if (data.roomId === this.openRoomId) {
@@ -233,6 +273,17 @@ class Session {
       }
       case 'message:seen':
         this.state.applySeen(data);
+        this.renderInbox();
+        this.renderConversation();
+        break;
+      case 'message:delivered':
+        this.state.applyDelivered(data);
+        this.renderInbox();
+        this.renderConversation();
+        break;
+      case 'message:updated':
+        this.state.applyUpdated(data);
+        if (data.message.deleted && this.editing?.messageId === data.message.id) this.stopEditing();
         this.renderInbox();
         this.renderConversation();
         break;
@@ -300,11 +351,14 @@ class Session {
     this.renderInbox();
     const room = this.state.room(roomId);
     if (room.loaded) this.renderConversation({ toBottom: true });
-    else this.loadLatest(roomId);
+    // A window built from live events alone has no catch-up position yet: the latest
+    // page brings one (and merges into the window).
+    if (!room.loaded || room.position === null) this.loadLatest(roomId);
     if (matchMedia('(min-width: 700px)').matches) $('composer-input').focus();
   }
 
   closeRoom() {
+    this.stopEditing();
     this.openRoomId = null;
     document.body.classList.remove('room-open');
     this.observer.disconnect();
@@ -360,9 +414,10 @@ class Session {
   async loadLatest(roomId) {
     const reply = await this.ask('messages', { roomId, limit: 50 });
     if (!reply || roomId !== this.openRoomId) return;
-    this.state.applyHistory(reply.room, undefined);
+    this.state.applyHistory(reply.room, undefined, reply.position);
     this.renderHeader();
     this.renderConversation({ toBottom: this.nodes.size === 0 });
+    this.acknowledge(roomId);
   }
 
   async loadOlder() {
@@ -509,6 +564,7 @@ class Session {
     const input = $('composer-input');
     const text = input.value;
     if (!this.openRoomId || text.trim() === '') return;
+    if (this.editing) return this.sendEdit(text);
     input.value = '';
     this.state.addPending(this.openRoomId, text);
     this.renderConversation({ toBottom: true });
@@ -559,6 +615,56 @@ class Session {
     }
     if (entry.roomId === this.openRoomId) this.renderConversation();
     this.pumpOutbox();
+  }
+
+  // --- editing and deleting ----------------------------------------------------------
+
+  // The composer takes the message's text; Enter saves it with `message:edit`, Escape
+  // gives the composer back.
+  startEditing(messageId) {
+    const message = this.state.room(this.openRoomId).messages.get(messageId);
+    if (!message || message.deleted) return;
+    this.editing = { roomId: this.openRoomId, messageId };
+    const input = $('composer-input');
+    input.value = message.message;
+    input.placeholder = 'Edit message (Esc cancels)';
+    $('composer').classList.add('editing');
+    input.focus();
+  }
+
+  stopEditing() {
+    if (!this.editing) return;
+    this.editing = null;
+    const input = $('composer-input');
+    input.value = '';
+    input.placeholder = 'Message';
+    $('composer').classList.remove('editing');
+  }
+
+  async sendEdit(text) {
+    const { roomId, messageId } = this.editing;
+    this.stopEditing();
+    const reply = await this.ask('message:edit', { roomId, messageId, message: text });
+    if (!reply || session !== this) return;
+    // The `message:updated` that follows carries it too; the ack may come first.
+    this.state.applyUpdated({ roomId, message: reply.message });
+    this.renderInbox();
+    this.renderConversation();
+  }
+
+  // Two clicks: the first arms the button, the second deletes.
+  async deleteMessage(button) {
+    if (button.dataset.armed !== 'true') {
+      button.dataset.armed = 'true';
+      button.textContent = 'Delete?';
+      return;
+    }
+    const roomId = this.openRoomId;
+    const reply = await this.ask('message:delete', { roomId, messageId: Number(button.dataset.delete) });
+    if (!reply || session !== this) return;
+    this.state.applyUpdated({ roomId, message: reply.message });
+    this.renderInbox();
+    this.renderConversation();
   }
 
   maybeSendTyping() {

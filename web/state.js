@@ -1,5 +1,6 @@
 // What the client knows: the inbox, a contiguous window of each room's messages, and the
-// outbox of messages and reads not yet acknowledged by the server. Pure data, no DOM and
+// outbox of messages and reads not yet acknowledged by the server, and where each room's
+// catch-up starts (its change position). Pure data, no DOM and
 // no network, so the rules (ordering, unread counts, deduplication by clientMessageId,
 // what to send again) live in one place. Messages in the outbox are kept in
 // sessionStorage so a reload loses no typed message; reads are not, because after a
@@ -37,6 +38,9 @@ export class ChatState {
         loaded: false,
         lastMessage: null,
         unread: 0,
+        // The room's change position as of what we hold (`messages` and `changes`
+        // replies): where a catch-up after a reconnect starts. Null: reload instead.
+        position: null,
       };
       this.rooms.set(roomId, room);
     }
@@ -107,12 +111,15 @@ export class ChatState {
   }
 
   // A `messages` reply; `before` is the id the request paged from (undefined: latest).
-  applyHistory(chatRoom, before) {
+  // `position` is the reply's change position.
+  applyHistory(chatRoom, before, position) {
     const room = this.room(chatRoom.roomId);
     room.partner = chatRoom.user;
     if (before === undefined) {
       if (chatRoom.messages[0]) this.setLastMessage(room, chatRoom.messages[0]);
       this.mergeWindow(room, chatRoom.messages);
+      // A window that was replaced (a gap) starts its catch-up from this reply.
+      if (position !== undefined) room.position = position;
     } else {
       for (const m of chatRoom.messages) room.messages.set(m.id, m);
       this.settleOutbox(chatRoom.messages);
@@ -139,6 +146,63 @@ export class ChatState {
     if (!room.lastMessage || message.id >= room.lastMessage.id) room.lastMessage = message;
   }
 
+  // The newest message id in the room's window (0 when empty).
+  newestHeld(roomId) {
+    const held = [...this.room(roomId).messages.keys()];
+    return held.length ? Math.max(...held) : 0;
+  }
+
+  // A page of a `changes` reply: each listed message as it is now. Held ones are replaced;
+  // ones newer than `newerThan` (the newest held when the catch-up began) extend the
+  // window: every message sent since the position is listed, so once the last page is in,
+  // the window has no gap. Older ones we do not hold are left for `messages` to bring
+  // when scrolled to.
+  applyChanges(chatRoom, position, newerThan) {
+    const room = this.room(chatRoom.roomId);
+    room.partner = chatRoom.user;
+    for (const m of chatRoom.messages) {
+      if (room.messages.has(m.id) || m.id > newerThan) room.messages.set(m.id, m);
+      if (!room.lastMessage || m.id >= room.lastMessage.id) room.lastMessage = m;
+    }
+    room.position = position;
+    this.settleOutbox(chatRoom.messages);
+  }
+
+  // `message:updated`: a message was edited or deleted.
+  applyUpdated({ roomId, message }) {
+    const room = this.rooms.get(roomId);
+    if (!room) return;
+    if (room.messages.has(message.id)) room.messages.set(message.id, message);
+    if (room.lastMessage?.id === message.id) room.lastMessage = message;
+  }
+
+  // `message:delivered`: the partner's client has some of my messages.
+  applyDelivered(items) {
+    for (const { roomId, messageId, deliveredAt } of items) {
+      const room = this.rooms.get(roomId);
+      if (!room) continue;
+      const held = room.messages.get(messageId);
+      if (held && !held.deliveredAt) room.messages.set(messageId, { ...held, deliveredAt });
+      if (room.lastMessage?.id === messageId && !room.lastMessage.deliveredAt) {
+        room.lastMessage = { ...room.lastMessage, deliveredAt };
+      }
+    }
+  }
+
+  // The id to acknowledge with `message:received` for what this client holds of a room:
+  // its newest partner message, when that is not marked delivered yet (the mark covers
+  // everything before it). Null when there is nothing to say.
+  toAcknowledge(roomId) {
+    const room = this.rooms.get(roomId);
+    if (!room) return null;
+    const candidates = [...room.messages.values()];
+    if (room.lastMessage) candidates.push(room.lastMessage);
+    const newest = candidates
+      .filter((m) => m.userId !== this.me.id)
+      .reduce((best, m) => (!best || m.id > best.id ? m : best), null);
+    return newest && !newest.deliveredAt && !newest.seenAt ? newest.id : null;
+  }
+
   // Forgets every message window but `keep`'s (after a reconnect, events may have been
   // missed); the inbox stays until it is reloaded.
   forgetWindows(keep) {
@@ -146,6 +210,7 @@ export class ChatState {
       if (room.roomId === keep) continue;
       room.messages = new Map();
       room.loaded = false;
+      room.position = null;
     }
   }
 

@@ -30,8 +30,12 @@ export function inboxRow(room, me, isOpen, blocked = false) {
   const last = room.lastMessage;
   const mine = last.userId === me.id;
   const preview = el('span', { class: 'preview' });
-  if (mine) preview.append(el('span', { class: 'tick', text: last.seenAt ? '✓✓ ' : '✓ ' }));
-  preview.append(document.createTextNode(mine ? `You: ${last.message}` : last.message));
+  if (mine && !last.deleted) {
+    const state = tickState(last);
+    preview.append(el('span', { class: `tick ${state}`, text: state === 'sent' ? '✓ ' : '✓✓ ' }));
+  }
+  const text = last.deleted ? DELETED : last.message;
+  preview.append(document.createTextNode(mine ? `You: ${text}` : text));
   const button = el(
     'button',
     { type: 'button', class: 'room', data: { room: room.roomId } },
@@ -60,12 +64,24 @@ export function inboxRow(room, me, isOpen, blocked = false) {
   return el('li', {}, button);
 }
 
+const DELETED = 'This message was deleted';
+
+// The ticks of one of my stored messages: ✓ sent (durable), ✓✓ delivered (the partner's
+// client has it; grey), ✓✓ seen (coloured).
+function tickState(message) {
+  if (message.seenAt) return 'seen';
+  if (message.deliveredAt) return 'delivered';
+  return 'sent';
+}
+
 export function initial(name) {
   return ([...name.trim()][0] ?? '?').toUpperCase();
 }
 
-// One message bubble. `data-state` is pending | failed | sent | seen for my own
-// messages and `incoming` for the partner's; `data-id` is the server id once known.
+// One message bubble. `data-state` is pending | failed | sent | delivered | seen for my
+// own messages and `incoming` for the partner's; `data-id` is the server id once known.
+// A deleted message shows as such, an edited one says so; my own stored messages that
+// are not deleted get Edit and Delete buttons.
 export function messageItem(item, me) {
   const node = el('li', { class: 'msg' }, el('p', { class: 'text' }), el('span', { class: 'meta' }));
   node.dataset.key = item.key;
@@ -75,17 +91,29 @@ export function messageItem(item, me) {
 
 export function updateMessageItem(node, item, me) {
   const { message, pending } = item;
-  const text = message ? message.message : pending.text;
+  const deleted = Boolean(message?.deleted);
+  const text = message ? (deleted ? DELETED : message.message) : pending.text;
   const mine = pending !== null || message.userId === me.id;
   let state;
   if (pending) state = pending.error ? 'failed' : 'pending';
   else if (!mine) state = 'incoming';
-  else state = message.seenAt ? 'seen' : 'sent';
-  if (node.dataset.state === state && node.dataset.text === text) return;
+  else state = tickState(message);
+  const edited = message?.editedAt && !deleted ? 'edited' : '';
+  if (
+    node.dataset.state === state &&
+    node.dataset.text === text &&
+    node.dataset.edited === edited &&
+    (node.dataset.deleted === 'true') === deleted
+  ) {
+    return;
+  }
 
   node.dataset.state = state;
   node.dataset.text = text;
+  node.dataset.edited = edited;
+  node.dataset.deleted = String(deleted);
   node.classList.toggle('mine', mine);
+  node.classList.toggle('deleted', deleted);
   if (message) node.dataset.id = String(message.id);
   node.querySelector('.text').textContent = text;
 
@@ -94,12 +122,20 @@ export function updateMessageItem(node, item, me) {
   if (message) {
     meta.append(el('time', { datetime: message.sentAt, title: dateFormat.format(new Date(message.sentAt)), text: timeFormat.format(new Date(message.sentAt)) }));
   }
+  if (edited) meta.append(el('span', { class: 'edited', text: 'edited', title: dateFormat.format(new Date(message.editedAt)) }));
   const ticks = {
     pending: ['sending…', 'Not on the server yet'],
     sent: ['✓', 'Sent'],
+    delivered: ['✓✓', message?.deliveredAt ? `Delivered ${dateFormat.format(new Date(message.deliveredAt))}` : 'Delivered'],
     seen: ['✓✓', message?.seenAt ? `Seen ${dateFormat.format(new Date(message.seenAt))}` : 'Seen'],
   }[state];
   if (ticks) meta.append(el('span', { class: 'tick', text: ticks[0], title: ticks[1], 'aria-label': ticks[1] }));
+  if (message && mine && !deleted) {
+    meta.append(
+      el('button', { type: 'button', class: 'edit', data: { edit: String(message.id) }, text: 'Edit' }),
+      el('button', { type: 'button', class: 'delete', data: { delete: String(message.id) }, text: 'Delete' }),
+    );
+  }
   if (state === 'failed') {
     meta.append(
       el('span', { class: 'failure', text: pending.error.message }),

@@ -7,16 +7,20 @@
 //! once or hands a write to the group-commit writer and answers when it is durable.
 //!
 //! One event per file, each holding its checks, the writer command it submits (if it
-//! writes) and its reply: `send.rs` (`message`), `read.rs` (`message:read`), `typing.rs`,
-//! `rooms.rs`, `history.rs` (`messages`), and `profile.rs` (a connecting user's name). This
-//! file holds what they share and the table that routes an event name to its handler.
-//! `block.rs` holds `block`, `unblock` and `blocks`: one file for the three, because they
-//! share one table and one payload.
+//! writes) and its reply: `send.rs` (`message`), `read.rs` (`message:read`), `received.rs`
+//! (`message:received`), `edit.rs` (`message:edit`, `message:delete`), `typing.rs`,
+//! `rooms.rs`, `history.rs` (`messages`), `changes.rs` (`changes`), and `profile.rs` (a
+//! connecting user's name). This file holds what they share and the table that routes an
+//! event name to its handler. `block.rs` holds `block`, `unblock` and `blocks`: one file
+//! for the three, because they share one table and one payload.
 
 mod block;
+mod changes;
+mod edit;
 mod history;
 mod profile;
 mod read;
+mod received;
 mod rooms;
 mod send;
 mod typing;
@@ -106,6 +110,8 @@ pub struct ChatLimits {
     pub rate_limit_users: usize,
     /// Most users one user may block (`limits.max_blocks_per_user`).
     pub max_blocks_per_user: usize,
+    /// How long after sending a message may be edited (`limits.edit_window_secs`).
+    pub edit_window_ms: i64,
 }
 
 impl From<&crate::config::Config> for ChatLimits {
@@ -123,6 +129,8 @@ impl From<&crate::config::Config> for ChatLimits {
             },
             rate_limit_users: config.memory.rate_limit_users,
             max_blocks_per_user: limits.max_blocks_per_user,
+            edit_window_ms: i64::try_from(limits.edit_window_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -215,6 +223,10 @@ impl Chat {
             ClientEvent::Block => self.block(user, data).await,
             ClientEvent::Unblock => self.unblock(user, data).await,
             ClientEvent::Blocks => self.blocks(user, data).await.into(),
+            ClientEvent::Received => self.mark_received(user, data).await,
+            ClientEvent::Edit => self.edit_message(user, data).await,
+            ClientEvent::Delete => self.delete_message(user, data).await,
+            ClientEvent::Changes => self.changes(user, data).await.into(),
         }
     }
 }

@@ -29,22 +29,7 @@ impl Chat {
             req.check_shape()?;
             check_sender(user, &req.user_id)?;
             let room = room_for(&user.id, &req.room_id)?;
-            if req.message.is_empty() {
-                return Err(ChatError::new(
-                    ErrorCode::InvalidMessage,
-                    "message must not be empty",
-                ));
-            }
-            if req.message.len() > self.limits.max_message_bytes {
-                return Err(ChatError::new(
-                    ErrorCode::MessageTooLarge,
-                    format!(
-                        "message is {} bytes; the limit is {}",
-                        req.message.len(),
-                        self.limits.max_message_bytes
-                    ),
-                ));
-            }
+            self.check_text(&req.message)?;
             Ok((req, room))
         })();
         let (req, room) = match checked {

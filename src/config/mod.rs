@@ -122,6 +122,9 @@ pub struct Limits {
     pub request_timeout_secs: u64,
     /// Most users one user may block; bounds the block list a `blocks` reply carries.
     pub max_blocks_per_user: usize,
+    /// Seconds after sending during which the sender may edit a message; 0 turns editing
+    /// off.
+    pub edit_window_secs: u64,
 }
 
 /// Storage tuning.
@@ -264,6 +267,7 @@ impl Default for Limits {
             max_http_body_bytes: 65536,
             request_timeout_secs: 30,
             max_blocks_per_user: 1000,
+            edit_window_secs: 900,
         }
     }
 }
@@ -412,6 +416,7 @@ mod tests {
         assert_eq!(c.limits.idle_timeout_secs, 60);
         assert_eq!(c.limits.max_http_body_bytes, 65536);
         assert_eq!(c.limits.request_timeout_secs, 30);
+        assert_eq!(c.limits.edit_window_secs, 900);
         assert_eq!(c.storage.max_batch, 1024);
         assert_eq!(c.memory.redb_cache_bytes, 16 << 20);
         assert_eq!(c.memory.recent_cache_bytes, 32 << 20);

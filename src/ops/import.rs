@@ -219,6 +219,10 @@ impl Import {
                             None => None,
                         },
                         client_message_id,
+                        delivered_ms: None,
+                        edited_ms: None,
+                        deleted_ms: None,
+                        change: 0,
                     },
                 )?;
                 if !self.store(|l| l.put_message(&message))? {

@@ -25,7 +25,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::model::{
-    BlockedUser, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
+    BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
+    SessionUser,
 };
 
 /// A webhook event in a hook's outbox, waiting to be posted.
@@ -121,6 +122,26 @@ pub trait ReadStore: Send + Sync {
         before: Option<u64>,
         limit: usize,
     ) -> Read<'a, HistoryPage>;
+
+    /// Up to `limit` messages of a room with ids above `after`, oldest first (catch-up),
+    /// and `viewer`'s partner in it.
+    fn messages_after<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> Read<'a, HistoryPage>;
+
+    /// Up to `limit` messages of a room that changed after the room's change counter was
+    /// `since`, in the order of their latest change, each as it is now.
+    fn changes<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> Read<'a, ChangesPage>;
 
     /// One page of a user's rooms, most recent activity first, strictly after `after`.
     /// A row whose partner the user blocks says so and counts nothing as unread.
@@ -221,6 +242,37 @@ pub trait WriteTxn {
         now_ms: i64,
     ) -> Result<SeenOutcome>;
 
+    /// Moves `reader`'s delivered mark in a room forward to `up_to`: every partner message
+    /// up to it without a `deliveredAt` gets one (`now`). A mark never moves back.
+    fn mark_received(
+        &mut self,
+        room: &RoomKey,
+        reader: &str,
+        up_to: u64,
+        now_ms: i64,
+    ) -> Result<ReceivedOutcome>;
+
+    /// Replaces the text of `editor`'s message, if it was sent less than `window_ms` ago
+    /// and is not deleted. The same text again changes nothing, even after the window.
+    fn edit(
+        &mut self,
+        room: &RoomKey,
+        editor: &str,
+        message_id: u64,
+        text: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<EditOutcome>;
+
+    /// Turns `deleter`'s message into a tombstone ([`ChatMessage::erase`]).
+    fn delete(
+        &mut self,
+        room: &RoomKey,
+        deleter: &str,
+        message_id: u64,
+        now_ms: i64,
+    ) -> Result<DeleteOutcome>;
+
     /// Remembers a user's display name.
     fn put_profile(&mut self, user: &SessionUser) -> Result<()>;
 
@@ -288,4 +340,43 @@ pub enum SeenOutcome {
     NotFound,
     /// The reader sent it (every message of a self room).
     OwnMessage,
+}
+
+/// What moving a delivered mark did.
+#[derive(Debug, Clone)]
+pub enum ReceivedOutcome {
+    /// The mark moved; these partner messages became delivered (maybe none: the reader's
+    /// own messages need no mark).
+    Moved(Vec<ChatMessage>),
+    /// The mark was already at or past that id.
+    Unchanged,
+    /// The room has no message with that id.
+    NotFound,
+}
+
+/// What an edit did.
+#[derive(Debug, Clone)]
+pub enum EditOutcome {
+    /// The text changed.
+    Changed(ChatMessage),
+    /// The message already had this text; nothing was stored.
+    Unchanged(ChatMessage),
+    NotFound,
+    /// Someone else sent it.
+    NotSender,
+    Deleted,
+    /// It was sent longer ago than the edit window.
+    WindowClosed,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone)]
+pub enum DeleteOutcome {
+    /// The message is now a tombstone.
+    Deleted(ChatMessage),
+    /// It was a tombstone already; nothing was stored.
+    AlreadyDeleted(ChatMessage),
+    NotFound,
+    /// Someone else sent it.
+    NotSender,
 }

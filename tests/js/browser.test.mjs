@@ -149,7 +149,9 @@ test('two people chat in the built-in client, across a server restart', { timeou
   await a.locator('#partner-name', { hasText: 'Bob' }).waitFor();
   await send(a, 'Hello Bob!');
   const hello = bubbles(a, 'Hello Bob!');
-  await eventually(async () => (await stateOf(hello)) === 'sent' || (await stateOf(hello)), 'first tick on Hello');
+  // Bob is online: his client has it before he opens it, so Alice sees ✓✓ delivered.
+  await eventually(async () => (await stateOf(hello)) === 'delivered' || (await stateOf(hello)), 'delivered tick on Hello');
+  assert.equal(await hello.locator('.tick').textContent(), '✓✓');
 
   // Bob sees the conversation in his inbox with an unread badge, opens it.
   const row = b.locator('#inbox [data-room="alice-bob"]');
@@ -208,7 +210,7 @@ test('two people chat in the built-in client, across a server restart', { timeou
   // Back on the same address: the pending message is delivered exactly once.
   await control('restart');
   await a.locator('#banner').waitFor({ state: 'hidden' });
-  await eventually(async () => ['sent', 'seen'].includes(await stateOf(bubbles(a, outage))) || (await stateOf(bubbles(a, outage))), 'the outage message is stored');
+  await eventually(async () => ['sent', 'delivered', 'seen'].includes(await stateOf(bubbles(a, outage))) || (await stateOf(bubbles(a, outage))), 'the outage message is stored');
   await bubbles(b, outage).waitFor();
   await eventually(async () => (await stateOf(bubbles(a, outage))) === 'seen' || (await stateOf(bubbles(a, outage))), 'Bob saw the outage message');
   await new Promise((r) => setTimeout(r, 500)); // room for a duplicate to show up
@@ -256,7 +258,7 @@ test('two people chat in the built-in client, across a server restart', { timeou
   dropAnswers = true;
   await send(t, lost);
   await t.locator('#banner', { hasText: 'Connection lost' }).waitFor();
-  await eventually(async () => ['sent', 'seen'].includes(await stateOf(bubbles(t, lost))) || (await stateOf(bubbles(t, lost))), 'the resent message is confirmed');
+  await eventually(async () => ['sent', 'delivered', 'seen'].includes(await stateOf(bubbles(t, lost))) || (await stateOf(bubbles(t, lost))), 'the resent message is confirmed');
   assert.equal(sends, 2, 'sent once, lost the answer, resent once');
   await bubbles(b, lost).waitFor();
   await new Promise((r) => setTimeout(r, 500));
@@ -464,6 +466,140 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   await c.locator('#messages .msg[data-state="failed"] .discard').click();
   await send(c, 'Back again');
   await bubbles(a, 'Back again').waitFor();
+  assert.deepEqual(dialogs, []);
+  await alice.context.close();
+  await carol.context.close();
+});
+
+// Runs plain-dialect requests from a blank page (another device of `token`'s user), each
+// with an ack, one after the other; resolves with the replies.
+async function device(token, requests) {
+  const { context, page } = await openPage({ width: 400, height: 400 });
+  const wsUrl = `${URL.replace('http', 'ws')}/ws?token=${encodeURIComponent(token)}`;
+  const replies = await page.evaluate(async ({ wsUrl, requests }) => {
+    const ws = new WebSocket(wsUrl);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = reject;
+    });
+    const waiting = new Map();
+    ws.onmessage = (e) => {
+      const frame = JSON.parse(e.data);
+      if (frame.event === 'ack') waiting.get(frame.ack)?.(frame.data);
+    };
+    const out = [];
+    for (const [i, [event, data]] of requests.entries()) {
+      out.push(await new Promise((resolve) => {
+        waiting.set(i, resolve);
+        ws.send(JSON.stringify({ event, data, ack: i }));
+      }));
+    }
+    ws.close();
+    return out;
+  }, { wsUrl, requests });
+  await context.close();
+  for (const reply of replies) assert.equal(reply.ok, true, JSON.stringify(reply));
+  return replies;
+}
+
+test('delivered and seen ticks, editing, deleting, and catching up after a reconnect', { timeout: 90_000 }, async () => {
+  const alice = await openPage({ width: 1280, height: 800 });
+  const a = alice.page;
+  await a.goto(`${URL}/#token=${ALICE}`);
+  await a.locator('#new-chat-input').fill('carol');
+  await a.locator('#new-chat-form button').click();
+  await a.locator('#partner-name', { hasText: 'Carol' }).waitFor();
+
+  // Carol's tab talks through a relay the test can cut, to take her offline while the
+  // server and everyone else go on.
+  const carol = await openPage({ width: 1280, height: 800 });
+  let offline = false;
+  const links = [];
+  await carol.context.routeWebSocket(/\/ws/, (ws) => {
+    if (offline) return ws.close();
+    const server = ws.connectToServer();
+    links.push({ ws, server });
+  });
+  const c = carol.page;
+  await c.goto(`${URL}/#token=${CAROL}`);
+  await c.locator('#me-name', { hasText: 'Carol' }).waitFor();
+
+  // ✓ then ✓✓ grey once Carol's client has it (her conversation is not even open),
+  // then ✓✓ coloured once she has seen it.
+  await send(a, 'ping');
+  const ping = bubbles(a, 'ping');
+  await eventually(async () => (await stateOf(ping)) === 'delivered' || (await stateOf(ping)), 'delivered tick on ping');
+  const grey = await ping.locator('.tick').evaluate((n) => getComputedStyle(n).color);
+  await c.locator('#inbox [data-room="alice-carol"]').click();
+  await bubbles(c, 'ping').waitFor();
+  await eventually(async () => (await stateOf(ping)) === 'seen' || (await stateOf(ping)), 'seen tick on ping');
+  const coloured = await ping.locator('.tick').evaluate((n) => getComputedStyle(n).color);
+  assert.notEqual(grey, coloured, 'delivered and seen ticks look different');
+
+  // Alice edits her message in the composer; Carol sees the new text, marked edited.
+  await ping.locator('.edit').click();
+  assert.equal(await a.locator('#composer-input').inputValue(), 'ping');
+  await a.locator('#composer-input').fill('ping, edited');
+  await a.locator('#composer-input').press('Enter');
+  await bubbles(c, 'ping, edited').locator('.edited').waitFor();
+  await bubbles(a, 'ping, edited').locator('.edited').waitFor();
+  assert.equal(await bubbles(c, 'ping').count(), 0);
+
+  // Deleting takes two clicks; both sides keep a tombstone in its place.
+  await send(a, 'oops');
+  await bubbles(c, 'oops').waitFor();
+  const oops = bubbles(a, 'oops');
+  await oops.locator('.delete').click();
+  await oops.locator('.delete', { hasText: 'Delete?' }).click();
+  for (const page of [a, c]) {
+    await page.locator('#messages .msg.deleted', { hasText: 'This message was deleted' }).waitFor();
+    assert.equal(await bubbles(page, 'oops').count(), 0);
+  }
+  await a.screenshot({ path: join(SHOTS, 'desktop-lifecycle.png') });
+
+  // Carol drops off. Meanwhile Alice's phone sends 120 messages, edits 3 and deletes 2,
+  // and Carol's phone reads one.
+  offline = true;
+  for (const { ws, server } of links.splice(0)) {
+    ws.close();
+    server.close();
+  }
+  await c.locator('#banner', { hasText: 'Connection lost' }).waitFor();
+  const requests = [];
+  for (let i = 1; i <= 120; i++) {
+    requests.push(['message', { userId: 'alice', roomId: 'alice-carol', message: `away ${i}` }]);
+  }
+  await device(ALICE, requests);
+  // Ids: 1 ping, 2 oops, then 3..122 for "away 1".."away 120".
+  await device(ALICE, [
+    ['message:edit', { roomId: 'alice-carol', messageId: 3, message: 'away 1, edited' }],
+    ['message:edit', { roomId: 'alice-carol', messageId: 60, message: 'away 58, edited' }],
+    ['message:edit', { roomId: 'alice-carol', messageId: 122, message: 'away 120, edited' }],
+    ['message:delete', { roomId: 'alice-carol', messageId: 4 }],
+    ['message:delete', { roomId: 'alice-carol', messageId: 100 }],
+  ]);
+  await device(CAROL, [
+    ['message:read', [{ userId: 'carol', roomId: 'alice-carol', messageId: 50, seenDate: new Date().toISOString() }]],
+  ]);
+
+  // Back online: the tab catches up and shows exactly what the server has.
+  offline = false;
+  await c.locator('#retry').click();
+  await c.locator('#banner').waitFor({ state: 'hidden' });
+  const stored = [];
+  for (let after = 0; ; ) {
+    const page = (await api(`/api/rooms/alice-carol/messages?after=${after}`, CAROL)).room.messages;
+    if (page.length === 0) break;
+    stored.push(...page);
+    after = page[page.length - 1].id;
+  }
+  assert.equal(stored.length, 122);
+  const expected = stored.map((m) => [String(m.id), m.deleted ? 'This message was deleted' : m.message, m.editedAt && !m.deleted ? 'edited' : '']);
+  await eventually(async () => {
+    const shown = await c.locator('#messages .msg').evaluateAll((nodes) => nodes.map((n) => [n.dataset.id, n.dataset.text, n.dataset.edited]));
+    return JSON.stringify(shown) === JSON.stringify(expected) || `${shown.length} shown`;
+  }, 'Carol shows the server state after catching up');
+  await c.screenshot({ path: join(SHOTS, 'desktop-caught-up.png') });
   assert.deepEqual(dialogs, []);
   await alice.context.close();
   await carol.context.close();

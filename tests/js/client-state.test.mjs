@@ -186,3 +186,58 @@ test('reads stay queued until a reply settles them, whatever happens in between'
   state.settleReads(state.nextReads(100), []);
   assert.deepEqual(state.nextReads(100), [], 'refused or already read: not sent again');
 });
+
+test('changes extend the window without a gap and replace what they list', () => {
+  const state = new ChatState(me, memoryStorage());
+  const bob = { id: 'bob', name: 'Bob' };
+  const mine = (id) => msg(id, 'alice');
+  state.applyHistory(snapshot('alice-bob', bob, 1, 3, mine), undefined, '7');
+  const room = state.room('alice-bob');
+  assert.equal(room.position, '7');
+  // While away: 2 was edited, 3 deleted, 4 and 5 arrived, 1 was delivered.
+  const changes = [
+    msg(2, 'alice', { message: 'edited', editedAt: '2026-01-01T00:01:00.000Z' }),
+    msg(5, 'bob'),
+    msg(3, 'alice', { message: '', deleted: true, deletedAt: '2026-01-01T00:01:01.000Z' }),
+    msg(4, 'bob'),
+    msg(1, 'alice', { deliveredAt: '2026-01-01T00:01:02.000Z' }),
+  ];
+  // Two pages, as `changes` sends them: the second lists a message newer than what was
+  // held when the catch-up began but older than what the first page brought.
+  const newerThan = state.newestHeld('alice-bob');
+  assert.equal(newerThan, 3);
+  state.applyChanges({ roomId: 'alice-bob', user: bob, messages: changes.slice(0, 2) }, '9', newerThan);
+  state.applyChanges({ roomId: 'alice-bob', user: bob, messages: changes.slice(2) }, '12', newerThan);
+  assert.equal(room.position, '12');
+  assert.deepEqual([...room.messages.keys()].sort((a, b) => a - b), [1, 2, 3, 4, 5]);
+  assert.equal(room.messages.get(2).message, 'edited');
+  assert.equal(room.messages.get(3).deleted, true);
+  assert.ok(room.messages.get(1).deliveredAt);
+  assert.equal(room.lastMessage.id, 5);
+  // Older messages we never held are not pulled into the window.
+  state.applyChanges({ roomId: 'alice-bob', user: bob, messages: [msg(0, 'bob')] }, '12', 5);
+  assert.equal(room.messages.size, 5);
+});
+
+test('delivered and updated events change held messages and the inbox row', () => {
+  const state = new ChatState(me, memoryStorage());
+  const bob = { id: 'bob', name: 'Bob' };
+  state.applySent(snapshot('alice-bob', { id: 'alice', name: 'Alice' }, 1, 2, (id) => msg(id, 'alice')));
+  state.applyDelivered([{ roomId: 'alice-bob', messageId: 2, deliveredAt: '2026-01-01T00:02:00.000Z' }]);
+  const room = state.room('alice-bob');
+  assert.ok(room.messages.get(2).deliveredAt);
+  assert.ok(room.lastMessage.deliveredAt);
+  assert.equal(room.messages.get(1).deliveredAt, undefined);
+  const tombstone = msg(2, 'alice', { message: '', deleted: true });
+  state.applyUpdated({ roomId: 'alice-bob', message: tombstone });
+  assert.deepEqual(room.messages.get(2), tombstone);
+  assert.deepEqual(room.lastMessage, tombstone);
+  // Unknown rooms are ignored rather than created.
+  state.applyUpdated({ roomId: 'alice-carol', message: msg(1, 'carol') });
+  assert.equal(state.rooms.has('alice-carol'), false);
+  // What to acknowledge: the newest partner message, unless already delivered or seen.
+  state.applySent(snapshot('alice-bob', bob, 1, 3, (id) => (id === 3 ? msg(3, 'bob') : msg(id, 'alice'))));
+  assert.equal(state.toAcknowledge('alice-bob'), 3);
+  state.applyUpdated({ roomId: 'alice-bob', message: msg(3, 'bob', { deliveredAt: 'x' }) });
+  assert.equal(state.toAcknowledge('alice-bob'), null);
+});

@@ -1,8 +1,8 @@
 // The Socket.IO dialect, driven by the official socket.io-client exactly as a front end
 // uses it. Run by tests/socketio.rs, which starts the server and passes:
 //   CHAT_URL            the server's base URL (http://127.0.0.1:PORT)
-//   SIO_SCENARIO        which group of cases to run: protocol | blocking | tabs | restart |
-//                       shutdown
+//   SIO_SCENARIO        which group of cases to run: protocol | lifecycle | blocking | tabs |
+//                       restart | shutdown
 //   TOKEN_<USER>        tokens minted by the test (TOKEN_ALICE, TOKEN_FORGED, ...)
 // Cases that need the Rust side (plain-dialect tabs, killing or stopping the server) talk
 // to it through their own events and through marker lines on stdout.
@@ -585,5 +585,93 @@ if (SCENARIO === "shutdown") {
     for (const reason of await reasons) {
       assert.ok(["transport close", "transport error"].includes(reason), reason);
     }
+  });
+}
+
+if (SCENARIO === "lifecycle") {
+  // The server runs with a 1 s edit window (tests/socketio.rs).
+  const ROOM = "gina-hank";
+  const send = async (socket, text) => {
+    const reply = await request(socket, "message", { userId: "gina", roomId: ROOM, message: text });
+    assert.equal(reply.ok, true, JSON.stringify(reply));
+    return reply.message;
+  };
+
+  test("message:received gives the sender message:delivered; a lower mark changes nothing", async () => {
+    const gina = await connect({ auth: { token: token("gina") } });
+    const hank = await connect({ auth: { token: token("hank") } });
+    const sent = await send(gina, "are you there?");
+    const delivered = next(gina, "message:delivered");
+    const reply = await request(hank, "message:received", [{ roomId: ROOM, messageId: sent.id }]);
+    assert.deepEqual(reply, { ok: true, rejected: [] });
+    const [receipt] = await delivered;
+    assert.deepEqual(
+      { userId: receipt.userId, roomId: receipt.roomId, messageId: receipt.messageId },
+      { userId: "hank", roomId: ROOM, messageId: sent.id },
+    );
+    const again = await request(hank, "message:received", [
+      { roomId: ROOM, messageId: sent.id },
+      { roomId: ROOM, messageId: 999 },
+    ]);
+    assert.deepEqual(again.rejected.map((r) => [r.index, r.code]), [[1, "not_found"]]);
+    const page = await request(gina, "messages", { roomId: ROOM });
+    assert.equal(page.room.messages[0].deliveredAt, receipt.deliveredAt);
+    gina.close();
+    hank.close();
+  });
+
+  test("edit and delete: both sides get message:updated; refusals change nothing", async () => {
+    const gina = await connect({ auth: { token: token("gina") } });
+    const hank = await connect({ auth: { token: token("hank") } });
+    const sent = await send(gina, "helo");
+    const updates = [next(gina, "message:updated"), next(hank, "message:updated")];
+    const edited = await request(gina, "message:edit", { roomId: ROOM, messageId: sent.id, message: "hello" });
+    assert.equal(edited.ok, true, JSON.stringify(edited));
+    assert.equal(edited.message.message, "hello");
+    assert.ok(edited.message.editedAt);
+    for (const update of await Promise.all(updates)) {
+      assert.deepEqual(update, { roomId: ROOM, message: edited.message });
+    }
+    const same = await request(gina, "message:edit", { roomId: ROOM, messageId: sent.id, message: "hello" });
+    assert.deepEqual(same, edited);
+    const code = async (socket, event, data) => (await request(socket, event, data)).error?.code;
+    assert.equal(await code(hank, "message:edit", { roomId: ROOM, messageId: sent.id, message: "mine" }), "forbidden");
+    assert.equal(await code(gina, "message:edit", { roomId: ROOM, messageId: 999, message: "x" }), "not_found");
+    assert.equal(await code(gina, "message:edit", { roomId: ROOM, messageId: sent.id, message: "" }), "invalid_message");
+    assert.equal(await code(hank, "message:delete", { roomId: ROOM, messageId: sent.id }), "forbidden");
+
+    const gone = [next(gina, "message:updated"), next(hank, "message:updated")];
+    const deleted = await request(gina, "message:delete", { roomId: ROOM, messageId: sent.id });
+    assert.equal(deleted.message.deleted, true);
+    assert.equal(deleted.message.message, "");
+    assert.equal(deleted.message.id, sent.id);
+    for (const update of await Promise.all(gone)) assert.deepEqual(update.message, deleted.message);
+    assert.deepEqual(await request(gina, "message:delete", { roomId: ROOM, messageId: sent.id }), deleted);
+    assert.equal(await code(gina, "message:edit", { roomId: ROOM, messageId: sent.id, message: "back" }), "message_deleted");
+
+    const late = await send(gina, "typo");
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    assert.equal(await code(gina, "message:edit", { roomId: ROOM, messageId: late.id, message: "fixed" }), "edit_window_closed");
+    gina.close();
+    hank.close();
+  });
+
+  test("catch-up: messages after an id, and changes since a position", async () => {
+    const gina = await connect({ auth: { token: token("gina") } });
+    const hank = await connect({ auth: { token: token("hank") } });
+    const start = await request(hank, "changes", { roomId: ROOM });
+    assert.equal(start.ok, true);
+    const first = await send(gina, "one");
+    await send(gina, "two");
+    await request(gina, "message:edit", { roomId: ROOM, messageId: first.id, message: "uno" });
+    const after = await request(hank, "messages", { roomId: ROOM, after: first.id - 1, limit: 2 });
+    assert.deepEqual(after.room.messages.map((m) => m.id), [first.id, first.id + 1]);
+    const changes = await request(hank, "changes", { roomId: ROOM, since: start.position });
+    assert.deepEqual(changes.room.messages.map((m) => [m.id, m.message]), [[first.id + 1, "two"], [first.id, "uno"]]);
+    assert.equal(changes.more, false);
+    const bad = await request(hank, "changes", { roomId: ROOM, since: "not a position" });
+    assert.equal(bad.error.code, "bad_request");
+    gina.close();
+    hank.close();
   });
 }

@@ -107,6 +107,10 @@ struct Opts {
     /// Throughput: messages each sender keeps in flight.
     #[arg(long, default_value_t = 8)]
     window: usize,
+    /// Throughput: each partner sends `message:received` for every message it gets, as a
+    /// client showing delivered ticks does.
+    #[arg(long)]
+    received: bool,
     /// Throughput: seconds before counting starts.
     #[arg(long, default_value_t = 2.0)]
     warmup_secs: f64,
@@ -399,6 +403,7 @@ fn throughput_on(
         window: opts.window,
         warmup: Duration::from_secs_f64(opts.warmup_secs),
         duration: Duration::from_secs_f64(opts.duration_secs),
+        received: opts.received,
     };
     let (mut rates, mut details, mut frames, mut cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -437,10 +442,15 @@ fn throughput_on(
     let frame = Spread::of(&frames).median;
     println!(
         "{name}: {} msgs/s delivered to both participants, median (lowest–highest) of {runs}; \
-         {} users, window {}, {:.0}-byte message:sent frames; server CPU {} µs per message",
+         {} users, window {}{}, {:.0}-byte message:sent frames; server CPU {} µs per message",
         spread.text(0),
         opts.users,
         opts.window,
+        if opts.received {
+            ", message:received on"
+        } else {
+            ""
+        },
         frame,
         Spread::of(&cpu).text(1),
     );
@@ -450,6 +460,7 @@ fn throughput_on(
         "avg_frame_bytes": frame,
         "users": opts.users,
         "window": opts.window,
+        "received": opts.received,
         "duration_secs": opts.duration_secs,
         "details": details,
     });

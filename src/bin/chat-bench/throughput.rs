@@ -20,6 +20,9 @@ pub struct LoadConfig {
     pub window: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Whether each partner acknowledges every message it gets with `message:received`,
+    /// as a client showing delivered ticks does: one more write per message.
+    pub received: bool,
 }
 
 pub struct LoadResult {
@@ -80,15 +83,7 @@ pub async fn run(
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| {
-            tokio::spawn(sender(
-                i,
-                ws,
-                config.window.max(1),
-                counters.clone(),
-                stop.clone(),
-            ))
-        })
+        .map(|(i, ws)| tokio::spawn(sender(i, ws, config, counters.clone(), stop.clone())))
         .collect();
 
     tokio::time::sleep(config.warmup).await;
@@ -121,10 +116,11 @@ const DRAIN: Duration = Duration::from_secs(3);
 async fn sender(
     me: usize,
     mut ws: Ws,
-    window: usize,
+    config: LoadConfig,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 ) {
+    let window = config.window.max(1);
     let room = client::room_of(me);
     let my_id = client::user(me);
     let mut seq = 0u64;
@@ -163,6 +159,10 @@ async fn sender(
             Some(Ok(_)) => continue,
             _ => return,
         };
+        if text.starts_with(r#"{"event":"message:delivered""#) {
+            // The marks' answer to the sender; what they cost is in the rate itself.
+            continue;
+        }
         let Some(sent) = client::parse_sent(&text) else {
             counters.other_frames.fetch_add(1, Ordering::Relaxed);
             let mut first = counters.first_other.lock().expect("not poisoned");
@@ -175,6 +175,14 @@ async fn sender(
             .fetch_add(text.len() as u64, Ordering::Relaxed);
         if sent.sender != me {
             counters.partner[sent.sender].fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = newest_id(&text).filter(|_| config.received) {
+                let mark = format!(
+                    r#"{{"event":"message:received","data":[{{"roomId":"{room}","messageId":{id}}}]}}"#
+                );
+                if ws.send(Message::text(mark)).await.is_err() {
+                    return;
+                }
+            }
             continue;
         }
         counters.own[me].fetch_add(1, Ordering::Relaxed);
@@ -189,5 +197,26 @@ async fn sender(
             // Our own are all back; the partner's last few may still be coming.
             drain_until = Some(tokio::time::Instant::now() + Duration::from_millis(300));
         }
+    }
+}
+
+/// The id of the newest message of a `message:sent` frame: the first `"id":` after
+/// `"messages":[`.
+fn newest_id(frame: &str) -> Option<u64> {
+    const MESSAGES: &str = r#""messages":[{"id":"#;
+    let start = frame.find(MESSAGES)? + MESSAGES.len();
+    let rest = &frame[start..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn newest_id_reads_the_first_message() {
+        let frame = r#"{"event":"message:sent","data":{"roomId":"u0-u1","user":{"id":"u0","name":"u0"},"messages":[{"id":42,"userId":"u0"},{"id":41}]}}"#;
+        assert_eq!(super::newest_id(frame), Some(42));
+        assert_eq!(super::newest_id(r#"{"event":"typing"}"#), None);
     }
 }

@@ -13,7 +13,7 @@ use redb::{
     WriteTransaction,
 };
 
-use super::records::{self, MessageRecord, RoomRecord};
+use super::records::{self, RoomRecord};
 use super::{
     newest_first, RedbStore, CLIENT_IDS, DB_FILE, FORMAT_VERSION, INBOX, MESSAGES, META, PROFILES,
     ROOMS, ROOM_NUMS,
@@ -289,9 +289,10 @@ impl Loader {
             last_sent_ms: room.last_sent_ms,
             unread_low: room.unread_low,
             unread_high: room.unread_high,
+            lifecycle: Default::default(),
         };
         txn.open_table(ROOMS)?
-            .insert(num, records::encode(&record).as_slice())?;
+            .insert(num, records::encode_room(&record).as_slice())?;
         self.next_num += 1;
         self.current = Some((num, room.clone()));
         self.wrote()?;
@@ -320,7 +321,7 @@ impl Loader {
         }
         txn.open_table(MESSAGES)?.insert(
             (num, message.id),
-            records::encode(&MessageRecord::from_message(message)).as_slice(),
+            records::encode_message(message).as_slice(),
         )?;
         if let Some(room) = newest {
             let room_id = room.key.id();

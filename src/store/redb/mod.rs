@@ -25,6 +25,8 @@
 //!   outbox: an event is written in the commit that stores what it describes, and
 //!   removed once delivered. `meta.next_webhook_seq` numbers them in commit order.
 //! - `webhook_dead`: (hook URL, seq) → [`outbox::DeadRecord`], events given up on.
+//! - `changes` (format 2): (room number, change counter) → message id, one row per message
+//!   at its latest change, so "what changed since N" is one forward range scan.
 //!
 //! [`dump`] walks a whole store in one read transaction and loads one into a new file,
 //! for `chat-server export` and `import` (`crate::ops`).
@@ -45,12 +47,19 @@ use super::{
     WriteStore, WriteTxn,
 };
 use crate::model::{
-    BlockedUser, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
+    BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
+    SessionUser,
 };
 use records::RoomRecord;
 
 /// The on-disk format this binary writes. A store with a higher number is refused.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// Format 2 appends the message lifecycle (delivered, edited, deleted, change counter) to
+/// message and room records and adds the `changes` table. Format-1 records read as they
+/// are (see `records`), so opening a format-1 store only raises the number: a format-1
+/// binary would show a tombstone as an empty message and drop the new fields when it
+/// rewrites a record, so it must refuse the store from then on.
+pub const FORMAT_VERSION: u64 = 2;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "chat.redb";
 /// redb's page cache unless configured (`memory.redb_cache_bytes`). redb's own default,
@@ -68,9 +77,9 @@ const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new
 const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
 const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
 const BLOCKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("blocks");
-
 const WEBHOOK_OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_outbox");
 const WEBHOOK_DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_dead");
+const CHANGES: TableDefinition<(u64, u64), u64> = TableDefinition::new("changes");
 
 /// Every redb error is a backend failure; the macro keeps `?` working on each of redb's
 /// error types without a blanket impl that a second backend's errors would collide with.
@@ -127,7 +136,15 @@ impl RedbStore {
                         supported: FORMAT_VERSION,
                     })
                 }
-                Some(_) => {}
+                Some(FORMAT_VERSION) => {}
+                Some(older) => {
+                    tracing::info!(
+                        from = older,
+                        to = FORMAT_VERSION,
+                        "upgrading the store format"
+                    );
+                    meta.insert("format_version", FORMAT_VERSION)?;
+                }
                 None => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
@@ -140,9 +157,9 @@ impl RedbStore {
             txn.open_table(INBOX)?;
             txn.open_table(PROFILES)?;
             txn.open_table(BLOCKS)?;
-
             txn.open_table(WEBHOOK_OUTBOX)?;
             txn.open_table(WEBHOOK_DEAD)?;
+            txn.open_table(CHANGES)?;
         }
         txn.commit()?;
         // A new file's directory entry is durable only once the directory is synced; without
@@ -185,11 +202,97 @@ impl RedbStore {
     ) -> Result<HistoryPage> {
         let txn = self.db.begin_read()?;
         let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
-        let messages = match room_num(&txn.open_table(ROOM_NUMS)?, room)? {
-            Some(num) => latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)?,
-            None => Vec::new(),
+        let (messages, position) = match room_num(&txn.open_table(ROOM_NUMS)?, room)? {
+            Some(num) => (
+                latest_messages(&txn.open_table(MESSAGES)?, num, before, limit)?,
+                change_counter(&txn, num)?,
+            ),
+            None => (Vec::new(), 0),
         };
-        Ok(HistoryPage { partner, messages })
+        Ok(HistoryPage {
+            partner,
+            messages,
+            position,
+        })
+    }
+
+    /// Up to `limit` messages with ids above `after`, oldest first.
+    fn messages_after_now(
+        &self,
+        room: &RoomKey,
+        viewer: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let txn = self.db.begin_read()?;
+        let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
+        let mut messages = Vec::new();
+        let mut position = 0;
+        if let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? {
+            let table = txn.open_table(MESSAGES)?;
+            for row in table
+                .range((num, after.saturating_add(1))..=(num, u64::MAX))?
+                .take(limit)
+            {
+                let (key, value) = row?;
+                messages.push(records::decode_message(key.value().1, value.value())?);
+            }
+            position = change_counter(&txn, num)?;
+        }
+        Ok(HistoryPage {
+            partner,
+            messages,
+            position,
+        })
+    }
+
+    /// Up to `limit` messages changed after change `since`, in change order.
+    fn changes_now(
+        &self,
+        room: &RoomKey,
+        viewer: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<ChangesPage> {
+        let txn = self.db.begin_read()?;
+        let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
+        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
+            return Ok(ChangesPage {
+                partner,
+                messages: Vec::new(),
+                position: since,
+                more: false,
+            });
+        };
+        let changes = txn.open_table(CHANGES)?;
+        let messages_table = txn.open_table(MESSAGES)?;
+        let mut messages = Vec::with_capacity(limit.min(64));
+        let mut position = since;
+        let mut more = false;
+        for row in changes.range((num, since.saturating_add(1))..=(num, u64::MAX))? {
+            let (key, id) = row?;
+            if messages.len() == limit {
+                more = true;
+                break;
+            }
+            let id = id.value();
+            let message = read_message(&messages_table, num, id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("change log of room {num} names lost {id}"))
+            })?;
+            position = key.value().1;
+            messages.push(message);
+        }
+        if !more {
+            // Nothing is left: the room's counter is the position, so that a caller that
+            // asked from beyond it (a position from another room) starts over cleanly.
+            position = change_counter(&txn, num)?;
+        }
+        Ok(ChangesPage {
+            partner,
+            messages,
+            position,
+            more,
+        })
     }
 
     /// One page of a user's rooms, most recent activity first, strictly after `after`.
@@ -344,6 +447,26 @@ impl ReadStore for RedbStore {
         ready(self.messages_page_now(room, viewer, before, limit))
     }
 
+    fn messages_after<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> Read<'a, HistoryPage> {
+        ready(self.messages_after_now(room, viewer, after, limit))
+    }
+
+    fn changes<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> Read<'a, ChangesPage> {
+        ready(self.changes_now(room, viewer, since, limit))
+    }
+
     fn inbox_page<'a>(
         &'a self,
         user: &'a str,
@@ -425,6 +548,15 @@ fn profile_in(
         id: user.to_owned(),
         name: name.unwrap_or_else(|| user.to_owned()),
     })
+}
+
+/// A room's change counter, as a read transaction sees it.
+fn change_counter(txn: &redb::ReadTransaction, num: u64) -> Result<u64> {
+    let rooms = txn.open_table(ROOMS)?;
+    let value = rooms
+        .get(num)?
+        .ok_or_else(|| StoreError::Corrupt(format!("room {num} has no record")))?;
+    Ok(records::decode_room(value.value())?.lifecycle.change)
 }
 
 fn read_message(
