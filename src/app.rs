@@ -12,12 +12,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
+use crate::auth::{AdminSecret, Auth};
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::fanout::hub::Subscription;
 use crate::model::SessionUser;
 use crate::protocol::{ChatError, ErrorCode};
+use crate::store::Maintenance;
 
 /// Shared state of the running server.
 pub struct App {
@@ -31,16 +32,28 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every connection and session task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The admin API's secret (`crate::admin`).
+    pub admin_secret: AdminSecret,
+    /// Whole-store operations for the admin API and the store's size in `/metrics`.
+    pub maintenance: Arc<dyn Maintenance>,
 }
 
 impl App {
-    pub fn new(chat: Arc<Chat>, auth: Auth, config: Config) -> Arc<App> {
+    pub fn new(
+        chat: Arc<Chat>,
+        auth: Auth,
+        config: Config,
+        admin_secret: AdminSecret,
+        maintenance: Arc<dyn Maintenance>,
+    ) -> Arc<App> {
         Arc::new(App {
             chat,
             auth,
             config,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            admin_secret,
+            maintenance,
         })
     }
 

@@ -22,8 +22,10 @@ use crate::protocol::room::is_valid_user_id;
 const LEEWAY_SECS: u64 = 30;
 /// Longest accepted display name, in Unicode scalar values after trimming.
 const MAX_NAME_CHARS: usize = 100;
-/// Name of the generated secret's file inside the data directory.
+/// Name of the generated JWT secret's file inside the data directory.
 const SECRET_FILE: &str = "jwt-secret";
+/// Name of the generated admin secret's file inside the data directory.
+pub const ADMIN_SECRET_FILE: &str = "admin-secret";
 
 /// Verifies and mints tokens with one HS256 secret.
 pub struct Auth {
@@ -158,6 +160,23 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The admin API's bearer secret. Never a user token: it is checked only at `/admin/`, and
+/// `Auth::verify` refuses it like any string that is not a signed JWT.
+pub struct AdminSecret(Vec<u8>);
+
+impl AdminSecret {
+    pub fn new(secret: Vec<u8>) -> AdminSecret {
+        AdminSecret(secret)
+    }
+
+    /// Whether `given` is the secret, compared in constant time so that response timing
+    /// does not reveal how much of a guess was right.
+    pub fn matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(given.as_bytes()).into()
+    }
+}
+
 /// The token of an `Authorization` header value: scheme "Bearer" matched
 /// case-insensitively, then one or more spaces, then the token. None otherwise.
 pub fn bearer_token(header_value: &str) -> Option<&str> {
@@ -173,11 +192,27 @@ pub fn bearer_token(header_value: &str) -> Option<&str> {
 /// `<data_dir>/jwt-secret` (created on first use with 32 random bytes hex-encoded, mode 0600,
 /// the directory created if missing), reused afterwards.
 pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<Vec<u8>> {
+    resolve_secret_file(configured, data_dir, SECRET_FILE)
+}
+
+/// The admin API's secret, found the same way as the JWT secret but in its own file,
+/// `<data_dir>/admin-secret`: the two must differ, or a user token's signing key would
+/// open the admin API.
+pub fn resolve_admin_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<Vec<u8>> {
+    resolve_secret_file(configured, data_dir, ADMIN_SECRET_FILE)
+}
+
+/// The configured secret, else the one kept in `<data_dir>/<file>`, generated on first use.
+fn resolve_secret_file(
+    configured: Option<&str>,
+    data_dir: &Path,
+    file: &str,
+) -> io::Result<Vec<u8>> {
     if let Some(secret) = configured {
         return Ok(secret.as_bytes().to_vec());
     }
     fs::create_dir_all(data_dir)?;
-    let path = data_dir.join(SECRET_FILE);
+    let path = data_dir.join(file);
     match fs::read_to_string(&path) {
         Ok(text) => return read_secret(&path, &text),
         Err(e) if e.kind() == IoErrorKind::NotFound => {}
@@ -191,7 +226,7 @@ pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<V
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let tmp = data_dir.join(format!("{SECRET_FILE}.{}.tmp", std::process::id()));
+    let tmp = data_dir.join(format!("{file}.{}.tmp", std::process::id()));
     let result = write_private(&tmp, secret.as_bytes()).and_then(|()| fs::hard_link(&tmp, &path));
     let _ = fs::remove_file(&tmp);
     match result {
@@ -199,7 +234,7 @@ pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<V
             // Make the new directory entry durable, or a crash could lose the secret and
             // invalidate every token minted with it.
             fs::File::open(data_dir)?.sync_all()?;
-            tracing::info!(path = %path.display(), "generated a new JWT secret");
+            tracing::info!(path = %path.display(), "generated a new secret");
             Ok(secret.into_bytes())
         }
         Err(e) if e.kind() == IoErrorKind::AlreadyExists => {
@@ -252,7 +287,7 @@ fn warn_if_exposed(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "JWT secret file is readable by other users; chmod 600 it");
+            tracing::warn!(path = %path.display(), "secret file is readable by other users; chmod 600 it");
         }
     }
 }
@@ -300,6 +335,17 @@ mod tests {
             Err(AuthError::Invalid(reason)) => reason,
             other => panic!("expected invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_admin_secret_matches_only_itself() {
+        let admin = AdminSecret::new(b"admin-secret-1".to_vec());
+        assert!(admin.matches("admin-secret-1"));
+        assert!(!admin.matches("admin-secret-2"));
+        assert!(!admin.matches("admin-secret-1 "));
+        assert!(!admin.matches(""));
+        // Nor is it a user token.
+        assert!(auth().verify("admin-secret-1").is_err());
     }
 
     #[test]

@@ -32,6 +32,23 @@ pub enum Command {
         /// How long the token is valid from now.
         ttl: Duration,
     },
+    /// Print the admin API's secret that `config` resolves to.
+    AdminToken(Config),
+    /// Ask the server at `config.bind` for a backup, with the admin secret.
+    Backup(Config),
+    /// Install the backup file as the store of `config.data_dir`.
+    Restore {
+        /// Settings, for the data directory.
+        config: Config,
+        /// The backup file.
+        backup: PathBuf,
+        /// Replace the store of a data directory that is not empty.
+        force: bool,
+    },
+    /// Check the store of `config.data_dir`, offline.
+    Verify(Config),
+    /// Compact the store of `config.data_dir`, offline.
+    Compact(Config),
 }
 
 /// Parses the process's args and env; on error prints one clear line (naming the key or
@@ -85,6 +102,15 @@ impl Cli {
         match self.command.unwrap_or(Sub::Serve(self.serve)) {
             Sub::Serve(args) => args.into_command(env),
             Sub::Token(args) => args.into_command(env),
+            Sub::AdminToken(args) => Ok(Command::AdminToken(args.config([], env)?)),
+            Sub::Backup(args) => args.into_command(env),
+            Sub::Restore(args) => Ok(Command::Restore {
+                config: args.shared.config([], env)?,
+                backup: args.backup,
+                force: args.force,
+            }),
+            Sub::Verify(args) => Ok(Command::Verify(args.config([], env)?)),
+            Sub::Compact(args) => Ok(Command::Compact(args.config([], env)?)),
         }
     }
 }
@@ -95,6 +121,64 @@ enum Sub {
     Serve(ServeArgs),
     /// Print a token for USER_ID signed with the server's secret.
     Token(TokenArgs),
+    /// Print the admin API's secret (generated into the data dir if unset).
+    AdminToken(AdminArgs),
+    /// Take a backup through the running server's admin API and print its report.
+    Backup(BackupArgs),
+    /// Install a backup file as the store of the data dir (stopped server; verified first).
+    Restore(RestoreArgs),
+    /// Check the store of the data dir (stopped server); exit status 0 when it is sound.
+    Verify(SharedArgs),
+    /// Compact the store of the data dir (stopped server) and print its size before/after.
+    Compact(SharedArgs),
+}
+
+/// The flags of the commands that use the admin secret.
+#[derive(Args, Debug)]
+struct AdminArgs {
+    #[command(flatten)]
+    shared: SharedArgs,
+    /// Admin API secret [env: CHAT_ADMIN_SECRET]; generated into the data dir if unset
+    #[arg(long, value_name = "S")]
+    admin_secret: Option<String>,
+}
+
+impl AdminArgs {
+    fn config(
+        self,
+        more: impl IntoIterator<Item = Option<Flag>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let admin = flag("admin_secret", "--admin-secret", self.admin_secret);
+        self.shared.config(std::iter::once(admin).chain(more), env)
+    }
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The running server's address [env: CHAT_BIND] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+}
+
+impl BackupArgs {
+    fn into_command(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
+        let bind = flag("bind", "--bind", self.bind);
+        Ok(Command::Backup(self.admin.config([bind], env)?))
+    }
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// The backup file (a chat-*.redb from the backups directory)
+    backup: PathBuf,
+    /// Replace the store of a data dir that is not empty
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    shared: SharedArgs,
 }
 
 /// Flags every subcommand takes because they decide where the secret comes from.
@@ -355,6 +439,46 @@ mod tests {
         assert!(error(&["token", "bob", "--name", "   "], &[]).contains("--name"));
         // Serve-only flags are not accepted by `token`.
         assert!(run(&["token", "bob", "--bind", "127.0.0.1:1"], &[]).is_err());
+    }
+
+    #[test]
+    fn admin_subcommands() {
+        let Command::AdminToken(c) = run(&["admin-token", "--data", "/d"], &[]).unwrap() else {
+            panic!("expected admin-token");
+        };
+        assert_eq!((c.data_dir, c.admin_secret), (PathBuf::from("/d"), None));
+        let env = [("CHAT_ADMIN_SECRET", "env"), ("CHAT_BIND", "127.0.0.1:5")];
+        let Command::Backup(c) = run(&["backup", "--admin-secret", "flag"], &env).unwrap() else {
+            panic!("expected backup");
+        };
+        assert_eq!(c.admin_secret.as_deref(), Some("flag"));
+        assert_eq!(c.bind.port(), 5);
+        let Command::Backup(c) = run(&["backup", "--bind", "127.0.0.1:6"], &env).unwrap() else {
+            panic!("expected backup");
+        };
+        assert_eq!((c.admin_secret.as_deref(), c.bind.port()), (Some("env"), 6));
+        let Command::Restore {
+            config,
+            backup,
+            force,
+        } = run(&["restore", "/b/x.redb", "--data", "/d", "--force"], &[]).unwrap()
+        else {
+            panic!("expected restore");
+        };
+        assert_eq!(
+            (config.data_dir, backup, force),
+            (PathBuf::from("/d"), PathBuf::from("/b/x.redb"), true)
+        );
+        assert!(matches!(
+            run(&["verify", "--data", "/d"], &[]).unwrap(),
+            Command::Verify(_)
+        ));
+        assert!(matches!(
+            run(&["compact", "--data", "/d"], &[]).unwrap(),
+            Command::Compact(_)
+        ));
+        // A restore names its backup.
+        assert!(run(&["restore", "--data", "/d"], &[]).is_err());
     }
 
     #[test]

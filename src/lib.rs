@@ -38,7 +38,10 @@
 //! - [`cli`]: the subcommands and their flags, turned into a [`cli::Command`].
 //! - [`config`]: the settings, their key registry, and file → environment → flag.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
+//! - [`admin`]: the admin API under `/admin/` (its own secret; online backup) and the
+//!   operator commands: `backup`, `restore`, `verify`, `compact`.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod chat;

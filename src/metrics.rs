@@ -32,6 +32,7 @@ const RECENT_BYTES: &str = "chat_recent_cache_bytes";
 const RECENT_EVICTIONS: &str = "chat_recent_cache_evictions_total";
 const OUTBOUND_QUEUED: &str = "chat_outbound_queued_bytes";
 const OUTBOUND_CUTS: &str = "chat_outbound_budget_cuts_total";
+const STORE_FILE: &str = "chat_store_file_bytes";
 
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
@@ -127,6 +128,11 @@ fn describe() {
         "Connections cut off (1008) because all queues together were over \
          memory.outbound_total_bytes; also counted in chat_slow_consumers_total."
     );
+    describe_gauge!(
+        STORE_FILE,
+        metrics::Unit::Bytes,
+        "Size of the store's file on disk; `chat-server compact` shrinks it offline."
+    );
     for dialect in [Dialect::Plain, Dialect::SocketIo] {
         gauge!(CONNECTIONS, "dialect" => dialect.label()).set(0.0);
     }
@@ -141,6 +147,7 @@ fn describe() {
         RECENT_ROOMS,
         RECENT_BYTES,
         OUTBOUND_QUEUED,
+        STORE_FILE,
     ] {
         gauge!(name).set(0.0);
     }
@@ -213,6 +220,11 @@ pub fn process_state(redb_cache_bytes: usize) {
     if let Some(bytes) = resident_bytes() {
         gauge!(RESIDENT).set(bytes as f64);
     }
+}
+
+/// The store's file size, read now.
+pub fn store_state(file_bytes: u64) {
+    gauge!(STORE_FILE).set(file_bytes as f64);
 }
 
 /// RSS from `/proc/self/statm` (its second field, in pages); `None` off Linux.

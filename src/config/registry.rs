@@ -223,6 +223,15 @@ const KEYS: &[Key] = &[
         .memory
         .rate_limit_users),
     key!("cors.allowed_origins", origins, |c| c.cors.allowed_origins),
+    // The admin API and online backups.
+    key!("admin_secret", |r| non_empty_str(r).map(Some), |c| c
+        .admin_secret),
+    key!(
+        "backup.dir",
+        |r| non_empty_str(r).map(|d| Some(PathBuf::from(d))),
+        |c| c.backup.dir
+    ),
+    key!("backup.keep", positive_int, |c| c.backup.keep),
 ];
 
 fn non_empty_str(raw: Raw<'_>) -> Result<String, String> {

@@ -108,6 +108,10 @@ pub fn routes(
             let cache = app.chat.writer().recent_cache();
             metrics::recent_cache_state(cache.rooms(), cache.bytes(), cache.evictions());
             metrics::process_state(app.config.memory.redb_cache_bytes);
+            match app.maintenance.file_bytes() {
+                Ok(bytes) => metrics::store_state(bytes),
+                Err(e) => tracing::warn!(error = %e, "cannot read the store's file size"),
+            }
             warp::reply::with_header(
                 metrics::render(),
                 "content-type",
@@ -161,6 +165,8 @@ pub fn routes(
 
     healthz
         .or(metrics)
+        .unify()
+        .or(crate::admin::routes(app.clone()))
         .unify()
         .or(rooms)
         .unify()

@@ -21,6 +21,7 @@ pub mod redb;
 mod suite;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 
 use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
@@ -162,4 +163,27 @@ pub enum SeenOutcome {
     NotFound,
     /// The reader sent it (every message of a self room).
     OwnMessage,
+}
+
+/// Whole-store operations for the admin API (`crate::admin`). Each reads the whole store,
+/// so callers run it on a blocking thread, never on the runtime.
+pub trait Maintenance: Send + Sync {
+    /// Copies every table, as of one moment (one read transaction), into a new store file
+    /// at `dest`, which must not exist; the file is complete and fsync'd on return. Writes
+    /// go on meanwhile: a read transaction never holds up the writer.
+    fn backup_into(&self, dest: &Path) -> Result<StoreCounts>;
+
+    /// Bytes the store's file takes on disk.
+    fn file_bytes(&self) -> Result<u64>;
+}
+
+/// What a store held, as of one read transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Rooms (each with at least one message).
+    pub rooms: u64,
+    /// Messages in every room.
+    pub messages: u64,
+    /// The highest message id of any room (ids are per room, 1..=n).
+    pub highest_message_id: u64,
 }

@@ -19,16 +19,21 @@
 //!   user has, so an inbox page is one forward range scan.
 //! - `profiles`: user id → latest display name.
 
+mod backup;
 mod batch;
 mod records;
+mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Read, ReadStore, Result, StoreError, WriteStore, WriteTxn};
 use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
 use records::RoomRecord;
+
+pub use backup::compact;
+pub use verify::{verify, Verified};
 
 /// The on-disk format this binary writes. A store with a higher number is refused.
 pub const FORMAT_VERSION: u64 = 1;
@@ -67,7 +72,9 @@ backend_errors!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::CompactionError,
+    redb::SetDurabilityError
 );
 
 /// Sort key that lists the most recent activity first in a forward scan.
@@ -78,6 +85,8 @@ fn newest_first(updated_ms: i64) -> u64 {
 /// The store: safe to share; reads never block on the writer.
 pub struct RedbStore {
     db: Database,
+    /// The database file, whose size `/metrics` reports.
+    path: PathBuf,
 }
 
 impl RedbStore {
@@ -90,9 +99,10 @@ impl RedbStore {
     /// Opens the store with a page cache of `cache_bytes` (`memory.redb_cache_bytes`).
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<RedbStore> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::Io)?;
+        let path = data_dir.join(DB_FILE);
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
-            .create(data_dir.join(DB_FILE))?;
+            .create(&path)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -123,7 +133,7 @@ impl RedbStore {
         std::fs::File::open(data_dir)
             .and_then(|dir| dir.sync_all())
             .map_err(StoreError::Io)?;
-        Ok(RedbStore { db })
+        Ok(RedbStore { db, path })
     }
 
     /// The stored message a sender already sent with this `clientMessageId`, if any.
