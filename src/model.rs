@@ -26,7 +26,7 @@ impl SessionUser {
 }
 
 /// One stored message. Times are kept as Unix milliseconds and formatted only on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChatMessage {
     /// Per-room id: 1, 2, 3, … without gaps.
     pub id: u64,
@@ -40,6 +40,31 @@ pub struct ChatMessage {
     pub seen_ms: Option<i64>,
     /// The sender's own key for the message, echoed back for optimistic UIs.
     pub client_message_id: Option<String>,
+    /// When the partner's client first acknowledged having it (`message:received`, or a
+    /// read, which implies it).
+    pub delivered_ms: Option<i64>,
+    /// When the sender last changed the text.
+    pub edited_ms: Option<i64>,
+    /// When the sender deleted it; the message is then a tombstone ([`ChatMessage::erase`]).
+    pub deleted_ms: Option<i64>,
+    /// The room's change counter when this message last changed (sent, delivered, seen,
+    /// edited, deleted): its place in a `changes` listing. Not on the wire.
+    pub change: u64,
+}
+
+impl ChatMessage {
+    /// Turns the message into a tombstone: the text goes, the id stays (ids are gap-free),
+    /// and so do the sender, `sentAt`, the marks and the `clientMessageId` (a retry of the
+    /// original send must still find it and not store the text again). The one form for
+    /// every removal, whoever asks for it.
+    pub fn erase(&mut self, now_ms: i64) {
+        self.message.clear();
+        self.deleted_ms = Some(now_ms.max(self.sent_ms));
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_ms.is_some()
+    }
 }
 
 /// "<lowest>-<highest>", ids compared bytewise as strings (so "10" < "9"). Self room "a-a".
@@ -102,6 +127,20 @@ pub struct HistoryPage {
     pub partner: SessionUser,
     /// Newest first.
     pub messages: Vec<ChatMessage>,
+}
+
+/// What changed in a room since a position of its change counter, as `viewer` sees it.
+#[derive(Debug, Clone)]
+pub struct ChangesPage {
+    /// The other participant, with their remembered name.
+    pub partner: SessionUser,
+    /// Each changed message as it is now, in the order of its latest change.
+    pub messages: Vec<ChatMessage>,
+    /// The position to ask from next: the last listed change, or the room's counter once
+    /// nothing is left.
+    pub position: u64,
+    /// Whether more changes follow `position`.
+    pub more: bool,
 }
 
 /// One row of a user's inbox.

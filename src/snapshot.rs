@@ -324,8 +324,7 @@ mod tests {
             user_id: "a".into(),
             message,
             sent_ms: id as i64,
-            seen_ms: None,
-            client_message_id: None,
+            ..ChatMessage::default()
         }
     }
 

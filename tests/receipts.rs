@@ -56,6 +56,8 @@ async fn seen_goes_to_every_tab_of_the_sender_and_not_to_the_reader() {
         json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 1, "seenAt": seen_at }]);
     assert_eq!(reply["seen"], expected);
     for tab in [&mut alice1, &mut alice2] {
+        // A read implies received: the delivered mark comes first (tests/lifecycle.rs).
+        assert_eq!(tab.recv_event("message:delivered").await[0]["messageId"], 1);
         assert_eq!(tab.recv_event("message:seen").await, expected);
     }
     bob.expect_silence(QUIET).await;
@@ -190,9 +192,11 @@ async fn mixed_arrays_apply_the_valid_items_and_report_the_rest_by_index() {
     assert_eq!(reply["seen"].as_array().unwrap().len(), 2);
 
     // Each partner hears only of their own messages.
+    alice.recv_event("message:delivered").await;
     let to_alice = alice.recv_event("message:seen").await;
     assert_eq!(to_alice.as_array().unwrap().len(), 1);
     assert_eq!(to_alice[0]["roomId"], "alice-bob");
+    carol.recv_event("message:delivered").await;
     let to_carol = carol.recv_event("message:seen").await;
     assert_eq!(to_carol[0]["roomId"], "bob-carol");
 

@@ -108,6 +108,7 @@ async fn a_socketio_tab_and_a_plain_tab_of_one_user_share_every_event() {
         )
         .await;
     assert_eq!(read["seen"].as_array().unwrap().len(), 1, "{read}");
+    alice_plain.recv_event("message:delivered").await;
     let seen = alice_plain.recv_event("message:seen").await;
     assert_eq!(seen[0]["messageId"], id);
 

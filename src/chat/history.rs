@@ -1,5 +1,5 @@
 //! `messages` and `GET /api/rooms/{id}/messages`: one page of a room's history, read from
-//! the store.
+//! the store: newest first below `before`, or, for catch-up, oldest first above `after`.
 
 use serde_json::json;
 
@@ -19,13 +19,22 @@ impl Chat {
     pub async fn messages_page(&self, user: &SessionUser, req: &MessagesRequest) -> Reply {
         let limit = req.checked_limit()?;
         let before = req.checked_before()?;
+        let after = req.checked_after()?;
         let room = room_for(&user.id, &req.room_id)?;
         self.rate_limiter.take(&user.id, Bucket::Request)?;
-        let page = self
-            .store
-            .messages_page(&room, &user.id, before, limit)
-            .await
-            .map_err(internal)?;
+        let page = match after {
+            Some(after) => {
+                self.store
+                    .messages_after(&room, &user.id, after, limit)
+                    .await
+            }
+            None => {
+                self.store
+                    .messages_page(&room, &user.id, before, limit)
+                    .await
+            }
+        }
+        .map_err(internal)?;
         Ok(Success::request(
             ClientEvent::Messages,
             json!({

@@ -7,13 +7,18 @@
 //! once or hands a write to the group-commit writer and answers when it is durable.
 //!
 //! One event per file, each holding its checks, the writer command it submits (if it
-//! writes) and its reply: `send.rs` (`message`), `read.rs` (`message:read`), `typing.rs`,
-//! `rooms.rs`, `history.rs` (`messages`), and `profile.rs` (a connecting user's name). This
-//! file holds what they share and the table that routes an event name to its handler.
+//! writes) and its reply: `send.rs` (`message`), `read.rs` (`message:read`), `received.rs`
+//! (`message:received`), `edit.rs` (`message:edit`, `message:delete`), `typing.rs`,
+//! `rooms.rs`, `history.rs` (`messages`), `changes.rs` (`changes`), and `profile.rs` (a
+//! connecting user's name). This file holds what they share and the table that routes an
+//! event name to its handler.
 
+mod changes;
+mod edit;
 mod history;
 mod profile;
 mod read;
+mod received;
 mod rooms;
 mod send;
 mod typing;
@@ -101,6 +106,8 @@ pub struct ChatLimits {
     pub request_rate: Rate,
     /// Users whose buckets are remembered at once (`memory.rate_limit_users`).
     pub rate_limit_users: usize,
+    /// How long after sending a message may be edited (`limits.edit_window_secs`).
+    pub edit_window_ms: i64,
 }
 
 impl From<&crate::config::Config> for ChatLimits {
@@ -117,6 +124,8 @@ impl From<&crate::config::Config> for ChatLimits {
                 burst: limits.request_burst,
             },
             rate_limit_users: config.memory.rate_limit_users,
+            edit_window_ms: i64::try_from(limits.edit_window_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -206,6 +215,10 @@ impl Chat {
             ClientEvent::Typing => self.typing(user, data).into(),
             ClientEvent::Rooms => self.rooms(user, data).await.into(),
             ClientEvent::Messages => self.messages(user, data).await.into(),
+            ClientEvent::Received => self.mark_received(user, data).await,
+            ClientEvent::Edit => self.edit_message(user, data).await,
+            ClientEvent::Delete => self.delete_message(user, data).await,
+            ClientEvent::Changes => self.changes(user, data).await.into(),
         }
     }
 }

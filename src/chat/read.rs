@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::received::Delivered;
 use super::{check_sender, room_for, Chat, Handled, Success};
 use crate::model::{RoomKey, SessionUser};
+use crate::protocol::error::Rejection;
 use crate::protocol::event::{self, ClientEvent, ReadItem, MAX_READ_ITEMS};
 use crate::protocol::server_event::{SeenReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis, parse_rfc3339_millis};
@@ -118,22 +120,7 @@ fn read_reply(
             )),
         }
     }
-    rejected.sort_by_key(|(index, _)| *index);
-    let rejections: Vec<_> = rejected
-        .into_iter()
-        .map(|(index, e)| crate::protocol::error::Rejection {
-            index,
-            code: e.code,
-            message: e.message,
-        })
-        .collect();
-    let error_without_ack = rejections.first().map(|first| ChatError {
-        rejected: Some(rejections.clone()),
-        ..ChatError::new(
-            first.code,
-            format!("{} of the items were rejected", rejections.len()),
-        )
-    });
+    let (rejections, error_without_ack) = rejections(rejected);
     let room_of = |index: usize| {
         room_ids
             .iter()
@@ -158,6 +145,30 @@ fn read_reply(
     }
 }
 
+/// The `rejected` list of an item-wise request (`message:read`, `message:received`) in
+/// request order, and the `error` event that reports it when the client gave no `ack`.
+pub(super) fn rejections(
+    mut rejected: Vec<(usize, ChatError)>,
+) -> (Vec<Rejection>, Option<ChatError>) {
+    rejected.sort_by_key(|(index, _)| *index);
+    let rejections: Vec<_> = rejected
+        .into_iter()
+        .map(|(index, e)| Rejection {
+            index,
+            code: e.code,
+            message: e.message,
+        })
+        .collect();
+    let error_without_ack = rejections.first().map(|first| ChatError {
+        rejected: Some(rejections.clone()),
+        ..ChatError::new(
+            first.code,
+            format!("{} of the items were rejected", rejections.len()),
+        )
+    });
+    (rejections, error_without_ack)
+}
+
 /// One item of a `message:read`, already checked for shape, reader and room.
 pub struct SeenItem {
     /// Position in the request array, for the `rejected` list.
@@ -169,7 +180,9 @@ pub struct SeenItem {
 }
 
 /// A `message:read` to apply: one `message:seen` to each partner whose messages became
-/// seen, listing only that partner's messages. Answers each item's outcome, by index.
+/// seen, listing only that partner's messages. A read implies received, so each item also
+/// moves the reader's delivered mark to it first, with the `message:delivered` that
+/// causes. Answers each item's outcome, by index.
 pub struct MarkSeen {
     pub reader: String,
     pub items: Vec<SeenItem>,
@@ -186,7 +199,17 @@ impl Command for MarkSeen {
         let now = now_millis();
         let mut outcomes = Vec::with_capacity(self.items.len());
         let mut by_partner: BTreeMap<String, Vec<SeenReceipt>> = BTreeMap::new();
+        let mut delivered = Delivered::default();
         for item in self.items {
+            delivered.mark(
+                txn,
+                cx,
+                &self.reader,
+                &item.room,
+                &item.room_id,
+                item.message_id,
+                now,
+            )?;
             let outcome = txn
                 .mark_seen(
                     &item.room,
@@ -210,6 +233,7 @@ impl Command for MarkSeen {
             }
             outcomes.push((item.index, outcome));
         }
+        delivered.publish(cx);
         for (partner, receipts) in by_partner {
             cx.publish(vec![partner], ServerEvent::MessageSeen(receipts));
         }

@@ -11,7 +11,7 @@ use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::{self, ClientEvent, SendMessage, MAX_MESSAGES_LIMIT};
 use crate::protocol::server_event::ServerEvent;
 use crate::protocol::time::now_millis;
-use crate::protocol::{ChatError, ErrorCode};
+use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
 use crate::store::{Appended, WriteTxn};
 use crate::writer::{outcome, Command, Context};
@@ -28,22 +28,7 @@ impl Chat {
             req.check_shape()?;
             check_sender(user, &req.user_id)?;
             let room = room_for(&user.id, &req.room_id)?;
-            if req.message.is_empty() {
-                return Err(ChatError::new(
-                    ErrorCode::InvalidMessage,
-                    "message must not be empty",
-                ));
-            }
-            if req.message.len() > self.limits.max_message_bytes {
-                return Err(ChatError::new(
-                    ErrorCode::MessageTooLarge,
-                    format!(
-                        "message is {} bytes; the limit is {}",
-                        req.message.len(),
-                        self.limits.max_message_bytes
-                    ),
-                ));
-            }
+            self.check_text(&req.message)?;
             Ok((req, room))
         })();
         let (req, room) = match checked {

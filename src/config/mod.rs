@@ -108,6 +108,9 @@ pub struct Limits {
     pub max_http_body_bytes: usize,
     /// Seconds an HTTP request may take before it is abandoned.
     pub request_timeout_secs: u64,
+    /// Seconds after sending during which the sender may edit a message; 0 turns editing
+    /// off.
+    pub edit_window_secs: u64,
 }
 
 /// Storage tuning.
@@ -200,6 +203,7 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             max_http_body_bytes: 65536,
             request_timeout_secs: 30,
+            edit_window_secs: 900,
         }
     }
 }
@@ -324,6 +328,7 @@ mod tests {
         assert_eq!(c.limits.idle_timeout_secs, 60);
         assert_eq!(c.limits.max_http_body_bytes, 65536);
         assert_eq!(c.limits.request_timeout_secs, 30);
+        assert_eq!(c.limits.edit_window_secs, 900);
         assert_eq!(c.storage.max_batch, 1024);
         assert_eq!(c.memory.redb_cache_bytes, 16 << 20);
         assert_eq!(c.memory.recent_cache_bytes, 32 << 20);

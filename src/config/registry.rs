@@ -206,6 +206,9 @@ const KEYS: &[Key] = &[
     key!("limits.request_timeout_secs", positive_int, |c| c
         .limits
         .request_timeout_secs),
+    key!("limits.edit_window_secs", non_negative_int, |c| c
+        .limits
+        .edit_window_secs),
     key!("storage.max_batch", positive_int, |c| c.storage.max_batch),
     key!("memory.redb_cache_bytes", byte_size, |c| c
         .memory
@@ -272,6 +275,16 @@ pub(super) fn positive_int<T: TryFrom<u64>>(raw: Raw<'_>) -> Result<T, String> {
         Some(n) if n > 0 => T::try_from(n).map_err(|_| format!("{} is too large", raw.show())),
         _ => Err(format!("expected a positive integer, got {}", raw.show())),
     }
+}
+
+/// A whole number, 0 included (for settings where 0 means "off").
+fn non_negative_int(raw: Raw<'_>) -> Result<u64, String> {
+    let n = match raw {
+        Raw::Text(s) => s.parse::<u64>().ok(),
+        Raw::Toml(Value::Integer(i)) => u64::try_from(*i).ok(),
+        Raw::Toml(_) => None,
+    };
+    n.ok_or_else(|| format!("expected a whole number (0 or more), got {}", raw.show()))
 }
 
 /// A positive byte count: an integer, or a string with a binary unit such as `"64MiB"`.

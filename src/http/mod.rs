@@ -1,7 +1,7 @@
 //! HTTP: the REST API, health, metrics, CORS, and JSON errors.
 //!
 //! The REST endpoints call the same handlers as the socket requests (`Chat::rooms_page`,
-//! `Chat::messages_page`) and answer with exactly the socket reply object. Every failure,
+//! `Chat::messages_page`, `Chat::changes_page`) and answer with exactly the socket reply object. Every failure,
 //! including unknown paths, is `{ "error": { "code", "message" } }` with the status of its
 //! code, turned into a response in one place ([`error_response`]).
 
@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::auth::bearer_token;
 use crate::config::CorsConfig;
 use crate::metrics;
-use crate::protocol::event::{MessagesRequest, RoomsRequest};
+use crate::protocol::event::{ChangesRequest, MessagesRequest, RoomsRequest};
 use crate::protocol::{ChatError, ErrorCode};
 use query::{percent_decode_strict, query_number, query_pairs, query_param};
 
@@ -140,6 +140,27 @@ pub fn routes(
             },
         );
 
+    let changes = warp::path!("api" / "rooms" / String / "changes")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .then(
+            |segment: String, app: Arc<App>, headers: HeaderMap, query: String| async move {
+                let reply = async {
+                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let pairs = query_pairs(&query)?;
+                    let req = ChangesRequest {
+                        room_id: room_id_from_path(&segment)?,
+                        since: query_param(&pairs, "since")?.map(str::to_owned),
+                        limit: query_number(&pairs, "limit")?,
+                    };
+                    app.chat.changes_page(&user, &req).await
+                };
+                reply_response(reply.await)
+            },
+        );
+
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
         .and(with_app)
@@ -153,6 +174,7 @@ pub fn routes(
                     let req = MessagesRequest {
                         room_id: room_id_from_path(&segment)?,
                         before: query_number(&pairs, "before")?,
+                        after: query_number(&pairs, "after")?,
                         limit: query_number(&pairs, "limit")?,
                     };
                     app.chat.messages_page(&user, &req).await
@@ -171,6 +193,8 @@ pub fn routes(
         .or(rooms)
         .unify()
         .or(messages)
+        .unify()
+        .or(changes)
         .unify()
         .or(crate::web::routes())
         .unify()

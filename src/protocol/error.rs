@@ -17,6 +17,8 @@ pub enum ErrorCode {
     MessageTooLarge,
     NotFound,
     Forbidden,
+    EditWindowClosed,
+    MessageDeleted,
     RateLimited,
     TooManyConnections,
     Unauthorized,
@@ -25,7 +27,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for whatever must list them all (the metrics seed a series per code).
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownEvent,
         ErrorCode::InvalidRoom,
@@ -33,6 +35,8 @@ impl ErrorCode {
         ErrorCode::MessageTooLarge,
         ErrorCode::NotFound,
         ErrorCode::Forbidden,
+        ErrorCode::EditWindowClosed,
+        ErrorCode::MessageDeleted,
         ErrorCode::RateLimited,
         ErrorCode::TooManyConnections,
         ErrorCode::Unauthorized,
@@ -49,6 +53,8 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => "message_too_large",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::EditWindowClosed => "edit_window_closed",
+            ErrorCode::MessageDeleted => "message_deleted",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Unauthorized => "unauthorized",
@@ -65,7 +71,8 @@ impl ErrorCode {
             | ErrorCode::InvalidMessage
             | ErrorCode::MessageTooLarge => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::EditWindowClosed => 403,
+            ErrorCode::MessageDeleted => 409,
             ErrorCode::NotFound => 404,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
             ErrorCode::Internal => 500,

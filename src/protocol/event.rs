@@ -18,6 +18,10 @@ pub enum ClientEvent {
     Typing,
     Rooms,
     Messages,
+    Received,
+    Edit,
+    Delete,
+    Changes,
 }
 
 impl ClientEvent {
@@ -29,6 +33,10 @@ impl ClientEvent {
             "typing" => ClientEvent::Typing,
             "rooms" => ClientEvent::Rooms,
             "messages" => ClientEvent::Messages,
+            "message:received" => ClientEvent::Received,
+            "message:edit" => ClientEvent::Edit,
+            "message:delete" => ClientEvent::Delete,
+            "changes" => ClientEvent::Changes,
             _ => return None,
         })
     }
@@ -38,7 +46,10 @@ impl ClientEvent {
     /// connection's earlier requests before it runs one: otherwise a `rooms` sent right
     /// after a `message:read` could be answered from before the read's commit.
     pub fn reads_store(self) -> bool {
-        matches!(self, ClientEvent::Rooms | ClientEvent::Messages)
+        matches!(
+            self,
+            ClientEvent::Rooms | ClientEvent::Messages | ClientEvent::Changes
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -48,14 +59,18 @@ impl ClientEvent {
             ClientEvent::Typing => "typing",
             ClientEvent::Rooms => "rooms",
             ClientEvent::Messages => "messages",
+            ClientEvent::Received => "message:received",
+            ClientEvent::Edit => "message:edit",
+            ClientEvent::Delete => "message:delete",
+            ClientEvent::Changes => "changes",
         }
     }
 
     /// What the payload must be (its first byte, and in words): a JSON array for
-    /// `message:read`, a JSON object for every other event.
+    /// `message:read` and `message:received`, a JSON object for every other event.
     fn payload_kind(self) -> (u8, &'static str) {
         match self {
-            ClientEvent::Read => (b'[', "an array"),
+            ClientEvent::Read | ClientEvent::Received => (b'[', "an array"),
             _ => (b'{', "an object"),
         }
     }
@@ -112,6 +127,50 @@ pub struct MessagesRequest {
     pub room_id: String,
     #[serde(default)]
     pub before: Option<u64>,
+    /// Catch-up: the messages after this id, oldest first. Excludes `before`.
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// One item of `message:received`: the reader has every message of the room up to
+/// `messageId`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceivedItem {
+    /// Optional; when given it must be the reader's own id, as in `message:read`.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    pub room_id: String,
+    pub message_id: u64,
+}
+
+/// `message:edit`: new text for one of the user's messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditMessage {
+    pub room_id: String,
+    pub message_id: u64,
+    pub message: String,
+}
+
+/// `message:delete`: one of the user's messages to turn into a tombstone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteMessage {
+    pub room_id: String,
+    pub message_id: u64,
+}
+
+/// `changes`: what changed in a room since a position (catch-up).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangesRequest {
+    pub room_id: String,
+    /// A `position` from an earlier `changes` reply; absent for "from the start".
+    #[serde(default)]
+    pub since: Option<String>,
     #[serde(default)]
     pub limit: Option<u64>,
 }
@@ -173,6 +232,48 @@ impl MessagesRequest {
             other => Ok(other),
         }
     }
+
+    /// `after`, which cannot be combined with `before`.
+    pub fn checked_after(&self) -> Result<Option<u64>, ChatError> {
+        match (self.after, self.before) {
+            (Some(_), Some(_)) => Err(ChatError::bad_request(
+                "before and after cannot be used together",
+            )),
+            (after, _) => Ok(after),
+        }
+    }
+}
+
+impl ChangesRequest {
+    /// The page size, checked against 1..=50; 50 when absent.
+    pub fn checked_limit(&self) -> Result<usize, ChatError> {
+        checked_limit(self.limit, MAX_MESSAGES_LIMIT, MAX_MESSAGES_LIMIT)
+    }
+
+    /// The room's change counter `since` names; 0 when absent.
+    pub fn checked_since(&self) -> Result<u64, ChatError> {
+        match &self.since {
+            None => Ok(0),
+            Some(position) => parse_position(position).ok_or_else(|| {
+                ChatError::bad_request(format!(
+                    "since {position:?} is not a position from a changes reply"
+                ))
+            }),
+        }
+    }
+}
+
+/// A catch-up position as it travels: opaque to clients, so that its form can change.
+/// Today it is the room's change counter in decimal.
+pub fn format_position(change: u64) -> String {
+    change.to_string()
+}
+
+fn parse_position(position: &str) -> Option<u64> {
+    if position.is_empty() || !position.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    position.parse().ok()
 }
 
 fn checked_limit(limit: Option<u64>, max: usize, default: usize) -> Result<usize, ChatError> {
@@ -286,8 +387,48 @@ mod tests {
     }
 
     #[test]
+    fn catch_up_requests_check_their_positions() {
+        let both: MessagesRequest = parse(
+            ClientEvent::Messages,
+            r#"{"roomId":"a-b","after":1,"before":5}"#,
+        )
+        .unwrap();
+        assert!(both.checked_after().is_err());
+        let after: MessagesRequest =
+            parse(ClientEvent::Messages, r#"{"roomId":"a-b","after":0}"#).unwrap();
+        assert_eq!(after.checked_after().unwrap(), Some(0));
+        let changes = |since: &str| {
+            parse::<ChangesRequest>(
+                ClientEvent::Changes,
+                &format!(r#"{{"roomId":"a-b","since":{since}}}"#),
+            )
+            .unwrap()
+            .checked_since()
+        };
+        assert_eq!(changes("null").unwrap(), 0);
+        assert_eq!(changes(&format!("{:?}", format_position(42))).unwrap(), 42);
+        for bad in [
+            r#""""#,
+            r#""-1""#,
+            r#""1e3""#,
+            r#"" 7""#,
+            r#""99999999999999999999999""#,
+        ] {
+            assert!(changes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn server_event_names_are_unknown() {
-        for name in ["message:sent", "message:seen", "ack", "error", ""] {
+        for name in [
+            "message:sent",
+            "message:seen",
+            "message:delivered",
+            "message:updated",
+            "ack",
+            "error",
+            "",
+        ] {
             assert_eq!(ClientEvent::from_name(name), None);
         }
     }

@@ -1,4 +1,5 @@
-//! What the server pushes to clients unasked: `message:sent`, `message:seen`, `typing`.
+//! What the server pushes to clients unasked: `message:sent`, `message:seen`,
+//! `message:delivered`, `message:updated`, `typing`.
 //!
 //! One type for every pushed event, with its wire name and JSON payload written here
 //! once; both dialects frame the same rendering (see `crate::fanout::Outbound`). The
@@ -9,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::model::SessionUser;
+use crate::model::{ChatMessage, SessionUser};
 
 /// One event the server pushes to a user's connections.
 #[derive(Debug, Clone)]
@@ -26,6 +27,14 @@ pub enum ServerEvent {
     },
     /// `message:seen`: to a sender, which of their messages a reader has now seen.
     MessageSeen(Vec<SeenReceipt>),
+    /// `message:delivered`: to a sender, which of their messages a reader's client now has.
+    MessageDelivered(Vec<DeliveredReceipt>),
+    /// `message:updated`: to both members, a message as it is after an edit or a delete.
+    MessageUpdated {
+        /// The room id as the editor names it.
+        room_id: String,
+        message: ChatMessage,
+    },
     /// `typing`: to the partner, that the user is typing in the room.
     Typing {
         /// The room id as the typist names it.
@@ -48,6 +57,27 @@ pub struct SeenReceipt {
     pub user_id: String,
 }
 
+/// One message that became delivered, as `message:delivered` lists it (the shape of
+/// [`SeenReceipt`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveredReceipt {
+    /// The reader.
+    pub user_id: String,
+    /// The room id as the reader names it.
+    pub room_id: String,
+    pub message_id: u64,
+    /// RFC 3339, as every protocol timestamp.
+    pub delivered_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdatedPayload<'a> {
+    room_id: &'a str,
+    message: &'a ChatMessage,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TypingPayload<'a> {
@@ -61,6 +91,8 @@ impl ServerEvent {
         match self {
             ServerEvent::MessageSent { .. } => "message:sent",
             ServerEvent::MessageSeen(_) => "message:seen",
+            ServerEvent::MessageDelivered(_) => "message:delivered",
+            ServerEvent::MessageUpdated { .. } => "message:updated",
             ServerEvent::Typing { .. } => "typing",
         }
     }
@@ -87,6 +119,13 @@ impl ServerEvent {
             }
             ServerEvent::MessageSeen(receipts) => {
                 serde_json::to_string(receipts).expect("receipts serialize")
+            }
+            ServerEvent::MessageDelivered(receipts) => {
+                serde_json::to_string(receipts).expect("receipts serialize")
+            }
+            ServerEvent::MessageUpdated { room_id, message } => {
+                serde_json::to_string(&UpdatedPayload { room_id, message })
+                    .expect("messages serialize")
             }
             ServerEvent::Typing { room_id, user_id } => {
                 serde_json::to_string(&TypingPayload { room_id, user_id })
@@ -134,6 +173,43 @@ mod tests {
         assert_eq!(
             parsed(&event),
             json!([{ "userId": "b", "roomId": "a", "messageId": 7, "seenAt": "2026-01-02T03:04:05.006Z" }])
+        );
+    }
+
+    #[test]
+    fn delivered_and_updated_payloads() {
+        let event = ServerEvent::MessageDelivered(vec![DeliveredReceipt {
+            user_id: "b".into(),
+            room_id: "a-b".into(),
+            message_id: 7,
+            delivered_at: "2026-01-02T03:04:05.006Z".into(),
+        }]);
+        assert_eq!(event.name(), "message:delivered");
+        assert_eq!(
+            parsed(&event),
+            json!([{ "userId": "b", "roomId": "a-b", "messageId": 7, "deliveredAt": "2026-01-02T03:04:05.006Z" }])
+        );
+        let mut message = ChatMessage {
+            id: 2,
+            user_id: "a".into(),
+            message: "gone".into(),
+            ..ChatMessage::default()
+        };
+        message.erase(5);
+        let event = ServerEvent::MessageUpdated {
+            room_id: "a-b".into(),
+            message,
+        };
+        assert_eq!(event.name(), "message:updated");
+        let payload = parsed(&event);
+        assert_eq!(payload["roomId"], "a-b");
+        assert_eq!(
+            (
+                &payload["message"]["id"],
+                &payload["message"]["message"],
+                &payload["message"]["deleted"]
+            ),
+            (&json!(2), &json!(""), &json!(true))
         );
     }
 

@@ -24,7 +24,9 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
-use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
+use crate::model::{
+    ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
+};
 
 /// Why the store failed. Callers report it as `internal`; the detail goes to the log.
 #[derive(Debug)]
@@ -88,6 +90,26 @@ pub trait ReadStore: Send + Sync {
         limit: usize,
     ) -> Read<'a, HistoryPage>;
 
+    /// Up to `limit` messages of a room with ids above `after`, oldest first (catch-up),
+    /// and `viewer`'s partner in it.
+    fn messages_after<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> Read<'a, HistoryPage>;
+
+    /// Up to `limit` messages of a room that changed after the room's change counter was
+    /// `since`, in the order of their latest change, each as it is now.
+    fn changes<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> Read<'a, ChangesPage>;
+
     /// One page of a user's rooms, most recent activity first, strictly after `after`.
     fn inbox_page<'a>(
         &'a self,
@@ -135,6 +157,37 @@ pub trait WriteTxn {
         seen_date_ms: i64,
         now_ms: i64,
     ) -> Result<SeenOutcome>;
+
+    /// Moves `reader`'s delivered mark in a room forward to `up_to`: every partner message
+    /// up to it without a `deliveredAt` gets one (`now`). A mark never moves back.
+    fn mark_received(
+        &mut self,
+        room: &RoomKey,
+        reader: &str,
+        up_to: u64,
+        now_ms: i64,
+    ) -> Result<ReceivedOutcome>;
+
+    /// Replaces the text of `editor`'s message, if it was sent less than `window_ms` ago
+    /// and is not deleted. The same text again changes nothing, even after the window.
+    fn edit(
+        &mut self,
+        room: &RoomKey,
+        editor: &str,
+        message_id: u64,
+        text: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<EditOutcome>;
+
+    /// Turns `deleter`'s message into a tombstone ([`ChatMessage::erase`]).
+    fn delete(
+        &mut self,
+        room: &RoomKey,
+        deleter: &str,
+        message_id: u64,
+        now_ms: i64,
+    ) -> Result<DeleteOutcome>;
 
     /// Remembers a user's display name.
     fn put_profile(&mut self, user: &SessionUser) -> Result<()>;
@@ -186,4 +239,43 @@ pub struct StoreCounts {
     pub messages: u64,
     /// The highest message id of any room (ids are per room, 1..=n).
     pub highest_message_id: u64,
+}
+
+/// What moving a delivered mark did.
+#[derive(Debug, Clone)]
+pub enum ReceivedOutcome {
+    /// The mark moved; these partner messages became delivered (maybe none: the reader's
+    /// own messages need no mark).
+    Moved(Vec<ChatMessage>),
+    /// The mark was already at or past that id.
+    Unchanged,
+    /// The room has no message with that id.
+    NotFound,
+}
+
+/// What an edit did.
+#[derive(Debug, Clone)]
+pub enum EditOutcome {
+    /// The text changed.
+    Changed(ChatMessage),
+    /// The message already had this text; nothing was stored.
+    Unchanged(ChatMessage),
+    NotFound,
+    /// Someone else sent it.
+    NotSender,
+    Deleted,
+    /// It was sent longer ago than the edit window.
+    WindowClosed,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone)]
+pub enum DeleteOutcome {
+    /// The message is now a tombstone.
+    Deleted(ChatMessage),
+    /// It was a tombstone already; nothing was stored.
+    AlreadyDeleted(ChatMessage),
+    NotFound,
+    /// Someone else sent it.
+    NotSender,
 }

@@ -27,7 +27,11 @@ macro_rules! store_suite {
             pairs_sharing_an_id_string_are_separate_rooms,
             profiles_default_to_the_id_and_keep_the_latest_name,
             a_transaction_sees_its_own_writes_and_only_commit_keeps_them,
-            reopen_keeps_committed_data
+            reopen_keeps_committed_data,
+            delivered_marks_only_move_forward_and_mark_partner_messages_once,
+            only_the_sender_edits_within_the_window_and_deletes_into_a_tombstone,
+            changes_list_each_changed_message_once_in_change_order_and_page,
+            messages_after_an_id_come_oldest_first
         );
     };
     (@tests $fixture:ty; $($test:ident),* $(,)?) => {$(
@@ -307,4 +311,155 @@ pub async fn reopen_keeps_committed_data<F: Fixture>() {
     assert_eq!(unread(&store, "b", "a-b").await, 1);
     // Ids go on from where they were.
     assert_eq!(new_message(send(&store, &ab, "b", "next", None, 2)).id, 2);
+}
+
+fn commit<T>(store: &dyn WriteStore, op: impl FnOnce(&mut dyn WriteTxn) -> T) -> T {
+    let mut txn = store.begin().unwrap();
+    let out = op(txn.as_mut());
+    txn.commit().unwrap();
+    out
+}
+
+pub async fn delivered_marks_only_move_forward_and_mark_partner_messages_once<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    for (from, at) in [("a", 1000), ("b", 1100), ("a", 1200), ("a", 1300)] {
+        new_message(send(&store, &ab, from, "x", None, at));
+    }
+    let first = commit(&store, |t| t.mark_received(&ab, "b", 3, 5000).unwrap());
+    let delivered = match first {
+        ReceivedOutcome::Moved(ms) => ms,
+        other => panic!("expected a move, got {other:?}"),
+    };
+    // b's own message 2 needs no mark; a's 1 and 3 get one.
+    assert_eq!(ids(&delivered), [1, 3]);
+    assert!(delivered.iter().all(|m| m.delivered_ms == Some(5000)));
+    let back = commit(&store, |t| t.mark_received(&ab, "b", 2, 6000).unwrap());
+    assert!(matches!(back, ReceivedOutcome::Unchanged));
+    let beyond = commit(&store, |t| t.mark_received(&ab, "b", 5, 6000).unwrap());
+    assert!(matches!(beyond, ReceivedOutcome::NotFound));
+    let next = commit(&store, |t| t.mark_received(&ab, "b", 4, 7000).unwrap());
+    assert!(matches!(next, ReceivedOutcome::Moved(ref ms) if ids(ms) == [4]));
+    let page = store.messages_page(&ab, "a", None, 50).await.unwrap();
+    let marks: Vec<_> = page.messages.iter().map(|m| m.delivered_ms).collect();
+    assert_eq!(marks, [Some(7000), Some(5000), None, Some(5000)]);
+    // A message delivered before the mark reached it keeps its first time.
+    let a_marks = commit(&store, |t| t.mark_received(&ab, "a", 4, 8000).unwrap());
+    assert!(matches!(a_marks, ReceivedOutcome::Moved(ref ms) if ids(ms) == [2]));
+    // Unread counts are the seen marks' business alone.
+    assert_eq!(unread(&store, "b", "a-b").await, 3);
+}
+
+pub async fn only_the_sender_edits_within_the_window_and_deletes_into_a_tombstone<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    new_message(send(&store, &ab, "a", "helo", Some("c1"), 1000));
+    new_message(send(&store, &ab, "b", "hi", None, 1100));
+    let window = 60_000;
+    let edit = |by: &str, id: u64, text: &str, now: i64| {
+        commit(&store, |t| t.edit(&ab, by, id, text, window, now).unwrap())
+    };
+    match edit("a", 1, "hello", 2000) {
+        EditOutcome::Changed(m) => {
+            assert_eq!((m.message.as_str(), m.edited_ms), ("hello", Some(2000)))
+        }
+        other => panic!("expected an edit, got {other:?}"),
+    }
+    assert!(
+        matches!(edit("a", 1, "hello", 999_999), EditOutcome::Unchanged(ref m) if m.edited_ms == Some(2000))
+    );
+    assert!(matches!(edit("b", 1, "mine", 2000), EditOutcome::NotSender));
+    assert!(matches!(edit("a", 9, "x", 2000), EditOutcome::NotFound));
+    assert!(matches!(
+        edit("a", 1, "late", 1000 + window),
+        EditOutcome::WindowClosed
+    ));
+
+    let delete = |by: &str, id: u64| commit(&store, |t| t.delete(&ab, by, id, 3000).unwrap());
+    assert!(matches!(delete("b", 1), DeleteOutcome::NotSender));
+    assert!(matches!(delete("a", 7), DeleteOutcome::NotFound));
+    let tombstone = match delete("a", 1) {
+        DeleteOutcome::Deleted(m) => m,
+        other => panic!("expected a delete, got {other:?}"),
+    };
+    assert_eq!(tombstone.message, "");
+    assert_eq!(tombstone.deleted_ms, Some(3000));
+    assert_eq!(tombstone.client_message_id.as_deref(), Some("c1"));
+    assert!(
+        matches!(delete("a", 1), DeleteOutcome::AlreadyDeleted(ref m) if m.deleted_ms == Some(3000))
+    );
+    assert!(matches!(edit("a", 1, "back", 3500), EditOutcome::Deleted));
+    // A retry of the original send finds the tombstone and stores nothing.
+    assert!(matches!(
+        send(&store, &ab, "a", "helo", Some("c1"), 4000),
+        Appended::Duplicate(ref m) if m.id == 1 && m.is_deleted()
+    ));
+    let page = store.messages_page(&ab, "b", None, 50).await.unwrap();
+    assert_eq!(ids(&page.messages), [2, 1]);
+    assert_eq!(page.messages[1], tombstone);
+}
+
+pub async fn changes_list_each_changed_message_once_in_change_order_and_page<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    let empty = store.changes(&ab, "a", 0, 10).await.unwrap();
+    assert!(empty.messages.is_empty() && !empty.more);
+    for at in 1..=4 {
+        new_message(send(&store, &ab, "a", "x", None, at));
+    }
+    let start = store.changes(&ab, "a", 0, 10).await.unwrap();
+    assert_eq!(
+        (ids(&start.messages), start.more),
+        (vec![1, 2, 3, 4], false)
+    );
+    let position = start.position;
+    commit(&store, |t| {
+        t.edit(&ab, "a", 2, "y", i64::MAX, 10).unwrap();
+        t.mark_seen(&ab, "b", 1, 10, 10).unwrap();
+        t.delete(&ab, "a", 2, 11).unwrap();
+    });
+    new_message(send(&store, &ab, "b", "z", None, 12));
+    let page = store.changes(&ab, "b", position, 2).await.unwrap();
+    // Message 2 changed twice but is listed once, at its latest change.
+    assert_eq!((ids(&page.messages), page.more), (vec![1, 2], true));
+    assert!(page.messages[1].is_deleted());
+    let rest = store.changes(&ab, "b", page.position, 2).await.unwrap();
+    assert_eq!((ids(&rest.messages), rest.more), (vec![5], false));
+    let none = store.changes(&ab, "b", rest.position, 2).await.unwrap();
+    assert!(none.messages.is_empty() && none.position == rest.position);
+    // The change log survives a reopen.
+    drop(store);
+    let store = place.open();
+    let again = store.changes(&ab, "a", position, 10).await.unwrap();
+    assert_eq!(ids(&again.messages), [1, 2, 5]);
+}
+
+pub async fn messages_after_an_id_come_oldest_first<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    for at in 1..=5 {
+        new_message(send(&store, &ab, "a", "x", None, at));
+    }
+    let page = store.messages_after(&ab, "b", 2, 2).await.unwrap();
+    assert_eq!(ids(&page.messages), [3, 4]);
+    assert_eq!(page.partner.id, "a");
+    let tail = store.messages_after(&ab, "b", 4, 50).await.unwrap();
+    assert_eq!(ids(&tail.messages), [5]);
+    assert!(store
+        .messages_after(&ab, "b", 5, 50)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    let none = RoomKey::new("a", "z");
+    assert!(store
+        .messages_after(&none, "a", 0, 50)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
 }

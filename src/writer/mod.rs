@@ -327,7 +327,7 @@ mod tests {
     use super::*;
     use crate::model::{ChatMessage, RoomKey, SessionUser};
     use crate::protocol::ErrorCode;
-    use crate::store::{self, Appended, SeenOutcome};
+    use crate::store::{self, Appended, DeleteOutcome, EditOutcome, ReceivedOutcome, SeenOutcome};
 
     /// What happened, in order: `commit` for each commit, `publish <user> <room>` for each
     /// event that reached the broker.
@@ -388,6 +388,32 @@ mod tests {
             _: i64,
             _: i64,
         ) -> store::Result<SeenOutcome> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn mark_received(
+            &mut self,
+            _: &RoomKey,
+            _: &str,
+            _: u64,
+            _: i64,
+        ) -> store::Result<ReceivedOutcome> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn edit(
+            &mut self,
+            _: &RoomKey,
+            _: &str,
+            _: u64,
+            _: &str,
+            _: i64,
+            _: i64,
+        ) -> store::Result<EditOutcome> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn delete(&mut self, _: &RoomKey, _: &str, _: u64, _: i64) -> store::Result<DeleteOutcome> {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 

@@ -15,7 +15,7 @@ use redb::{
     TableHandle, Value, WriteTransaction,
 };
 
-use super::{RedbStore, CLIENT_IDS, DB_FILE, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS};
+use super::{RedbStore, CHANGES, CLIENT_IDS, DB_FILE, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS};
 use crate::store::{Maintenance, Result, StoreCounts, StoreError};
 
 /// Rows copied per write transaction of the backup file. The destination is private until
@@ -35,6 +35,7 @@ impl Maintenance for RedbStore {
             CLIENT_IDS.name(),
             INBOX.name(),
             PROFILES.name(),
+            CHANGES.name(),
         ];
         for table in source.list_tables()? {
             if !known.contains(&table.name()) {
@@ -61,6 +62,7 @@ impl Maintenance for RedbStore {
         copy.table(&source, PROFILES, |_, _| ())?;
         copy.table(&source, CLIENT_IDS, |_, _| ())?;
         copy.table(&source, INBOX, |_, _| ())?;
+        copy.table(&source, CHANGES, |_, _| ())?;
         let mut counts = StoreCounts::default();
         copy.table(&source, ROOMS, |_, _| counts.rooms += 1)?;
         copy.table(&source, MESSAGES, |(_, id), _| {

@@ -7,13 +7,16 @@
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
-use super::records::{self, MessageRecord, RoomRecord};
+use super::records::{self, RoomLifecycle, RoomRecord};
 use super::{
-    latest_messages, newest_first, read_message, CLIENT_IDS, INBOX, MESSAGES, META, PROFILES,
-    ROOMS, ROOM_NUMS,
+    latest_messages, newest_first, read_message, CHANGES, CLIENT_IDS, INBOX, MESSAGES, META,
+    PROFILES, ROOMS, ROOM_NUMS,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
-use crate::store::{Appended, Result, SeenOutcome, StoreError, WriteTxn};
+use crate::store::{
+    Appended, DeleteOutcome, EditOutcome, ReceivedOutcome, Result, SeenOutcome, StoreError,
+    WriteTxn,
+};
 
 /// One write transaction, committed with fsync.
 pub(super) struct Batch {
@@ -55,18 +58,15 @@ impl WriteTxn for Batch {
             }
         }
 
-        let message = ChatMessage {
+        let mut message = ChatMessage {
             id: record.last_id + 1,
             user_id: sender.to_owned(),
             message: text.to_owned(),
             sent_ms: now_ms.max(record.last_sent_ms),
-            seen_ms: None,
             client_message_id: client_message_id.map(str::to_owned),
+            ..ChatMessage::default()
         };
-        self.txn.open_table(MESSAGES)?.insert(
-            (num, message.id),
-            records::encode(&MessageRecord::from_message(&message)).as_slice(),
-        )?;
+        self.put_message(num, &mut record, &mut message)?;
         if let Some(cmid) = client_message_id {
             self.txn
                 .open_table(CLIENT_IDS)?
@@ -101,12 +101,7 @@ impl WriteTxn for Batch {
     }
 
     fn latest(&self, room: &RoomKey, limit: usize) -> Result<Vec<ChatMessage>> {
-        let num = self
-            .txn
-            .open_table(ROOM_NUMS)?
-            .get((room.low.as_str(), room.high.as_str()))?
-            .map(|g| g.value());
-        match num {
+        match self.room_num(room)? {
             Some(num) => latest_messages(&self.txn.open_table(MESSAGES)?, num, None, limit),
             None => Ok(Vec::new()),
         }
@@ -120,16 +115,7 @@ impl WriteTxn for Batch {
         seen_date_ms: i64,
         now_ms: i64,
     ) -> Result<SeenOutcome> {
-        let num = self
-            .txn
-            .open_table(ROOM_NUMS)?
-            .get((room.low.as_str(), room.high.as_str()))?
-            .map(|g| g.value());
-        let Some(num) = num else {
-            return Ok(SeenOutcome::NotFound);
-        };
-        let mut messages = self.txn.open_table(MESSAGES)?;
-        let Some(mut message) = read_message(&messages, num, message_id)? else {
+        let Some((num, mut message)) = self.find_message(room, message_id)? else {
             return Ok(SeenOutcome::NotFound);
         };
         if message.user_id == reader {
@@ -140,16 +126,110 @@ impl WriteTxn for Batch {
         }
         let seen = seen_date_ms.clamp(message.sent_ms, message.sent_ms.max(now_ms));
         message.seen_ms = Some(seen);
-        messages.insert(
-            (num, message_id),
-            records::encode(&MessageRecord::from_message(&message)).as_slice(),
-        )?;
-        drop(messages);
         let mut record = self.room_record(num)?;
         let unread = record.unread_mut(reader);
         *unread = unread.saturating_sub(1);
+        self.put_message(num, &mut record, &mut message)?;
         self.put_room(num, &record)?;
         Ok(SeenOutcome::Changed(message))
+    }
+
+    fn mark_received(
+        &mut self,
+        room: &RoomKey,
+        reader: &str,
+        up_to: u64,
+        now_ms: i64,
+    ) -> Result<ReceivedOutcome> {
+        let Some(num) = self.room_num(room)? else {
+            return Ok(ReceivedOutcome::NotFound);
+        };
+        let mut record = self.room_record(num)?;
+        if up_to == 0 || up_to > record.last_id {
+            return Ok(ReceivedOutcome::NotFound);
+        }
+        let mark = *record.delivered_mut(reader);
+        if up_to <= mark {
+            return Ok(ReceivedOutcome::Unchanged);
+        }
+        // Only the messages past the old mark can be new to the reader; a message delivered
+        // before (an older store's, or one read without a mark) keeps its first time.
+        let mut delivered: Vec<ChatMessage> = Vec::new();
+        for row in self
+            .txn
+            .open_table(MESSAGES)?
+            .range((num, mark + 1)..=(num, up_to))?
+        {
+            let (key, value) = row?;
+            let message = records::decode_message(key.value().1, value.value())?;
+            if message.user_id != reader && message.delivered_ms.is_none() {
+                delivered.push(message);
+            }
+        }
+        for message in &mut delivered {
+            message.delivered_ms = Some(now_ms.max(message.sent_ms));
+            self.put_message(num, &mut record, message)?;
+        }
+        *record.delivered_mut(reader) = up_to;
+        self.put_room(num, &record)?;
+        Ok(ReceivedOutcome::Moved(delivered))
+    }
+
+    fn edit(
+        &mut self,
+        room: &RoomKey,
+        editor: &str,
+        message_id: u64,
+        text: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<EditOutcome> {
+        let Some((num, mut message)) = self.find_message(room, message_id)? else {
+            return Ok(EditOutcome::NotFound);
+        };
+        if message.user_id != editor {
+            return Ok(EditOutcome::NotSender);
+        }
+        if message.is_deleted() {
+            return Ok(EditOutcome::Deleted);
+        }
+        // Before the window check, so that a retry of an edit that went through is answered
+        // the same way however late it comes.
+        if message.message == text {
+            return Ok(EditOutcome::Unchanged(message));
+        }
+        if now_ms.saturating_sub(message.sent_ms) >= window_ms {
+            return Ok(EditOutcome::WindowClosed);
+        }
+        message.message = text.to_owned();
+        message.edited_ms = Some(now_ms.max(message.sent_ms));
+        let mut record = self.room_record(num)?;
+        self.put_message(num, &mut record, &mut message)?;
+        self.put_room(num, &record)?;
+        Ok(EditOutcome::Changed(message))
+    }
+
+    fn delete(
+        &mut self,
+        room: &RoomKey,
+        deleter: &str,
+        message_id: u64,
+        now_ms: i64,
+    ) -> Result<DeleteOutcome> {
+        let Some((num, mut message)) = self.find_message(room, message_id)? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        if message.user_id != deleter {
+            return Ok(DeleteOutcome::NotSender);
+        }
+        if message.is_deleted() {
+            return Ok(DeleteOutcome::AlreadyDeleted(message));
+        }
+        message.erase(now_ms);
+        let mut record = self.room_record(num)?;
+        self.put_message(num, &mut record, &mut message)?;
+        self.put_room(num, &record)?;
+        Ok(DeleteOutcome::Deleted(message))
     }
 
     fn put_profile(&mut self, user: &SessionUser) -> Result<()> {
@@ -191,8 +271,46 @@ impl Batch {
             last_sent_ms: i64::MIN,
             unread_low: 0,
             unread_high: 0,
+            lifecycle: RoomLifecycle::default(),
         };
         Ok((num, record))
+    }
+
+    fn room_num(&self, room: &RoomKey) -> Result<Option<u64>> {
+        Ok(self
+            .txn
+            .open_table(ROOM_NUMS)?
+            .get((room.low.as_str(), room.high.as_str()))?
+            .map(|g| g.value()))
+    }
+
+    /// A message and its room's number, as this transaction sees them.
+    fn find_message(&self, room: &RoomKey, id: u64) -> Result<Option<(u64, ChatMessage)>> {
+        let Some(num) = self.room_num(room)? else {
+            return Ok(None);
+        };
+        Ok(read_message(&self.txn.open_table(MESSAGES)?, num, id)?.map(|m| (num, m)))
+    }
+
+    /// Stores a new or changed message under the room's next change, moving its row in the
+    /// change log. The caller stores `record`, whose counter this advanced.
+    fn put_message(
+        &mut self,
+        num: u64,
+        record: &mut RoomRecord,
+        message: &mut ChatMessage,
+    ) -> Result<()> {
+        let mut changes = self.txn.open_table(CHANGES)?;
+        if message.change > 0 {
+            changes.remove((num, message.change))?;
+        }
+        message.change = record.next_change();
+        changes.insert((num, message.change), message.id)?;
+        self.txn.open_table(MESSAGES)?.insert(
+            (num, message.id),
+            records::encode_message(message).as_slice(),
+        )?;
+        Ok(())
     }
 
     fn room_record(&self, num: u64) -> Result<RoomRecord> {
@@ -206,7 +324,7 @@ impl Batch {
     fn put_room(&mut self, num: u64, record: &RoomRecord) -> Result<()> {
         self.txn
             .open_table(ROOMS)?
-            .insert(num, records::encode(record).as_slice())?;
+            .insert(num, records::encode_room(record).as_slice())?;
         Ok(())
     }
 }

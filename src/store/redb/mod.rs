@@ -18,6 +18,8 @@
 //! - `inbox`: (user, newest-first time key, room id, room number) → (), one row per room a
 //!   user has, so an inbox page is one forward range scan.
 //! - `profiles`: user id → latest display name.
+//! - `changes` (format 2): (room number, change counter) → message id, one row per message
+//!   at its latest change, so "what changed since N" is one forward range scan.
 
 mod backup;
 mod batch;
@@ -29,14 +31,22 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Read, ReadStore, Result, StoreError, WriteStore, WriteTxn};
-use crate::model::{ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser};
+use crate::model::{
+    ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey, SessionUser,
+};
 use records::RoomRecord;
 
 pub use backup::compact;
 pub use verify::{verify, Verified};
 
 /// The on-disk format this binary writes. A store with a higher number is refused.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// Format 2 appends the message lifecycle (delivered, edited, deleted, change counter) to
+/// message and room records and adds the `changes` table. Format-1 records read as they
+/// are (see `records`), so opening a format-1 store only raises the number: a format-1
+/// binary would show a tombstone as an empty message and drop the new fields when it
+/// rewrites a record, so it must refuse the store from then on.
+pub const FORMAT_VERSION: u64 = 2;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "chat.redb";
 /// redb's page cache unless configured (`memory.redb_cache_bytes`). redb's own default,
@@ -53,6 +63,7 @@ const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messa
 const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("client_ids");
 const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
 const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
+const CHANGES: TableDefinition<(u64, u64), u64> = TableDefinition::new("changes");
 
 /// Every redb error is a backend failure; the macro keeps `?` working on each of redb's
 /// error types without a blanket impl that a second backend's errors would collide with.
@@ -114,7 +125,15 @@ impl RedbStore {
                         supported: FORMAT_VERSION,
                     })
                 }
-                Some(_) => {}
+                Some(FORMAT_VERSION) => {}
+                Some(older) => {
+                    tracing::info!(
+                        from = older,
+                        to = FORMAT_VERSION,
+                        "upgrading the store format"
+                    );
+                    meta.insert("format_version", FORMAT_VERSION)?;
+                }
                 None => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
@@ -126,6 +145,7 @@ impl RedbStore {
             txn.open_table(CLIENT_IDS)?;
             txn.open_table(INBOX)?;
             txn.open_table(PROFILES)?;
+            txn.open_table(CHANGES)?;
         }
         txn.commit()?;
         // A new file's directory entry is durable only once the directory is synced; without
@@ -173,6 +193,85 @@ impl RedbStore {
             None => Vec::new(),
         };
         Ok(HistoryPage { partner, messages })
+    }
+
+    /// Up to `limit` messages with ids above `after`, oldest first.
+    fn messages_after_now(
+        &self,
+        room: &RoomKey,
+        viewer: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let txn = self.db.begin_read()?;
+        let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
+        let mut messages = Vec::new();
+        if let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? {
+            let table = txn.open_table(MESSAGES)?;
+            for row in table
+                .range((num, after.saturating_add(1))..=(num, u64::MAX))?
+                .take(limit)
+            {
+                let (key, value) = row?;
+                messages.push(records::decode_message(key.value().1, value.value())?);
+            }
+        }
+        Ok(HistoryPage { partner, messages })
+    }
+
+    /// Up to `limit` messages changed after change `since`, in change order.
+    fn changes_now(
+        &self,
+        room: &RoomKey,
+        viewer: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<ChangesPage> {
+        let txn = self.db.begin_read()?;
+        let partner = profile_in(&txn.open_table(PROFILES)?, room.partner_of(viewer))?;
+        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
+            return Ok(ChangesPage {
+                partner,
+                messages: Vec::new(),
+                position: since,
+                more: false,
+            });
+        };
+        let changes = txn.open_table(CHANGES)?;
+        let messages_table = txn.open_table(MESSAGES)?;
+        let mut messages = Vec::with_capacity(limit.min(64));
+        let mut position = since;
+        let mut more = false;
+        for row in changes.range((num, since.saturating_add(1))..=(num, u64::MAX))? {
+            let (key, id) = row?;
+            if messages.len() == limit {
+                more = true;
+                break;
+            }
+            let id = id.value();
+            let message = read_message(&messages_table, num, id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("change log of room {num} names lost {id}"))
+            })?;
+            position = key.value().1;
+            messages.push(message);
+        }
+        if !more {
+            // Nothing is left: the room's counter is the position, so that a caller that
+            // asked from beyond it (a position from another room) starts over cleanly.
+            let record = records::decode_room(
+                txn.open_table(ROOMS)?
+                    .get(num)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("room {num} has no record")))?
+                    .value(),
+            )?;
+            position = record.lifecycle.change;
+        }
+        Ok(ChangesPage {
+            partner,
+            messages,
+            position,
+            more,
+        })
     }
 
     /// One page of a user's rooms, most recent activity first, strictly after `after`.
@@ -255,6 +354,26 @@ impl ReadStore for RedbStore {
         limit: usize,
     ) -> Read<'a, HistoryPage> {
         ready(self.messages_page_now(room, viewer, before, limit))
+    }
+
+    fn messages_after<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> Read<'a, HistoryPage> {
+        ready(self.messages_after_now(room, viewer, after, limit))
+    }
+
+    fn changes<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> Read<'a, ChangesPage> {
+        ready(self.changes_now(room, viewer, since, limit))
     }
 
     fn inbox_page<'a>(
