@@ -15,7 +15,9 @@ use redb::{
     TableHandle, Value, WriteTransaction,
 };
 
-use super::{RedbStore, CHANGES, CLIENT_IDS, DB_FILE, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS};
+use super::{
+    RedbStore, CHANGES, CLIENT_IDS, DB_FILE, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
+};
 use crate::store::{Maintenance, Result, StoreCounts, StoreError};
 
 /// Rows copied per write transaction of the backup file. The destination is private until

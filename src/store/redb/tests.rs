@@ -251,6 +251,7 @@ fn compact_shrinks_a_store_with_free_pages() {
     let (before, after) = compact(place.0.path()).unwrap();
     assert!(after < before, "{before} -> {after}");
     place.open();
+}
 
 /// A store as format 1 left it: its records in the old layout, no `changes` table.
 #[tokio::test]
