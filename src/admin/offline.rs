@@ -110,8 +110,15 @@ pub fn restore(backup: &Path, data_dir: &Path, force: bool) -> Result<Verified, 
 /// A verification's counts and problems, as the commands print them.
 pub fn describe(found: &Verified) -> String {
     let mut text = format!(
-        "{} rooms, {} messages, {} clientMessageId index rows, {} inbox rows, {} profiles",
-        found.rooms, found.messages, found.client_ids, found.inbox_rows, found.profiles
+        "{} rooms, {} messages, {} clientMessageId index rows, {} inbox rows, {} profiles, \
+         {} change rows, {} erased users",
+        found.rooms,
+        found.messages,
+        found.client_ids,
+        found.inbox_rows,
+        found.profiles,
+        found.change_rows,
+        found.erased_users
     );
     for problem in &found.problems {
         text.push_str("\n  problem: ");

@@ -120,6 +120,10 @@ pub trait ReadStore: Send + Sync {
 
     /// The profile remembered for a user; a user never seen is named by their id.
     fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser>;
+
+    /// When the user was last erased ([`WriteTxn::erase_user`]), in Unix ms; `None` for a
+    /// user never erased.
+    fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>>;
 }
 
 /// The write side: only the group-commit writer calls it, so there is one write
@@ -192,8 +196,29 @@ pub trait WriteTxn {
     /// Remembers a user's display name.
     fn put_profile(&mut self, user: &SessionUser) -> Result<()>;
 
+    /// Erases a user (issue 14, item 5): turns every message they sent, in every room
+    /// they have, into a tombstone ([`ChatMessage::erase`]) recorded as a change like a
+    /// delete, drops their idempotency keys (the `clientMessageId` index rows and the
+    /// records' own `clientMessageId`, tombstones of earlier deletes included), removes
+    /// their profile, and records `now_ms` as their erasure time. Their partners'
+    /// messages, the rooms and every unread count stay as they are. Erasing again later
+    /// does the same to what they sent since, and moves the time forward.
+    fn erase_user(&mut self, user: &str, now_ms: i64) -> Result<Erasure>;
+
+    /// [`ReadStore::erased_at`], as this transaction sees it.
+    fn erased_at(&self, user: &str) -> Result<Option<i64>>;
+
     /// Makes everything applied durable; returns only once it is.
     fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// What erasing a user did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erasure {
+    /// Messages that became tombstones now (earlier tombstones are not counted).
+    pub messages: u64,
+    /// The rooms where a message of the user changed (tombstoned or its key dropped).
+    pub rooms: Vec<RoomKey>,
 }
 
 /// What a send did.

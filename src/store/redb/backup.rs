@@ -16,7 +16,8 @@ use redb::{
 };
 
 use super::{
-    RedbStore, CHANGES, CLIENT_IDS, DB_FILE, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
+    RedbStore, CHANGES, CLIENT_IDS, DB_FILE, ERASED, INBOX, MESSAGES, META, PROFILES, ROOMS,
+    ROOM_NUMS,
 };
 use crate::store::{Maintenance, Result, StoreCounts, StoreError};
 
@@ -38,6 +39,7 @@ impl Maintenance for RedbStore {
             INBOX.name(),
             PROFILES.name(),
             CHANGES.name(),
+            ERASED.name(),
         ];
         for table in source.list_tables()? {
             if !known.contains(&table.name()) {
@@ -65,6 +67,7 @@ impl Maintenance for RedbStore {
         copy.table(&source, CLIENT_IDS, |_, _| ())?;
         copy.table(&source, INBOX, |_, _| ())?;
         copy.table(&source, CHANGES, |_, _| ())?;
+        copy.table(&source, ERASED, |_, _| ())?;
         let mut counts = StoreCounts::default();
         copy.table(&source, ROOMS, |_, _| counts.rooms += 1)?;
         copy.table(&source, MESSAGES, |(_, id), _| {

@@ -20,6 +20,9 @@
 //! - `profiles`: user id → latest display name.
 //! - `changes` (format 2): (room number, change counter) → message id, one row per message
 //!   at its latest change, so "what changed since N" is one forward range scan.
+//! - `erased`: user id → when the user was erased (Unix ms): tokens issued before it are
+//!   refused (`crate::app`). Added beside format 2 without a new number: a store without
+//!   it reads as "nobody erased".
 
 mod backup;
 mod batch;
@@ -64,6 +67,7 @@ const CLIENT_IDS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new
 const INBOX: TableDefinition<(&str, u64, &str, u64), ()> = TableDefinition::new("inbox");
 const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
 const CHANGES: TableDefinition<(u64, u64), u64> = TableDefinition::new("changes");
+const ERASED: TableDefinition<&str, i64> = TableDefinition::new("erased");
 
 /// Every redb error is a backend failure; the macro keeps `?` working on each of redb's
 /// error types without a blanket impl that a second backend's errors would collide with.
@@ -146,6 +150,7 @@ impl RedbStore {
             txn.open_table(INBOX)?;
             txn.open_table(PROFILES)?;
             txn.open_table(CHANGES)?;
+            txn.open_table(ERASED)?;
         }
         txn.commit()?;
         // A new file's directory entry is durable only once the directory is synced; without
@@ -332,6 +337,13 @@ impl RedbStore {
         let txn = self.db.begin_read()?;
         profile_in(&txn.open_table(PROFILES)?, user)
     }
+
+    /// When the user was erased, if ever.
+    fn erased_at_now(&self, user: &str) -> Result<Option<i64>> {
+        let txn = self.db.begin_read()?;
+        let erased = txn.open_table(ERASED)?.get(user)?.map(|g| g.value());
+        Ok(erased)
+    }
 }
 
 // Each read runs at once on the calling task and hands back a ready future: a redb read is
@@ -387,6 +399,10 @@ impl ReadStore for RedbStore {
 
     fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser> {
         ready(self.profile_now(user))
+    }
+
+    fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>> {
+        ready(self.erased_at_now(user))
     }
 }
 

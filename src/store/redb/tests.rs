@@ -94,7 +94,7 @@ fn a_backup_holds_every_table_and_verifies() {
         v
     };
     assert_eq!(names(&a), names(&b));
-    assert_eq!(names(&a).len(), 8);
+    assert_eq!(names(&a).len(), 9);
     use redb::ReadableTableMetadata;
     assert_eq!(
         a.open_table(MESSAGES).unwrap().len().unwrap(),
@@ -342,4 +342,42 @@ async fn a_format_1_store_opens_reads_and_takes_lifecycle_changes() {
         .unwrap()
         .value();
     assert_eq!(version, FORMAT_VERSION);
+}
+
+#[test]
+fn verify_knows_erasures_and_the_change_log() {
+    let place = TempStore::new();
+    let store = filled(&place);
+    let mut txn = store.begin().unwrap();
+    txn.erase_user("alice", 10_000).unwrap();
+    txn.commit().unwrap();
+    drop(store);
+    let found = verify(&place.0.path().join(DB_FILE)).unwrap();
+    assert!(found.ok(), "{found:?}");
+    // Every message got a change row when sent; alice's profile and keys are gone.
+    assert_eq!(
+        (
+            found.erased_users,
+            found.change_rows,
+            found.client_ids,
+            found.profiles
+        ),
+        (1, 4, 0, 0)
+    );
+
+    // bob marked as erased after his message was sent, while it still has its text.
+    let found = verify_after(|t| {
+        t.open_table(ERASED).unwrap().insert("bob", 10_000).unwrap();
+    });
+    assert!(
+        found.problems[0].contains("message 2 of erased bob still has its text"),
+        "{found:?}"
+    );
+    // A change row naming a message at another change.
+    let found = verify_after(|t| {
+        t.open_table(CHANGES).unwrap().insert((1, 99), 1).unwrap();
+    });
+    let text = found.problems.join("\n");
+    assert!(text.contains("changes (1, 99) names message 1"), "{text}");
+    assert!(text.contains("5 changes rows for 4 messages"), "{text}");
 }

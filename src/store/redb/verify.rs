@@ -3,18 +3,20 @@
 //! A backup is only as good as the proof that it restores, so this reads every table of a
 //! file (a live store stopped, or a backup before it is restored) through a read-only
 //! handle and checks the invariants the writer keeps: every room's ids are exactly
-//! 1..=last_id, each index row (`room_nums`, `client_ids`, `inbox`) points at the message
-//! or room it claims, and unread counts equal the partner's unseen messages. It streams
-//! (rooms and messages are walked together in key order, one message at a time), so its
-//! memory does not grow with the store.
+//! 1..=last_id, each index row (`room_nums`, `client_ids`, `inbox`, `changes`) points at
+//! the message or room it claims, unread counts equal the partner's unseen messages, and
+//! every message an erased user sent before their erasure is a tombstone without a
+//! `clientMessageId`. It streams (rooms and messages are walked together in key order, one
+//! message at a time), so its memory does not grow with the store.
 
 use std::path::Path;
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
 
 use super::records::{self, RoomRecord};
 use super::{
-    newest_first, CLIENT_IDS, FORMAT_VERSION, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
+    newest_first, CHANGES, CLIENT_IDS, ERASED, FORMAT_VERSION, INBOX, MESSAGES, META, PROFILES,
+    ROOMS, ROOM_NUMS,
 };
 use crate::model::RoomKey;
 use crate::store::{Result, StoreError};
@@ -36,6 +38,10 @@ pub struct Verified {
     pub inbox_rows: u64,
     /// Remembered profiles.
     pub profiles: u64,
+    /// Erased users.
+    pub erased_users: u64,
+    /// `changes` rows (one per message changed since format 2).
+    pub change_rows: u64,
     /// The first problems found, in the order found.
     pub problems: Vec<String>,
     /// Problems found in all, listed or not.
@@ -79,6 +85,18 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
     }
     let next_room_num = meta.get("next_room_num")?.map_or(1, |v| v.value());
 
+    // A store from before erasures has no such table: nobody was erased.
+    let erased = match txn.open_table(ERASED) {
+        Ok(table) => Some(table),
+        Err(TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let erased_at = |user: &str| -> Result<Option<i64>> {
+        match &erased {
+            Some(table) => Ok(table.get(user)?.map(|g| g.value())),
+            None => Ok(None),
+        }
+    };
     let rooms = txn.open_table(ROOMS)?;
     let messages = txn.open_table(MESSAGES)?;
     // Rooms and messages are walked together: both sort by room number.
@@ -86,6 +104,7 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
     let mut next = pending.next().transpose()?;
     let mut expected_inbox = 0;
     let mut with_client_id = 0;
+    let mut with_change = 0;
     for row in rooms.iter()? {
         let (num, value) = row?;
         let num = num.value();
@@ -105,7 +124,15 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
         if let Some(r) = &record {
             expected_inbox += if r.low == r.high { 1 } else { 2 };
         }
-        let mut room = record.as_ref().map(|r| RoomCheck::new(num, r));
+        let mut room = match &record {
+            Some(r) => Some(RoomCheck::new(
+                num,
+                r,
+                erased_at(&r.low)?,
+                erased_at(&r.high)?,
+            )),
+            None => None,
+        };
         while let Some((key, value)) = &next {
             let (of, id) = key.value();
             if of > num {
@@ -119,7 +146,9 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
             next = pending.next().transpose()?;
         }
         if let Some(room) = room {
-            with_client_id += room.finish(&mut found);
+            let (client_ids, changes) = room.finish(&mut found);
+            with_client_id += client_ids;
+            with_change += changes;
         }
     }
     while let Some((key, _)) = &next {
@@ -211,7 +240,38 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
         ));
     }
 
+    for row in txn.open_table(CHANGES)?.iter()? {
+        let (key, id) = row?;
+        let (num, change) = key.value();
+        let id = id.value();
+        found.change_rows += 1;
+        let stored = match messages.get((num, id))? {
+            Some(v) => Some(records::decode_message(id, v.value())?),
+            None => None,
+        };
+        match stored {
+            Some(m) if m.change == change => {}
+            Some(m) => found.problem(format!(
+                "changes ({num}, {change}) names message {id}, whose change is {}",
+                m.change
+            )),
+            None => found.problem(format!(
+                "changes ({num}, {change}) names message {id}, which is missing"
+            )),
+        }
+    }
+    if found.change_rows != with_change {
+        found.problem(format!(
+            "{} changes rows for {with_change} messages changed since format 2",
+            found.change_rows
+        ));
+    }
+
     found.profiles = txn.open_table(PROFILES)?.len()?;
+    found.erased_users = match &erased {
+        Some(table) => table.len()?,
+        None => 0,
+    };
     Ok(found)
 }
 
@@ -225,12 +285,22 @@ struct RoomCheck<'r> {
     last_sent: i64,
     count: u64,
     with_client_id: u64,
+    /// Messages with a place in the change log.
+    with_change: u64,
     unseen_by_low: u64,
     unseen_by_high: u64,
+    /// When `low` and `high` were erased, if they were.
+    erased_low: Option<i64>,
+    erased_high: Option<i64>,
 }
 
 impl<'r> RoomCheck<'r> {
-    fn new(num: u64, record: &'r RoomRecord) -> RoomCheck<'r> {
+    fn new(
+        num: u64,
+        record: &'r RoomRecord,
+        erased_low: Option<i64>,
+        erased_high: Option<i64>,
+    ) -> RoomCheck<'r> {
         RoomCheck {
             num,
             record,
@@ -238,8 +308,11 @@ impl<'r> RoomCheck<'r> {
             last_sent: i64::MIN,
             count: 0,
             with_client_id: 0,
+            with_change: 0,
             unseen_by_low: 0,
             unseen_by_high: 0,
+            erased_low,
+            erased_high,
         }
     }
 
@@ -272,6 +345,30 @@ impl<'r> RoomCheck<'r> {
         if message.client_message_id.is_some() {
             self.with_client_id += 1;
         }
+        if message.change > 0 {
+            self.with_change += 1;
+        }
+        if message.change > self.record.lifecycle.change {
+            found.problem(format!(
+                "{}: message {id} has change {}, past the room's counter {}",
+                self.name(),
+                message.change,
+                self.record.lifecycle.change
+            ));
+        }
+        let erased = if message.user_id == self.record.low {
+            self.erased_low
+        } else {
+            self.erased_high
+        };
+        let kept = !message.is_deleted() || message.client_message_id.is_some();
+        if erased.is_some_and(|at| message.sent_ms < at) && kept {
+            found.problem(format!(
+                "{}: message {id} of erased {} still has its text or clientMessageId",
+                self.name(),
+                message.user_id
+            ));
+        }
         if message.sent_ms < self.last_sent {
             found.problem(format!("{}: message {id} goes back in time", self.name()));
         }
@@ -292,8 +389,8 @@ impl<'r> RoomCheck<'r> {
     }
 
     /// The checks on the room as a whole; returns how many of its messages carry a
-    /// `clientMessageId`.
-    fn finish(self, found: &mut Verified) -> u64 {
+    /// `clientMessageId`, and how many have a place in the change log.
+    fn finish(self, found: &mut Verified) -> (u64, u64) {
         let record = self.record;
         if record.last_id != self.count || self.count == 0 {
             found.problem(format!(
@@ -318,7 +415,7 @@ impl<'r> RoomCheck<'r> {
                 record.unread_high
             ));
         }
-        self.with_client_id
+        (self.with_client_id, self.with_change)
     }
 }
 
