@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AdminSecret, Auth};
+use crate::auth::{predates_erasure, AdminSecret, Auth};
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::fanout::hub::Subscription;
@@ -57,27 +57,36 @@ impl App {
         })
     }
 
-    /// The user a token names; `unauthorized` when there is none or it does not verify.
-    /// Where the token is found (a header, a query parameter, an auth payload) is the
-    /// transport's business.
-    pub fn authenticate(&self, token: Option<&str>) -> Result<SessionUser, ChatError> {
+    /// The user a token names, and when the token was issued; `unauthorized` when there
+    /// is none, it does not verify, or it predates the user's erasure
+    /// ([`crate::auth::predates_erasure`]). Where the token is found (a header, a query
+    /// parameter, an auth payload) is the transport's business.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Authenticated, ChatError> {
         let token = token.ok_or_else(|| ChatError::unauthorized("missing token"))?;
-        self.auth
-            .verify(token)
-            .map_err(|e| ChatError::unauthorized(e.to_string()))
+        let (user, issued_at) = self
+            .auth
+            .verify_issued(token)
+            .map_err(|e| ChatError::unauthorized(e.to_string()))?;
+        let who = Authenticated { user, issued_at };
+        self.refuse_if_erased(&who).await?;
+        Ok(who)
     }
 
-    /// Admits one more connection of `user`: a slot in the user's channel, within the
+    /// Admits one more connection of `who`: a slot in the user's channel, within the
     /// per-user cap and with the configured outbound bound, and the user's name made
     /// durable if it changed. Returns once both are done, so a dialect that answers the
     /// client after this (the 101, the CONNECT ack) lets every later read see the name.
-    pub async fn admit(&self, user: &SessionUser) -> Result<Subscription, ChatError> {
+    ///
+    /// The erasure check runs again once the slot is taken: an erasure that committed
+    /// after [`App::authenticate`] looked cut the user's connections before this one was
+    /// in the channel, and this second look sees it.
+    pub async fn admit(&self, who: &Authenticated) -> Result<Subscription, ChatError> {
         let limits = &self.config.limits;
         let subscription = self
             .chat
             .hub()
             .subscribe(
-                &user.id,
+                &who.user.id,
                 limits.max_connections_per_user,
                 limits.max_outbound_bytes,
             )
@@ -90,7 +99,25 @@ impl App {
                     ),
                 )
             })?;
-        self.chat.remember_profile(user).await;
+        self.refuse_if_erased(who).await?;
+        self.chat.remember_profile(&who.user, who.issued_at).await;
         Ok(subscription)
     }
+
+    async fn refuse_if_erased(&self, who: &Authenticated) -> Result<(), ChatError> {
+        match self.chat.erased_at(&who.user.id).await? {
+            Some(at) if predates_erasure(who.issued_at, at) => Err(ChatError::unauthorized(
+                "this user was erased; the token was issued before that",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A verified token that no erasure refuses.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user: SessionUser,
+    /// The token's `iat`, in seconds.
+    pub issued_at: Option<u64>,
 }

@@ -93,6 +93,12 @@ impl Auth {
     /// scalar values after trimming, otherwise the id (token still valid even if name is a
     /// number/object/too long).
     pub fn verify(&self, token: &str) -> Result<SessionUser, AuthError> {
+        self.verify_issued(token).map(|(user, _)| user)
+    }
+
+    /// [`Auth::verify`], with the token's `iat` (seconds, rounded down; `None` when the
+    /// claim is absent or not a non-negative number), which an erasure judges tokens by.
+    pub fn verify_issued(&self, token: &str) -> Result<(SessionUser, Option<u64>), AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -119,10 +125,18 @@ impl Auth {
             }
             _ => None,
         };
-        Ok(SessionUser {
+        let issued_at = claims.get("iat").and_then(|iat| {
+            iat.as_u64().or_else(|| {
+                iat.as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(|s| s as u64)
+            })
+        });
+        let user = SessionUser {
             name: name.unwrap_or_else(|| id.clone()),
             id,
-        })
+        };
+        Ok((user, issued_at))
     }
 
     /// Mints an HS256 token with sub, exp = now + ttl, iat, and name when given.
@@ -136,6 +150,19 @@ impl Auth {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an HMAC key cannot fail")
+    }
+}
+
+/// Whether a token issued at `issued_at` (its `iat`, seconds) comes from before an erasure
+/// at `erased_at_ms`, and so must be refused. `iat` has whole seconds and the erasure
+/// milliseconds: a token counts as issued after only from the erasure's second rounded
+/// up, so no token minted before the erasure passes (one minted later in the same second
+/// is refused too; its holder needs one from the next second on). A token without `iat`
+/// cannot show it is newer, so it is refused.
+pub fn predates_erasure(issued_at: Option<u64>, erased_at_ms: i64) -> bool {
+    match issued_at {
+        Some(iat) => i128::from(iat) * 1000 < i128::from(erased_at_ms),
+        None => true,
     }
 }
 
@@ -501,5 +528,33 @@ mod tests {
         let nowhere = dir.path().join("never-created");
         assert_eq!(resolve_secret(Some("s"), &nowhere).unwrap(), b"s");
         assert!(!nowhere.exists());
+    }
+
+    #[test]
+    fn iat_is_read_in_whole_seconds_and_judged_against_an_erasure() {
+        let exp = now() + 600;
+        let issued = |claims: Value| auth().verify_issued(&sign(claims)).unwrap().1;
+        assert_eq!(
+            issued(json!({ "sub": "a", "exp": exp, "iat": 1_000 })),
+            Some(1_000)
+        );
+        assert_eq!(
+            issued(json!({ "sub": "a", "exp": exp, "iat": 1_000.9 })),
+            Some(1_000)
+        );
+        assert_eq!(
+            issued(json!({ "sub": "a", "exp": exp, "iat": "1000" })),
+            None
+        );
+        assert_eq!(issued(json!({ "sub": "a", "exp": exp, "iat": -5 })), None);
+        assert_eq!(issued(json!({ "sub": "a", "exp": exp })), None);
+        // Erased at 1000.250 s: tokens of second 1000 (minted before or just after) are
+        // refused, second 1001 passes; no iat never does.
+        assert!(predates_erasure(Some(999), 1_000_250));
+        assert!(predates_erasure(Some(1_000), 1_000_250));
+        assert!(!predates_erasure(Some(1_001), 1_000_250));
+        assert!(!predates_erasure(Some(1_000), 1_000_000));
+        assert!(predates_erasure(None, 0));
+        assert!(!predates_erasure(Some(u64::MAX), i64::MAX));
     }
 }

@@ -49,6 +49,13 @@ pub enum Command {
     Verify(Config),
     /// Compact the store of `config.data_dir`, offline.
     Compact(Config),
+    /// Erase a user from the store of `config.data_dir`, offline (issue 14, item 5).
+    EraseUser {
+        /// Settings, for the data directory.
+        config: Config,
+        /// The user to erase; already checked to be a valid user id.
+        user_id: String,
+    },
 }
 
 /// Parses the process's args and env; on error prints one clear line (naming the key or
@@ -111,6 +118,13 @@ impl Cli {
             }),
             Sub::Verify(args) => Ok(Command::Verify(args.config([], env)?)),
             Sub::Compact(args) => Ok(Command::Compact(args.config([], env)?)),
+            Sub::EraseUser(args) => {
+                check_user_id(&args.user_id)?;
+                Ok(Command::EraseUser {
+                    config: args.shared.config([], env)?,
+                    user_id: args.user_id,
+                })
+            }
         }
     }
 }
@@ -131,6 +145,17 @@ enum Sub {
     Verify(SharedArgs),
     /// Compact the store of the data dir (stopped server) and print its size before/after.
     Compact(SharedArgs),
+    /// Erase USER_ID from the store of the data dir (stopped server; a running one: use
+    /// DELETE /admin/users/USER_ID) and print what changed.
+    EraseUser(EraseUserArgs),
+}
+
+#[derive(Args, Debug)]
+struct EraseUserArgs {
+    /// The user to erase
+    user_id: String,
+    #[command(flatten)]
+    shared: SharedArgs,
 }
 
 /// The flags of the commands that use the admin secret.
@@ -257,12 +282,7 @@ struct TokenArgs {
 
 impl TokenArgs {
     fn into_command(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
-        if !is_valid_user_id(&self.user_id) {
-            return Err(ConfigError::new(format!(
-                "USER_ID: {:?} is not a valid user id (1 to 64 of A-Z a-z 0-9 _ . @ + -)",
-                self.user_id
-            )));
-        }
+        check_user_id(&self.user_id)?;
         let ttl = parse_duration(&self.ttl).ok_or_else(|| {
             ConfigError::new(format!(
                 "--ttl: expected a positive duration like 90s, 15m, 24h, 7d or plain seconds, got {:?}",
@@ -289,6 +309,17 @@ impl TokenArgs {
             name,
             ttl,
         })
+    }
+}
+
+/// The USER_ID argument of `token` and `erase-user`.
+fn check_user_id(user_id: &str) -> Result<(), ConfigError> {
+    if is_valid_user_id(user_id) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "USER_ID: {user_id:?} is not a valid user id (1 to 64 of A-Z a-z 0-9 _ . @ + -)"
+        )))
     }
 }
 
@@ -479,6 +510,22 @@ mod tests {
         ));
         // A restore names its backup.
         assert!(run(&["restore", "--data", "/d"], &[]).is_err());
+    }
+
+    #[test]
+    fn erase_user_takes_a_valid_user_id() {
+        let Command::EraseUser { config, user_id } =
+            run(&["erase-user", "alice", "--data", "/d"], &[]).unwrap()
+        else {
+            panic!("expected erase-user");
+        };
+        assert_eq!(
+            (config.data_dir, user_id.as_str()),
+            (PathBuf::from("/d"), "alice")
+        );
+        let bad = run(&["erase-user", "a/b", "--data", "/d"], &[]).unwrap_err();
+        assert!(bad.to_string().contains("USER_ID"), "{bad}");
+        assert!(run(&["erase-user", "--data", "/d"], &[]).is_err());
     }
 
     #[test]

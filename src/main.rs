@@ -1,11 +1,11 @@
 //! `chat-server`: parse the command line, then serve, mint a token, or run an admin
-//! command (`admin-token`, `backup`, `restore`, `verify`, `compact`).
+//! command (`admin-token`, `backup`, `restore`, `verify`, `compact`, `erase-user`).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chat_server::admin::{client, offline};
+use chat_server::admin::{client, erase, offline};
 use chat_server::app::App;
 use chat_server::auth::{resolve_admin_secret, resolve_secret, AdminSecret, Auth};
 use chat_server::chat::{Chat, ChatLimits};
@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         } => restore(&config, &backup, force),
         Command::Verify(config) => verify(&config),
         Command::Compact(config) => compact(&config),
+        Command::EraseUser { config, user_id } => erase_user(&config, &user_id),
     }
 }
 
@@ -112,6 +113,16 @@ fn compact(config: &Config) -> ExitCode {
         )),
         Err(e) => fail(format_args!(
             "cannot compact {}: {e}",
+            config.data_dir.display()
+        )),
+    }
+}
+
+fn erase_user(config: &Config, user_id: &str) -> ExitCode {
+    match erase::erase_offline(&config.data_dir, user_id) {
+        Ok(report) => print_line(&serde_json::to_string(&report).expect("a plain report")),
+        Err(e) => fail(format_args!(
+            "cannot erase {user_id} in {}: {e}",
             config.data_dir.display()
         )),
     }

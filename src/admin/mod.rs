@@ -12,9 +12,11 @@
 //! - `backup.rs`: `POST /admin/backup`, the online backup, and the backups directory.
 //! - `client.rs`: `chat-server backup`, which calls that endpoint on a running server.
 //! - `offline.rs`: `restore`, `verify` and `compact`, which work on a stopped store.
+//! - `erase.rs`: `DELETE /admin/users/{id}`, erasing a user (and `erase-user`, offline).
 
 pub mod backup;
 pub mod client;
+pub mod erase;
 pub mod offline;
 
 use std::future::Future;
@@ -42,6 +44,12 @@ pub fn routes(
         warp::path!("admin" / "backup").and(warp::post()),
         move |app, _query| backup::take(app, backups.clone()),
     )
+    .or(admin_route_with(
+        &app,
+        warp::path!("admin" / "users" / String).and(warp::delete()),
+        |app, segment, _query| erase::erase(app, segment),
+    ))
+    .unify()
 }
 
 /// A route behind the admin secret: `path` (a warp filter extracting nothing, method
@@ -57,15 +65,33 @@ where
     H: Fn(Arc<App>, String) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = AdminReply> + Send + 'static,
 {
+    admin_route_with(app, path.map(|| ()), move |app, (), query| {
+        handler(app, query)
+    })
+}
+
+/// [`admin_route`] for a path that extracts one value (a path parameter), which `handler`
+/// gets between the app and the query string.
+pub fn admin_route_with<P, T, H, F>(
+    app: &Arc<App>,
+    path: P,
+    handler: H,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static
+where
+    P: Filter<Extract = (T,), Error = Rejection> + Clone + Send + Sync + 'static,
+    T: Send + 'static,
+    H: Fn(Arc<App>, T, String) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = AdminReply> + Send + 'static,
+{
     let app = app.clone();
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     path.and(warp::header::headers_cloned()).and(query).then(
-        move |headers: HeaderMap, query: String| {
+        move |param: T, headers: HeaderMap, query: String| {
             let app = app.clone();
             let handler = handler.clone();
             async move {
                 let reply = match authorize(&app, &headers) {
-                    Ok(()) => handler(app, query).await,
+                    Ok(()) => handler(app, param, query).await,
                     Err(e) => Err(e),
                 };
                 reply.unwrap_or_else(|e| error_response(&e))

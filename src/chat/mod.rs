@@ -12,9 +12,12 @@
 //! `rooms.rs`, `history.rs` (`messages`), `changes.rs` (`changes`), and `profile.rs` (a
 //! connecting user's name). This file holds what they share and the table that routes an
 //! event name to its handler.
+//!
+//! `erase.rs` is no client event: it erases a user for the admin API (issue 14, item 5).
 
 mod changes;
 mod edit;
+mod erase;
 mod history;
 mod profile;
 mod read;
@@ -40,6 +43,8 @@ use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::store::ReadStore;
 use crate::writer::Writer;
+
+pub use erase::ErasureReport;
 
 /// A successful answer.
 #[derive(Debug)]

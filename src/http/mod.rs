@@ -128,7 +128,7 @@ pub fn routes(
         .then(
             |app: Arc<App>, headers: HeaderMap, query: String| async move {
                 let reply = async {
-                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let user = app.authenticate(bearer_header(&headers)?).await?.user;
                     let pairs = query_pairs(&query)?;
                     let req = RoomsRequest {
                         limit: query_number(&pairs, "limit")?,
@@ -148,7 +148,7 @@ pub fn routes(
         .then(
             |segment: String, app: Arc<App>, headers: HeaderMap, query: String| async move {
                 let reply = async {
-                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let user = app.authenticate(bearer_header(&headers)?).await?.user;
                     let pairs = query_pairs(&query)?;
                     let req = ChangesRequest {
                         room_id: room_id_from_path(&segment)?,
@@ -169,7 +169,7 @@ pub fn routes(
         .then(
             |segment: String, app: Arc<App>, headers: HeaderMap, query: String| async move {
                 let reply = async {
-                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let user = app.authenticate(bearer_header(&headers)?).await?.user;
                     let pairs = query_pairs(&query)?;
                     let req = MessagesRequest {
                         room_id: room_id_from_path(&segment)?,
