@@ -121,3 +121,60 @@ pub struct Authenticated {
     /// The token's `iat`, in seconds.
     pub issued_at: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::ChatLimits;
+    use crate::fanout::hub::Hub;
+    use crate::store::redb::RedbStore;
+    use crate::writer::{Writer, WriterConfig};
+
+    /// A handshake that authenticated just before an erasure committed, and joins the
+    /// user's channel only after the erasure cut it, is refused by the second look.
+    #[tokio::test]
+    async fn admit_refuses_a_user_erased_after_authentication() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let hub = Hub::new(usize::MAX, 0);
+        let config = Config::default();
+        let writer_config = WriterConfig {
+            recent_cache_bytes: 1 << 20,
+            max_batch: 16,
+        };
+        let thread = Writer::spawn(store.clone(), hub.clone(), writer_config);
+        let limits = ChatLimits::from(&config);
+        let chat = Chat::new(
+            store.clone(),
+            thread.writer(),
+            hub.clone(),
+            hub,
+            limits,
+            b"s",
+        );
+        let admin = AdminSecret::new(b"admin".to_vec());
+        let app = App::new(Arc::new(chat), Auth::new(b"s"), config, admin, store);
+        let now = crate::protocol::time::now_millis() / 1000;
+        let who = Authenticated {
+            user: SessionUser::unnamed("a"),
+            issued_at: Some(now as u64 - 10),
+        };
+        let first = app.admit(&who).await.unwrap();
+
+        let report = app.chat.erase_user("a").await.unwrap();
+        assert_eq!(report.connections_closed, 1);
+        drop(first);
+        match app.admit(&who).await {
+            Err(refused) => assert_eq!(refused.code, ErrorCode::Unauthorized),
+            Ok(_) => panic!("admitted a token from before the erasure"),
+        }
+        assert_eq!(app.chat.hub().connection_count(), 0);
+        // A token from after the erasure gets in.
+        let later = Authenticated {
+            issued_at: Some(now as u64 + 2),
+            ..who
+        };
+        app.admit(&later).await.unwrap();
+        thread.shutdown().await;
+    }
+}

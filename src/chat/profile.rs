@@ -54,3 +54,48 @@ impl Command for PutProfile {
         txn.put_profile(&self.user).map_err(ChatError::internal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::chat::erase::EraseUser;
+    use crate::fanout::hub::Hub;
+    use crate::store::redb::RedbStore;
+    use crate::store::ReadStore;
+    use crate::writer::{Writer, WriterConfig};
+
+    /// A handshake that passed the erasure check just before the erasure committed must
+    /// not bring the erased name back.
+    #[tokio::test]
+    async fn a_name_from_a_token_older_than_the_erasure_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let config = WriterConfig {
+            recent_cache_bytes: 1 << 20,
+            max_batch: 16,
+        };
+        let thread = Writer::spawn(store.clone(), Hub::new(usize::MAX, 0), config);
+        let writer = thread.writer();
+        let erase = EraseUser {
+            user: "a".into(),
+            now_ms: 5_500,
+        };
+        outcome(writer.submit(erase).await).await.unwrap();
+        let put = |issued_at| PutProfile {
+            user: SessionUser {
+                id: "a".into(),
+                name: "A".into(),
+            },
+            issued_at,
+        };
+        for old in [None, Some(4), Some(5)] {
+            outcome(writer.submit(put(old)).await).await.unwrap();
+            assert_eq!(store.profile("a").await.unwrap().name, "a", "iat {old:?}");
+        }
+        outcome(writer.submit(put(Some(6))).await).await.unwrap();
+        assert_eq!(store.profile("a").await.unwrap().name, "A");
+        thread.shutdown().await;
+    }
+}
