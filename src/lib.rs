@@ -38,8 +38,9 @@
 //! - [`cli`]: the subcommands and their flags, turned into a [`cli::Command`].
 //! - [`config`]: the settings, their key registry, and file → environment → flag.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
-//! - [`admin`]: the admin API under `/admin/` (its own secret; online backup) and the
-//!   operator commands: `backup`, `restore`, `verify`, `compact`.
+//! - [`admin`]: the admin API under `/admin/` (its own secret; online backup, erasing a
+//!   user) and the operator commands: `backup`, `restore`, `verify`, `compact`,
+//!   `erase-user`.
 
 pub mod admin;
 pub mod app;
