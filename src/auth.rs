@@ -22,8 +22,10 @@ use crate::protocol::room::is_valid_user_id;
 const LEEWAY_SECS: u64 = 30;
 /// Longest accepted display name, in Unicode scalar values after trimming.
 const MAX_NAME_CHARS: usize = 100;
-/// Name of the generated secret's file inside the data directory.
+/// Name of the generated JWT secret's file inside the data directory.
 const SECRET_FILE: &str = "jwt-secret";
+/// Name of the generated admin secret's file inside the data directory.
+pub const ADMIN_SECRET_FILE: &str = "admin-secret";
 
 /// Verifies and mints tokens with one HS256 secret.
 pub struct Auth {
@@ -91,6 +93,12 @@ impl Auth {
     /// scalar values after trimming, otherwise the id (token still valid even if name is a
     /// number/object/too long).
     pub fn verify(&self, token: &str) -> Result<SessionUser, AuthError> {
+        self.verify_issued(token).map(|(user, _)| user)
+    }
+
+    /// [`Auth::verify`], with the token's `iat` (seconds, rounded down; `None` when the
+    /// claim is absent or not a non-negative number), which an erasure judges tokens by.
+    pub fn verify_issued(&self, token: &str) -> Result<(SessionUser, Option<u64>), AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -117,10 +125,18 @@ impl Auth {
             }
             _ => None,
         };
-        Ok(SessionUser {
+        let issued_at = claims.get("iat").and_then(|iat| {
+            iat.as_u64().or_else(|| {
+                iat.as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(|s| s as u64)
+            })
+        });
+        let user = SessionUser {
             name: name.unwrap_or_else(|| id.clone()),
             id,
-        })
+        };
+        Ok((user, issued_at))
     }
 
     /// Mints an HS256 token with sub, exp = now + ttl, iat, and name when given.
@@ -134,6 +150,19 @@ impl Auth {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an HMAC key cannot fail")
+    }
+}
+
+/// Whether a token issued at `issued_at` (its `iat`, seconds) comes from before an erasure
+/// at `erased_at_ms`, and so must be refused. `iat` has whole seconds and the erasure
+/// milliseconds: a token counts as issued after only from the erasure's second rounded
+/// up, so no token minted before the erasure passes (one minted later in the same second
+/// is refused too; its holder needs one from the next second on). A token without `iat`
+/// cannot show it is newer, so it is refused.
+pub fn predates_erasure(issued_at: Option<u64>, erased_at_ms: i64) -> bool {
+    match issued_at {
+        Some(iat) => i128::from(iat) * 1000 < i128::from(erased_at_ms),
+        None => true,
     }
 }
 
@@ -158,6 +187,23 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The admin API's bearer secret. Never a user token: it is checked only at `/admin/`, and
+/// `Auth::verify` refuses it like any string that is not a signed JWT.
+pub struct AdminSecret(Vec<u8>);
+
+impl AdminSecret {
+    pub fn new(secret: Vec<u8>) -> AdminSecret {
+        AdminSecret(secret)
+    }
+
+    /// Whether `given` is the secret, compared in constant time so that response timing
+    /// does not reveal how much of a guess was right.
+    pub fn matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(given.as_bytes()).into()
+    }
+}
+
 /// The token of an `Authorization` header value: scheme "Bearer" matched
 /// case-insensitively, then one or more spaces, then the token. None otherwise.
 pub fn bearer_token(header_value: &str) -> Option<&str> {
@@ -173,11 +219,27 @@ pub fn bearer_token(header_value: &str) -> Option<&str> {
 /// `<data_dir>/jwt-secret` (created on first use with 32 random bytes hex-encoded, mode 0600,
 /// the directory created if missing), reused afterwards.
 pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<Vec<u8>> {
+    resolve_secret_file(configured, data_dir, SECRET_FILE)
+}
+
+/// The admin API's secret, found the same way as the JWT secret but in its own file,
+/// `<data_dir>/admin-secret`: the two must differ, or a user token's signing key would
+/// open the admin API.
+pub fn resolve_admin_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<Vec<u8>> {
+    resolve_secret_file(configured, data_dir, ADMIN_SECRET_FILE)
+}
+
+/// The configured secret, else the one kept in `<data_dir>/<file>`, generated on first use.
+fn resolve_secret_file(
+    configured: Option<&str>,
+    data_dir: &Path,
+    file: &str,
+) -> io::Result<Vec<u8>> {
     if let Some(secret) = configured {
         return Ok(secret.as_bytes().to_vec());
     }
     fs::create_dir_all(data_dir)?;
-    let path = data_dir.join(SECRET_FILE);
+    let path = data_dir.join(file);
     match fs::read_to_string(&path) {
         Ok(text) => return read_secret(&path, &text),
         Err(e) if e.kind() == IoErrorKind::NotFound => {}
@@ -191,7 +253,7 @@ pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<V
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let tmp = data_dir.join(format!("{SECRET_FILE}.{}.tmp", std::process::id()));
+    let tmp = data_dir.join(format!("{file}.{}.tmp", std::process::id()));
     let result = write_private(&tmp, secret.as_bytes()).and_then(|()| fs::hard_link(&tmp, &path));
     let _ = fs::remove_file(&tmp);
     match result {
@@ -199,7 +261,7 @@ pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> io::Result<V
             // Make the new directory entry durable, or a crash could lose the secret and
             // invalidate every token minted with it.
             fs::File::open(data_dir)?.sync_all()?;
-            tracing::info!(path = %path.display(), "generated a new JWT secret");
+            tracing::info!(path = %path.display(), "generated a new secret");
             Ok(secret.into_bytes())
         }
         Err(e) if e.kind() == IoErrorKind::AlreadyExists => {
@@ -252,7 +314,7 @@ fn warn_if_exposed(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "JWT secret file is readable by other users; chmod 600 it");
+            tracing::warn!(path = %path.display(), "secret file is readable by other users; chmod 600 it");
         }
     }
 }
@@ -300,6 +362,17 @@ mod tests {
             Err(AuthError::Invalid(reason)) => reason,
             other => panic!("expected invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_admin_secret_matches_only_itself() {
+        let admin = AdminSecret::new(b"admin-secret-1".to_vec());
+        assert!(admin.matches("admin-secret-1"));
+        assert!(!admin.matches("admin-secret-2"));
+        assert!(!admin.matches("admin-secret-1 "));
+        assert!(!admin.matches(""));
+        // Nor is it a user token.
+        assert!(auth().verify("admin-secret-1").is_err());
     }
 
     #[test]
@@ -455,5 +528,33 @@ mod tests {
         let nowhere = dir.path().join("never-created");
         assert_eq!(resolve_secret(Some("s"), &nowhere).unwrap(), b"s");
         assert!(!nowhere.exists());
+    }
+
+    #[test]
+    fn iat_is_read_in_whole_seconds_and_judged_against_an_erasure() {
+        let exp = now() + 600;
+        let issued = |claims: Value| auth().verify_issued(&sign(claims)).unwrap().1;
+        assert_eq!(
+            issued(json!({ "sub": "a", "exp": exp, "iat": 1_000 })),
+            Some(1_000)
+        );
+        assert_eq!(
+            issued(json!({ "sub": "a", "exp": exp, "iat": 1_000.9 })),
+            Some(1_000)
+        );
+        assert_eq!(
+            issued(json!({ "sub": "a", "exp": exp, "iat": "1000" })),
+            None
+        );
+        assert_eq!(issued(json!({ "sub": "a", "exp": exp, "iat": -5 })), None);
+        assert_eq!(issued(json!({ "sub": "a", "exp": exp })), None);
+        // Erased at 1000.250 s: tokens of second 1000 (minted before or just after) are
+        // refused, second 1001 passes; no iat never does.
+        assert!(predates_erasure(Some(999), 1_000_250));
+        assert!(predates_erasure(Some(1_000), 1_000_250));
+        assert!(!predates_erasure(Some(1_001), 1_000_250));
+        assert!(!predates_erasure(Some(1_000), 1_000_000));
+        assert!(predates_erasure(None, 0));
+        assert!(!predates_erasure(Some(u64::MAX), i64::MAX));
     }
 }

@@ -40,6 +40,31 @@ pub enum Command {
     },
     /// Build a new store in `config.data_dir` from JSON lines on stdin.
     Import { config: Config },
+
+    /// Print the admin API's secret that `config` resolves to.
+    AdminToken(Config),
+    /// Ask the server at `config.bind` for a backup, with the admin secret.
+    Backup(Config),
+    /// Install the backup file as the store of `config.data_dir`.
+    Restore {
+        /// Settings, for the data directory.
+        config: Config,
+        /// The backup file.
+        backup: PathBuf,
+        /// Replace the store of a data directory that is not empty.
+        force: bool,
+    },
+    /// Check the store of `config.data_dir`, offline.
+    Verify(Config),
+    /// Compact the store of `config.data_dir`, offline.
+    Compact(Config),
+    /// Erase a user from the store of `config.data_dir`, offline (issue 14, item 5).
+    EraseUser {
+        /// Settings, for the data directory.
+        config: Config,
+        /// The user to erase; already checked to be a valid user id.
+        user_id: String,
+    },
 }
 
 /// Parses the process's args and env; on error prints one clear line (naming the key or
@@ -97,6 +122,23 @@ impl Cli {
             Sub::Import(args) => Ok(Command::Import {
                 config: args.shared.config([], env)?,
             }),
+
+            Sub::AdminToken(args) => Ok(Command::AdminToken(args.config([], env)?)),
+            Sub::Backup(args) => args.into_command(env),
+            Sub::Restore(args) => Ok(Command::Restore {
+                config: args.shared.config([], env)?,
+                backup: args.backup,
+                force: args.force,
+            }),
+            Sub::Verify(args) => Ok(Command::Verify(args.config([], env)?)),
+            Sub::Compact(args) => Ok(Command::Compact(args.config([], env)?)),
+            Sub::EraseUser(args) => {
+                check_user_id(&args.user_id)?;
+                Ok(Command::EraseUser {
+                    config: args.shared.config([], env)?,
+                    user_id: args.user_id,
+                })
+            }
         }
     }
 }
@@ -111,6 +153,76 @@ enum Sub {
     Export(ExportArgs),
     /// Build a new store in an empty data directory from JSON lines on stdin.
     Import(ImportArgs),
+
+    /// Print the admin API's secret (generated into the data dir if unset).
+    AdminToken(AdminArgs),
+    /// Take a backup through the running server's admin API and print its report.
+    Backup(BackupArgs),
+    /// Install a backup file as the store of the data dir (stopped server; verified first).
+    Restore(RestoreArgs),
+    /// Check the store of the data dir (stopped server); exit status 0 when it is sound.
+    Verify(SharedArgs),
+    /// Compact the store of the data dir (stopped server) and print its size before/after.
+    Compact(SharedArgs),
+    /// Erase USER_ID from the store of the data dir (stopped server; a running one: use
+    /// DELETE /admin/users/USER_ID) and print what changed.
+    EraseUser(EraseUserArgs),
+}
+
+#[derive(Args, Debug)]
+struct EraseUserArgs {
+    /// The user to erase
+    user_id: String,
+    #[command(flatten)]
+    shared: SharedArgs,
+}
+
+/// The flags of the commands that use the admin secret.
+#[derive(Args, Debug)]
+struct AdminArgs {
+    #[command(flatten)]
+    shared: SharedArgs,
+    /// Admin API secret [env: CHAT_ADMIN_SECRET]; generated into the data dir if unset
+    #[arg(long, value_name = "S")]
+    admin_secret: Option<String>,
+}
+
+impl AdminArgs {
+    fn config(
+        self,
+        more: impl IntoIterator<Item = Option<Flag>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let admin = flag("admin_secret", "--admin-secret", self.admin_secret);
+        self.shared.config(std::iter::once(admin).chain(more), env)
+    }
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The running server's address [env: CHAT_BIND] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+}
+
+impl BackupArgs {
+    fn into_command(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
+        let bind = flag("bind", "--bind", self.bind);
+        Ok(Command::Backup(self.admin.config([bind], env)?))
+    }
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// The backup file (a chat-*.redb from the backups directory)
+    backup: PathBuf,
+    /// Replace the store of a data dir that is not empty
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    shared: SharedArgs,
 }
 
 /// Flags every subcommand takes because they decide where the secret comes from.
@@ -189,12 +301,7 @@ struct TokenArgs {
 
 impl TokenArgs {
     fn into_command(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
-        if !is_valid_user_id(&self.user_id) {
-            return Err(ConfigError::new(format!(
-                "USER_ID: {:?} is not a valid user id (1 to 64 of A-Z a-z 0-9 _ . @ + -)",
-                self.user_id
-            )));
-        }
+        check_user_id(&self.user_id)?;
         let ttl = parse_duration(&self.ttl).ok_or_else(|| {
             ConfigError::new(format!(
                 "--ttl: expected a positive duration like 90s, 15m, 24h, 7d or plain seconds, got {:?}",
@@ -253,6 +360,17 @@ impl ExportArgs {
 struct ImportArgs {
     #[command(flatten)]
     shared: SharedArgs,
+}
+
+/// The USER_ID argument of `token` and `erase-user`.
+fn check_user_id(user_id: &str) -> Result<(), ConfigError> {
+    if is_valid_user_id(user_id) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "USER_ID: {user_id:?} is not a valid user id (1 to 64 of A-Z a-z 0-9 _ . @ + -)"
+        )))
+    }
 }
 
 /// "90s", "15m", "24h", "7d" or plain seconds; `None` for anything else, zero or overflow.
@@ -425,6 +543,62 @@ mod tests {
         // Serve-only flags are not accepted by either.
         assert!(run(&["import", "--bind", "127.0.0.1:1"], &[]).is_err());
         assert!(run(&["export", "--bind", "127.0.0.1:1"], &[]).is_err());
+    }
+
+    #[test]
+    fn admin_subcommands() {
+        let Command::AdminToken(c) = run(&["admin-token", "--data", "/d"], &[]).unwrap() else {
+            panic!("expected admin-token");
+        };
+        assert_eq!((c.data_dir, c.admin_secret), (PathBuf::from("/d"), None));
+        let env = [("CHAT_ADMIN_SECRET", "env"), ("CHAT_BIND", "127.0.0.1:5")];
+        let Command::Backup(c) = run(&["backup", "--admin-secret", "flag"], &env).unwrap() else {
+            panic!("expected backup");
+        };
+        assert_eq!(c.admin_secret.as_deref(), Some("flag"));
+        assert_eq!(c.bind.port(), 5);
+        let Command::Backup(c) = run(&["backup", "--bind", "127.0.0.1:6"], &env).unwrap() else {
+            panic!("expected backup");
+        };
+        assert_eq!((c.admin_secret.as_deref(), c.bind.port()), (Some("env"), 6));
+        let Command::Restore {
+            config,
+            backup,
+            force,
+        } = run(&["restore", "/b/x.redb", "--data", "/d", "--force"], &[]).unwrap()
+        else {
+            panic!("expected restore");
+        };
+        assert_eq!(
+            (config.data_dir, backup, force),
+            (PathBuf::from("/d"), PathBuf::from("/b/x.redb"), true)
+        );
+        assert!(matches!(
+            run(&["verify", "--data", "/d"], &[]).unwrap(),
+            Command::Verify(_)
+        ));
+        assert!(matches!(
+            run(&["compact", "--data", "/d"], &[]).unwrap(),
+            Command::Compact(_)
+        ));
+        // A restore names its backup.
+        assert!(run(&["restore", "--data", "/d"], &[]).is_err());
+    }
+
+    #[test]
+    fn erase_user_takes_a_valid_user_id() {
+        let Command::EraseUser { config, user_id } =
+            run(&["erase-user", "alice", "--data", "/d"], &[]).unwrap()
+        else {
+            panic!("expected erase-user");
+        };
+        assert_eq!(
+            (config.data_dir, user_id.as_str()),
+            (PathBuf::from("/d"), "alice")
+        );
+        let bad = run(&["erase-user", "a/b", "--data", "/d"], &[]).unwrap_err();
+        assert!(bad.to_string().contains("USER_ID"), "{bad}");
+        assert!(run(&["erase-user", "--data", "/d"], &[]).is_err());
     }
 
     #[test]

@@ -44,6 +44,11 @@
 //! - [`webhook`]: events for the app's backend: written to an outbox in the commit of
 //!   what they describe, posted signed and in order per recipient, retried, dead-lettered.
 
+//! - [`admin`]: the admin API under `/admin/` (its own secret; online backup, erasing a
+//!   user) and the operator commands: `backup`, `restore`, `verify`, `compact`,
+//!   `erase-user`.
+
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod chat;

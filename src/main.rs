@@ -1,11 +1,13 @@
-//! `chat-server`: parse the command line, then serve or mint a token.
+//! `chat-server`: parse the command line, then serve, mint a token, or run an admin
+//! command (`admin-token`, `backup`, `restore`, `verify`, `compact`, `erase-user`).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use chat_server::admin::{client, erase, offline};
 use chat_server::app::App;
-use chat_server::auth::{resolve_secret, Auth};
+use chat_server::auth::{resolve_admin_secret, resolve_secret, AdminSecret, Auth};
 use chat_server::chat::{Chat, ChatLimits};
 use chat_server::cli::{self, Command};
 use chat_server::config::{Config, LogFormat};
@@ -36,6 +38,16 @@ fn main() -> ExitCode {
         } => mint_token(&config, &user_id, name.as_deref(), ttl),
         Command::Export { config, user } => export(&config, user.as_deref()),
         Command::Import { config } => import(&config),
+        Command::AdminToken(config) => admin_token(&config),
+        Command::Backup(config) => backup(&config),
+        Command::Restore {
+            config,
+            backup,
+            force,
+        } => restore(&config, &backup, force),
+        Command::Verify(config) => verify(&config),
+        Command::Compact(config) => compact(&config),
+        Command::EraseUser { config, user_id } => erase_user(&config, &user_id),
     }
 }
 
@@ -58,6 +70,49 @@ fn export(config: &Config, user: Option<&str>) -> ExitCode {
     }
 }
 
+/// The admin secret `config` resolves to, generated into the data dir if there is none.
+fn admin_secret(config: &Config) -> Result<String, ExitCode> {
+    resolve_admin_secret(config.admin_secret.as_deref(), &config.data_dir)
+        .map(|secret| String::from_utf8_lossy(&secret).into_owned())
+        .map_err(|e| fail(format_args!("cannot read or create the admin secret: {e}")))
+}
+
+fn admin_token(config: &Config) -> ExitCode {
+    match admin_secret(config) {
+        Ok(secret) => print_line(&secret),
+        Err(code) => code,
+    }
+}
+
+fn backup(config: &Config) -> ExitCode {
+    let secret = match admin_secret(config) {
+        Ok(secret) => secret,
+        Err(code) => return code,
+    };
+    match client::post(config.bind, "/admin/backup", &secret) {
+        Ok((200, body)) => print_line(&body),
+        Ok((status, body)) => fail(format_args!(
+            "the server refused the backup ({status}): {body}"
+        )),
+        Err(e) => fail(format_args!(
+            "cannot reach the server at {}: {e}",
+            config.bind
+        )),
+    }
+}
+
+fn restore(config: &Config, backup: &std::path::Path, force: bool) -> ExitCode {
+    match offline::restore(backup, &config.data_dir, force) {
+        Ok(found) => print_line(&format!(
+            "restored {} into {}: {}",
+            backup.display(),
+            config.data_dir.display(),
+            offline::describe(&found)
+        )),
+        Err(e) => fail(e),
+    }
+}
+
 /// Builds a new store from JSON lines on stdin; the counts go to stderr.
 fn import(config: &Config) -> ExitCode {
     let input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
@@ -73,6 +128,53 @@ fn import(config: &Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(format_args!("import refused, nothing stored: {e}")),
+    }
+}
+
+fn verify(config: &Config) -> ExitCode {
+    match offline::verify(&config.data_dir) {
+        Ok(found) if found.ok() => print_line(&format!("ok: {}", offline::describe(&found))),
+        Ok(found) => fail(format_args!(
+            "{} problems: {}",
+            found.problem_count,
+            offline::describe(&found)
+        )),
+        Err(e) => fail(format_args!(
+            "cannot verify {}: {e}",
+            config.data_dir.display()
+        )),
+    }
+}
+
+fn compact(config: &Config) -> ExitCode {
+    match offline::compact(&config.data_dir) {
+        Ok((before, after)) => print_line(&format!(
+            "compacted {}: {before} bytes before, {after} bytes after",
+            config.data_dir.display()
+        )),
+        Err(e) => fail(format_args!(
+            "cannot compact {}: {e}",
+            config.data_dir.display()
+        )),
+    }
+}
+
+fn erase_user(config: &Config, user_id: &str) -> ExitCode {
+    match erase::erase_offline(&config.data_dir, user_id) {
+        Ok(report) => print_line(&serde_json::to_string(&report).expect("a plain report")),
+        Err(e) => fail(format_args!(
+            "cannot erase {user_id} in {}: {e}",
+            config.data_dir.display()
+        )),
+    }
+}
+
+/// Prints one line, without `println!`'s panic on a closed pipe.
+fn print_line(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -136,6 +238,14 @@ fn serve(config: Config) -> ExitCode {
             Ok(secret) => secret,
             Err(e) => return fail(format_args!("cannot read or create the JWT secret: {e}")),
         };
+        let admin = match resolve_admin_secret(config.admin_secret.as_deref(), &config.data_dir) {
+            // Else anyone who can mint user tokens could run the admin API.
+            Ok(admin) if admin == secret => {
+                return fail("the admin secret must differ from the JWT secret")
+            }
+            Ok(secret) => AdminSecret::new(secret),
+            Err(e) => return fail(format_args!("cannot read or create the admin secret: {e}")),
+        };
         // The composition root: the one place that picks the storage backend.
         let store =
             match RedbStore::open_with_cache(&config.data_dir, config.memory.redb_cache_bytes) {
@@ -182,6 +292,8 @@ fn serve(config: Config) -> ExitCode {
             writer.writer(),
             config.retention.max_age_days,
         );
+
+        let maintenance = store.clone();
         let chat = Arc::new(Chat::new(
             store,
             writer.writer(),
@@ -192,7 +304,7 @@ fn serve(config: Config) -> ExitCode {
         ));
         let addr = listener.local_addr().map_or(config.bind, |a| a);
         let data_dir = config.data_dir.display().to_string();
-        let app = App::new(chat, Auth::new(&secret), config);
+        let app = App::new(chat, Auth::new(&secret), config, admin, maintenance);
         tracing::info!(%addr, data = %data_dir, "chat-server listening");
         // One plain line on stdout for scripts and tests that wait for the port.
         println!("listening on http://{addr}");

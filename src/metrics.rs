@@ -42,6 +42,8 @@ const WEBHOOK_DELIVERY: &str = "chat_webhook_delivery_seconds";
 
 const RETENTION_DELETED: &str = "chat_retention_deleted_total";
 
+const STORE_FILE: &str = "chat_store_file_bytes";
+
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -178,6 +180,11 @@ fn describe() {
         "Messages deleted for being older than retention.max_age_days."
     );
     counter!(RETENTION_DELETED).absolute(0);
+    describe_gauge!(
+        STORE_FILE,
+        metrics::Unit::Bytes,
+        "Size of the store's file on disk; `chat-server compact` shrinks it offline."
+    );
     for dialect in [Dialect::Plain, Dialect::SocketIo] {
         gauge!(CONNECTIONS, "dialect" => dialect.label()).set(0.0);
     }
@@ -202,6 +209,7 @@ fn describe() {
         OUTBOUND_QUEUED,
         WEBHOOK_QUEUED,
         WEBHOOK_DEAD_LETTERS,
+        STORE_FILE,
     ] {
         gauge!(name).set(0.0);
     }
@@ -274,6 +282,11 @@ pub fn process_state(redb_cache_bytes: usize) {
     if let Some(bytes) = resident_bytes() {
         gauge!(RESIDENT).set(bytes as f64);
     }
+}
+
+/// The store's file size, read now.
+pub fn store_state(file_bytes: u64) {
+    gauge!(STORE_FILE).set(file_bytes as f64);
 }
 
 /// RSS from `/proc/self/statm` (its second field, in pages); `None` off Linux.

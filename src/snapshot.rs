@@ -182,17 +182,13 @@ impl RecentCache {
         }
     }
 
-    /// Forgets one room, whose messages were deleted: its next snapshot is read from the
-    /// store again.
+    /// Forgets one room: its next snapshot is read from the store again. For a change too
+    /// wide to apply message by message (messages deleted by retention, a user's erasure).
     pub fn forget(&mut self, room: &RoomKey) {
-        let Some(at) = self.index.remove(room) else {
-            return;
-        };
-        self.unlink(at);
-        let slot = self.slots[at].take().expect("indexed slots are occupied");
-        self.free.push(at);
-        self.bytes -= slot.bytes;
-        self.publish();
+        if let Some(&at) = self.index.get(room) {
+            self.remove(at);
+            self.publish();
+        }
     }
 
     /// Forgets everything; used when a commit failed, since the cache may then hold
@@ -260,15 +256,19 @@ impl RecentCache {
     /// Drops least recently used rooms until the total is within the budget.
     fn trim(&mut self) {
         while self.bytes > self.budget && self.tail != NIL {
-            let at = self.tail;
-            self.unlink(at);
-            let slot = self.slots[at].take().expect("listed slots are occupied");
-            self.index.remove(&slot.key);
-            self.free.push(at);
-            self.bytes -= slot.bytes;
+            self.remove(self.tail);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
         self.publish();
+    }
+
+    /// Drops the room in slot `at`.
+    fn remove(&mut self, at: usize) {
+        self.unlink(at);
+        let slot = self.slots[at].take().expect("listed slots are occupied");
+        self.index.remove(&slot.key);
+        self.free.push(at);
+        self.bytes -= slot.bytes;
     }
 
     /// Brings a room's counted bytes, and the total, up to date after it changed.
@@ -414,6 +414,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
         assert_eq!(v[1]["seenAt"], "1970-01-01T00:00:00.005Z");
         assert_eq!(v[0]["seenAt"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_forgotten_room_is_loaded_again_and_its_bytes_leave_the_total() {
+        let (r1, r2) = (RoomKey::new("a", "1"), RoomKey::new("a", "2"));
+        let mut cache = RecentCache::new(1 << 20);
+        cache.snapshot(&r1, || Ok(vec![msg(1)])).unwrap();
+        let one_room = cache.bytes;
+        cache.snapshot(&r2, || Ok(vec![msg(1)])).unwrap();
+        cache.forget(&r1);
+        assert_eq!((cache.bytes, cache.stats().rooms()), (one_room, 1));
+        let mut erased = msg(1);
+        erased.erase(2);
+        let snap = cache.snapshot(&r1, || Ok(vec![erased])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
+        assert_eq!(v[0]["deleted"], true, "{v}");
+        // The other room stayed cached, and forgetting an absent room is harmless.
+        cache.snapshot(&r2, || panic!("room is cached")).unwrap();
+        cache.forget(&RoomKey::new("a", "3"));
+        assert_eq!(cache.stats().rooms(), 2);
     }
 
     #[test]

@@ -13,10 +13,13 @@
 //! connecting user's name). This file holds what they share and the table that routes an
 //! event name to its handler. `block.rs` holds `block`, `unblock` and `blocks`: one file
 //! for the three, because they share one table and one payload.
+//!
+//! `erase.rs` is no client event: it erases a user for the admin API (issue 14, item 5).
 
 mod block;
 mod changes;
 mod edit;
+mod erase;
 mod history;
 mod profile;
 mod read;
@@ -42,6 +45,8 @@ use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::store::ReadStore;
 use crate::writer::Writer;
+
+pub use erase::ErasureReport;
 
 /// A successful answer.
 #[derive(Debug)]

@@ -67,6 +67,11 @@ pub struct Config {
 
     /// How long messages are kept (section `[retention]`).
     pub retention: RetentionConfig,
+    /// The admin API's bearer secret (key `admin_secret`); `None` means use the generated
+    /// one kept in the data directory.
+    pub admin_secret: Option<String>,
+    /// Online backups (section `[backup]`).
+    pub backup: BackupConfig,
 }
 
 /// The longest retention that can be set: a century, far past any policy, and small
@@ -231,6 +236,32 @@ pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// Where `POST /admin/backup` writes, and how many backups it keeps.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// Directory of the backup files (key `backup.dir`); `None` is `<data>/backups`.
+    pub dir: Option<PathBuf>,
+    /// Backups kept; the oldest beyond this are deleted after each new one (key
+    /// `backup.keep`), so the directory cannot fill the disk.
+    pub keep: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig { dir: None, keep: 7 }
+    }
+}
+
+impl Config {
+    /// The backups directory: `backup.dir`, else `<data>/backups`.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backups"))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -245,6 +276,9 @@ impl Default for Config {
             webhooks: Vec::new(),
 
             retention: RetentionConfig::default(),
+
+            admin_secret: None,
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -340,6 +374,13 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 hook.initial_backoff_ms, hook.max_backoff_secs
             )));
         }
+    }
+
+    // One secret for both would let anyone who can mint user tokens run the admin API.
+    if cfg.admin_secret.is_some() && cfg.admin_secret == cfg.jwt_secret {
+        return Err(ConfigError(
+            "admin_secret must differ from jwt_secret".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -526,6 +567,20 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_secret_must_differ_from_the_jwt_secret() {
+        let e = error(load(
+            None,
+            &[("CHAT_JWT_SECRET", "same"), ("CHAT_ADMIN_SECRET", "same")],
+        ));
+        assert!(e.contains("admin_secret must differ"), "{e}");
+        let c = load(None, &[("CHAT_BACKUP_KEEP", "3")]).unwrap();
+        assert_eq!(c.backup.keep, 3);
+        assert_eq!(c.backup_dir(), PathBuf::from("./db/backups"));
+        let c = load(None, &[("CHAT_BACKUP_DIR", "/b")]).unwrap();
+        assert_eq!(c.backup_dir(), PathBuf::from("/b"));
+    }
+
+    #[test]
     fn example_file_lists_every_key_with_its_default() {
         let example = include_str!("../../config.toml.example");
         let mut c = Config::default();
@@ -562,6 +617,8 @@ mod tests {
         let mut c = Config::default();
         source::apply_file(&mut c, &REGISTRY, &uncommented, "uncommented example").unwrap();
         c.jwt_secret = None;
+        c.admin_secret = None;
+        c.backup.dir = None;
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
 
         // The webhook block, uncommented, is one hook at the defaults, naming every key

@@ -325,6 +325,15 @@ const KEYS: &[Key] = &[
     key!("retention.max_age_days", retention_days, |c| c
         .retention
         .max_age_days),
+    // The admin API and online backups.
+    key!("admin_secret", |r| non_empty_str(r).map(Some), |c| c
+        .admin_secret),
+    key!(
+        "backup.dir",
+        |r| non_empty_str(r).map(|d| Some(PathBuf::from(d))),
+        |c| c.backup.dir
+    ),
+    key!("backup.keep", positive_int, |c| c.backup.keep),
 ];
 
 /// Days of retention: 0 (off) up to [`super::MAX_RETENTION_DAYS`].

@@ -41,7 +41,7 @@ use tower_service::Service;
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::app::App;
 use crate::chat::Chat;
-use crate::fanout::hub::{OverflowSignal, Subscription};
+use crate::fanout::hub::{Cut, OverflowSignal, Subscription};
 use crate::http::query::{query_pairs, query_value};
 use crate::metrics::{self, Dialect};
 use crate::model::SessionUser;
@@ -226,17 +226,20 @@ async fn admit(
     auth: Option<serde_json::Value>,
 ) -> Result<(), Refusal> {
     let query = query_pairs(socket.req_parts().uri.query().unwrap_or("")).unwrap_or_default();
-    let user = app
+    let refused = |e: ChatError| {
+        tracing::debug!(error = %e.message, "socket.io connect refused");
+        match e.code {
+            ErrorCode::TooManyConnections => Refusal::TooManyConnections,
+            _ => Refusal::Unauthorized,
+        }
+    };
+    let who = app
         .authenticate(token_of(auth.as_ref(), &query))
-        .map_err(|e| {
-            tracing::debug!(error = %e.message, "socket.io connect refused");
-            Refusal::Unauthorized
-        })?;
-    // Once the client is connected, its partner may already be reading.
-    let subscription = app
-        .admit(&user)
         .await
-        .map_err(|_| Refusal::TooManyConnections)?;
+        .map_err(refused)?;
+    // Once the client is connected, its partner may already be reading.
+    let subscription = app.admit(&who).await.map_err(refused)?;
+    let user = who.user;
     let limits = &app.config.limits;
 
     let arrivals = Arc::new(Arrivals {
@@ -414,8 +417,9 @@ async fn handle(
 enum Stop {
     /// socketioxide reported the socket closed.
     Gone,
-    /// The client does not take its events: it is cut off.
-    SlowConsumer,
+    /// The hub cut the connection (the client does not take its events, or its user was
+    /// erased): it is cut off.
+    Cut(Cut),
 }
 
 /// Runs one socket until it disconnects: requests in order, replies in request order, and
@@ -435,7 +439,7 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
         let step = tokio::select! {
             biased;
             _ = gone.cancelled() => Err(Stop::Gone),
-            _ = overflow.overflowed() => Err(Stop::SlowConsumer),
+            cut = overflow.overflowed() => Err(Stop::Cut(cut)),
             Some((event, ack, reply)) = pending.next(), if !pending.is_empty() => {
                 let answer = answer(event.as_deref(), ack, reply);
                 Box::pin(send_answer(&socket, answer, &overflow, &gone)).await
@@ -455,17 +459,22 @@ async fn serve(socket: SocketHandle, session: Session, chat: &Chat) {
             break stop;
         }
     };
-    if let Stop::SlowConsumer = stop {
+    if let Stop::Cut(cut) = stop {
         drop(subscription);
-        disconnect_slow_consumer(&socket, &gone).await;
+        disconnect(&socket, &gone, cut).await;
     }
     tracing::debug!(user = %user.id, "socket.io connection closed");
 }
 
-/// Sends a DISCONNECT to a slow consumer as soon as its buffer has room for it, until the
+/// Sends a DISCONNECT to a cut connection as soon as its buffer has room for it, until the
 /// socket is gone (Engine.IO's heartbeat closes a transport whose buffer stays full).
-async fn disconnect_slow_consumer(socket: &SocketHandle, gone: &CancellationToken) {
-    tracing::debug!("socket.io client too slow: outbound queue full; disconnecting");
+async fn disconnect(socket: &SocketHandle, gone: &CancellationToken, cut: Cut) {
+    match cut {
+        Cut::SlowConsumer => {
+            tracing::debug!("socket.io client too slow: outbound queue full; disconnecting")
+        }
+        Cut::Erased => tracing::debug!("socket.io client's user erased; disconnecting"),
+    }
     while let Err(SocketError::InternalChannelFull) = socket.clone().disconnect() {
         tokio::select! {
             _ = tokio::time::sleep(FULL_RETRY) => {}
@@ -512,7 +521,7 @@ async fn deliver(
             Ok(()) => return Ok(()),
             Err(SendError::Socket(SocketError::InternalChannelFull)) => tokio::select! {
                 _ = tokio::time::sleep(FULL_RETRY) => {}
-                _ = overflow.overflowed() => return Err(Stop::SlowConsumer),
+                cut = overflow.overflowed() => return Err(Stop::Cut(cut)),
                 _ = gone.cancelled() => return Err(Stop::Gone),
             },
             Err(SendError::Socket(_)) => return Err(Stop::Gone),

@@ -47,6 +47,8 @@ struct QueueState {
     max_bytes: usize,
     /// Wakes the connection task when the queue is cut.
     overflow: Notify,
+    /// Set before a cut that is not the client's fault: its user was erased.
+    erased: AtomicBool,
 }
 
 impl QueueState {
@@ -188,6 +190,7 @@ impl Hub {
             queued: AtomicUsize::new(0),
             max_bytes: max_outbound_bytes,
             overflow: Notify::new(),
+            erased: AtomicBool::new(false),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
@@ -284,6 +287,22 @@ impl Hub {
         self.outstanding.budget_cuts.load(Ordering::Relaxed)
     }
 
+    /// Cuts every connection of `user` with [`Cut::Erased`], so that each closes (a plain
+    /// socket with 4003, a Socket.IO one with a DISCONNECT); returns how many it cut. The
+    /// caller makes sure no new connection of the user is admitted afterwards.
+    pub fn disconnect_user(&self, user: &str) -> usize {
+        let users = self.users.read().expect("hub lock poisoned");
+        let Some(conns) = users.get(user) else {
+            return 0;
+        };
+        for (_, queue) in conns {
+            queue.state.erased.store(true, Ordering::Release);
+            self.outstanding.cut(&queue.state);
+            queue.state.overflow.notify_one();
+        }
+        conns.len()
+    }
+
     fn unsubscribe(&self, user: &str, id: u64, state: &QueueState) {
         {
             let mut users = self.users.write().expect("hub lock poisoned");
@@ -359,15 +378,27 @@ pub struct OverflowSignal {
     state: Arc<QueueState>,
 }
 
+/// Why a connection's queue was cut, and so why the connection must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The client does not read: its queue overflowed, or it was among the largest when
+    /// all queues together were over budget.
+    SlowConsumer,
+    /// Its user was erased ([`Hub::disconnect_user`]).
+    Erased,
+}
+
 impl OverflowSignal {
-    /// Resolves once the queue was cut, because it overflowed or because it was among the
-    /// largest when all queues together were over budget: the client must be cut off.
-    pub async fn overflowed(&self) {
+    /// Resolves once the queue was cut, with the reason: the client must be cut off.
+    pub async fn overflowed(&self) -> Cut {
         loop {
             let notified = self.state.overflow.notified();
             if self.state.is_cut() {
+                if self.state.erased.load(Ordering::Acquire) {
+                    return Cut::Erased;
+                }
                 self.hub.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                return;
+                return Cut::SlowConsumer;
             }
             notified.await;
         }
@@ -425,9 +456,26 @@ mod tests {
         assert_eq!(sub.state.queued.load(Ordering::Relaxed) & !CUT, 2 * 432);
         // A cut queue's bytes no longer count in the total.
         assert_eq!(hub.queued_bytes(), 0);
-        sub.overflow_signal().overflowed().await;
+        assert_eq!(sub.overflow_signal().overflowed().await, Cut::SlowConsumer);
         assert_eq!(hub.slow_consumers(), 1);
         assert_eq!(hub.budget_cuts(), 0);
+    }
+
+    #[tokio::test]
+    async fn disconnecting_a_user_cuts_each_of_their_connections_as_erased_and_no_other() {
+        let hub = Hub::new(usize::MAX, 0);
+        let a1 = hub.subscribe("a", 4, 1 << 20).unwrap();
+        let a2 = hub.subscribe("a", 4, 1 << 20).unwrap();
+        let b = hub.subscribe("b", 4, 1 << 20).unwrap();
+        hub.publish("a", &event_of(100));
+        assert_eq!(hub.disconnect_user("a"), 2);
+        assert_eq!(hub.disconnect_user("nobody"), 0);
+        for sub in [&a1, &a2] {
+            assert_eq!(sub.overflow_signal().overflowed().await, Cut::Erased);
+        }
+        assert!(!b.state.is_cut());
+        // Not a slow consumer, and the cut queues' bytes left the total.
+        assert_eq!((hub.slow_consumers(), hub.queued_bytes()), (0, 0));
     }
 
     /// A connection of its own user with a generous per-connection bound.

@@ -118,6 +118,10 @@ pub fn routes(
             let cache = app.chat.writer().recent_cache();
             metrics::recent_cache_state(cache.rooms(), cache.bytes(), cache.evictions());
             metrics::process_state(app.config.memory.redb_cache_bytes);
+            match app.maintenance.file_bytes() {
+                Ok(bytes) => metrics::store_state(bytes),
+                Err(e) => tracing::warn!(error = %e, "cannot read the store's file size"),
+            }
             warp::reply::with_header(
                 metrics::render(),
                 "content-type",
@@ -134,7 +138,7 @@ pub fn routes(
         .then(
             |app: Arc<App>, headers: HeaderMap, query: String| async move {
                 let reply = async {
-                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let user = app.authenticate(bearer_header(&headers)?).await?.user;
                     let pairs = query_pairs(&query)?;
                     let req = RoomsRequest {
                         limit: query_number(&pairs, "limit")?,
@@ -154,7 +158,7 @@ pub fn routes(
         .then(
             |segment: String, app: Arc<App>, headers: HeaderMap, query: String| async move {
                 let reply = async {
-                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let user = app.authenticate(bearer_header(&headers)?).await?.user;
                     let pairs = query_pairs(&query)?;
                     let req = ChangesRequest {
                         room_id: room_id_from_path(&segment)?,
@@ -175,7 +179,7 @@ pub fn routes(
         .then(
             |segment: String, app: Arc<App>, headers: HeaderMap, query: String| async move {
                 let reply = async {
-                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let user = app.authenticate(bearer_header(&headers)?).await?.user;
                     let pairs = query_pairs(&query)?;
                     let req = MessagesRequest {
                         room_id: room_id_from_path(&segment)?,
@@ -195,6 +199,8 @@ pub fn routes(
 
     healthz
         .or(metrics)
+        .unify()
+        .or(crate::admin::routes(app.clone()))
         .unify()
         .or(rooms)
         .unify()
@@ -222,7 +228,7 @@ fn blocks_routes(
         .and(warp::header::headers_cloned())
         .then(|app: Arc<App>, headers: HeaderMap| async move {
             let reply = async {
-                let user = app.authenticate(bearer_header(&headers)?)?;
+                let user = app.authenticate(bearer_header(&headers)?).await?.user;
                 app.chat.blocks_list(&user).await
             };
             reply_response(reply.await)
@@ -239,7 +245,7 @@ fn blocks_routes(
         .then(
             |segment: String, block: bool, app: Arc<App>, headers: HeaderMap| async move {
                 let reply = async {
-                    let user = app.authenticate(bearer_header(&headers)?)?;
+                    let user = app.authenticate(bearer_header(&headers)?).await?.user;
                     let target = user_id_from_path(&segment)?;
                     let handled = if block {
                         app.chat.block_user(&user, &target).await

@@ -22,6 +22,7 @@ pub mod redb;
 mod suite;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 
 use crate::model::{
@@ -186,6 +187,10 @@ pub trait ReadStore: Send + Sync {
         after: Option<u64>,
         limit: usize,
     ) -> Read<'_, ExpiryScan>;
+
+    /// When the user was last erased ([`WriteTxn::erase_user`]), in Unix ms; `None` for a
+    /// user never erased.
+    fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>>;
 }
 
 /// One step of a retention scan over the rooms.
@@ -316,8 +321,29 @@ pub trait WriteTxn {
     /// keeps its last id, so a new message never reuses one.
     fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired>;
 
+    /// Erases a user (issue 14, item 5): turns every message they sent, in every room
+    /// they have, into a tombstone ([`ChatMessage::erase`]) recorded as a change like a
+    /// delete, drops their idempotency keys (the `clientMessageId` index rows and the
+    /// records' own `clientMessageId`, tombstones of earlier deletes included), removes
+    /// their profile, and records `now_ms` as their erasure time. Their partners'
+    /// messages, the rooms and every unread count stay as they are. Erasing again later
+    /// does the same to what they sent since, and moves the time forward.
+    fn erase_user(&mut self, user: &str, now_ms: i64) -> Result<Erasure>;
+
+    /// [`ReadStore::erased_at`], as this transaction sees it.
+    fn erased_at(&self, user: &str) -> Result<Option<i64>>;
+
     /// Makes everything applied durable; returns only once it is.
     fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// What erasing a user did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erasure {
+    /// Messages that became tombstones now (earlier tombstones are not counted).
+    pub messages: u64,
+    /// The rooms where a message of the user changed (tombstoned or its key dropped).
+    pub rooms: Vec<RoomKey>,
 }
 
 /// What a send did.
@@ -340,6 +366,29 @@ pub enum SeenOutcome {
     NotFound,
     /// The reader sent it (every message of a self room).
     OwnMessage,
+}
+
+/// Whole-store operations for the admin API (`crate::admin`). Each reads the whole store,
+/// so callers run it on a blocking thread, never on the runtime.
+pub trait Maintenance: Send + Sync {
+    /// Copies every table, as of one moment (one read transaction), into a new store file
+    /// at `dest`, which must not exist; the file is complete and fsync'd on return. Writes
+    /// go on meanwhile: a read transaction never holds up the writer.
+    fn backup_into(&self, dest: &Path) -> Result<StoreCounts>;
+
+    /// Bytes the store's file takes on disk.
+    fn file_bytes(&self) -> Result<u64>;
+}
+
+/// What a store held, as of one read transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Rooms (each with at least one message).
+    pub rooms: u64,
+    /// Messages in every room.
+    pub messages: u64,
+    /// The highest message id of any room (ids are per room, 1..=n).
+    pub highest_message_id: u64,
 }
 
 /// What moving a delivered mark did.

@@ -33,7 +33,8 @@ macro_rules! store_suite {
             delivered_marks_only_move_forward_and_mark_partner_messages_once,
             only_the_sender_edits_within_the_window_and_deletes_into_a_tombstone,
             changes_list_each_changed_message_once_in_change_order_and_page,
-            messages_after_an_id_come_oldest_first
+            messages_after_an_id_come_oldest_first,
+            erasing_a_user_tombstones_their_messages_everywhere_and_keeps_the_rest
         );
     };
     (@tests $fixture:ty; $($test:ident),* $(,)?) => {$(
@@ -628,4 +629,99 @@ pub async fn messages_after_an_id_come_oldest_first<F: Fixture>() {
         .unwrap()
         .messages
         .is_empty());
+}
+
+pub async fn erasing_a_user_tombstones_their_messages_everywhere_and_keeps_the_rest<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let (ab, ac, aa, bc) = (
+        RoomKey::new("a", "b"),
+        RoomKey::new("a", "c"),
+        RoomKey::new("a", "a"),
+        RoomKey::new("b", "c"),
+    );
+    new_message(send(&store, &ab, "a", "secret 1", Some("k1"), 1000));
+    new_message(send(&store, &ab, "b", "reply", Some("k1"), 1100));
+    new_message(send(&store, &ab, "a", "secret 2", None, 1200));
+    new_message(send(&store, &ac, "c", "only c", None, 1300));
+    new_message(send(&store, &aa, "a", "note", Some("k2"), 1400));
+    new_message(send(&store, &bc, "b", "not a's", None, 1500));
+    commit(&store, |t| {
+        t.delete(&ab, "a", 3, 1600).unwrap();
+        t.put_profile(&SessionUser {
+            id: "a".into(),
+            name: "Alice".into(),
+        })
+        .unwrap();
+    });
+    let changes_before = store.changes(&ab, "b", 0, 50).await.unwrap().position;
+    let unread_before = unread(&store, "b", "a-b").await;
+    assert_eq!(store.erased_at("a").await.unwrap(), None);
+
+    let erasure = commit(&store, |t| t.erase_user("a", 2000).unwrap());
+    // Messages 1 of a-b and 1 of a-a become tombstones; the deleted 3 only loses nothing
+    // more (it had no key). a-c holds nothing of a's.
+    assert_eq!(erasure.messages, 2);
+    let mut rooms: Vec<String> = erasure.rooms.iter().map(RoomKey::id).collect();
+    rooms.sort();
+    assert_eq!(rooms, ["a-a", "a-b"]);
+    assert_eq!(store.erased_at("a").await.unwrap(), Some(2000));
+    assert_eq!(store.erased_at("b").await.unwrap(), None);
+
+    let page = store.messages_page(&ab, "b", None, 50).await.unwrap();
+    assert_eq!(ids(&page.messages), [3, 2, 1]);
+    for m in [&page.messages[0], &page.messages[2]] {
+        assert!(m.is_deleted() && m.message.is_empty(), "{m:?}");
+        assert_eq!(
+            (m.user_id.as_str(), m.client_message_id.as_deref()),
+            ("a", None)
+        );
+    }
+    assert_eq!(page.messages[2].deleted_ms, Some(2000));
+    // The earlier delete keeps its own time.
+    assert_eq!(page.messages[0].deleted_ms, Some(1600));
+    assert_eq!(page.messages[1].message, "reply");
+    assert_eq!(page.messages[1].client_message_id.as_deref(), Some("k1"));
+    // The profile is gone; the partner's key stays; the erased keys are free again.
+    assert_eq!(page.partner.name, "a");
+    assert!(store
+        .find_by_client_id(&ab, "b", "k1")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .find_by_client_id(&ab, "a", "k1")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .find_by_client_id(&aa, "a", "k2")
+        .await
+        .unwrap()
+        .is_none());
+    let fresh = new_message(send(&store, &ab, "a", "new start", Some("k1"), 3000));
+    assert_eq!(fresh.id, 4);
+    // Untouched: unread counts and the other rooms.
+    assert_eq!(unread_before, unread(&store, "b", "a-b").await - 1);
+    let ac_page = store.messages_page(&ac, "c", None, 50).await.unwrap();
+    assert_eq!(ac_page.messages[0].message, "only c");
+    let bc_page = store.messages_page(&bc, "c", None, 50).await.unwrap();
+    assert_eq!(bc_page.messages[0].message, "not a's");
+    // Each tombstone is a change, as a delete is.
+    let changed = store.changes(&ab, "b", changes_before, 50).await.unwrap();
+    assert_eq!(ids(&changed.messages), [1, 4]);
+
+    // Again later: what was sent since goes too, nothing is counted twice, and the time
+    // moves forward but never back.
+    let again = commit(&store, |t| t.erase_user("a", 4000).unwrap());
+    assert_eq!((again.messages, again.rooms.len()), (1, 1));
+    assert_eq!(store.erased_at("a").await.unwrap(), Some(4000));
+    commit(&store, |t| t.erase_user("a", 10).unwrap());
+    assert_eq!(store.erased_at("a").await.unwrap(), Some(4000));
+    // Durable across a reopen.
+    drop(store);
+    let store = place.open();
+    assert_eq!(store.erased_at("a").await.unwrap(), Some(4000));
+    let page = store.messages_page(&ab, "b", None, 50).await.unwrap();
+    assert!(page.messages[0].is_deleted());
 }

@@ -496,6 +496,14 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
+        fn erase_user(&mut self, _: &str, _: i64) -> store::Result<store::Erasure> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn erased_at(&self, _: &str) -> store::Result<Option<i64>> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
         fn commit(self: Box<Self>) -> store::Result<()> {
             if self.fail {
                 return Err(StoreError::Corrupt("the test fails this commit".into()));

@@ -258,6 +258,24 @@ pub async fn http_call(
     status_and_json(raw_request(addr, &head, b"").await)
 }
 
+/// A minimal HTTP/1.1 request without a body, any method; returns the status and the
+/// JSON body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    status_and_json(raw_request(addr, &head, b"").await)
+}
+
 /// The status and JSON body (or the text, when it is not JSON) of a raw HTTP response.
 fn status_and_json(raw: Vec<u8>) -> (u16, Value) {
     let text = String::from_utf8(raw).unwrap();

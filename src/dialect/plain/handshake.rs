@@ -41,8 +41,12 @@ pub async fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
     };
     // The header wins over the query parameter when both are given.
     let token = bearer_header(req.headers()).map(|header| header.or(query_value(&pairs, "token")));
-    let user = match token.and_then(|token| app.authenticate(token)) {
-        Ok(user) => user,
+    let authenticated = match token {
+        Ok(token) => app.authenticate(token).await,
+        Err(e) => Err(e),
+    };
+    let who = match authenticated {
+        Ok(who) => who,
         Err(e) => return error_response(&e),
     };
     let headers = req.headers();
@@ -57,10 +61,11 @@ pub async fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response {
         ));
     };
     // Before the 101: once the client can send, its partner may already be reading.
-    let subscription = match app.admit(&user).await {
+    let subscription = match app.admit(&who).await {
         Ok(subscription) => subscription,
         Err(error) => return error_response(&error),
     };
+    let user = who.user;
     let limits = &app.config.limits;
 
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -5,7 +5,7 @@
 //! handlers, and keeps the replies that wait for a commit in request order. The send half
 //! sends those replies and the user's channel events, and is the one place that closes the
 //! socket: 1001 on shutdown, 1008 when the client stops reading (its queue overflowed),
-//! 1009 for an oversize message. Splitting them means a client that does not read can
+//! 4003 when its user is erased, 1009 for an oversize message. Splitting them means a client that does not read can
 //! stall only its own send half, never the read half of anyone else.
 //!
 //! Long texts go out as WebSocket fragments gathered into one write ([`wire`]), so that no
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{answer, dispatch, waits_for_earlier, Answer, PendingReply};
 use crate::chat::{Chat, Reply};
-use crate::fanout::hub::Subscription;
+use crate::fanout::hub::{Cut, Subscription};
 use crate::model::SessionUser;
 use crate::protocol::ChatError;
 use wire::{fragments, Coalesce, FRAGMENT_BYTES};
@@ -278,8 +278,9 @@ async fn send_half(
             _ = shutdown.cancelled() => {
                 return close(&mut sink, CloseCode::Away, "server shutting down").await;
             }
-            _ = overflow.overflowed() => {
-                return close(&mut sink, CloseCode::Policy, "too slow: outbound queue full").await;
+            cut = overflow.overflowed() => {
+                let (code, reason) = cut_close(cut);
+                return close(&mut sink, code, reason).await;
             }
             outgoing = out.next() => match outgoing {
                 Some(Outgoing::Text(text)) => Message::text(text),
@@ -297,8 +298,9 @@ async fn send_half(
             _ = shutdown.cancelled() => {
                 return close(&mut sink, CloseCode::Away, "server shutting down").await;
             }
-            _ = overflow.overflowed() => {
-                return close(&mut sink, CloseCode::Policy, "too slow: outbound queue full").await;
+            cut = overflow.overflowed() => {
+                let (code, reason) = cut_close(cut);
+                return close(&mut sink, code, reason).await;
             }
         };
         if let Some(event) = in_flight {
@@ -320,6 +322,16 @@ async fn send(sink: &mut SplitSink<Socket, Message>, message: Message) -> Result
             sink.flush().await
         }
         message => sink.send(message).await,
+    }
+}
+
+/// The close frame of a connection the hub cut: 1008 for a client that stopped reading;
+/// 4003 once its user was erased, a code of its own so that a client does not take it for
+/// a slow connection and reconnect with the token now refused.
+fn cut_close(cut: Cut) -> (CloseCode, &'static str) {
+    match cut {
+        Cut::SlowConsumer => (CloseCode::Policy, "too slow: outbound queue full"),
+        Cut::Erased => (CloseCode::Library(4003), "user erased"),
     }
 }
 

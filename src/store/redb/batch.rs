@@ -10,13 +10,18 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use super::records::{self, RoomLifecycle, RoomRecord};
 use super::{
     latest_messages, newest_first, outbox, profile_in, read_message, BLOCKS, CHANGES, CLIENT_IDS,
-    INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
+    ERASED, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{
-    Appended, DeleteOutcome, EditOutcome, Expired, OutboxEvent, ReceivedOutcome, Result,
+    Appended, DeleteOutcome, EditOutcome, Erasure, Expired, OutboxEvent, ReceivedOutcome, Result,
     SeenOutcome, StoreError, WriteTxn,
 };
+
+/// Messages of an erased user read from a room before they are rewritten: the scan and
+/// the writes cannot share the table, and a bounded chunk keeps an erasure's memory flat
+/// however much the user sent.
+const ERASE_CHUNK: usize = 1024;
 
 /// One write transaction, committed with fsync.
 pub(super) struct Batch {
@@ -353,6 +358,59 @@ impl WriteTxn for Batch {
         })
     }
 
+    fn erase_user(&mut self, user: &str, now_ms: i64) -> Result<Erasure> {
+        // The user's rooms are their inbox rows (one per room they have, self room too).
+        let nums: Vec<u64> = {
+            let inbox = self.txn.open_table(INBOX)?;
+            let mut nums = Vec::new();
+            for row in inbox.range((user, 0, "", 0)..(user, u64::MAX, "\u{7f}", u64::MAX))? {
+                nums.push(row?.0.value().3);
+            }
+            nums
+        };
+        let mut erasure = Erasure::default();
+        for num in nums {
+            let mut record = self.room_record(num)?;
+            let mut touched = false;
+            let mut next_id = 1;
+            loop {
+                let chunk = self.messages_to_erase(num, user, next_id)?;
+                let Some(last) = chunk.last() else {
+                    break;
+                };
+                next_id = last.id + 1;
+                for mut message in chunk {
+                    if !message.is_deleted() {
+                        message.erase(now_ms);
+                        erasure.messages += 1;
+                    }
+                    if let Some(cmid) = message.client_message_id.take() {
+                        self.txn
+                            .open_table(CLIENT_IDS)?
+                            .remove((num, user, cmid.as_str()))?;
+                    }
+                    self.put_message(num, &mut record, &mut message)?;
+                    touched = true;
+                }
+            }
+            if touched {
+                self.put_room(num, &record)?;
+                erasure.rooms.push(RoomKey::new(&record.low, &record.high));
+            }
+        }
+        self.txn.open_table(PROFILES)?.remove(user)?;
+        let mut erased = self.txn.open_table(ERASED)?;
+        let since = erased.get(user)?.map_or(i64::MIN, |g| g.value());
+        // Never backwards: a clock stepped back must not re-admit tokens the first refused.
+        erased.insert(user, now_ms.max(since))?;
+        Ok(erasure)
+    }
+
+    fn erased_at(&self, user: &str) -> Result<Option<i64>> {
+        let erased = self.txn.open_table(ERASED)?.get(user)?.map(|g| g.value());
+        Ok(erased)
+    }
+
     fn commit(self: Box<Self>) -> Result<()> {
         self.txn.commit()?;
         Ok(())
@@ -425,6 +483,26 @@ impl Batch {
             records::encode_message(message).as_slice(),
         )?;
         Ok(())
+    }
+
+    /// Up to [`ERASE_CHUNK`] messages of `user` in room `num`, from id `from` on, that an
+    /// erasure still has to change: live ones, and tombstones still holding a key.
+    fn messages_to_erase(&self, num: u64, user: &str, from: u64) -> Result<Vec<ChatMessage>> {
+        let messages = self.txn.open_table(MESSAGES)?;
+        let mut chunk = Vec::new();
+        for row in messages.range((num, from)..=(num, u64::MAX))? {
+            let (key, value) = row?;
+            let message = records::decode_message(key.value().1, value.value())?;
+            if message.user_id == user
+                && (!message.is_deleted() || message.client_message_id.is_some())
+            {
+                chunk.push(message);
+                if chunk.len() == ERASE_CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(chunk)
     }
 
     fn room_record(&self, num: u64) -> Result<RoomRecord> {

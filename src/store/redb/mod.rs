@@ -27,18 +27,23 @@
 //! - `webhook_dead`: (hook URL, seq) → [`outbox::DeadRecord`], events given up on.
 //! - `changes` (format 2): (room number, change counter) → message id, one row per message
 //!   at its latest change, so "what changed since N" is one forward range scan.
+//! - `erased`: user id → when the user was erased (Unix ms): tokens issued before it are
+//!   refused (`crate::app`). Added beside format 2 without a new number: a store without
+//!   it reads as "nobody erased".
 //!
 //! [`dump`] walks a whole store in one read transaction and loads one into a new file,
 //! for `chat-server export` and `import` (`crate::ops`).
 
+mod backup;
 mod batch;
 mod dump;
 mod outbox;
 mod records;
+mod verify;
 
 pub use dump::{Item, Loader, OpenError, ReadOnlyStore, RoomState, Walk};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -51,6 +56,9 @@ use crate::model::{
     SessionUser,
 };
 use records::RoomRecord;
+
+pub use backup::compact;
+pub use verify::{verify, Verified};
 
 /// The on-disk format this binary writes. A store with a higher number is refused.
 ///
@@ -80,6 +88,7 @@ const BLOCKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("blocks"
 const WEBHOOK_OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_outbox");
 const WEBHOOK_DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_dead");
 const CHANGES: TableDefinition<(u64, u64), u64> = TableDefinition::new("changes");
+const ERASED: TableDefinition<&str, i64> = TableDefinition::new("erased");
 
 /// Every redb error is a backend failure; the macro keeps `?` working on each of redb's
 /// error types without a blanket impl that a second backend's errors would collide with.
@@ -99,7 +108,9 @@ backend_errors!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::CompactionError,
+    redb::SetDurabilityError
 );
 
 /// Sort key that lists the most recent activity first in a forward scan.
@@ -110,6 +121,8 @@ fn newest_first(updated_ms: i64) -> u64 {
 /// The store: safe to share; reads never block on the writer.
 pub struct RedbStore {
     db: Database,
+    /// The database file, whose size `/metrics` reports.
+    path: PathBuf,
 }
 
 impl RedbStore {
@@ -122,9 +135,10 @@ impl RedbStore {
     /// Opens the store with a page cache of `cache_bytes` (`memory.redb_cache_bytes`).
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<RedbStore> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::Io)?;
+        let path = data_dir.join(DB_FILE);
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
-            .create(data_dir.join(DB_FILE))?;
+            .create(&path)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -160,6 +174,7 @@ impl RedbStore {
             txn.open_table(WEBHOOK_OUTBOX)?;
             txn.open_table(WEBHOOK_DEAD)?;
             txn.open_table(CHANGES)?;
+            txn.open_table(ERASED)?;
         }
         txn.commit()?;
         // A new file's directory entry is durable only once the directory is synced; without
@@ -167,7 +182,7 @@ impl RedbStore {
         std::fs::File::open(data_dir)
             .and_then(|dir| dir.sync_all())
             .map_err(StoreError::Io)?;
-        Ok(RedbStore { db })
+        Ok(RedbStore { db, path })
     }
 
     /// The stored message a sender already sent with this `clientMessageId`, if any.
@@ -423,6 +438,13 @@ impl RedbStore {
         };
         Ok(scan)
     }
+
+    /// When the user was erased, if ever.
+    fn erased_at_now(&self, user: &str) -> Result<Option<i64>> {
+        let txn = self.db.begin_read()?;
+        let erased = txn.open_table(ERASED)?.get(user)?.map(|g| g.value());
+        Ok(erased)
+    }
 }
 
 // Each read runs at once on the calling task and hands back a ready future: a redb read is
@@ -516,6 +538,10 @@ impl ReadStore for RedbStore {
         limit: usize,
     ) -> Read<'_, ExpiryScan> {
         ready(self.rooms_to_expire_now(cutoff_ms, after, limit))
+    }
+
+    fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>> {
+        ready(self.erased_at_now(user))
     }
 }
 

@@ -1,0 +1,180 @@
+//! Whole-file operations on a redb store: the online backup, the file size, and offline
+//! compaction.
+//!
+//! A redb file cannot be copied safely with `cp` while the server writes to it, so the
+//! backup is taken from inside the process (as redb's maintainers advise): one read
+//! transaction sees the store as of one commit, and every row is copied through it into a
+//! new file. The read transaction never waits for or blocks the writer (MVCC); it only
+//! keeps the pages it sees from being reused until it ends, so the live file may grow a
+//! little during a long backup.
+
+use std::path::Path;
+
+use redb::{
+    Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableHandle, Value, WriteTransaction,
+};
+
+use super::{
+    RedbStore, BLOCKS, CHANGES, CLIENT_IDS, DB_FILE, ERASED, INBOX, MESSAGES, META, PROFILES,
+    ROOMS, ROOM_NUMS, WEBHOOK_DEAD, WEBHOOK_OUTBOX,
+};
+use crate::store::{Maintenance, Result, StoreCounts, StoreError};
+
+/// Rows copied per write transaction of the backup file. The destination is private until
+/// it is renamed into place, so splitting the copy costs no consistency, and it keeps
+/// redb's dirty-page buffer, held in memory until a commit, bounded for any store size.
+const ROWS_PER_COMMIT: u64 = 50_000;
+
+impl Maintenance for RedbStore {
+    fn backup_into(&self, dest: &Path) -> Result<StoreCounts> {
+        let source = self.db.begin_read()?;
+        // A table the copy below does not know would be silently missing from the backup.
+        let known = [
+            META.name(),
+            ROOM_NUMS.name(),
+            ROOMS.name(),
+            MESSAGES.name(),
+            CLIENT_IDS.name(),
+            INBOX.name(),
+            PROFILES.name(),
+            CHANGES.name(),
+            ERASED.name(),
+            BLOCKS.name(),
+            WEBHOOK_OUTBOX.name(),
+            WEBHOOK_DEAD.name(),
+        ];
+        for table in source.list_tables()? {
+            if !known.contains(&table.name()) {
+                return Err(StoreError::Corrupt(format!(
+                    "table `{}` is unknown to the backup; refusing to write an incomplete copy",
+                    table.name()
+                )));
+            }
+        }
+        if dest.exists() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} already exists", dest.display()),
+            )));
+        }
+        let target = Database::create(dest)?;
+        let mut copy = Copy {
+            target: &target,
+            txn: None,
+            rows: 0,
+        };
+        copy.table(&source, META, |_, _| ())?;
+        copy.table(&source, ROOM_NUMS, |_, _| ())?;
+        copy.table(&source, PROFILES, |_, _| ())?;
+        copy.table(&source, CLIENT_IDS, |_, _| ())?;
+        copy.table(&source, INBOX, |_, _| ())?;
+        copy.table(&source, CHANGES, |_, _| ())?;
+        copy.table(&source, ERASED, |_, _| ())?;
+        copy.table(&source, BLOCKS, |_, _| ())?;
+        copy.table(&source, WEBHOOK_OUTBOX, |_, _| ())?;
+        copy.table(&source, WEBHOOK_DEAD, |_, _| ())?;
+        let mut counts = StoreCounts::default();
+        copy.table(&source, ROOMS, |_, _| counts.rooms += 1)?;
+        copy.table(&source, MESSAGES, |(_, id), _| {
+            counts.messages += 1;
+            counts.highest_message_id = counts.highest_message_id.max(id);
+        })?;
+        copy.finish()?;
+        // redb's last commit was fsync'd (Durability::Immediate); closing releases the
+        // file's lock so it can be renamed, opened or copied at once.
+        drop(target);
+        Ok(counts)
+    }
+
+    fn file_bytes(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.path).map_err(StoreError::Io)?.len())
+    }
+}
+
+/// A copy into the backup file under way: the open write transaction and its row count.
+struct Copy<'d> {
+    /// The backup file.
+    target: &'d Database,
+    /// The write transaction rows go into; committed every [`ROWS_PER_COMMIT`] rows.
+    txn: Option<WriteTransaction>,
+    /// Rows in `txn`.
+    rows: u64,
+}
+
+impl Copy<'_> {
+    /// Copies every row of `def` from `source`, calling `seen` on each.
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        source: &ReadTransaction,
+        def: TableDefinition<K, V>,
+        mut seen: impl FnMut(K::SelfType<'_>, V::SelfType<'_>),
+    ) -> Result<()> {
+        let from = source.open_table(def)?;
+        let mut rows = from.iter()?;
+        // Created even when empty, so that the backup has every table the server expects.
+        let mut more = true;
+        while more {
+            let mut in_txn = self.rows;
+            {
+                let mut to = self.txn()?.open_table(def)?;
+                more = false;
+                for row in rows.by_ref() {
+                    let (key, value) = row?;
+                    to.insert(key.value(), value.value())?;
+                    seen(key.value(), value.value());
+                    in_txn += 1;
+                    if in_txn == ROWS_PER_COMMIT {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+            self.rows = in_txn;
+            if more {
+                self.commit(Durability::None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The open write transaction, begun if there is none.
+    fn txn(&mut self) -> Result<&WriteTransaction> {
+        if self.txn.is_none() {
+            self.txn = Some(self.target.begin_write()?);
+        }
+        Ok(self.txn.as_ref().expect("just begun"))
+    }
+
+    fn commit(&mut self, durability: Durability) -> Result<()> {
+        if let Some(mut txn) = self.txn.take() {
+            txn.set_durability(durability)?;
+            txn.commit()?;
+        }
+        self.rows = 0;
+        Ok(())
+    }
+
+    /// The last commit, fsync'd: only after it is the file a complete backup.
+    fn finish(mut self) -> Result<()> {
+        self.txn()?;
+        self.commit(Durability::Immediate)
+    }
+}
+
+/// Compacts the store in `data_dir` offline (no server may hold it) and returns the
+/// file's size before and after, in bytes.
+pub fn compact(data_dir: &Path) -> Result<(u64, u64)> {
+    let path = data_dir.join(DB_FILE);
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(StoreError::Io)
+    };
+    let before = size(&path)?;
+    let mut db = Database::open(&path)?;
+    // redb compacts in steps; each call reports whether it could do more.
+    while db.compact()? {}
+    drop(db);
+    Ok((before, size(&path)?))
+}
