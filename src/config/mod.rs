@@ -131,6 +131,9 @@ pub struct MemoryConfig {
     pub outbound_cut_floor_bytes: usize,
     /// Users whose rate-limit buckets are remembered at once (full buckets are dropped).
     pub rate_limit_users: usize,
+    /// What an online backup holds in memory while it copies: the backup file's page
+    /// cache and its uncommitted rows, half each.
+    pub backup_buffer_bytes: usize,
 }
 
 /// Cross-origin resource sharing for the HTTP API and Socket.IO's long-polling.
@@ -218,6 +221,7 @@ impl Default for MemoryConfig {
             outbound_total_bytes: 32 * 1024 * 1024,
             outbound_cut_floor_bytes: 256 * 1024,
             rate_limit_users: 50_000,
+            backup_buffer_bytes: 16 * 1024 * 1024,
         }
     }
 }

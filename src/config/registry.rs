@@ -232,6 +232,9 @@ const KEYS: &[Key] = &[
         |c| c.backup.dir
     ),
     key!("backup.keep", positive_int, |c| c.backup.keep),
+    key!("memory.backup_buffer_bytes", byte_size, |c| c
+        .memory
+        .backup_buffer_bytes),
 ];
 
 fn non_empty_str(raw: Raw<'_>) -> Result<String, String> {

@@ -18,13 +18,8 @@ use redb::{
 use super::{RedbStore, CLIENT_IDS, DB_FILE, INBOX, MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS};
 use crate::store::{Maintenance, Result, StoreCounts, StoreError};
 
-/// Rows copied per write transaction of the backup file. The destination is private until
-/// it is renamed into place, so splitting the copy costs no consistency, and it keeps
-/// redb's dirty-page buffer, held in memory until a commit, bounded for any store size.
-const ROWS_PER_COMMIT: u64 = 50_000;
-
 impl Maintenance for RedbStore {
-    fn backup_into(&self, dest: &Path) -> Result<StoreCounts> {
+    fn backup_into(&self, dest: &Path, buffer_bytes: usize) -> Result<StoreCounts> {
         let source = self.db.begin_read()?;
         // A table the copy below does not know would be silently missing from the backup.
         let known = [
@@ -50,11 +45,15 @@ impl Maintenance for RedbStore {
                 format!("{} already exists", dest.display()),
             )));
         }
-        let target = Database::create(dest)?;
+        // The backup file's own page cache and its uncommitted rows share the budget.
+        let target = redb::Builder::new()
+            .set_cache_size(buffer_bytes / 2)
+            .create(dest)?;
         let mut copy = Copy {
             target: &target,
             txn: None,
-            rows: 0,
+            bytes: 0,
+            commit_every: (buffer_bytes / 2) as u64,
         };
         copy.table(&source, META, |_, _| ())?;
         copy.table(&source, ROOM_NUMS, |_, _| ())?;
@@ -79,14 +78,18 @@ impl Maintenance for RedbStore {
     }
 }
 
-/// A copy into the backup file under way: the open write transaction and its row count.
+/// A copy into the backup file under way. The copy is committed in pieces: the file is
+/// private until it is renamed into place, so splitting costs no consistency, and it
+/// keeps redb's buffer of uncommitted pages bounded whatever the store's size.
 struct Copy<'d> {
     /// The backup file.
     target: &'d Database,
-    /// The write transaction rows go into; committed every [`ROWS_PER_COMMIT`] rows.
+    /// The write transaction rows go into.
     txn: Option<WriteTransaction>,
-    /// Rows in `txn`.
-    rows: u64,
+    /// Key and value bytes in `txn`.
+    bytes: u64,
+    /// `txn` is committed once it holds this many bytes.
+    commit_every: u64,
 }
 
 impl Copy<'_> {
@@ -102,22 +105,24 @@ impl Copy<'_> {
         // Created even when empty, so that the backup has every table the server expects.
         let mut more = true;
         while more {
-            let mut in_txn = self.rows;
+            let (mut in_txn, commit_every) = (self.bytes, self.commit_every);
             {
                 let mut to = self.txn()?.open_table(def)?;
                 more = false;
                 for row in rows.by_ref() {
                     let (key, value) = row?;
-                    to.insert(key.value(), value.value())?;
-                    seen(key.value(), value.value());
-                    in_txn += 1;
-                    if in_txn == ROWS_PER_COMMIT {
+                    let (key, value) = (key.value(), value.value());
+                    in_txn += (K::as_bytes(&key).as_ref().len()
+                        + V::as_bytes(&value).as_ref().len()) as u64;
+                    to.insert(&key, &value)?;
+                    seen(key, value);
+                    if in_txn >= commit_every {
                         more = true;
                         break;
                     }
                 }
             }
-            self.rows = in_txn;
+            self.bytes = in_txn;
             if more {
                 self.commit(Durability::None)?;
             }
@@ -138,7 +143,7 @@ impl Copy<'_> {
             txn.set_durability(durability)?;
             txn.commit()?;
         }
-        self.rows = 0;
+        self.bytes = 0;
         Ok(())
     }
 
