@@ -36,6 +36,8 @@ pub struct Backups {
     dir: PathBuf,
     /// How many are kept (`backup.keep`).
     keep: usize,
+    /// Memory a backup may use for its copy (`memory.backup_buffer_bytes`).
+    buffer_bytes: usize,
     /// Held for the whole of a backup: two at once would only compete for the disk.
     running: Arc<Mutex<()>>,
 }
@@ -67,6 +69,7 @@ impl Backups {
         Backups {
             dir: config.backup_dir(),
             keep: config.backup.keep,
+            buffer_bytes: config.memory.backup_buffer_bytes,
             running: Arc::new(Mutex::new(())),
         }
     }
@@ -80,7 +83,7 @@ pub async fn take(app: Arc<App>, backups: Arc<Backups>) -> AdminReply {
         // The guard goes with the work: if the request is abandoned (a timeout), the copy
         // still finishes before the next one starts.
         let _running = running;
-        write_backup(&*store, &backups.dir, backups.keep)
+        write_backup(&*store, &backups)
     });
     let report = blocking
         .await
@@ -104,14 +107,15 @@ fn internal(message: String) -> ChatError {
     ChatError::new(ErrorCode::Internal, message)
 }
 
-/// Writes one backup into `dir` and prunes the oldest beyond `keep`.
-pub fn write_backup(store: &dyn Maintenance, dir: &Path, keep: usize) -> io::Result<BackupReport> {
+/// Writes one backup into the backups directory and prunes the oldest beyond `keep`.
+fn write_backup(store: &dyn Maintenance, backups: &Backups) -> io::Result<BackupReport> {
+    let dir = &backups.dir;
     create_private_dir(dir)?;
     let started = Instant::now();
     let name = fresh_name(dir);
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let counts = match copy_into(store, &tmp) {
+    let counts = match copy_into(store, &tmp, backups.buffer_bytes) {
         Ok(counts) => counts,
         Err(e) => {
             let _ = fs::remove_file(&tmp);
@@ -122,7 +126,7 @@ pub fn write_backup(store: &dyn Maintenance, dir: &Path, keep: usize) -> io::Res
     fs::File::open(dir)?.sync_all()?;
     let took_ms = started.elapsed().as_millis() as u64;
     let bytes = fs::metadata(&path)?.len();
-    let deleted = prune(dir, keep)?;
+    let deleted = prune(dir, backups.keep)?;
     Ok(BackupReport {
         name,
         path: path.display().to_string(),
@@ -137,8 +141,10 @@ pub fn write_backup(store: &dyn Maintenance, dir: &Path, keep: usize) -> io::Res
 
 /// The store copied into `tmp`, and the file fsync'd on its own as well as by redb's last
 /// commit, so that nothing of it is only in the page cache when it is renamed.
-fn copy_into(store: &dyn Maintenance, tmp: &Path) -> io::Result<StoreCounts> {
-    let counts = store.backup_into(tmp).map_err(io::Error::other)?;
+fn copy_into(store: &dyn Maintenance, tmp: &Path, buffer_bytes: usize) -> io::Result<StoreCounts> {
+    let counts = store
+        .backup_into(tmp, buffer_bytes)
+        .map_err(io::Error::other)?;
     fs::File::open(tmp)?.sync_all()?;
     Ok(counts)
 }

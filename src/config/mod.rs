@@ -155,6 +155,9 @@ pub struct MemoryConfig {
     pub rate_limit_users: usize,
     /// Webhook events each hook holds in memory at once; the rest wait in the outbox on disk.
     pub webhook_window_events: usize,
+    /// What an online backup holds in memory while it copies: the backup file's page
+    /// cache and its uncommitted rows, half each.
+    pub backup_buffer_bytes: usize,
 }
 
 /// One webhook: where events are posted, how they are signed, which ones, and how long
@@ -321,6 +324,8 @@ impl Default for MemoryConfig {
             outbound_cut_floor_bytes: 256 * 1024,
             rate_limit_users: 50_000,
             webhook_window_events: 256,
+
+            backup_buffer_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -334,6 +334,9 @@ const KEYS: &[Key] = &[
         |c| c.backup.dir
     ),
     key!("backup.keep", positive_int, |c| c.backup.keep),
+    key!("memory.backup_buffer_bytes", byte_size, |c| c
+        .memory
+        .backup_buffer_bytes),
 ];
 
 /// Days of retention: 0 (off) up to [`super::MAX_RETENTION_DAYS`].

@@ -373,8 +373,9 @@ pub enum SeenOutcome {
 pub trait Maintenance: Send + Sync {
     /// Copies every table, as of one moment (one read transaction), into a new store file
     /// at `dest`, which must not exist; the file is complete and fsync'd on return. Writes
-    /// go on meanwhile: a read transaction never holds up the writer.
-    fn backup_into(&self, dest: &Path) -> Result<StoreCounts>;
+    /// go on meanwhile: a read transaction never holds up the writer. The copy holds at
+    /// most about `buffer_bytes` of it in memory at a time.
+    fn backup_into(&self, dest: &Path, buffer_bytes: usize) -> Result<StoreCounts>;
 
     /// Bytes the store's file takes on disk.
     fn file_bytes(&self) -> Result<u64>;

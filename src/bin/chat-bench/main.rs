@@ -11,6 +11,7 @@
 //! the bench answering STATUS. Everything targets loopback and is bounded in time and
 //! count.
 
+mod backups;
 mod client;
 mod history;
 mod idle;
@@ -126,6 +127,13 @@ struct Opts {
     /// Latency: seconds measured (after one second of warm-up).
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
+    /// Latency: messages written into each server's store before it starts (in rooms of a
+    /// thousand, as in the restart scenario), so that a backup has something to copy.
+    #[arg(long, default_value_t = 0)]
+    latency_prefill: usize,
+    /// Latency: take online backups back to back (`POST /admin/backup`) during each run.
+    #[arg(long)]
+    latency_backups: bool,
     /// Idle: connection counts to measure at (clipped to the open-file hard limit).
     #[arg(long, default_value = "5000,10000,19000")]
     idle_counts: String,
@@ -485,11 +493,39 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs_f64(opts.latency_secs),
     };
+    // One store filled once and copied for each run: filling is the slow part.
+    let template = match opts.latency_prefill {
+        0 => None,
+        n => {
+            let dir = target::temp_dir("latency-store");
+            let took = restart::fill(&dir, n)?;
+            println!("latency: filled a store of {n} messages in {took:.1?}");
+            Some(dir)
+        }
+    };
+    let mut backup_times = Vec::new();
     let (mut server, mut floor) = (LatencyRuns::default(), LatencyRuns::default());
     for _ in 0..runs {
-        let (target, addr) = start_server(opts, "latency")?;
+        let (target, addr) = start_latency_server(opts, template.as_deref())?;
+        let backups = opts
+            .latency_backups
+            .then(|| backups::BackupLoop::start(addr));
         let steal = CpuTimes::now();
-        let result = runtime.block_on(latency::run(addr, &auth, config))?;
+        let result = runtime.block_on(latency::run(addr, &auth, config));
+        if let Some(backups) = backups {
+            let took = backups.finish()?;
+            let ms: Vec<String> = took.iter().map(|d| d.as_millis().to_string()).collect();
+            println!(
+                "latency: {} backups during the run, ms: {}",
+                took.len(),
+                ms.join(", ")
+            );
+            backup_times.push(json!(took
+                .iter()
+                .map(|d| d.as_secs_f64())
+                .collect::<Vec<_>>()));
+        }
+        let result = result?;
         let frame_bytes = result.avg_frame_bytes.round() as usize;
         server.push(result, steal.steal_percent_since());
         if let Some(target) = target {
@@ -516,7 +552,44 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
     }
     value["users"] = json!(opts.latency_users);
     value["rate"] = json!(opts.rate);
+    value["prefill_messages"] = json!(opts.latency_prefill);
+    if opts.latency_backups {
+        value["backup_secs_per_run"] = json!(backup_times);
+    }
+    if let Some(dir) = template {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(value)
+}
+
+/// A server for one latency run: on a copy of `template`'s store when given, and with the
+/// admin secret when backups are taken (keeping one backup, so runs do not fill the disk).
+fn start_latency_server(
+    opts: &Opts,
+    template: Option<&std::path::Path>,
+) -> Result<(Option<Target>, SocketAddr), String> {
+    if opts.addr.is_some() {
+        return start_server(opts, "latency");
+    }
+    let dir = target::temp_dir("latency");
+    if let Some(template) = template {
+        let file = chat_server::store::redb::DB_FILE;
+        std::fs::copy(template.join(file), dir.join(file)).map_err(|e| e.to_string())?;
+    }
+    let mut launch = server_launch(opts, &dir);
+    if opts.latency_backups {
+        launch.env.extend([
+            (
+                "CHAT_ADMIN_SECRET".to_owned(),
+                backups::ADMIN_SECRET.to_owned(),
+            ),
+            ("CHAT_BACKUP_KEEP".to_owned(), "1".to_owned()),
+        ]);
+    }
+    let server = Target::start(&launch, Some(dir))?;
+    target::wait_healthy(server.addr)?;
+    let addr = server.addr;
+    Ok((Some(server), addr))
 }
 
 /// The latency figures of several runs of one target.
