@@ -168,12 +168,17 @@ async fn a_backup_under_load_holds_every_message_acknowledged_before_it_and_rest
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Wait for some load rather than for a time: a loaded machine acknowledges slowly.
+    let acked_len = || acked.lock().unwrap().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked_len() < 20 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Everything acknowledged up to here must be in the backup.
     let before: Vec<Acked> = acked.lock().unwrap().clone();
     assert!(
         before.len() >= 20,
-        "only {} sends acknowledged",
+        "only {} sends acknowledged in 30 s",
         before.len()
     );
     let report = {
@@ -187,8 +192,11 @@ async fn a_backup_under_load_holds_every_message_acknowledged_before_it_and_rest
         .unwrap()
     };
     // Sends kept flowing while the backup ran, and go on after it.
-    let during = acked.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = acked_len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked_len() <= during && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();

@@ -73,6 +73,7 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
         .env("ALICE_TOKEN", server.named_token("alice", "Alice"))
         .env("BOB_TOKEN", server.named_token("bob", "Bob"))
         .env("CAROL_TOKEN", server.named_token("carol", "Carol"))
+        .env("DAVE_TOKEN", server.named_token("dave", "Dave"))
         .env("SCREENSHOT_DIR", &shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -95,7 +96,7 @@ fn two_people_chat_in_the_browser_across_a_server_restart() {
     // Every scenario of the script ran and passed (its early exit cuts node:test's
     // summary, so count the TAP result lines).
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 3, "{stdout}");
+    assert_eq!(passed, 4, "{stdout}");
     for shot in [
         "desktop-conversation.png",
         "desktop-outage.png",

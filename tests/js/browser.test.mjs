@@ -14,6 +14,7 @@ const URL = process.env.CHAT_URL;
 const ALICE = process.env.ALICE_TOKEN;
 const BOB = process.env.BOB_TOKEN;
 const CAROL = process.env.CAROL_TOKEN;
+const DAVE = process.env.DAVE_TOKEN;
 const SHOTS = process.env.SCREENSHOT_DIR;
 const XSS = '<script>alert(1)</script>';
 const WAIT = 15_000;
@@ -407,9 +408,9 @@ test('a read lost with the server is sent again once it is back', { timeout: 90_
 });
 
 test('a conversation can be blocked and unblocked from its header', { timeout: 60_000 }, async () => {
-  const carol = await openPage({ width: 1280, height: 800 });
-  const c = carol.page;
-  await c.goto(`${URL}/#token=${CAROL}`);
+  const dave = await openPage({ width: 1280, height: 800 });
+  const c = dave.page;
+  await c.goto(`${URL}/#token=${DAVE}`);
   await c.locator('#new-chat-input').fill('alice');
   await c.locator('#new-chat-form button').click();
   await c.locator('#partner-id', { hasText: 'alice' }).waitFor();
@@ -420,19 +421,19 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   const alice = await openPage({ width: 1280, height: 800 });
   const a = alice.page;
   await a.goto(`${URL}/#token=${ALICE}`);
-  const row = a.locator('#inbox [data-room="alice-carol"]');
+  const row = a.locator('#inbox [data-room="alice-dave"]');
   await row.click();
   await bubbles(a, 'Hi Alice').waitFor();
   const toggle = a.locator('#block-toggle');
   assert.equal(await toggle.textContent(), 'Block');
   // A second tab of Alice's, open before the block, follows it live.
   const aliceTab = await openPage({ width: 390, height: 844 });
-  const tabRow = aliceTab.page.locator('#inbox [data-room="alice-carol"]');
+  const tabRow = aliceTab.page.locator('#inbox [data-room="alice-dave"]');
   await aliceTab.page.goto(`${URL}/#token=${ALICE}`);
   await tabRow.waitFor();
   assert.equal(await tabRow.locator('.blocked-tag').count(), 0);
 
-  // Alice blocks Carol: the header says so, the composer gives way to a notice, the
+  // Alice blocks Dave: the header says so, the composer gives way to a notice, the
   // inbox row is tagged, and the server has the block.
   await toggle.click();
   await a.locator('#block-toggle', { hasText: 'Unblock' }).waitFor();
@@ -441,10 +442,10 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   await row.locator('.blocked-tag').waitFor();
   await tabRow.locator('.blocked-tag').waitFor();
   const blocks = await api('/api/blocks', ALICE);
-  assert.deepEqual(blocks.blocks.map((b) => b.user.id), ['carol']);
+  assert.deepEqual(blocks.blocks.map((b) => b.user.id), ['dave']);
   await a.screenshot({ path: join(SHOTS, 'desktop-blocked.png') });
 
-  // Carol's next message is refused, visibly, and never reaches Alice.
+  // Dave's next message is refused, visibly, and never reaches Alice.
   await send(c, 'Blocked?');
   await c.locator('#messages .msg[data-state="failed"] .failure', { hasText: 'Not sent' }).waitFor();
   assert.equal(await bubbles(a, 'Blocked?').count(), 0);
@@ -455,7 +456,7 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   await row.click();
   await a.locator('#block-toggle', { hasText: 'Unblock' }).waitFor();
 
-  // Unblocking brings the composer back and Carol gets through again.
+  // Unblocking brings the composer back and Dave gets through again.
   await a.locator('#block-toggle').click();
   await a.locator('#block-toggle', { hasText: /^Block$/ }).waitFor();
   assert.ok(await a.locator('#blocked-note').isHidden());
@@ -468,7 +469,7 @@ test('a conversation can be blocked and unblocked from its header', { timeout: 6
   await bubbles(a, 'Back again').waitFor();
   assert.deepEqual(dialogs, []);
   await alice.context.close();
-  await carol.context.close();
+  await dave.context.close();
 });
 
 // Runs plain-dialect requests from a blank page (another device of `token`'s user), each
