@@ -35,6 +35,9 @@
 //!   reads for the handlers, a sync write transaction for the writer), one error, one test
 //!   suite; [`store::redb`] is the backend, chosen in `main.rs`.
 //! - [`auth`]: tokens: verify, mint.
+//! - [`admin`]: the admin API under `/admin/` (its own secret; online backup, erasing a
+//!   user) and the operator commands: `backup`, `restore`, `verify`, `compact`,
+//!   `erase-user`.
 //! - [`cli`]: the subcommands and their flags, turned into a [`cli::Command`].
 //! - [`config`]: the settings, their key registry, and file → environment → flag.
 //! - [`ops`]: offline operations on a data directory: export as JSON lines, import.
@@ -43,10 +46,6 @@
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 //! - [`webhook`]: events for the app's backend: written to an outbox in the commit of
 //!   what they describe, posted signed and in order per recipient, retried, dead-lettered.
-
-//! - [`admin`]: the admin API under `/admin/` (its own secret; online backup, erasing a
-//!   user) and the operator commands: `backup`, `restore`, `verify`, `compact`,
-//!   `erase-user`.
 
 pub mod admin;
 pub mod app;
