@@ -316,9 +316,9 @@ pub trait WriteTxn {
     ) -> Result<bool>;
 
     /// Retention: deletes up to `max` of the room's oldest messages sent before
-    /// `cutoff_ms`, with their `clientMessageId` rows, takes the unseen ones off the unread
-    /// counts, and takes the room out of both inboxes when no message is left. The room
-    /// keeps its last id, so a new message never reuses one.
+    /// `cutoff_ms`, with their `clientMessageId` and change-log rows, takes the unseen ones
+    /// off the unread counts, and takes the room out of both inboxes when no message is
+    /// left. The room keeps its last id, so a new message never reuses one.
     fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired>;
 
     /// Erases a user (issue 14, item 5): turns every message they sent, in every room
