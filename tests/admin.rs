@@ -19,7 +19,17 @@ use serde_json::{json, Value};
 const ADMIN: &str = "admin-secret-for-integration-tests";
 
 /// Every admin endpoint, as (method, path); each must pass the auth matrix.
-const ADMIN_ENDPOINTS: &[(&str, &str)] = &[("POST", "/admin/backup")];
+const ADMIN_ENDPOINTS: &[(&str, &str)] = &[
+    ("POST", "/admin/backup"),
+    (
+        "GET",
+        "/admin/webhooks/dead-letters?hook=http%3A%2F%2F127.0.0.1%3A9%2Fhook",
+    ),
+    (
+        "POST",
+        "/admin/webhooks/dead-letters/retry?hook=http%3A%2F%2F127.0.0.1%3A9%2Fhook",
+    ),
+];
 
 fn chat_server(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chat-server"))
@@ -61,7 +71,12 @@ fn path_str(path: &Path) -> &str {
 
 #[tokio::test]
 async fn only_the_admin_secret_opens_the_admin_api_and_it_opens_nothing_else() {
-    let server = Server::start_with(&with_admin(&[]));
+    // A hook, so that its dead letters can be listed and retried (there are none: port 9
+    // is never posted to).
+    let server = Server::start_with(&with_admin(&[
+        ("CHAT_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+        ("CHAT_WEBHOOK_SECRET", "hook-secret"),
+    ]));
     let user = server.token("alice");
     for (method, path) in ADMIN_ENDPOINTS {
         for (token, why) in [

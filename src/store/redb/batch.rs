@@ -301,6 +301,10 @@ impl WriteTxn for Batch {
         outbox::dead_letter(&self.txn, hook, seq, reason, now_ms)
     }
 
+    fn retry_dead_webhooks(&mut self, hook: &str, max: usize, now_ms: i64) -> Result<u64> {
+        outbox::retry_dead(&self.txn, hook, max, now_ms)
+    }
+
     fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired> {
         let num = self
             .txn
