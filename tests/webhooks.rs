@@ -682,3 +682,39 @@ async fn erasing_a_user_posts_one_signed_user_erased_event_even_while_they_are_o
     assert_eq!(body["data"].as_object().unwrap().len(), 2, "{body}");
     wait_metric(&server, "chat_webhook_delivered_total", |v| v == 1.0).await;
 }
+
+#[tokio::test]
+async fn erase_user_offline_queues_user_erased_for_the_next_start() {
+    let receiver = Receiver::start(Mode::Status(200)).await;
+    let url = receiver.url();
+    let env = hook_env(&url, &[("CHAT_WEBHOOK_EVENTS", "user.erased")]);
+    let mut server = Server::start_with(&env);
+    server.kill9();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["erase-user", "bob", "--data"])
+        .arg(server.data_dir())
+        .env("CHAT_JWT_SECRET", common::SECRET)
+        .env_remove("CHAT_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(receiver.received().is_empty());
+
+    server.restart();
+    let received = receiver.wait_until("one event", |r| !r.is_empty()).await;
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert!(signature_is_valid(&received[0]));
+    let body = received[0].json();
+    assert_eq!(body["type"], "user.erased");
+    assert_eq!(body["data"]["userId"], "bob");
+    assert_eq!(
+        parse_rfc3339_millis(body["data"]["erasedAt"].as_str().unwrap()),
+        report["erasedAtMs"].as_i64()
+    );
+}

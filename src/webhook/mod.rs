@@ -30,7 +30,10 @@ use crate::config::{WebhookConfig, WebhookEvent};
 use crate::metrics;
 
 pub use deliver::{start, Delivery};
-pub use outbox::{message_created, message_seen, user_erased, RetryDeadLetters, EVENT_ID_PREFIX};
+pub use outbox::{
+    message_created, message_seen, user_erased, user_erased_offline, RetryDeadLetters,
+    EVENT_ID_PREFIX,
+};
 pub use sign::{signature, SIGNATURE_VERSION};
 
 /// The configured hooks, shared by the writer (which writes their events) and the

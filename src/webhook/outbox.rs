@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::config::WebhookEvent;
+use crate::config::{WebhookConfig, WebhookEvent};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::ChatError;
@@ -91,13 +91,42 @@ pub fn user_erased(
         WebhookEvent::UserErased,
         user,
         OfflineOnly::Ignored,
-        |_, _| {
-            Ok(json!({
-                "userId": user,
-                "erasedAt": format_millis(erased_at_ms),
-            }))
-        },
+        |_, _| Ok(user_erased_data(user, erased_at_ms)),
     )
+}
+
+/// [`user_erased`] for `chat-server erase-user`, which runs with no server and so no
+/// writer: the event goes into the outbox of every configured hook subscribed, in the
+/// erasure's transaction, and the next server start delivers it.
+pub fn user_erased_offline(
+    txn: &mut dyn WriteTxn,
+    hooks: &[WebhookConfig],
+    user: &str,
+    erased_at_ms: i64,
+) -> store::Result<()> {
+    let mut subscribed = hooks
+        .iter()
+        .filter(|h| h.events.contains(&WebhookEvent::UserErased))
+        .peekable();
+    if subscribed.peek().is_none() {
+        return Ok(());
+    }
+    let event = render(
+        WebhookEvent::UserErased,
+        user,
+        user_erased_data(user, erased_at_ms),
+    );
+    for hook in subscribed {
+        txn.enqueue_webhook(&hook.url, &event)?;
+    }
+    Ok(())
+}
+
+fn user_erased_data(user: &str, erased_at_ms: i64) -> serde_json::Value {
+    json!({
+        "userId": user,
+        "erasedAt": format_millis(erased_at_ms),
+    })
 }
 
 /// Whether a hook's `offline_only` holds back an event whose recipient is online.
@@ -127,27 +156,32 @@ fn write_event(
     if hooks.is_empty() {
         return Ok(());
     }
+    let event = render(kind, recipient, data(txn, online)?);
+    for (index, url) in hooks {
+        txn.enqueue_webhook(&url, &event)?;
+        cx.webhook_queued(index);
+    }
+    Ok(())
+}
+
+/// The event as stored and posted: a new id, the commit time, and `data`.
+fn render(kind: WebhookEvent, recipient: &str, data: serde_json::Value) -> OutboxEvent {
     let created_ms = now_millis();
     let id = format!("{EVENT_ID_PREFIX}{:032x}", rand::random::<u128>());
     let body = json!({
         "id": id,
         "type": kind.name(),
         "createdAt": format_millis(created_ms),
-        "data": data(txn, online)?,
+        "data": data,
     })
     .to_string();
-    let event = OutboxEvent {
+    OutboxEvent {
         seq: 0,
         recipient: recipient.to_owned(),
         id,
         created_ms,
         body,
-    };
-    for (index, url) in hooks {
-        txn.enqueue_webhook(&url, &event)?;
-        cx.webhook_queued(index);
     }
-    Ok(())
 }
 
 /// Moves up to `max` of a configured hook's dead letters back to its outbox and wakes its
