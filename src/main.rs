@@ -160,7 +160,7 @@ fn compact(config: &Config) -> ExitCode {
 }
 
 fn erase_user(config: &Config, user_id: &str) -> ExitCode {
-    match erase::erase_offline(&config.data_dir, user_id) {
+    match erase::erase_offline(&config.data_dir, &config.webhooks, user_id) {
         Ok(report) => print_line(&serde_json::to_string(&report).expect("a plain report")),
         Err(e) => fail(format_args!(
             "cannot erase {user_id} in {}: {e}",

@@ -334,6 +334,11 @@ pub fn webhook_dead_letters_stored(count: u64) {
     gauge!(WEBHOOK_DEAD_LETTERS).increment(count as f64);
 }
 
+/// The admin API moved `count` dead letters back to the outbox.
+pub fn webhook_dead_letters_retried(count: u64) {
+    gauge!(WEBHOOK_DEAD_LETTERS).decrement(count as f64);
+}
+
 /// A webhook event got its 2xx this long after its commit.
 pub fn webhook_delivered(since_commit: Duration) {
     counter!(WEBHOOK_DELIVERED).increment(1);

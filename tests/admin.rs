@@ -19,7 +19,17 @@ use serde_json::{json, Value};
 const ADMIN: &str = "admin-secret-for-integration-tests";
 
 /// Every admin endpoint, as (method, path); each must pass the auth matrix.
-const ADMIN_ENDPOINTS: &[(&str, &str)] = &[("POST", "/admin/backup")];
+const ADMIN_ENDPOINTS: &[(&str, &str)] = &[
+    ("POST", "/admin/backup"),
+    (
+        "GET",
+        "/admin/webhooks/dead-letters?hook=http%3A%2F%2F127.0.0.1%3A9%2Fhook",
+    ),
+    (
+        "POST",
+        "/admin/webhooks/dead-letters/retry?hook=http%3A%2F%2F127.0.0.1%3A9%2Fhook",
+    ),
+];
 
 fn chat_server(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chat-server"))
@@ -61,7 +71,12 @@ fn path_str(path: &Path) -> &str {
 
 #[tokio::test]
 async fn only_the_admin_secret_opens_the_admin_api_and_it_opens_nothing_else() {
-    let server = Server::start_with(&with_admin(&[]));
+    // A hook, so that its dead letters can be listed and retried (there are none: port 9
+    // is never posted to).
+    let server = Server::start_with(&with_admin(&[
+        ("CHAT_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+        ("CHAT_WEBHOOK_SECRET", "hook-secret"),
+    ]));
     let user = server.token("alice");
     for (method, path) in ADMIN_ENDPOINTS {
         for (token, why) in [
@@ -451,4 +466,77 @@ async fn compact_reports_sizes_and_the_store_still_serves() {
     assert_eq!(reply["room"]["messages"][0]["id"], 200, "{reply}");
     let out = chat_server(&["verify", "--data", &data]);
     assert!(!out.status.success(), "the server holds it again");
+}
+
+/// The admin API's claim that every action is logged: a server logging at `info` as JSON
+/// lines writes exactly one `admin:` line per backup and per erasure, naming what it did.
+#[tokio::test]
+async fn each_admin_action_logs_one_line_saying_what_it_did() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    /// Kills the server however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--data", path_str(dir.path()), "--bind", "127.0.0.1:0"])
+            .env("CHAT_JWT_SECRET", common::SECRET)
+            .env("CHAT_ADMIN_SECRET", ADMIN)
+            .env("CHAT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env_remove("CHAT_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
+        .parse()
+        .unwrap();
+
+    let (status, backup) = http_request(addr, "POST", "/admin/backup", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{backup}");
+    let (status, erased) = http_request(addr, "DELETE", "/admin/users/alice", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{erased}");
+    // Each line is written to stderr as its event happens; the kill cuts nothing.
+    let mut stderr = server.0.stderr.take().unwrap();
+    drop(server);
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+
+    let admin: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("admin:"))
+        })
+        .collect();
+    assert_eq!(admin.len(), 2, "{log}");
+    assert_eq!(admin[0]["level"], "INFO");
+    assert_eq!(admin[0]["fields"]["message"], "admin: backup written");
+    assert_eq!(admin[0]["fields"]["name"], backup["name"], "{log}");
+    assert_eq!(admin[1]["level"], "INFO");
+    assert_eq!(admin[1]["fields"]["message"], "admin: user erased");
+    assert_eq!(admin[1]["fields"]["user"], "alice", "{log}");
+    assert_eq!(
+        admin[1]["fields"]["messages_tombstoned"],
+        erased["messagesTombstoned"]
+    );
 }

@@ -117,6 +117,22 @@ async fn old_messages_go_and_what_remains_stays_consistent() {
         .await;
     assert_eq!(reply["message"]["id"], 6, "{reply}");
     assert_eq!(reply["message"]["message"], "again");
+
+    // What retention leaves (a run of ids past 1, an emptied room with its last id) is a
+    // sound store to `verify`.
+    let mut server = server;
+    assert!(server.terminate());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["verify", "--data", server.data_dir().to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chat_server::protocol::time::parse_rfc3339_millis;
 use chat_server::store::redb::RedbStore;
 use chat_server::store::{DeadLetter, ReadStore};
 use common::metrics::{scrape, value};
-use common::{unix_now, Server, WAIT};
+use common::{http_request, unix_now, Server, WAIT};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -533,7 +534,7 @@ async fn a_receiver_that_never_answers_does_not_hold_up_sends() {
 /// A hook's dead letters, read from the data directory of a stopped server.
 async fn dead_letters(server: &Server, url: &str) -> Vec<DeadLetter> {
     let store = RedbStore::open(server.data_dir()).unwrap();
-    store.webhook_dead_letters(url, 100).await.unwrap()
+    store.webhook_dead_letters(url, None, 100).await.unwrap()
 }
 
 /// An `https://` hook is posted over TLS: against a receiver that speaks plain HTTP the
@@ -563,5 +564,157 @@ async fn an_https_hook_speaks_tls() {
             || reason.contains("corrupt message")
             || reason.contains("handshake"),
         "{reason}"
+    );
+}
+
+const ADMIN: &str = "admin-secret-for-webhook-tests";
+
+#[tokio::test]
+async fn a_dead_letter_is_listed_by_the_admin_api_and_delivered_once_retried() {
+    let receiver = Receiver::start(Mode::Status(500)).await;
+    let url = receiver.url();
+    let server = Server::start_with(&hook_env(
+        &url,
+        &[
+            ("CHAT_WEBHOOK_GIVE_UP_AFTER_SECS", "1"),
+            ("CHAT_ADMIN_SECRET", ADMIN),
+        ],
+    ));
+    let mut ann = server.connect("ann").await;
+    let ack = ann.send_message("ann-bob", "late but delivered").await;
+    wait_metric(&server, "chat_webhook_dead_lettered_total", |v| v == 1.0).await;
+
+    let hook = url.replace(':', "%3A").replace('/', "%2F");
+    let listing = format!("/admin/webhooks/dead-letters?hook={hook}");
+    let (status, body) = http_request(server.addr, "GET", &listing, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hook"], url.as_str());
+    assert_eq!(body["more"], false);
+    let dead = body["deadLetters"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{body}");
+    let first_attempt = &receiver.received()[0];
+    assert_eq!(dead[0]["id"], first_attempt.id.as_str());
+    assert_eq!(dead[0]["recipient"], "bob");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("500"),
+        "{body}"
+    );
+    assert_eq!(dead[0]["body"], first_attempt.json());
+    assert_eq!(dead[0]["body"]["data"]["message"], ack["message"]);
+    for field in ["createdAt", "deadAt"] {
+        assert_eq!(dead[0][field].as_str().unwrap().len(), 24, "{body}");
+    }
+    assert!(dead[0]["seq"].as_u64().unwrap() > 0);
+
+    // Bad input is refused and moves nothing.
+    for (method, path, code) in [
+        ("GET", "/admin/webhooks/dead-letters".to_owned(), 400),
+        ("GET", format!("{listing}&limit=0"), 400),
+        ("GET", format!("{listing}&limit=1001"), 400),
+        ("POST", "/admin/webhooks/dead-letters/retry".to_owned(), 400),
+        (
+            "POST",
+            "/admin/webhooks/dead-letters/retry?hook=http%3A%2F%2Fother.example%2F".to_owned(),
+            404,
+        ),
+    ] {
+        let (status, body) = http_request(server.addr, method, &path, Some(ADMIN)).await;
+        assert_eq!(status, code, "{method} {path}: {body}");
+    }
+    assert_eq!(
+        value(&scrape(&server).await, "chat_webhook_dead_letters"),
+        1.0
+    );
+
+    // The receiver is fixed; the retry posts the same event, signed, and it is delivered.
+    receiver.set_mode(Mode::Status(200));
+    let retry = format!("/admin/webhooks/dead-letters/retry?hook={hook}");
+    let (status, body) = http_request(server.addr, "POST", &retry, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({ "hook": url, "retried": 1 }));
+    let received = receiver
+        .wait_until("the retried event", |r| {
+            r.last().is_some_and(|r| r.answered == Some(200))
+        })
+        .await;
+    let delivered = received.last().unwrap();
+    assert_eq!(delivered.id, first_attempt.id);
+    assert_eq!(delivered.body, first_attempt.body);
+    assert!(signature_is_valid(delivered));
+    wait_metric(&server, "chat_webhook_delivered_total", |v| v == 1.0).await;
+    let samples = scrape(&server).await;
+    assert_eq!(value(&samples, "chat_webhook_dead_letters"), 0.0);
+    assert_eq!(value(&samples, "chat_webhook_queued"), 0.0);
+    let (_, body) = http_request(server.addr, "GET", &listing, Some(ADMIN)).await;
+    assert_eq!(body["deadLetters"], json!([]), "{body}");
+}
+
+#[tokio::test]
+async fn erasing_a_user_posts_one_signed_user_erased_event_even_while_they_are_online() {
+    let receiver = Receiver::start(Mode::Status(200)).await;
+    let url = receiver.url();
+    let server = Server::start_with(&hook_env(
+        &url,
+        &[
+            ("CHAT_WEBHOOK_EVENTS", "user.erased"),
+            ("CHAT_ADMIN_SECRET", ADMIN),
+        ],
+    ));
+    let mut ann = server.connect("ann").await;
+    // Not subscribed to message.created: this makes no event.
+    ann.send_message("ann-bob", "hello").await;
+    let _bob = server.connect("bob").await;
+    let (status, report) =
+        http_request(server.addr, "DELETE", "/admin/users/bob", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{report}");
+
+    let received = receiver.wait_until("one event", |r| !r.is_empty()).await;
+    assert_eq!(received.len(), 1, "{received:#?}");
+    let event = &received[0];
+    assert!(signature_is_valid(event), "{event:#?}");
+    let body = event.json();
+    assert_eq!(body["id"], event.id.as_str());
+    assert_eq!(body["type"], "user.erased");
+    assert_eq!(body["createdAt"].as_str().unwrap().len(), 24, "{body}");
+    let erased_at = parse_rfc3339_millis(body["data"]["erasedAt"].as_str().unwrap()).unwrap();
+    assert_eq!(erased_at, report["erasedAtMs"].as_i64().unwrap(), "{body}");
+    assert_eq!(body["data"]["userId"], "bob");
+    assert_eq!(body["data"].as_object().unwrap().len(), 2, "{body}");
+    wait_metric(&server, "chat_webhook_delivered_total", |v| v == 1.0).await;
+}
+
+#[tokio::test]
+async fn erase_user_offline_queues_user_erased_for_the_next_start() {
+    let receiver = Receiver::start(Mode::Status(200)).await;
+    let url = receiver.url();
+    let env = hook_env(&url, &[("CHAT_WEBHOOK_EVENTS", "user.erased")]);
+    let mut server = Server::start_with(&env);
+    server.kill9();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["erase-user", "bob", "--data"])
+        .arg(server.data_dir())
+        .env("CHAT_JWT_SECRET", common::SECRET)
+        .env_remove("CHAT_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(receiver.received().is_empty());
+
+    server.restart();
+    let received = receiver.wait_until("one event", |r| !r.is_empty()).await;
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert!(signature_is_valid(&received[0]));
+    let body = received[0].json();
+    assert_eq!(body["type"], "user.erased");
+    assert_eq!(body["data"]["userId"], "bob");
+    assert_eq!(
+        parse_rfc3339_millis(body["data"]["erasedAt"].as_str().unwrap()),
+        report["erasedAtMs"].as_i64()
     );
 }

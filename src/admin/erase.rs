@@ -16,12 +16,14 @@ use super::offline::OfflineError;
 use super::AdminReply;
 use crate::app::App;
 use crate::chat::ErasureReport;
+use crate::config::WebhookConfig;
 use crate::http::query::percent_decode_strict;
 use crate::protocol::room::is_valid_user_id;
 use crate::protocol::time::now_millis;
 use crate::protocol::ChatError;
 use crate::store::redb::{RedbStore, DB_FILE};
 use crate::store::{StoreError, WriteStore};
+use crate::webhook;
 
 /// Erases the user named by the path segment and answers with the [`ErasureReport`].
 pub async fn erase(app: Arc<App>, segment: String) -> AdminReply {
@@ -46,9 +48,14 @@ pub async fn erase(app: Arc<App>, segment: String) -> AdminReply {
     Ok(warp::reply::json(&report).into_response())
 }
 
-/// Erases `user` from the store in `data_dir`, which no server may hold. The command
-/// prints the report; no server log exists to write it to.
-pub fn erase_offline(data_dir: &Path, user: &str) -> Result<ErasureReport, OfflineError> {
+/// Erases `user` from the store in `data_dir`, which no server may hold, and queues a
+/// `user.erased` event for each of `hooks` subscribed (posted by the next server start).
+/// The command prints the report; no server log exists to write it to.
+pub fn erase_offline(
+    data_dir: &Path,
+    hooks: &[WebhookConfig],
+    user: &str,
+) -> Result<ErasureReport, OfflineError> {
     // Opening would create an empty store where there is none.
     if !data_dir.join(DB_FILE).is_file() {
         return Err(StoreError::Io(std::io::Error::new(
@@ -61,6 +68,7 @@ pub fn erase_offline(data_dir: &Path, user: &str) -> Result<ErasureReport, Offli
     let mut txn = store.begin()?;
     let erasure = txn.erase_user(user, now_millis())?;
     let erased_at_ms = txn.erased_at(user)?.unwrap_or_default();
+    webhook::user_erased_offline(txn.as_mut(), hooks, user, erased_at_ms)?;
     txn.commit()?;
     let report = ErasureReport {
         user_id: user.to_owned(),

@@ -13,11 +13,14 @@
 //! - `client.rs`: `chat-server backup`, which calls that endpoint on a running server.
 //! - `offline.rs`: `restore`, `verify` and `compact`, which work on a stopped store.
 //! - `erase.rs`: `DELETE /admin/users/{id}`, erasing a user (and `erase-user`, offline).
+//! - `webhooks.rs`: `GET /admin/webhooks/dead-letters` and `POST …/retry`, a webhook's
+//!   dead letters.
 
 pub mod backup;
 pub mod client;
 pub mod erase;
 pub mod offline;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +51,18 @@ pub fn routes(
         &app,
         warp::path!("admin" / "users" / String).and(warp::delete()),
         |app, segment, _query| erase::erase(app, segment),
+    ))
+    .unify()
+    .or(admin_route(
+        &app,
+        warp::path!("admin" / "webhooks" / "dead-letters").and(warp::get()),
+        webhooks::list,
+    ))
+    .unify()
+    .or(admin_route(
+        &app,
+        warp::path!("admin" / "webhooks" / "dead-letters" / "retry").and(warp::post()),
+        webhooks::retry,
     ))
     .unify()
 }

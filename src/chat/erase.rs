@@ -8,7 +8,8 @@
 //! thousands of tombstones in hundreds of rooms; a `message:updated` each would flood the
 //! partners' queues (and cut them as slow consumers). Partners learn of it as of any
 //! change: the room's change counter moved, so `changes` lists every tombstone, and the
-//! next history page or snapshot shows them.
+//! next history page or snapshot shows them. Hooks subscribed to `user.erased` get one
+//! event each, written in the same commit.
 //!
 //! The cut comes after the commit, and [`crate::app::App::admit`] checks the erasure again
 //! once a connection is in the user's channel: a connection either was in the channel at
@@ -20,6 +21,7 @@ use super::Chat;
 use crate::protocol::time::now_millis;
 use crate::protocol::ChatError;
 use crate::store::{Erasure, WriteTxn};
+use crate::webhook;
 use crate::writer::{outcome, Command, Context};
 
 /// What an erasure did, as the admin API answers it.
@@ -93,6 +95,9 @@ impl Command for EraseUser {
             .erased_at(&self.user)
             .map_err(ChatError::internal)?
             .unwrap_or(self.now_ms);
+        // In the erasure's own commit: the app's backend hears of every erasure, and of
+        // none that did not happen.
+        webhook::user_erased(txn, cx, &self.user, erased_at).map_err(ChatError::internal)?;
         Ok((erasure, erased_at))
     }
 }

@@ -15,9 +15,11 @@
 //! for the three, because they share one table and one payload.
 //!
 //! `erase.rs` is no client event: it erases a user for the admin API (issue 14, item 5).
+//! Nor is `dead_letters.rs`: webhook dead letters, listed and retried for the admin API.
 
 mod block;
 mod changes;
+mod dead_letters;
 mod edit;
 mod erase;
 mod history;

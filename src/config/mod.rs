@@ -189,6 +189,8 @@ pub enum WebhookEvent {
     MessageCreated,
     /// A message was marked seen by its recipient (`message.seen`).
     MessageSeen,
+    /// A user was erased through the admin API (`user.erased`).
+    UserErased,
 }
 
 impl WebhookEvent {
@@ -197,6 +199,7 @@ impl WebhookEvent {
         match self {
             WebhookEvent::MessageCreated => "message.created",
             WebhookEvent::MessageSeen => "message.seen",
+            WebhookEvent::UserErased => "user.erased",
         }
     }
 }

@@ -503,14 +503,11 @@ fn webhook_events(raw: Raw<'_>) -> Result<Vec<WebhookEvent>, String> {
         let event = match name {
             "message.created" => WebhookEvent::MessageCreated,
             "message.seen" => WebhookEvent::MessageSeen,
-            "user.erased" => {
-                return Err(
-                    "\"user.erased\" is reserved: this server cannot erase users yet".to_owned(),
-                )
-            }
+            "user.erased" => WebhookEvent::UserErased,
             other => {
                 return Err(format!(
-                    "unknown event {other:?}; known: \"message.created\", \"message.seen\""
+                    "unknown event {other:?}; known: \"message.created\", \"message.seen\", \
+                     \"user.erased\""
                 ))
             }
         };

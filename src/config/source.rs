@@ -423,7 +423,8 @@ mod tests {
     #[test]
     fn an_array_of_tables_gives_one_element_each_at_its_defaults() {
         let text = "[[webhooks]]\nurl = \"https://a.example/hook\"\nsecret = \"s1\"\n\
-                    events = [\"message.created\", \"message.seen\"]\noffline_only = false\n\
+                    events = [\"message.created\", \"message.seen\", \"user.erased\"]\n\
+                    offline_only = false\n\
                     [[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"s2\"\n\
                     give_up_after_secs = 60\n";
         let c = real(text, &[]).0.unwrap();
@@ -435,7 +436,11 @@ mod tests {
         );
         assert_eq!(
             a.events,
-            [WebhookEvent::MessageCreated, WebhookEvent::MessageSeen]
+            [
+                WebhookEvent::MessageCreated,
+                WebhookEvent::MessageSeen,
+                WebhookEvent::UserErased
+            ]
         );
         assert!(!a.offline_only);
         assert_eq!(a.give_up_after_secs, 86_400);
@@ -487,13 +492,7 @@ mod tests {
             (
                 format!("[[webhooks]]\n{hook}events = [\"message.deleted\"]\n"),
                 "webhooks[0].events: unknown event \"message.deleted\"; known: \
-                 \"message.created\", \"message.seen\" (in {p})"
-                    .to_owned(),
-            ),
-            (
-                format!("[[webhooks]]\n{hook}events = [\"user.erased\"]\n"),
-                "webhooks[0].events: \"user.erased\" is reserved: this server cannot \
-                 erase users yet (in {p})"
+                 \"message.created\", \"message.seen\", \"user.erased\" (in {p})"
                     .to_owned(),
             ),
             (

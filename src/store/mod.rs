@@ -171,9 +171,14 @@ pub trait ReadStore: Send + Sync {
         limit: usize,
     ) -> Read<'a, Vec<OutboxEvent>>;
 
-    /// Up to `limit` of `hook`'s dead letters, oldest first.
-    fn webhook_dead_letters<'a>(&'a self, hook: &'a str, limit: usize)
-        -> Read<'a, Vec<DeadLetter>>;
+    /// Up to `limit` of `hook`'s dead letters, oldest first, all with `seq` above `after`
+    /// if given.
+    fn webhook_dead_letters<'a>(
+        &'a self,
+        hook: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'a, Vec<DeadLetter>>;
 
     /// How many events `hook` has waiting in its outbox, and how many dead letters.
     fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts>;
@@ -315,10 +320,16 @@ pub trait WriteTxn {
         now_ms: i64,
     ) -> Result<bool>;
 
+    /// Moves up to `max` of `hook`'s dead letters, oldest first, back to its outbox: each
+    /// gets a new `seq` (after every event queued so far, so a delivery task reading on
+    /// from where it is finds it) and `created_ms` = `now_ms` (its give-up time starts
+    /// again); its `id` and body stay. Returns how many moved.
+    fn retry_dead_webhooks(&mut self, hook: &str, max: usize, now_ms: i64) -> Result<u64>;
+
     /// Retention: deletes up to `max` of the room's oldest messages sent before
-    /// `cutoff_ms`, with their `clientMessageId` rows, takes the unseen ones off the unread
-    /// counts, and takes the room out of both inboxes when no message is left. The room
-    /// keeps its last id, so a new message never reuses one.
+    /// `cutoff_ms`, with their `clientMessageId` and change-log rows, takes the unseen ones
+    /// off the unread counts, and takes the room out of both inboxes when no message is
+    /// left. The room keeps its last id, so a new message never reuses one.
     fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired>;
 
     /// Erases a user (issue 14, item 5): turns every message they sent, in every room

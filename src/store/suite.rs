@@ -451,7 +451,7 @@ pub async fn the_webhook_outbox_is_per_hook_in_commit_order_and_dead_letters_kee
         left.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         ["e2"]
     );
-    let dead = store.webhook_dead_letters(h1, 10).await.unwrap();
+    let dead = store.webhook_dead_letters(h1, None, 10).await.unwrap();
     assert_eq!(
         dead,
         [DeadLetter {
@@ -478,6 +478,44 @@ pub async fn the_webhook_outbox_is_per_hook_in_commit_order_and_dead_letters_kee
             dead: 0
         }
     );
+
+    // A second dead letter, then both back: oldest first, each behind every event queued
+    // so far, with the same id and body and a new give-up clock.
+    let mut txn = store.begin().unwrap();
+    assert!(txn
+        .dead_letter_webhook(h1, seqs[1], "timeout", 100)
+        .unwrap());
+    txn.commit().unwrap();
+    let page = store
+        .webhook_dead_letters(h1, Some(seqs[1]), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|d| d.event.seq).collect::<Vec<_>>(),
+        [seqs[2]]
+    );
+    let mut txn = store.begin().unwrap();
+    assert_eq!(txn.retry_dead_webhooks(h1, 1, 500).unwrap(), 1);
+    assert_eq!(txn.retry_dead_webhooks(h1, 10, 600).unwrap(), 1);
+    assert_eq!(txn.retry_dead_webhooks(h1, 10, 700).unwrap(), 0);
+    txn.commit().unwrap();
+    let back = store.webhook_outbox(h1, None, 10).await.unwrap();
+    assert_eq!(
+        back.iter()
+            .map(|e| (e.id.as_str(), e.created_ms))
+            .collect::<Vec<_>>(),
+        [("e2", 500), ("e3", 600)]
+    );
+    assert!(back[0].seq > seqs[2] && back[1].seq > back[0].seq);
+    assert_eq!(back[1].body, event("b", "e3").body);
+    assert_eq!(
+        store.webhook_counts(h1).await.unwrap(),
+        WebhookCounts {
+            pending: 2,
+            dead: 0
+        }
+    );
+    assert_eq!(store.webhook_counts(h2).await.unwrap().pending, 1);
 }
 
 fn commit<T>(store: &dyn WriteStore, op: impl FnOnce(&mut dyn WriteTxn) -> T) -> T {

@@ -30,7 +30,10 @@ use crate::config::{WebhookConfig, WebhookEvent};
 use crate::metrics;
 
 pub use deliver::{start, Delivery};
-pub use outbox::{message_created, message_seen, EVENT_ID_PREFIX};
+pub use outbox::{
+    message_created, message_seen, user_erased, user_erased_offline, RetryDeadLetters,
+    EVENT_ID_PREFIX,
+};
 pub use sign::{signature, SIGNATURE_VERSION};
 
 /// The configured hooks, shared by the writer (which writes their events) and the
@@ -74,6 +77,16 @@ impl Hooks {
             .iter()
             .enumerate()
             .filter(move |(_, h)| h.config.events.contains(&event) && !h.is_disabled())
+    }
+
+    /// The index of the configured hook at `url`.
+    pub fn index_of(&self, url: &str) -> Option<usize> {
+        self.hooks.iter().position(|h| h.config.url == url)
+    }
+
+    /// Hook number `index`.
+    pub fn get(&self, index: usize) -> &Hook {
+        &self.hooks[index]
     }
 
     /// A commit put an event in hook `index`'s outbox.

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::config::WebhookEvent;
+use crate::config::{WebhookConfig, WebhookEvent};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::ChatError;
@@ -35,6 +35,7 @@ pub fn message_created(
         cx,
         WebhookEvent::MessageCreated,
         &recipient,
+        OfflineOnly::Applies,
         |txn, online| {
             Ok(json!({
                 "room": room.id(),
@@ -62,6 +63,7 @@ pub fn message_seen(
         cx,
         WebhookEvent::MessageSeen,
         &author,
+        OfflineOnly::Applies,
         |txn, online| {
             Ok(json!({
                 "room": room.id(),
@@ -74,45 +76,143 @@ pub fn message_seen(
     )
 }
 
+/// Writes a `user.erased` event for `user`, erased at `erased_at_ms`, to every hook
+/// subscribed, online or not: `offline_only` is about notifying a user, and this tells the
+/// app's backend to erase its own copy of the user's data.
+pub fn user_erased(
+    txn: &mut dyn WriteTxn,
+    cx: &mut Context<'_>,
+    user: &str,
+    erased_at_ms: i64,
+) -> store::Result<()> {
+    write_event(
+        txn,
+        cx,
+        WebhookEvent::UserErased,
+        user,
+        OfflineOnly::Ignored,
+        |_, _| Ok(user_erased_data(user, erased_at_ms)),
+    )
+}
+
+/// [`user_erased`] for `chat-server erase-user`, which runs with no server and so no
+/// writer: the event goes into the outbox of every configured hook subscribed, in the
+/// erasure's transaction, and the next server start delivers it.
+pub fn user_erased_offline(
+    txn: &mut dyn WriteTxn,
+    hooks: &[WebhookConfig],
+    user: &str,
+    erased_at_ms: i64,
+) -> store::Result<()> {
+    let mut subscribed = hooks
+        .iter()
+        .filter(|h| h.events.contains(&WebhookEvent::UserErased))
+        .peekable();
+    if subscribed.peek().is_none() {
+        return Ok(());
+    }
+    let event = render(
+        WebhookEvent::UserErased,
+        user,
+        user_erased_data(user, erased_at_ms),
+    );
+    for hook in subscribed {
+        txn.enqueue_webhook(&hook.url, &event)?;
+    }
+    Ok(())
+}
+
+fn user_erased_data(user: &str, erased_at_ms: i64) -> serde_json::Value {
+    json!({
+        "userId": user,
+        "erasedAt": format_millis(erased_at_ms),
+    })
+}
+
+/// Whether a hook's `offline_only` holds back an event whose recipient is online.
+#[derive(PartialEq)]
+enum OfflineOnly {
+    Applies,
+    Ignored,
+}
+
 /// Renders the body once, if any hook wants it, and puts it in each such hook's outbox.
 fn write_event(
     txn: &mut dyn WriteTxn,
     cx: &mut Context<'_>,
     kind: WebhookEvent,
     recipient: &str,
+    offline_only: OfflineOnly,
     data: impl FnOnce(&dyn WriteTxn, bool) -> store::Result<serde_json::Value>,
 ) -> store::Result<()> {
     let online = cx.is_online(recipient);
+    let held_back = offline_only == OfflineOnly::Applies && online;
     let hooks: Vec<(usize, String)> = cx
         .hooks()
         .subscribed(kind)
-        .filter(|(_, hook)| !(hook.config.offline_only && online))
+        .filter(|(_, hook)| !(hook.config.offline_only && held_back))
         .map(|(index, hook)| (index, hook.config.url.clone()))
         .collect();
     if hooks.is_empty() {
         return Ok(());
     }
+    let event = render(kind, recipient, data(txn, online)?);
+    for (index, url) in hooks {
+        txn.enqueue_webhook(&url, &event)?;
+        cx.webhook_queued(index);
+    }
+    Ok(())
+}
+
+/// The event as stored and posted: a new id, the commit time, and `data`.
+fn render(kind: WebhookEvent, recipient: &str, data: serde_json::Value) -> OutboxEvent {
     let created_ms = now_millis();
     let id = format!("{EVENT_ID_PREFIX}{:032x}", rand::random::<u128>());
     let body = json!({
         "id": id,
         "type": kind.name(),
         "createdAt": format_millis(created_ms),
-        "data": data(txn, online)?,
+        "data": data,
     })
     .to_string();
-    let event = OutboxEvent {
+    OutboxEvent {
         seq: 0,
         recipient: recipient.to_owned(),
         id,
         created_ms,
         body,
-    };
-    for (index, url) in hooks {
-        txn.enqueue_webhook(&url, &event)?;
-        cx.webhook_queued(index);
     }
-    Ok(())
+}
+
+/// Moves up to `max` of a configured hook's dead letters back to its outbox and wakes its
+/// delivery task; answers how many moved. At most `max` a round, so that a large pile
+/// never holds the writer long: the caller submits it again until fewer move.
+pub struct RetryDeadLetters {
+    pub hook: String,
+    pub max: usize,
+}
+
+impl Command for RetryDeadLetters {
+    type Output = u64;
+
+    fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<u64, ChatError> {
+        let index = cx.hooks().index_of(&self.hook).ok_or_else(|| {
+            ChatError::not_found("no configured webhook has this url; its events would never go")
+        })?;
+        if cx.hooks().get(index).is_disabled() {
+            return Err(ChatError::bad_request(
+                "this webhook answered 410 Gone and is disabled until the server restarts; \
+                 its events would go straight back to the dead letters",
+            ));
+        }
+        let moved = txn
+            .retry_dead_webhooks(&self.hook, self.max, now_millis())
+            .map_err(ChatError::internal)?;
+        for _ in 0..moved {
+            cx.webhook_queued(index);
+        }
+        Ok(moved)
+    }
 }
 
 /// Takes a delivered event (`Delivered`) or one given up on (`GiveUp`) out of a hook's

@@ -492,6 +492,10 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
+        fn retry_dead_webhooks(&mut self, _: &str, _: usize, _: i64) -> store::Result<u64> {
+            unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
         fn expire(&mut self, _: &RoomKey, _: i64, _: usize) -> store::Result<store::Expired> {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }

@@ -301,6 +301,10 @@ impl WriteTxn for Batch {
         outbox::dead_letter(&self.txn, hook, seq, reason, now_ms)
     }
 
+    fn retry_dead_webhooks(&mut self, hook: &str, max: usize, now_ms: i64) -> Result<u64> {
+        outbox::retry_dead(&self.txn, hook, max, now_ms)
+    }
+
     fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired> {
         let num = self
             .txn
@@ -326,10 +330,15 @@ impl WriteTxn for Batch {
             }
             old.push(message);
         }
+        // A deleted message leaves the change log too: `changes` reads every row it names.
+        let mut changes = self.txn.open_table(CHANGES)?;
         for message in &old {
             messages.remove((num, message.id))?;
             if let Some(cmid) = &message.client_message_id {
                 client_ids.remove((num, message.user_id.as_str(), cmid.as_str()))?;
+            }
+            if message.change > 0 {
+                changes.remove((num, message.change))?;
             }
             if message.seen_ms.is_none() && !room.is_self_room() {
                 let unread = record.unread_mut(room.partner_of(&message.user_id));
@@ -338,7 +347,7 @@ impl WriteTxn for Batch {
         }
         let deleted = old.len() as u64;
         let newest_gone = old.last().map_or(0, |m| m.id);
-        drop((messages, client_ids));
+        drop((messages, client_ids, changes));
         if deleted > 0 && newest_gone == record.last_id {
             let room_id = room.id();
             let mut inbox = self.txn.open_table(INBOX)?;

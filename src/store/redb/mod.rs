@@ -522,9 +522,10 @@ impl ReadStore for RedbStore {
     fn webhook_dead_letters<'a>(
         &'a self,
         hook: &'a str,
+        after: Option<u64>,
         limit: usize,
     ) -> Read<'a, Vec<DeadLetter>> {
-        ready(outbox::dead_letters(&self.db, hook, limit))
+        ready(outbox::dead_letters(&self.db, hook, after, limit))
     }
 
     fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts> {

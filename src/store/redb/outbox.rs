@@ -100,6 +100,34 @@ pub(super) fn dead_letter(
     Ok(true)
 }
 
+pub(super) fn retry_dead(
+    txn: &WriteTransaction,
+    hook: &str,
+    max: usize,
+    now_ms: i64,
+) -> Result<u64> {
+    let mut dead = Vec::new();
+    {
+        let mut table = txn.open_table(WEBHOOK_DEAD)?;
+        for row in table.range((hook, 0)..=(hook, u64::MAX))?.take(max) {
+            let (key, value) = row?;
+            let record: DeadRecord = decode(value.value(), "webhook dead letter")?;
+            dead.push((key.value().1, record.event));
+        }
+        for (seq, _) in &dead {
+            table.remove((hook, *seq))?;
+        }
+    }
+    for (_, record) in &dead {
+        let event = OutboxEvent {
+            created_ms: now_ms,
+            ..record.clone().into_event(0)
+        };
+        enqueue(txn, hook, &event)?;
+    }
+    Ok(dead.len() as u64)
+}
+
 pub(super) fn pending(
     db: &Database,
     hook: &str,
@@ -118,11 +146,17 @@ pub(super) fn pending(
     Ok(page)
 }
 
-pub(super) fn dead_letters(db: &Database, hook: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+pub(super) fn dead_letters(
+    db: &Database,
+    hook: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>> {
     let txn = db.begin_read()?;
     let table = txn.open_table(WEBHOOK_DEAD)?;
+    let from = after.map_or(0, |seq| seq.saturating_add(1));
     let mut page = Vec::with_capacity(limit.min(256));
-    for row in table.range((hook, 0)..=(hook, u64::MAX))?.take(limit) {
+    for row in table.range((hook, from)..=(hook, u64::MAX))?.take(limit) {
         let (key, value) = row?;
         let record: DeadRecord = decode(value.value(), "webhook dead letter")?;
         page.push(DeadLetter {

@@ -2,8 +2,10 @@
 //!
 //! A backup is only as good as the proof that it restores, so this reads every table of a
 //! file (a live store stopped, or a backup before it is restored) through a read-only
-//! handle and checks the invariants the writer keeps: every room's ids are exactly
-//! 1..=last_id, each index row (`room_nums`, `client_ids`, `inbox`, `changes`) points at
+//! handle and checks the invariants the writer keeps: every room's ids are one run with no
+//! gap, first..=last_id (retention deletes a room's oldest messages, so the run may start
+//! past 1, and a room it emptied keeps its record and last id with no message and no inbox
+//! row), each index row (`room_nums`, `client_ids`, `inbox`, `changes`) points at
 //! the message or room it claims, unread counts equal the partner's unseen messages, and
 //! every message an erased user sent before their erasure is a tombstone without a
 //! `clientMessageId`. It streams (rooms and messages are walked together in key order, one
@@ -121,8 +123,10 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
                 None
             }
         };
+        // Retention takes a room with no message left out of both inboxes.
+        let mut participants = 0;
         if let Some(r) = &record {
-            expected_inbox += if r.low == r.high { 1 } else { 2 };
+            participants = if r.low == r.high { 1 } else { 2 };
         }
         let mut room = match &record {
             Some(r) => Some(RoomCheck::new(
@@ -146,6 +150,9 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
             next = pending.next().transpose()?;
         }
         if let Some(room) = room {
+            if room.count > 0 {
+                expected_inbox += participants;
+            }
             let (client_ids, changes) = room.finish(&mut found);
             with_client_id += client_ids;
             with_change += changes;
@@ -279,8 +286,9 @@ pub fn verify(db_file: &Path) -> Result<Verified> {
 struct RoomCheck<'r> {
     num: u64,
     record: &'r RoomRecord,
-    /// The id the next message must have.
-    expected_id: u64,
+    /// The id the next message must have; `None` before the first, which may be past 1
+    /// when retention deleted the oldest.
+    expected_id: Option<u64>,
     /// `sentAt` of the previous message; times never go back.
     last_sent: i64,
     count: u64,
@@ -304,7 +312,7 @@ impl<'r> RoomCheck<'r> {
         RoomCheck {
             num,
             record,
-            expected_id: 1,
+            expected_id: None,
             last_sent: i64::MIN,
             count: 0,
             with_client_id: 0,
@@ -327,14 +335,15 @@ impl<'r> RoomCheck<'r> {
     fn message(&mut self, found: &mut Verified, id: u64, bytes: &[u8]) {
         self.count += 1;
         found.messages += 1;
-        if id != self.expected_id {
-            found.problem(format!(
-                "{}: message id {id} where {} was expected",
+        match self.expected_id {
+            Some(expected) if id != expected => found.problem(format!(
+                "{}: message id {id} where {expected} was expected",
                 self.name(),
-                self.expected_id
-            ));
+            )),
+            None if id == 0 => found.problem(format!("{}: message id 0", self.name())),
+            _ => {}
         }
-        self.expected_id = id + 1;
+        self.expected_id = Some(id + 1);
         let message = match records::decode_message(id, bytes) {
             Ok(message) => message,
             Err(e) => {
@@ -392,13 +401,19 @@ impl<'r> RoomCheck<'r> {
     /// `clientMessageId`, and how many have a place in the change log.
     fn finish(self, found: &mut Verified) -> (u64, u64) {
         let record = self.record;
-        if record.last_id != self.count || self.count == 0 {
-            found.problem(format!(
-                "{}: last id is {} but it holds {} messages",
+        // The newest message is never deleted alone: retention takes the oldest, so what
+        // is left ends at last_id; a room emptied by it keeps a last id past 0.
+        match self.expected_id {
+            Some(next) if next - 1 != record.last_id => found.problem(format!(
+                "{}: last id is {} but its newest message is {}",
                 self.name(),
                 record.last_id,
-                self.count
-            ));
+                next - 1
+            )),
+            None if record.last_id == 0 => {
+                found.problem(format!("{}: no message and no last id", self.name()))
+            }
+            _ => {}
         }
         if self.count > 0 && record.last_sent_ms != self.last_sent {
             found.problem(format!(
