@@ -13,10 +13,12 @@
 //! - `client.rs`: `chat-server backup`, which calls that endpoint on a running server.
 //! - `offline.rs`: `restore`, `verify` and `compact`, which work on a stopped store.
 //! - `erase.rs`: `DELETE /admin/users/{id}`, erasing a user (and `erase-user`, offline).
+//! - `export.rs`: `GET /admin/export`, `chat-server export` from a running server.
 
 pub mod backup;
 pub mod client;
 pub mod erase;
+pub mod export;
 pub mod offline;
 
 use std::future::Future;
@@ -48,6 +50,12 @@ pub fn routes(
         &app,
         warp::path!("admin" / "users" / String).and(warp::delete()),
         |app, segment, _query| erase::erase(app, segment),
+    ))
+    .unify()
+    .or(admin_route(
+        &app,
+        warp::path!("admin" / "export").and(warp::get()),
+        export::export,
     ))
     .unify()
 }
