@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 const ADMIN: &str = "admin-secret-for-integration-tests";
 
 /// Every admin endpoint, as (method, path); each must pass the auth matrix.
-const ADMIN_ENDPOINTS: &[(&str, &str)] = &[("POST", "/admin/backup")];
+const ADMIN_ENDPOINTS: &[(&str, &str)] = &[("POST", "/admin/backup"), ("GET", "/admin/export")];
 
 fn chat_server(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chat-server"))

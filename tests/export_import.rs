@@ -467,3 +467,126 @@ fn the_leftover_temporary_file_of_a_killed_import_is_replaced() {
         .collect();
     assert_eq!(names, ["chat.redb"]);
 }
+
+#[test]
+fn lifecycle_blocks_and_erasures_are_checked_on_import() {
+    let t = "2026-01-01T00:00:00.000Z";
+    let before = "2025-12-31T23:59:59.999Z";
+    let ab = ["alice", "bob"];
+    let mut header2 = header();
+    header2["version"] = json!(2);
+    let mut room_line = room(ab, 2, t, [0, 2]);
+    room_line["change"] = json!(3);
+    room_line["delivered"] = json!([0, 2]);
+    let mut first = message(ab, 1, "alice", t);
+    first["deliveredAt"] = json!(t);
+    first["editedAt"] = json!(t);
+    first["change"] = json!(3);
+    let mut second = message(ab, 2, "alice", t);
+    second["message"] = json!("");
+    second["deliveredAt"] = json!(t);
+    second["deletedAt"] = json!(t);
+    second["change"] = json!(2);
+    let good = [
+        header2,
+        json!({"type": "block", "blocker": "bob", "blocked": "alice", "since": t}),
+        json!({"type": "erased", "userId": "carol", "erasedAt": t}),
+        room_line,
+        first,
+        second,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let out = import(dir.path(), &dump_of(&good));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It comes back out as it went in (fields in the export's order).
+    let again = lines(&exported(dir.path(), None));
+    for (line, expected) in again.iter().zip(&good).skip(1) {
+        assert_eq!(line, expected);
+    }
+
+    let mut early = good.to_vec();
+    early[4]["deliveredAt"] = json!(before);
+    refused(
+        &dump_of(&early),
+        Some(5),
+        "deliveredAt is before its sentAt",
+    );
+
+    let mut early = good.to_vec();
+    early[4]["editedAt"] = json!(before);
+    refused(&dump_of(&early), Some(5), "editedAt is before its sentAt");
+
+    let mut early = good.to_vec();
+    early[5]["deletedAt"] = json!(before);
+    refused(&dump_of(&early), Some(6), "deletedAt is before its sentAt");
+
+    let mut text = good.to_vec();
+    text[5]["message"] = json!("still here");
+    refused(&dump_of(&text), Some(6), "a tombstone's message is empty");
+
+    let mut past = good.to_vec();
+    past[4]["change"] = json!(4);
+    refused(&dump_of(&past), Some(5), "past the room's change counter 3");
+
+    let mut twice = good.to_vec();
+    twice[5]["change"] = json!(3);
+    refused(
+        &dump_of(&twice),
+        Some(6),
+        "change 3 is held by another message",
+    );
+
+    let mut delivered = good.to_vec();
+    delivered[3]["delivered"] = json!([3, 0]);
+    refused(&dump_of(&delivered), Some(4), "past the room's lastId");
+
+    let mut own = good.to_vec();
+    own[1]["blocked"] = json!("bob");
+    refused(&dump_of(&own), Some(2), "blocks themselves");
+
+    let mut again = good.to_vec();
+    again.insert(2, good[1].clone());
+    refused(&dump_of(&again), Some(3), "a second block");
+
+    let mut again = good.to_vec();
+    again.insert(3, good[2].clone());
+    refused(&dump_of(&again), Some(4), "a second erasure");
+
+    let mut bad_time = good.to_vec();
+    bad_time[2]["erasedAt"] = json!("yesterday");
+    refused(&dump_of(&bad_time), Some(3), "erasedAt");
+
+    let mut newer = good.to_vec();
+    newer[0]["version"] = json!(3);
+    refused(&dump_of(&newer), Some(1), "dump version 3");
+}
+
+#[tokio::test]
+async fn the_online_export_refuses_a_bad_query_and_streams_a_user_never_seen_as_a_header() {
+    let server = start();
+    for (query, says) in [
+        ("?user=a%20b", "valid user id"),
+        ("?user=", "valid user id"),
+        ("?user=alice&user=bob", "more than once"),
+        ("?since=1", "unknown query parameter"),
+    ] {
+        let path = format!("/admin/export{query}");
+        let (status, body) = http_request(server.addr, "GET", &path, Some(ADMIN)).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{query}: {message}");
+    }
+    let (status, dump) = exported_online(&server, "?user=nobody").await;
+    assert_eq!(status, 200);
+    let dump = lines(&dump);
+    assert_eq!(dump.len(), 1);
+    assert_eq!(
+        (&dump[0]["type"], &dump[0]["user"]),
+        (&json!("header"), &json!("nobody"))
+    );
+}
