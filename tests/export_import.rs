@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::dump::{dump_of, export, header, import, message, room};
+use common::dump::{chat_server, dump_of, export, header, import, message, room};
 use common::{http_request, raw_request, Server};
 use serde_json::{json, Value};
 
@@ -270,6 +270,17 @@ async fn export_import_export_is_identical_and_the_imported_store_serves_the_sam
     let second = exported(target.path(), None);
     // Byte for byte, but for the header's time.
     assert_same_dump(&first, &second, "the re-export");
+    // The rebuilt change log, inbox and keys pass the store's own check.
+    let verified = chat_server()
+        .args(["verify", "--data", target.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
 
     let imported = Server::start_in(target, &[("CHAT_ADMIN_SECRET", ADMIN)]);
     assert_eq!(views(&imported).await, before);
