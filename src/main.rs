@@ -61,8 +61,8 @@ fn export(config: &Config, user: Option<&str>) -> ExitCode {
     match ops::export::write_dump(&store, user, out) {
         Ok(n) => {
             eprintln!(
-                "exported {} profiles, {} rooms, {} messages",
-                n.profiles, n.rooms, n.messages
+                "exported {} profiles, {} blocks, {} erased users, {} rooms, {} messages",
+                n.profiles, n.blocks, n.erased, n.rooms, n.messages
             );
             ExitCode::SUCCESS
         }
@@ -119,8 +119,10 @@ fn import(config: &Config) -> ExitCode {
     match ops::import::import(&config.data_dir, input) {
         Ok(n) => {
             eprintln!(
-                "imported {} profiles, {} rooms, {} messages into {}",
+                "imported {} profiles, {} blocks, {} erased users, {} rooms, {} messages into {}",
                 n.profiles,
+                n.blocks,
+                n.erased,
                 n.rooms,
                 n.messages,
                 config.data_dir.display()

@@ -21,6 +21,7 @@ const ADMIN: &str = "admin-secret-for-integration-tests";
 /// Every admin endpoint, as (method, path); each must pass the auth matrix.
 const ADMIN_ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/admin/backup"),
+    ("GET", "/admin/export"),
     (
         "GET",
         "/admin/webhooks/dead-letters?hook=http%3A%2F%2F127.0.0.1%3A9%2Fhook",

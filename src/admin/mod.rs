@@ -13,12 +13,14 @@
 //! - `client.rs`: `chat-server backup`, which calls that endpoint on a running server.
 //! - `offline.rs`: `restore`, `verify` and `compact`, which work on a stopped store.
 //! - `erase.rs`: `DELETE /admin/users/{id}`, erasing a user (and `erase-user`, offline).
+//! - `export.rs`: `GET /admin/export`, `chat-server export` from a running server.
 //! - `webhooks.rs`: `GET /admin/webhooks/dead-letters` and `POST …/retry`, a webhook's
 //!   dead letters.
 
 pub mod backup;
 pub mod client;
 pub mod erase;
+pub mod export;
 pub mod offline;
 pub mod webhooks;
 
@@ -63,6 +65,12 @@ pub fn routes(
         &app,
         warp::path!("admin" / "webhooks" / "dead-letters" / "retry").and(warp::post()),
         webhooks::retry,
+    ))
+    .unify()
+    .or(admin_route(
+        &app,
+        warp::path!("admin" / "export").and(warp::get()),
+        export::export,
     ))
     .unify()
 }

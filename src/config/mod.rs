@@ -158,6 +158,9 @@ pub struct MemoryConfig {
     /// What an online backup holds in memory while it copies: the backup file's page
     /// cache and its uncommitted rows, half each.
     pub backup_buffer_bytes: usize,
+    /// What an online export (`GET /admin/export`) holds in memory: dump lines read from
+    /// the store but not yet sent to the client.
+    pub export_buffer_bytes: usize,
 }
 
 /// One webhook: where events are posted, how they are signed, which ones, and how long
@@ -329,6 +332,7 @@ impl Default for MemoryConfig {
             webhook_window_events: 256,
 
             backup_buffer_bytes: 16 * 1024 * 1024,
+            export_buffer_bytes: 1024 * 1024,
         }
     }
 }

@@ -337,6 +337,9 @@ const KEYS: &[Key] = &[
     key!("memory.backup_buffer_bytes", byte_size, |c| c
         .memory
         .backup_buffer_bytes),
+    key!("memory.export_buffer_bytes", byte_size, |c| c
+        .memory
+        .export_buffer_bytes),
 ];
 
 /// Days of retention: 0 (off) up to [`super::MAX_RETENTION_DAYS`].

@@ -44,11 +44,14 @@ impl std::error::Error for ExportError {}
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Exported {
     pub profiles: u64,
+    pub blocks: u64,
+    pub erased: u64,
     pub rooms: u64,
     pub messages: u64,
 }
 
-/// Writes the whole store, or only `user`'s profile, rooms and their messages, to `out`
+/// Writes the whole store, or only `user`'s profile, the blocks they made, their erasure,
+/// their rooms and those rooms' messages, to `out`
 /// as a dump, and flushes it. Wrap an unbuffered `out` in a `BufWriter`.
 pub fn write_dump(
     store: &impl Walk,
@@ -72,6 +75,21 @@ pub fn write_dump(
                     name: profile.name.clone(),
                 }
             }
+            Item::Block(blocker, blocked, since_ms) => {
+                counts.blocks += 1;
+                Line::Block {
+                    blocker: blocker.to_owned(),
+                    blocked: blocked.to_owned(),
+                    since: format_millis(since_ms),
+                }
+            }
+            Item::Erased(user_id, at_ms) => {
+                counts.erased += 1;
+                Line::Erased {
+                    user_id: user_id.to_owned(),
+                    erased_at: format_millis(at_ms),
+                }
+            }
             Item::Room(room) => {
                 counts.rooms += 1;
                 Line::Room {
@@ -80,6 +98,8 @@ pub fn write_dump(
                     last_id: room.last_id,
                     last_sent_at: format_millis(room.last_sent_ms),
                     unread: [room.unread_low, room.unread_high],
+                    change: room.change,
+                    delivered: [room.delivered_low, room.delivered_high],
                 }
             }
             Item::Message(room, message) => {
@@ -93,6 +113,10 @@ pub fn write_dump(
                     sent_at: format_millis(message.sent_ms),
                     seen_at: message.seen_ms.map(format_millis),
                     client_message_id: message.client_message_id.clone(),
+                    delivered_at: message.delivered_ms.map(format_millis),
+                    edited_at: message.edited_ms.map(format_millis),
+                    deleted_at: message.deleted_ms.map(format_millis),
+                    change: message.change,
                 }
             }
         };

@@ -4,18 +4,21 @@
 //! that takes the store's name only once the last line was accepted: bad input leaves
 //! the directory as it was, and the error names the line. The checks are the store's
 //! invariants: ids in a room are consecutive and end at its last id, `sentAt` never goes
-//! back, a receipt is never before its message, the unread counts are the partner's
-//! unseen messages, and a `clientMessageId` is used once per sender and room. What is
-//! held at any time is one line and the current room's counters.
+//! back, a receipt, delivery, edit or deletion is never before its message, a deleted
+//! message has no text, the unread counts are the partner's unseen messages, the delivered
+//! marks are within the room's ids, a `clientMessageId` is used once per sender and room,
+//! and a change-log position is held by one message of a room and is within the room's
+//! change counter. What is held at any time is one line and the current room's counters
+//! (uniqueness is checked against the store being built).
 
 use std::io::{BufRead, Read};
 use std::path::Path;
 
-use super::{Line, DUMP_FORMAT, DUMP_VERSION};
+use super::{Line, DUMP_FORMAT, DUMP_VERSION, OLDEST_DUMP_VERSION};
 use crate::model::{canonical_room_id, ChatMessage, RoomKey, SessionUser};
 use crate::protocol::room::is_valid_user_id;
 use crate::protocol::time::parse_rfc3339_millis;
-use crate::store::redb::{Loader, RoomState};
+use crate::store::redb::{Loader, Put, RoomState};
 use crate::store::StoreError;
 
 /// Longest line accepted: a message line with the largest text, escaped, fits many times.
@@ -44,6 +47,8 @@ impl std::error::Error for ImportError {}
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Imported {
     pub profiles: u64,
+    pub blocks: u64,
+    pub erased: u64,
     pub rooms: u64,
     pub messages: u64,
 }
@@ -143,9 +148,10 @@ impl Import {
                 if format != DUMP_FORMAT {
                     return Err(self.error(format!("format {format:?} is not {DUMP_FORMAT:?}")));
                 }
-                if version != DUMP_VERSION {
+                if !(OLDEST_DUMP_VERSION..=DUMP_VERSION).contains(&version) {
                     return Err(self.error(format!(
-                        "dump version {version}; this chat-server reads version {DUMP_VERSION}"
+                        "dump version {version}; this chat-server reads versions \
+                         {OLDEST_DUMP_VERSION} to {DUMP_VERSION}"
                     )));
                 }
                 Ok(())
@@ -160,12 +166,40 @@ impl Import {
                 self.counts.profiles += 1;
                 Ok(())
             }
+            Line::Block {
+                blocker,
+                blocked,
+                since,
+            } => {
+                self.user_id(&blocker)?;
+                self.user_id(&blocked)?;
+                if blocker == blocked {
+                    return Err(self.error(format!("{blocker:?} blocks themselves")));
+                }
+                let since_ms = self.time("since", &since)?;
+                if !self.store(|l| l.put_block(&blocker, &blocked, since_ms))? {
+                    return Err(self.error(format!("a second block of {blocked:?} by {blocker:?}")));
+                }
+                self.counts.blocks += 1;
+                Ok(())
+            }
+            Line::Erased { user_id, erased_at } => {
+                self.user_id(&user_id)?;
+                let at_ms = self.time("erasedAt", &erased_at)?;
+                if !self.store(|l| l.put_erased(&user_id, at_ms))? {
+                    return Err(self.error(format!("a second erasure of {user_id:?}")));
+                }
+                self.counts.erased += 1;
+                Ok(())
+            }
             Line::Room {
                 room_id,
                 pair: [low, high],
                 last_id,
                 last_sent_at,
                 unread,
+                change,
+                delivered,
             } => {
                 self.close_room()?;
                 self.room_pair(&room_id, &low, &high)?;
@@ -176,12 +210,20 @@ impl Import {
                 if low == high && unread != [0, 0] {
                     return Err(self.error("a self room has no unread messages".into()));
                 }
+                if delivered.iter().any(|&d| d > last_id) {
+                    return Err(self.error(format!(
+                        "delivered {delivered:?} is past the room's lastId {last_id}"
+                    )));
+                }
                 let state = RoomState {
                     key: RoomKey { low, high },
                     last_id,
                     last_sent_ms,
                     unread_low: unread[0],
                     unread_high: unread[1],
+                    change,
+                    delivered_low: delivered[0],
+                    delivered_high: delivered[1],
                 };
                 if !self.store(|l| l.begin_room(&state))? {
                     return Err(self.error(format!("room {room_id} appears twice")));
@@ -205,6 +247,10 @@ impl Import {
                 sent_at,
                 seen_at,
                 client_message_id,
+                delivered_at,
+                edited_at,
+                deleted_at,
+                change,
             } => {
                 let message = self.check_message(
                     &room_id,
@@ -219,18 +265,27 @@ impl Import {
                             None => None,
                         },
                         client_message_id,
-                        delivered_ms: None,
-                        edited_ms: None,
-                        deleted_ms: None,
-                        change: 0,
+                        delivered_ms: self.optional_time("deliveredAt", delivered_at)?,
+                        edited_ms: self.optional_time("editedAt", edited_at)?,
+                        deleted_ms: self.optional_time("deletedAt", deleted_at)?,
+                        change,
                     },
                 )?;
-                if !self.store(|l| l.put_message(&message))? {
-                    return Err(self.error(format!(
-                        "{:?} already used clientMessageId {:?} in room {room_id}",
-                        message.user_id,
-                        message.client_message_id.as_deref().unwrap_or_default()
-                    )));
+                match self.store(|l| l.put_message(&message))? {
+                    Put::Stored => {}
+                    Put::ClientIdTaken => {
+                        return Err(self.error(format!(
+                            "{:?} already used clientMessageId {:?} in room {room_id}",
+                            message.user_id,
+                            message.client_message_id.as_deref().unwrap_or_default()
+                        )))
+                    }
+                    Put::ChangeTaken => {
+                        return Err(self.error(format!(
+                            "change {} is held by another message of room {room_id}",
+                            message.change
+                        )))
+                    }
                 }
                 self.counts.messages += 1;
                 Ok(())
@@ -307,6 +362,30 @@ impl Import {
                 room.unseen[usize::from(!reader_is_low)] += 1;
             }
         }
+        for (field, time) in [
+            ("deliveredAt", message.delivered_ms),
+            ("editedAt", message.edited_ms),
+            ("deletedAt", message.deleted_ms),
+        ] {
+            if time.is_some_and(|t| t < message.sent_ms) {
+                return Err(error(format!(
+                    "message {}: {field} is before its sentAt",
+                    message.id
+                )));
+            }
+        }
+        if message.is_deleted() && !message.message.is_empty() {
+            return Err(error(format!(
+                "message {} is deleted but has text: a tombstone's message is empty",
+                message.id
+            )));
+        }
+        if message.change > room.state.change {
+            return Err(error(format!(
+                "message {} has change {}, past the room's change counter {}",
+                message.id, message.change, room.state.change
+            )));
+        }
         room.last = Some((message.id, message.sent_ms));
         Ok(message)
     }
@@ -372,10 +451,18 @@ impl Import {
             .ok_or_else(|| self.error(format!("{field} {value:?} is not an RFC 3339 date-time")))
     }
 
-    fn store(
+    fn optional_time(
+        &self,
+        field: &str,
+        value: Option<String>,
+    ) -> Result<Option<i64>, ImportError> {
+        value.map(|v| self.time(field, &v)).transpose()
+    }
+
+    fn store<T>(
         &mut self,
-        write: impl FnOnce(&mut Loader) -> Result<bool, StoreError>,
-    ) -> Result<bool, ImportError> {
+        write: impl FnOnce(&mut Loader) -> Result<T, StoreError>,
+    ) -> Result<T, ImportError> {
         write(&mut self.loader).map_err(|e| self.error(format!("storage: {e}")))
     }
 

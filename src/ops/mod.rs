@@ -2,11 +2,19 @@
 //! such a dump into a new store.
 //!
 //! A dump is one JSON object per line, each with a `type`: a `header`, then `profile`s,
-//! then each `room` followed by its `message`s in id order. It carries everything the
-//! store holds that is not derived: a room's counters and unread counts, each message's
-//! times, receipt and `clientMessageId`. The inbox and the idempotency keys are rebuilt
-//! from those, so a dump stays readable if the store's layout changes. Both directions
-//! stream, one line at a time, so a store of any size moves in constant memory.
+//! `block`s and `erased` users, then each `room` followed by its `message`s in id order.
+//! It carries everything the store holds that is not derived: a room's counters, unread
+//! counts and delivered marks, each message's times, receipt, `clientMessageId` and
+//! lifecycle (delivered, edited, deleted, and its place in the room's change log), who
+//! blocks whom, and when each erased user was erased (so their old tokens stay refused).
+//! The inbox, the idempotency keys and the change log are rebuilt from those, so a dump
+//! stays readable if the store's layout changes. Webhook outbox rows are not carried: they
+//! are deliveries in flight to this server's endpoints, not data. Both directions stream,
+//! one line at a time, so a store of any size moves in constant memory.
+//!
+//! Version 2 added the lifecycle fields and the `block` and `erased` lines; version 1
+//! dumps still import, with those unset. Every new field is omitted when unset, so an older
+//! chat-server refuses a version-2 dump by its header rather than lose what it carries.
 
 pub mod export;
 pub mod import;
@@ -14,7 +22,9 @@ pub mod import;
 use serde::{Deserialize, Serialize};
 
 /// The dump format this binary writes and reads.
-pub const DUMP_VERSION: u64 = 1;
+pub const DUMP_VERSION: u64 = 2;
+/// The oldest dump version this binary still imports.
+pub const OLDEST_DUMP_VERSION: u64 = 1;
 /// The `format` of every dump's header, so that another JSON-lines file is refused at once.
 pub const DUMP_FORMAT: &str = "chat-server-dump";
 
@@ -36,6 +46,16 @@ pub enum Line {
     /// A user's remembered display name.
     #[serde(rename_all = "camelCase")]
     Profile { user_id: String, name: String },
+    /// `blocker` blocks `blocked`, since `since`.
+    #[serde(rename_all = "camelCase")]
+    Block {
+        blocker: String,
+        blocked: String,
+        since: String,
+    },
+    /// A user was erased at `erasedAt`: tokens issued before then are refused.
+    #[serde(rename_all = "camelCase")]
+    Erased { user_id: String, erased_at: String },
     /// A room, before its messages.
     #[serde(rename_all = "camelCase")]
     Room {
@@ -48,6 +68,12 @@ pub enum Line {
         last_sent_at: String,
         /// Unseen messages of each participant of `pair`, in the same order.
         unread: [u64; 2],
+        /// The room's change counter (the last change-log position handed out).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        change: u64,
+        /// The highest id each participant of `pair` acknowledged receiving.
+        #[serde(default, skip_serializing_if = "both_zero")]
+        delivered: [u64; 2],
     },
     /// A message of the room on the last `room` line.
     #[serde(rename_all = "camelCase")]
@@ -60,5 +86,24 @@ pub enum Line {
         sent_at: String,
         seen_at: Option<String>,
         client_message_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivered_at: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited_at: Option<String>,
+        /// Set on a tombstone, whose `message` is empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deleted_at: Option<String>,
+        /// The room's change counter when the message last changed (its change-log row);
+        /// 0 when it has not changed since the store's format 2.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        change: u64,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn both_zero(pair: &[u64; 2]) -> bool {
+    *pair == [0, 0]
 }

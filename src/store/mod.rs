@@ -390,6 +390,14 @@ pub trait Maintenance: Send + Sync {
 
     /// Bytes the store's file takes on disk.
     fn file_bytes(&self) -> Result<u64>;
+
+    /// Writes the store (or only `user`'s part) as a dump to `out`, from one read
+    /// transaction: `chat-server export`'s output, for `GET /admin/export`.
+    fn export_dump(
+        &self,
+        user: Option<&str>,
+        out: &mut dyn std::io::Write,
+    ) -> std::result::Result<crate::ops::export::Exported, crate::ops::export::ExportError>;
 }
 
 /// What a store held, as of one read transaction.

@@ -39,7 +39,8 @@ pub fn import(dir: &Path, input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// A dump's first line.
+/// A dump's first line, of version 1 (before the lifecycle, block and erased lines): the
+/// tests built on it show that such dumps still import.
 pub fn header() -> Value {
     json!({"type": "header", "format": "chat-server-dump", "version": 1,
            "exportedAt": "2026-01-01T00:00:00.000Z"})

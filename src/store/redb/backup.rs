@@ -89,6 +89,14 @@ impl Maintenance for RedbStore {
     fn file_bytes(&self) -> Result<u64> {
         Ok(std::fs::metadata(&self.path).map_err(StoreError::Io)?.len())
     }
+
+    fn export_dump(
+        &self,
+        user: Option<&str>,
+        out: &mut dyn std::io::Write,
+    ) -> std::result::Result<crate::ops::export::Exported, crate::ops::export::ExportError> {
+        crate::ops::export::write_dump(self, user, out)
+    }
 }
 
 /// A copy into the backup file under way. The copy is committed in pieces: the file is

@@ -1,5 +1,6 @@
 //! Whole-store reads and writes for export and import (`crate::ops`): walk every profile,
-//! room and message in one read transaction, and load them back into a new file.
+//! block, erasure, room and message in one read transaction, and load them back into a
+//! new file, rebuilding the inbox, the idempotency keys and the change log.
 //!
 //! The walk hands out one item at a time and keeps nothing, so an export of any size
 //! runs in constant memory. The loader writes into a fresh store in bounded batches and
@@ -13,10 +14,10 @@ use redb::{
     WriteTransaction,
 };
 
-use super::records::{self, RoomRecord};
+use super::records::{self, RoomLifecycle, RoomRecord};
 use super::{
-    newest_first, RedbStore, CLIENT_IDS, DB_FILE, FORMAT_VERSION, INBOX, MESSAGES, META, PROFILES,
-    ROOMS, ROOM_NUMS,
+    newest_first, RedbStore, BLOCKS, CHANGES, CLIENT_IDS, DB_FILE, ERASED, FORMAT_VERSION, INBOX,
+    MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS, WEBHOOK_DEAD, WEBHOOK_OUTBOX,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{Result, StoreError};
@@ -34,11 +35,22 @@ pub struct RoomState {
     pub unread_low: u64,
     /// Messages from `low` that `high` has not seen.
     pub unread_high: u64,
+    /// The room's change counter.
+    pub change: u64,
+    /// The highest id `low` acknowledged receiving.
+    pub delivered_low: u64,
+    /// The same for `high`.
+    pub delivered_high: u64,
 }
 
-/// One thing a walk hands out. A room comes before its messages, which come in id order.
+/// One thing a walk hands out: profiles, blocks and erasures first, then each room before
+/// its messages, which come in id order.
 pub enum Item<'a> {
     Profile(&'a SessionUser),
+    /// Blocker, blocked, since (ms).
+    Block(&'a str, &'a str, i64),
+    /// An erased user and when (ms).
+    Erased(&'a str, i64),
     Room(&'a RoomState),
     Message(&'a RoomState, &'a ChatMessage),
 }
@@ -50,8 +62,8 @@ const LOAD_BATCH: usize = 10_000;
 /// A store that can be walked: the server's own (for an export while it runs) or one
 /// opened read-only.
 pub trait Walk {
-    /// Walks the store (or only `user`'s profile and rooms) in one read transaction,
-    /// handing each item to `each`; the first error stops the walk.
+    /// Walks the store (or only `user`'s profile, own blocks, erasure and rooms) in one read
+    /// transaction, handing each item to `each`; the first error stops the walk.
     fn walk<E: From<StoreError>>(
         &self,
         user: Option<&str>,
@@ -176,6 +188,32 @@ fn walk<E: From<StoreError>>(
             }
         }
     }
+    let blocks = txn.open_table(BLOCKS).map_err(StoreError::from)?;
+    // A user's export holds the blocks they made, not who blocks them: that is the
+    // blocker's data.
+    let from = (user.unwrap_or(""), "");
+    for row in blocks.range(from..).map_err(StoreError::from)? {
+        let (key, since) = row.map_err(StoreError::from)?;
+        let (blocker, blocked) = key.value();
+        if user.is_some_and(|u| u != blocker) {
+            break;
+        }
+        each(Item::Block(blocker, blocked, since.value()))?;
+    }
+    let erased = txn.open_table(ERASED).map_err(StoreError::from)?;
+    match user {
+        Some(user) => {
+            if let Some(at) = erased.get(user).map_err(StoreError::from)? {
+                each(Item::Erased(user, at.value()))?;
+            }
+        }
+        None => {
+            for row in erased.iter().map_err(StoreError::from)? {
+                let (who, at) = row.map_err(StoreError::from)?;
+                each(Item::Erased(who.value(), at.value()))?;
+            }
+        }
+    }
     for row in rooms.range(0..).map_err(StoreError::from)? {
         let (num, value) = row.map_err(StoreError::from)?;
         let num = num.value();
@@ -192,6 +230,9 @@ fn walk<E: From<StoreError>>(
             last_sent_ms: record.last_sent_ms,
             unread_low: record.unread_low,
             unread_high: record.unread_high,
+            change: record.lifecycle.change,
+            delivered_low: record.lifecycle.delivered_low,
+            delivered_high: record.lifecycle.delivered_high,
         };
         each(Item::Room(&room))?;
         for row in messages
@@ -204,6 +245,16 @@ fn walk<E: From<StoreError>>(
         }
     }
     Ok(())
+}
+
+/// What [`Loader::put_message`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Stored,
+    /// The sender already used this `clientMessageId` in the room.
+    ClientIdTaken,
+    /// Another message of the room holds this change-log position.
+    ChangeTaken,
 }
 
 /// Builds a new store file from a walk's items, committing every [`LOAD_BATCH`] rows.
@@ -289,7 +340,11 @@ impl Loader {
             last_sent_ms: room.last_sent_ms,
             unread_low: room.unread_low,
             unread_high: room.unread_high,
-            lifecycle: Default::default(),
+            lifecycle: RoomLifecycle {
+                change: room.change,
+                delivered_low: room.delivered_low,
+                delivered_high: room.delivered_high,
+            },
         };
         txn.open_table(ROOMS)?
             .insert(num, records::encode_room(&record).as_slice())?;
@@ -299,10 +354,39 @@ impl Loader {
         Ok(true)
     }
 
-    /// Stores a message of the current room, with its `clientMessageId` row, and the
-    /// room's inbox rows once its newest message arrives; `false` when its sender already
-    /// used that `clientMessageId` in this room.
-    pub fn put_message(&mut self, message: &ChatMessage) -> Result<bool> {
+    /// Stores that `blocker` blocks `blocked` since `since_ms`; `false` when that block
+    /// is already stored.
+    pub fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<bool> {
+        let txn = self.txn()?;
+        let mut blocks = txn.open_table(BLOCKS)?;
+        if blocks.get((blocker, blocked))?.is_some() {
+            return Ok(false);
+        }
+        blocks.insert((blocker, blocked), since_ms)?;
+        drop(blocks);
+        self.wrote()?;
+        Ok(true)
+    }
+
+    /// Stores that `user` was erased at `at_ms`; `false` when that user's erasure is
+    /// already stored.
+    pub fn put_erased(&mut self, user: &str, at_ms: i64) -> Result<bool> {
+        let txn = self.txn()?;
+        let mut erased = txn.open_table(ERASED)?;
+        if erased.get(user)?.is_some() {
+            return Ok(false);
+        }
+        erased.insert(user, at_ms)?;
+        drop(erased);
+        self.wrote()?;
+        Ok(true)
+    }
+
+    /// Stores a message of the current room, with its `clientMessageId` row, its
+    /// change-log row, and the room's inbox rows once its newest message arrives. Refuses
+    /// (storing nothing) a `clientMessageId` its sender already used in this room, or a
+    /// change-log position another message of the room holds.
+    pub fn put_message(&mut self, message: &ChatMessage) -> Result<Put> {
         let (num, last_id) = match &self.current {
             Some((num, room)) => (*num, room.last_id),
             None => return Err(StoreError::Corrupt("a message before any room".into())),
@@ -311,13 +395,24 @@ impl Loader {
             .then(|| self.current.as_ref().map(|(_, room)| room.clone()))
             .flatten();
         let txn = self.txn()?;
-        if let Some(cmid) = &message.client_message_id {
-            let mut ids = txn.open_table(CLIENT_IDS)?;
-            let key = (num, message.user_id.as_str(), cmid.as_str());
-            if ids.get(key)?.is_some() {
-                return Ok(false);
+        let cmid_key = message
+            .client_message_id
+            .as_deref()
+            .map(|cmid| (num, message.user_id.as_str(), cmid));
+        if let Some(key) = cmid_key {
+            if txn.open_table(CLIENT_IDS)?.get(key)?.is_some() {
+                return Ok(Put::ClientIdTaken);
             }
-            ids.insert(key, message.id)?;
+        }
+        if message.change > 0 {
+            let mut changes = txn.open_table(CHANGES)?;
+            if changes.get((num, message.change))?.is_some() {
+                return Ok(Put::ChangeTaken);
+            }
+            changes.insert((num, message.change), message.id)?;
+        }
+        if let Some(key) = cmid_key {
+            txn.open_table(CLIENT_IDS)?.insert(key, message.id)?;
         }
         txn.open_table(MESSAGES)?.insert(
             (num, message.id),
@@ -333,7 +428,7 @@ impl Loader {
             }
         }
         self.wrote()?;
-        Ok(true)
+        Ok(Put::Stored)
     }
 
     /// Commits the rest durably and puts the file in place under the store's name.
@@ -351,6 +446,11 @@ impl Loader {
             txn.open_table(CLIENT_IDS)?;
             txn.open_table(INBOX)?;
             txn.open_table(PROFILES)?;
+            txn.open_table(BLOCKS)?;
+            txn.open_table(WEBHOOK_OUTBOX)?;
+            txn.open_table(WEBHOOK_DEAD)?;
+            txn.open_table(CHANGES)?;
+            txn.open_table(ERASED)?;
         }
         let mut txn = self.txn.take().expect("txn() left one open");
         txn.set_durability(Durability::Immediate)
