@@ -242,6 +242,11 @@ pub trait WriteTxn {
         now_ms: i64,
     ) -> Result<SeenOutcome>;
 
+    /// `reader`'s delivered mark in a room and the room's newest id, as this transaction
+    /// sees them; `None` when the room has never had a message. A read only, so a mark
+    /// that would not move or names no message costs no write.
+    fn delivered_mark(&self, room: &RoomKey, reader: &str) -> Result<Option<MarkState>>;
+
     /// Moves `reader`'s delivered mark in a room forward to `up_to`: every partner message
     /// up to it without a `deliveredAt` gets one (`now`). A mark never moves back.
     fn mark_received(
@@ -340,6 +345,15 @@ pub enum SeenOutcome {
     NotFound,
     /// The reader sent it (every message of a self room).
     OwnMessage,
+}
+
+/// A reader's delivered mark in a room, and how far it could go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkState {
+    /// The highest id the reader has acknowledged (0 for none).
+    pub mark: u64,
+    /// The room's newest message id.
+    pub last_id: u64,
 }
 
 /// What moving a delivered mark did.
