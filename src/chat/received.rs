@@ -7,14 +7,25 @@
 //! of delivery before the `message:seen`).
 //!
 //! A client showing delivered ticks marks every message it gets, so marks come about as
-//! often as messages, often several of one room in a round. Each `message:received` is
-//! therefore only checked when applied; the marks wait in the round's [`RoundMarks`],
-//! which moves each (reader, room) mark once, to the highest of the round, and sends each
-//! sender one `message:delivered` for the whole round.
+//! often as messages, and only the highest of a reader's marks in a room counts. So a
+//! mark is written as few times as that allows:
+//! - the handler reads the reader's mark first: a mark at or below it, or naming no
+//!   message, is answered without a write;
+//! - a mark of a (reader, room) whose earlier mark still waits in the writer's queue
+//!   raises that one instead of queueing its own ([`QueuedMarks`]), and is answered when
+//!   it is durable;
+//! - in the writer, the marks of a round wait in its [`RoundMarks`], which moves each
+//!   (reader, room) mark once and sends each sender one `message:delivered` for the round.
+//!
+//! Each newly covered message is still rewritten with its `deliveredAt` and moved in the
+//! room's change log, so that history, the inbox, the snapshot and `changes` show it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
+use tokio::sync::watch;
 
 use super::read::rejections;
 use super::{check_sender, room_for, Chat, Handled, Success};
@@ -45,32 +56,54 @@ impl Chat {
             return Handled::Done(Err(e));
         }
         let mut rejected = Vec::new();
-        let mut valid = Vec::with_capacity(items.len());
+        let mut moving = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
-            match check_item(user, item) {
-                Ok((room, room_id, message_id)) => valid.push(Mark {
+            let mark = match check_item(user, item) {
+                Ok(mark) => mark,
+                Err(e) => {
+                    rejected.push((index, e));
+                    continue;
+                }
+            };
+            // Read-only, so a repeated or stale mark costs no write and no queue slot.
+            match self.store.delivered_mark(&mark.room, &user.id).await {
+                Ok(Some(state)) if mark.message_id <= state.last_id => {
+                    if mark.message_id > state.mark {
+                        moving.push(mark);
+                    }
+                }
+                Ok(_) => rejected.push((
                     index,
-                    room,
-                    room_id,
-                    message_id,
-                }),
-                Err(e) => rejected.push((index, e)),
+                    ChatError::not_found("no message with that id in this room"),
+                )),
+                Err(e) => return Handled::Done(Err(ChatError::internal(e))),
             }
         }
-        let rx = if valid.is_empty() {
-            None
-        } else {
+        let (done, done_rx) = watch::channel(None);
+        let (items, unsent, mut waits) = self.queued_marks.enqueue(&user.id, moving, &done_rx);
+        if !items.is_empty() {
             let command = MarkReceived {
                 reader: user.id.clone(),
-                items: valid,
+                items,
+                queued: Arc::clone(&self.queued_marks),
             };
-            Some(self.writer.submit(command).await)
-        };
+            let rx = self.writer.submit(command).await;
+            unsent.sent();
+            // Others' marks may be waiting on this one: they are answered even if this
+            // request's own future is dropped.
+            tokio::spawn(async move {
+                let _ = done.send(Some(outcome(rx).await));
+            });
+            waits.push(done_rx);
+        }
         Handled::Pending(Box::pin(async move {
-            if let Some(rx) = rx {
-                for index in outcome(rx).await? {
-                    let e = ChatError::not_found("no message with that id in this room");
-                    rejected.push((index, e));
+            for mut wait in waits {
+                let answered = wait
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| ChatError::internal("the writer has shut down"))?;
+                if let Some(Err(e)) = &*answered {
+                    return Err(e.clone());
                 }
             }
             let (rejections, error_without_ack) = rejections(rejected);
@@ -83,10 +116,7 @@ impl Chat {
     }
 }
 
-fn check_item(
-    user: &SessionUser,
-    item: Map<String, Value>,
-) -> Result<(RoomKey, String, u64), ChatError> {
+fn check_item(user: &SessionUser, item: Map<String, Value>) -> Result<Mark, ChatError> {
     let item: ReceivedItem = serde_json::from_value(Value::Object(item))
         .map_err(|e| ChatError::bad_request(format!("invalid message:received item: {e}")))?;
     if item.message_id == 0 {
@@ -96,58 +126,139 @@ fn check_item(
         check_sender(user, claimed)?;
     }
     let room = room_for(&user.id, &item.room_id)?;
-    Ok((room, item.room_id, item.message_id))
+    Ok(Mark {
+        room,
+        room_id: item.room_id,
+        message_id: item.message_id,
+    })
 }
 
 /// One item of a `message:received`, checked for shape, reader and room.
 pub struct Mark {
-    /// Position in the request array, for the `rejected` list.
-    pub index: usize,
     pub room: RoomKey,
     pub room_id: String,
     pub message_id: u64,
 }
 
-/// A `message:received` to apply. Answers the indexes of the items naming no message.
+/// What is answered to everyone waiting on a queued mark, once its round is durable.
+type Done = watch::Receiver<Option<Result<(), ChatError>>>;
+
+/// A mark as the handler submits it: what it names, and its entry in [`QueuedMarks`].
+type QueuedItem = (Mark, Arc<QueuedMark>);
+
+/// A mark in the writer's queue; later marks of the same reader and room raise it.
+pub struct QueuedMark {
+    up_to: AtomicU64,
+    done: Done,
+}
+
+/// The marks waiting in the writer's queue, at most one per (reader, room).
 ///
-/// Each item is only checked here (a read of the room record): the marks themselves
-/// wait in the round's [`RoundMarks`], so that a round holding several marks of one
-/// reader in one room moves the mark once, to the highest, and tells each sender once.
+/// Under load a mark waits in the queue for many rounds while its reader's next messages
+/// arrive and are marked in turn: each of those raises the waiting mark instead of
+/// queueing a write of its own, and is answered when that one is durable. So a reader
+/// marking every message costs about one write per queue wait, not one per message.
+/// Bounded by the queue: an entry lives from its request's submit to the round that
+/// applies it, so there are at most (`storage.max_batch` × 4 queued commands + one
+/// submitting request per connection) × `MAX_READ_ITEMS` entries.
+#[derive(Default)]
+pub struct QueuedMarks {
+    marks: Mutex<HashMap<(String, RoomKey), Arc<QueuedMark>>>,
+}
+
+impl QueuedMarks {
+    /// Raises each waiting mark of `reader` that `marks` names a room of, and queues the
+    /// others, answered through `done`. Returns the queued ones, which the caller must
+    /// submit (they are taken back when the guard is dropped unsent), and what to wait for
+    /// of the raised ones.
+    fn enqueue(
+        &self,
+        reader: &str,
+        marks: Vec<Mark>,
+        done: &Done,
+    ) -> (Vec<QueuedItem>, Unsent<'_>, Vec<Done>) {
+        let mut items = Vec::new();
+        let mut unsent = Unsent {
+            queue: self,
+            reader: reader.to_owned(),
+            entries: Vec::new(),
+        };
+        let mut waits = Vec::new();
+        let mut queued = self.marks.lock().expect("not poisoned");
+        for mark in marks {
+            let key = (reader.to_owned(), mark.room.clone());
+            match queued.get(&key) {
+                Some(waiting) => {
+                    waiting.up_to.fetch_max(mark.message_id, Ordering::Relaxed);
+                    waits.push(waiting.done.clone());
+                }
+                None => {
+                    let entry = Arc::new(QueuedMark {
+                        up_to: AtomicU64::new(mark.message_id),
+                        done: done.clone(),
+                    });
+                    queued.insert(key, Arc::clone(&entry));
+                    unsent.entries.push((mark.room.clone(), Arc::clone(&entry)));
+                    items.push((mark, entry));
+                }
+            }
+        }
+        (items, unsent, waits)
+    }
+
+    /// Takes `entry` out of the queue (if it is still there) and returns how far it goes:
+    /// from here on a mark of that reader and room queues anew.
+    fn take(&self, reader: &str, room: &RoomKey, entry: &Arc<QueuedMark>) -> u64 {
+        let mut queued = self.marks.lock().expect("not poisoned");
+        let key = (reader.to_owned(), room.clone());
+        if queued.get(&key).is_some_and(|q| Arc::ptr_eq(q, entry)) {
+            queued.remove(&key);
+        }
+        entry.up_to.load(Ordering::Relaxed)
+    }
+}
+
+/// Marks queued in [`QueuedMarks`] but not yet submitted: taken back out if the request
+/// goes away first, so that nobody waits on a mark that will never be written.
+struct Unsent<'a> {
+    queue: &'a QueuedMarks,
+    reader: String,
+    entries: Vec<(RoomKey, Arc<QueuedMark>)>,
+}
+
+impl Unsent<'_> {
+    /// The writer has them now.
+    fn sent(mut self) {
+        self.entries.clear();
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        for (room, entry) in &self.entries {
+            self.queue.take(&self.reader, room, entry);
+        }
+    }
+}
+
+/// A `message:received` to apply: the reader's queued marks, each as far as later marks
+/// raised it while it waited. The marks themselves wait in the round's [`RoundMarks`].
 pub struct MarkReceived {
     pub reader: String,
-    pub items: Vec<Mark>,
+    pub items: Vec<QueuedItem>,
+    pub queued: Arc<QueuedMarks>,
 }
 
 impl Command for MarkReceived {
-    type Output = Vec<usize>;
+    type Output = ();
 
-    fn apply(
-        self,
-        txn: &mut dyn WriteTxn,
-        cx: &mut Context<'_>,
-    ) -> Result<Self::Output, ChatError> {
-        let mut not_found = Vec::new();
-        let mut moving = Vec::with_capacity(self.items.len());
-        for item in self.items {
-            match txn
-                .delivered_mark(&item.room, &self.reader)
-                .map_err(ChatError::internal)?
-            {
-                Some(state) if item.message_id <= state.last_id => {
-                    // At or below the mark: nothing to write, and not refused.
-                    if item.message_id > state.mark {
-                        moving.push(item);
-                    }
-                }
-                _ => not_found.push(item.index),
-            }
-        }
-        // Only now, with every check done: a command that failed must leave nothing here.
+    fn apply(self, _: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<(), ChatError> {
         let marks = cx.round_end::<RoundMarks>();
-        for item in moving {
-            marks.add(&self.reader, item.room, item.room_id, item.message_id);
+        for (mark, entry) in self.items {
+            let up_to = self.queued.take(&self.reader, &mark.room, &entry);
+            marks.add(&self.reader, mark.room, mark.room_id, up_to);
         }
-        Ok(not_found)
+        Ok(())
     }
 }
 
@@ -305,21 +416,51 @@ mod tests {
         }
     }
 
+    fn mark(message_id: u64) -> Mark {
+        Mark {
+            room: RoomKey::new("alice", "bob"),
+            room_id: "alice-bob".into(),
+            message_id,
+        }
+    }
+
+    /// A command of `reader`'s marks as the handler submits them, each queued on its own.
     fn marks(reader: &str, ids: &[u64]) -> MarkReceived {
+        let (_, done) = watch::channel(None);
         let items = ids
             .iter()
-            .enumerate()
-            .map(|(index, &message_id)| Mark {
-                index,
-                room: RoomKey::new("alice", "bob"),
-                room_id: "alice-bob".into(),
-                message_id,
+            .map(|&id| {
+                let entry = Arc::new(QueuedMark {
+                    up_to: AtomicU64::new(id),
+                    done: done.clone(),
+                });
+                (mark(id), entry)
             })
             .collect();
         MarkReceived {
             reader: reader.into(),
             items,
+            queued: Arc::default(),
         }
+    }
+
+    /// Submits a command and holds its round open until the returned sender is used.
+    async fn hold(
+        writer: &Writer,
+    ) -> (
+        std_mpsc::Sender<()>,
+        oneshot::Receiver<Result<(), ChatError>>,
+    ) {
+        let (release, held) = std_mpsc::channel();
+        let (started, holding) = oneshot::channel();
+        let hold = writer
+            .submit(Hold {
+                started,
+                release: held,
+            })
+            .await;
+        holding.await.unwrap();
+        (release, hold)
     }
 
     fn start(dir: &tempfile::TempDir) -> (WriterThread, Arc<RedbStore>, Arc<Recorder>) {
@@ -374,29 +515,19 @@ mod tests {
         };
         outcome(writer.submit(stored).await).await.unwrap();
 
-        let (release, held) = std_mpsc::channel();
-        let (started, holding) = oneshot::channel();
-        let hold = writer
-            .submit(Hold {
-                started,
-                release: held,
-            })
-            .await;
-        holding.await.unwrap();
+        let (release, hold) = hold(&writer).await;
         let round = [
             writer.submit(marks("bob", &[3])).await,
             writer.submit(marks("bob", &[2])).await,
-            writer.submit(marks("bob", &[4, 9, 1])).await,
+            writer.submit(marks("bob", &[4, 1])).await,
             // Alice's own messages need no mark: hers moves, and tells no one.
             writer.submit(marks("alice", &[5])).await,
         ];
         release.send(()).unwrap();
         outcome(hold).await.unwrap();
-        let mut not_found = Vec::new();
         for answer in round {
-            not_found.push(outcome(answer).await.unwrap());
+            outcome(answer).await.unwrap();
         }
-        assert_eq!(not_found, [vec![], vec![], vec![1], vec![]]);
 
         // One event for the round, each message once, up to the highest mark.
         let events = delivered_to(&recorder, "alice");
@@ -406,9 +537,10 @@ mod tests {
         assert!(events[0].iter().all(|(_, at)| *at == events[0][0].1));
         assert!(delivered_to(&recorder, "bob").is_empty());
 
-        // At or below the mark again: answered, nothing written, nobody told.
-        let again = outcome(writer.submit(marks("bob", &[4, 2])).await).await;
-        assert_eq!(again.unwrap(), Vec::<usize>::new());
+        // At or below the mark again: nothing written, nobody told.
+        outcome(writer.submit(marks("bob", &[4, 2])).await)
+            .await
+            .unwrap();
         assert_eq!(delivered_to(&recorder, "alice").len(), 1);
         thread.shutdown().await;
 
@@ -422,5 +554,61 @@ mod tests {
             delivered,
             [(5, false), (4, true), (3, true), (2, true), (1, true)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_mark_waiting_in_the_queue_is_raised_by_later_ones_and_answers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (thread, _store, recorder) = start(&dir);
+        let writer = thread.writer();
+        let room = RoomKey::new("alice", "bob");
+        let stored = Store {
+            room: room.clone(),
+            sender: "alice",
+            count: 6,
+        };
+        outcome(writer.submit(stored).await).await.unwrap();
+        let queue = Arc::new(QueuedMarks::default());
+
+        let (release, hold) = hold(&writer).await;
+        let (done, first_done) = watch::channel(None);
+        let (items, unsent, waits) = queue.enqueue("bob", vec![mark(2)], &first_done);
+        assert_eq!((items.len(), waits.len()), (1, 0));
+        let command = MarkReceived {
+            reader: "bob".into(),
+            items,
+            queued: Arc::clone(&queue),
+        };
+        let first = writer.submit(command).await;
+        unsent.sent();
+        // While it waits, later marks of bob in that room raise it instead of queueing.
+        for id in [4, 3] {
+            let (_, own) = watch::channel(None);
+            let (items, unsent, waits) = queue.enqueue("bob", vec![mark(id)], &own);
+            assert!(items.is_empty());
+            drop(unsent);
+            assert_eq!(waits.len(), 1);
+            assert!(waits[0].same_channel(&first_done));
+        }
+        release.send(()).unwrap();
+        outcome(hold).await.unwrap();
+        done.send(Some(outcome(first).await)).unwrap();
+
+        let events = delivered_to(&recorder, "alice");
+        let ids: Vec<Vec<u64>> = events
+            .iter()
+            .map(|e| e.iter().map(|(id, _)| *id).collect())
+            .collect();
+        assert_eq!(ids, [vec![1, 2, 3, 4]]);
+        // Applied, it left the queue: the next mark queues anew.
+        let (_, next) = watch::channel(None);
+        let (items, unsent, waits) = queue.enqueue("bob", vec![mark(6)], &next);
+        assert_eq!((items.len(), waits.len()), (1, 0));
+        // A request that goes away before submitting takes its marks back out.
+        drop(unsent);
+        let (_, after) = watch::channel(None);
+        let (items, _unsent, _) = queue.enqueue("bob", vec![mark(5)], &after);
+        assert_eq!(items.len(), 1);
+        thread.shutdown().await;
     }
 }

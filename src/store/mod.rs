@@ -158,6 +158,14 @@ pub trait ReadStore: Send + Sync {
     /// Everyone `blocker` blocks, in id order, with their remembered names.
     fn blocks<'a>(&'a self, blocker: &'a str) -> Read<'a, Vec<BlockedUser>>;
 
+    /// `reader`'s delivered mark in a room and the room's newest id; `None` when the room
+    /// has never had a message.
+    fn delivered_mark<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        reader: &'a str,
+    ) -> Read<'a, Option<MarkState>>;
+
     /// Whether either of `a` and `b` blocks the other.
     fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool>;
 
@@ -241,11 +249,6 @@ pub trait WriteTxn {
         seen_date_ms: i64,
         now_ms: i64,
     ) -> Result<SeenOutcome>;
-
-    /// `reader`'s delivered mark in a room and the room's newest id, as this transaction
-    /// sees them; `None` when the room has never had a message. A read only, so a mark
-    /// that would not move or names no message costs no write.
-    fn delivered_mark(&self, room: &RoomKey, reader: &str) -> Result<Option<MarkState>>;
 
     /// Moves `reader`'s delivered mark in a room forward to `up_to`: every partner message
     /// up to it without a `deliveredAt` gets one (`now`). A mark never moves back.

@@ -408,8 +408,7 @@ mod tests {
     use crate::model::{ChatMessage, RoomKey, SessionUser};
     use crate::protocol::ErrorCode;
     use crate::store::{
-        self, Appended, DeleteOutcome, EditOutcome, MarkState, OutboxEvent, ReceivedOutcome,
-        SeenOutcome,
+        self, Appended, DeleteOutcome, EditOutcome, OutboxEvent, ReceivedOutcome, SeenOutcome,
     };
 
     /// What happened, in order: `commit` for each commit, `publish <user> <room>` for each
@@ -475,10 +474,6 @@ mod tests {
             _: i64,
             _: i64,
         ) -> store::Result<SeenOutcome> {
-            unreachable!("{ONLY_TEST_COMMANDS}")
-        }
-
-        fn delivered_mark(&self, _: &RoomKey, _: &str) -> store::Result<Option<MarkState>> {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 

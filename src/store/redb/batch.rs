@@ -14,7 +14,7 @@ use super::{
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{
-    Appended, DeleteOutcome, EditOutcome, Expired, MarkState, OutboxEvent, ReceivedOutcome, Result,
+    Appended, DeleteOutcome, EditOutcome, Expired, OutboxEvent, ReceivedOutcome, Result,
     SeenOutcome, StoreError, WriteTxn,
 };
 
@@ -132,17 +132,6 @@ impl WriteTxn for Batch {
         self.put_message(num, &mut record, &mut message)?;
         self.put_room(num, &record)?;
         Ok(SeenOutcome::Changed(message))
-    }
-
-    fn delivered_mark(&self, room: &RoomKey, reader: &str) -> Result<Option<MarkState>> {
-        let Some(num) = self.room_num(room)? else {
-            return Ok(None);
-        };
-        let record = self.room_record(num)?;
-        Ok(Some(MarkState {
-            mark: record.delivered_of(reader),
-            last_id: record.last_id,
-        }))
     }
 
     fn mark_received(
