@@ -101,7 +101,9 @@ impl Chat {
                 let answered = wait
                     .wait_for(Option::is_some)
                     .await
-                    .map_err(|_| ChatError::internal("the writer has shut down"))?;
+                    // The writer is gone, or the request that queued the mark went away
+                    // before handing it over.
+                    .map_err(|_| ChatError::internal("the mark was not written; send it again"))?;
                 if let Some(Err(e)) = &*answered {
                     return Err(e.clone());
                 }
