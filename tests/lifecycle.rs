@@ -101,6 +101,45 @@ async fn received_marks_reach_the_sender_once_and_show_in_history_and_inbox() {
     assert_eq!(body["room"]["messages"][0]["deliveredAt"], at);
 }
 
+/// A client that marks every message as it arrives sends marks faster than they are
+/// written; those of one room that meet in the writer's queue are written as one.
+#[tokio::test]
+async fn a_burst_of_marks_delivers_each_message_once_and_answers_every_mark() {
+    let server = Server::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    for i in 0..30 {
+        send(&mut alice, "alice-bob", &format!("m{i}"), &mut [&mut bob]).await;
+    }
+    for id in 1..=30u64 {
+        let item = json!([{ "roomId": "alice-bob", "messageId": id }]);
+        bob.send_json(json!({ "event": "message:received", "ack": 1000 + id, "data": item }))
+            .await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 30 {
+        let frame = bob.recv().await;
+        assert_eq!(frame["event"], "ack", "{frame}");
+        assert_eq!(frame["data"], json!({ "ok": true, "rejected": [] }));
+        acked.push(frame["ack"].as_u64().unwrap() - 1000);
+    }
+    acked.sort();
+    assert_eq!(acked, (1..=30).collect::<Vec<_>>());
+    // Every mark is answered once durable: by now each message has its one receipt.
+    let mut delivered = Vec::new();
+    while delivered.len() < 30 {
+        let receipts = alice.recv_event("message:delivered").await;
+        for receipt in receipts.as_array().unwrap() {
+            delivered.push(receipt["messageId"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(delivered, (1..=30).collect::<Vec<_>>());
+    alice.expect_silence(QUIET).await;
+    let stored = history(&mut alice, "alice-bob").await;
+    assert_eq!(stored.len(), 30);
+    assert!(stored.iter().all(|m| m["deliveredAt"].is_string()));
+}
+
 #[tokio::test]
 async fn received_rejects_bad_items_and_keeps_the_good_ones() {
     let server = Server::start();

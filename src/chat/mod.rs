@@ -152,6 +152,8 @@ pub struct Chat {
     limits: ChatLimits,
     cursors: CursorCodec,
     rate_limiter: Arc<RateLimiter>,
+    /// `message:received` marks in the writer's queue, which later marks raise.
+    queued_marks: Arc<received::QueuedMarks>,
 }
 
 /// Resolves a room id for `user`, returning the room's pair.
@@ -197,6 +199,7 @@ impl Chat {
             )),
             limits,
             cursors: CursorCodec::new(secret),
+            queued_marks: Arc::default(),
         }
     }
 

@@ -202,15 +202,17 @@ impl Command for MarkSeen {
         let mut by_partner: BTreeMap<String, Vec<SeenReceipt>> = BTreeMap::new();
         let mut delivered = Delivered::default();
         for item in self.items {
-            delivered.mark(
-                txn,
-                cx,
-                &self.reader,
-                &item.room,
-                &item.room_id,
-                item.message_id,
-                now,
-            )?;
+            delivered
+                .mark(
+                    txn,
+                    cx,
+                    &self.reader,
+                    &item.room,
+                    &item.room_id,
+                    item.message_id,
+                    now,
+                )
+                .map_err(ChatError::internal)?;
             let outcome = txn
                 .mark_seen(
                     &item.room,

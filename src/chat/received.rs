@@ -3,11 +3,29 @@
 //! message it newly covers gets `deliveredAt` and is reported to its sender in
 //! `message:delivered`. Same shape and rules as `message:read`: an array of items, each
 //! checked on its own, rejected items listed in the reply. A read implies received
-//! (`read.rs` moves the mark through [`Delivered`] too).
+//! (`read.rs` moves the mark through [`Delivered`] too, at once, so that the sender hears
+//! of delivery before the `message:seen`).
+//!
+//! A client showing delivered ticks marks every message it gets, so marks come about as
+//! often as messages, and only the highest of a reader's marks in a room counts. So a
+//! mark is written as few times as that allows:
+//! - the handler reads the reader's mark first: a mark at or below it, or naming no
+//!   message, is answered without a write;
+//! - a mark of a (reader, room) whose earlier mark still waits in the writer's queue
+//!   raises that one instead of queueing its own ([`QueuedMarks`]), and is answered when
+//!   it is durable;
+//! - in the writer, the marks of a round wait in its [`RoundMarks`], which moves each
+//!   (reader, room) mark once and sends each sender one `message:delivered` for the round.
+//!
+//! Each newly covered message is still rewritten with its `deliveredAt` and moved in the
+//! room's change log, so that history, the inbox, the snapshot and `changes` show it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
+use tokio::sync::watch;
 
 use super::read::rejections;
 use super::{check_sender, room_for, Chat, Handled, Success};
@@ -17,8 +35,8 @@ use crate::protocol::server_event::{DeliveredReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
-use crate::store::{ReceivedOutcome, WriteTxn};
-use crate::writer::{outcome, Command, Context};
+use crate::store::{self, ReceivedOutcome, WriteTxn};
+use crate::writer::{outcome, Command, Context, RoundEnd};
 
 impl Chat {
     pub(super) async fn mark_received(&self, user: &SessionUser, data: &str) -> Handled {
@@ -38,34 +56,56 @@ impl Chat {
             return Handled::Done(Err(e));
         }
         let mut rejected = Vec::new();
-        let mut valid = Vec::with_capacity(items.len());
+        let mut moving = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
-            match check_item(user, item) {
-                Ok((room, room_id, message_id)) => valid.push(Mark {
+            let mark = match check_item(user, item) {
+                Ok(mark) => mark,
+                Err(e) => {
+                    rejected.push((index, e));
+                    continue;
+                }
+            };
+            // Read-only, so a repeated or stale mark costs no write and no queue slot.
+            match self.store.delivered_mark(&mark.room, &user.id).await {
+                Ok(Some(state)) if mark.message_id <= state.last_id => {
+                    if mark.message_id > state.mark {
+                        moving.push(mark);
+                    }
+                }
+                Ok(_) => rejected.push((
                     index,
-                    room,
-                    room_id,
-                    message_id,
-                }),
-                Err(e) => rejected.push((index, e)),
+                    ChatError::not_found("no message with that id in this room"),
+                )),
+                Err(e) => return Handled::Done(Err(ChatError::internal(e))),
             }
         }
-        let rx = if valid.is_empty() {
-            None
-        } else {
+        let (done, done_rx) = watch::channel(None);
+        let (items, unsent, mut waits) = self.queued_marks.enqueue(&user.id, moving, &done_rx);
+        if !items.is_empty() {
             let command = MarkReceived {
                 reader: user.id.clone(),
-                items: valid,
+                items,
+                queued: Arc::clone(&self.queued_marks),
             };
-            Some(self.writer.submit(command).await)
-        };
+            let rx = self.writer.submit(command).await;
+            unsent.sent();
+            // Others' marks may be waiting on this one: they are answered even if this
+            // request's own future is dropped.
+            tokio::spawn(async move {
+                let _ = done.send(Some(outcome(rx).await));
+            });
+            waits.push(done_rx);
+        }
         Handled::Pending(Box::pin(async move {
-            if let Some(rx) = rx {
-                for (index, outcome) in outcome(rx).await? {
-                    if let ReceivedOutcome::NotFound = outcome {
-                        let e = ChatError::not_found("no message with that id in this room");
-                        rejected.push((index, e));
-                    }
+            for mut wait in waits {
+                let answered = wait
+                    .wait_for(Option::is_some)
+                    .await
+                    // The writer is gone, or the request that queued the mark went away
+                    // before handing it over.
+                    .map_err(|_| ChatError::internal("the mark was not written; send it again"))?;
+                if let Some(Err(e)) = &*answered {
+                    return Err(e.clone());
                 }
             }
             let (rejections, error_without_ack) = rejections(rejected);
@@ -78,10 +118,7 @@ impl Chat {
     }
 }
 
-fn check_item(
-    user: &SessionUser,
-    item: Map<String, Value>,
-) -> Result<(RoomKey, String, u64), ChatError> {
+fn check_item(user: &SessionUser, item: Map<String, Value>) -> Result<Mark, ChatError> {
     let item: ReceivedItem = serde_json::from_value(Value::Object(item))
         .map_err(|e| ChatError::bad_request(format!("invalid message:received item: {e}")))?;
     if item.message_id == 0 {
@@ -91,53 +128,181 @@ fn check_item(
         check_sender(user, claimed)?;
     }
     let room = room_for(&user.id, &item.room_id)?;
-    Ok((room, item.room_id, item.message_id))
+    Ok(Mark {
+        room,
+        room_id: item.room_id,
+        message_id: item.message_id,
+    })
 }
 
 /// One item of a `message:received`, checked for shape, reader and room.
 pub struct Mark {
-    /// Position in the request array, for the `rejected` list.
-    pub index: usize,
     pub room: RoomKey,
     pub room_id: String,
     pub message_id: u64,
 }
 
-/// A `message:received` to apply. Answers each item's outcome, by index.
-pub struct MarkReceived {
-    pub reader: String,
-    pub items: Vec<Mark>,
+/// What is answered to everyone waiting on a queued mark, once its round is durable.
+type Done = watch::Receiver<Option<Result<(), ChatError>>>;
+
+/// A mark as the handler submits it: what it names, and its entry in [`QueuedMarks`].
+type QueuedItem = (Mark, Arc<QueuedMark>);
+
+/// A mark in the writer's queue; later marks of the same reader and room raise it.
+pub struct QueuedMark {
+    up_to: AtomicU64,
+    done: Done,
 }
 
-impl Command for MarkReceived {
-    type Output = Vec<(usize, ReceivedOutcome)>;
+/// The marks waiting in the writer's queue, at most one per (reader, room).
+///
+/// Under load a mark waits in the queue for many rounds while its reader's next messages
+/// arrive and are marked in turn: each of those raises the waiting mark instead of
+/// queueing a write of its own, and is answered when that one is durable. So a reader
+/// marking every message costs about one write per queue wait, not one per message.
+/// Bounded by the queue: an entry lives from its request's submit to the round that
+/// applies it, so there are at most (`storage.max_batch` × 4 queued commands + one
+/// submitting request per connection) × `MAX_READ_ITEMS` entries.
+#[derive(Default)]
+pub struct QueuedMarks {
+    marks: Mutex<HashMap<(String, RoomKey), Arc<QueuedMark>>>,
+}
 
-    fn apply(
-        self,
-        txn: &mut dyn WriteTxn,
-        cx: &mut Context<'_>,
-    ) -> Result<Self::Output, ChatError> {
-        let now = now_millis();
-        let mut delivered = Delivered::default();
-        let mut outcomes = Vec::with_capacity(self.items.len());
-        for item in self.items {
-            let outcome = delivered.mark(
-                txn,
-                cx,
-                &self.reader,
-                &item.room,
-                &item.room_id,
-                item.message_id,
-                now,
-            )?;
-            outcomes.push((item.index, outcome));
+impl QueuedMarks {
+    /// Raises each waiting mark of `reader` that `marks` names a room of, and queues the
+    /// others, answered through `done`. Returns the queued ones, which the caller must
+    /// submit (they are taken back when the guard is dropped unsent), and what to wait for
+    /// of the raised ones.
+    fn enqueue(
+        &self,
+        reader: &str,
+        marks: Vec<Mark>,
+        done: &Done,
+    ) -> (Vec<QueuedItem>, Unsent<'_>, Vec<Done>) {
+        let mut items = Vec::new();
+        let mut unsent = Unsent {
+            queue: self,
+            reader: reader.to_owned(),
+            entries: Vec::new(),
+        };
+        let mut waits = Vec::new();
+        let mut queued = self.marks.lock().expect("not poisoned");
+        for mark in marks {
+            let key = (reader.to_owned(), mark.room.clone());
+            match queued.get(&key) {
+                Some(waiting) => {
+                    waiting.up_to.fetch_max(mark.message_id, Ordering::Relaxed);
+                    waits.push(waiting.done.clone());
+                }
+                None => {
+                    let entry = Arc::new(QueuedMark {
+                        up_to: AtomicU64::new(mark.message_id),
+                        done: done.clone(),
+                    });
+                    queued.insert(key, Arc::clone(&entry));
+                    unsent.entries.push((mark.room.clone(), Arc::clone(&entry)));
+                    items.push((mark, entry));
+                }
+            }
         }
-        delivered.publish(cx);
-        Ok(outcomes)
+        (items, unsent, waits)
+    }
+
+    /// Takes `entry` out of the queue (if it is still there) and returns how far it goes:
+    /// from here on a mark of that reader and room queues anew.
+    fn take(&self, reader: &str, room: &RoomKey, entry: &Arc<QueuedMark>) -> u64 {
+        let mut queued = self.marks.lock().expect("not poisoned");
+        let key = (reader.to_owned(), room.clone());
+        if queued.get(&key).is_some_and(|q| Arc::ptr_eq(q, entry)) {
+            queued.remove(&key);
+        }
+        entry.up_to.load(Ordering::Relaxed)
     }
 }
 
-/// The `message:delivered` receipts a command collects, one event per sender.
+/// Marks queued in [`QueuedMarks`] but not yet submitted: taken back out if the request
+/// goes away first, so that nobody waits on a mark that will never be written.
+struct Unsent<'a> {
+    queue: &'a QueuedMarks,
+    reader: String,
+    entries: Vec<(RoomKey, Arc<QueuedMark>)>,
+}
+
+impl Unsent<'_> {
+    /// The writer has them now.
+    fn sent(mut self) {
+        self.entries.clear();
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        for (room, entry) in &self.entries {
+            self.queue.take(&self.reader, room, entry);
+        }
+    }
+}
+
+/// A `message:received` to apply: the reader's queued marks, each as far as later marks
+/// raised it while it waited. The marks themselves wait in the round's [`RoundMarks`].
+pub struct MarkReceived {
+    pub reader: String,
+    pub items: Vec<QueuedItem>,
+    pub queued: Arc<QueuedMarks>,
+}
+
+impl Command for MarkReceived {
+    type Output = ();
+
+    fn apply(self, _: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<(), ChatError> {
+        let marks = cx.round_end::<RoundMarks>();
+        for (mark, entry) in self.items {
+            let up_to = self.queued.take(&self.reader, &mark.room, &entry);
+            marks.add(&self.reader, mark.room, mark.room_id, up_to);
+        }
+        Ok(())
+    }
+}
+
+/// The `message:received` marks of one round: the highest per (reader, room), applied
+/// once before the commit in the order first marked, with one `message:delivered` per
+/// sender for the round. Bounded by the round: at most `storage.max_batch` commands of at
+/// most `MAX_READ_ITEMS` items each.
+#[derive(Default)]
+pub struct RoundMarks {
+    /// (reader, room, the room id as the reader wrote it, the highest mark).
+    marks: Vec<(String, RoomKey, String, u64)>,
+    /// Where each (reader, room) is in `marks`.
+    index: HashMap<(String, RoomKey), usize>,
+}
+
+impl RoundMarks {
+    fn add(&mut self, reader: &str, room: RoomKey, room_id: String, up_to: u64) {
+        match self.index.get(&(reader.to_owned(), room.clone())) {
+            Some(&at) => self.marks[at].3 = self.marks[at].3.max(up_to),
+            None => {
+                self.index
+                    .insert((reader.to_owned(), room.clone()), self.marks.len());
+                self.marks.push((reader.to_owned(), room, room_id, up_to));
+            }
+        }
+    }
+}
+
+impl RoundEnd for RoundMarks {
+    fn finish(self: Box<Self>, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> store::Result<()> {
+        let now = now_millis();
+        let mut delivered = Delivered::default();
+        for (reader, room, room_id, up_to) in self.marks {
+            delivered.mark(txn, cx, &reader, &room, &room_id, up_to, now)?;
+        }
+        delivered.publish(cx);
+        Ok(())
+    }
+}
+
+/// The `message:delivered` receipts of a round's marks or of one read, one event per
+/// sender.
 #[derive(Default)]
 pub(super) struct Delivered {
     by_sender: BTreeMap<String, Vec<DeliveredReceipt>>,
@@ -156,10 +321,8 @@ impl Delivered {
         room_id: &str,
         up_to: u64,
         now: i64,
-    ) -> Result<ReceivedOutcome, ChatError> {
-        let outcome = txn
-            .mark_received(room, reader, up_to, now)
-            .map_err(ChatError::internal)?;
+    ) -> store::Result<ReceivedOutcome> {
+        let outcome = txn.mark_received(room, reader, up_to, now)?;
         if let ReceivedOutcome::Moved(messages) = &outcome {
             for message in messages {
                 cx.cache().update(room, message);
@@ -181,5 +344,273 @@ impl Delivered {
         for (sender, receipts) in self.by_sender {
             cx.publish(vec![sender], ServerEvent::MessageDelivered(receipts));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Marks that meet in one round, against the real store and writer: a command that
+    //! waits for the test holds a round open while the marks queue up behind it, so they
+    //! land together in the next round.
+
+    use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+
+    use serde_json::Value;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::fanout::{Broker, Outbound};
+    use crate::store::redb::RedbStore;
+    use crate::store::ReadStore;
+    use crate::webhook::Hooks;
+    use crate::writer::{Writer, WriterConfig, WriterThread};
+
+    /// Every event published: (user, event name, data).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, &'static str, Value)>>);
+
+    impl Broker for Recorder {
+        fn publish(&self, user: &str, event: &Arc<Outbound>) {
+            let data = serde_json::from_str(&event.data).unwrap();
+            self.0
+                .lock()
+                .unwrap()
+                .push((user.to_owned(), event.name, data));
+        }
+
+        fn is_online(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// Stores `count` messages from `sender` in `room`.
+    struct Store {
+        room: RoomKey,
+        sender: &'static str,
+        count: i64,
+    }
+
+    impl Command for Store {
+        type Output = ();
+
+        fn apply(self, txn: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<(), ChatError> {
+            for at in 0..self.count {
+                txn.append(&self.room, self.sender, "hi", None, 1_000 + at)
+                    .map_err(ChatError::internal)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Says when its round has started, then holds it open until the test lets it go.
+    struct Hold {
+        started: oneshot::Sender<()>,
+        release: std_mpsc::Receiver<()>,
+    }
+
+    impl Command for Hold {
+        type Output = ();
+
+        fn apply(self, _: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<(), ChatError> {
+            self.started.send(()).unwrap();
+            self.release.recv().unwrap();
+            Ok(())
+        }
+    }
+
+    fn mark(message_id: u64) -> Mark {
+        Mark {
+            room: RoomKey::new("alice", "bob"),
+            room_id: "alice-bob".into(),
+            message_id,
+        }
+    }
+
+    /// A command of `reader`'s marks as the handler submits them, each queued on its own.
+    fn marks(reader: &str, ids: &[u64]) -> MarkReceived {
+        let (_, done) = watch::channel(None);
+        let items = ids
+            .iter()
+            .map(|&id| {
+                let entry = Arc::new(QueuedMark {
+                    up_to: AtomicU64::new(id),
+                    done: done.clone(),
+                });
+                (mark(id), entry)
+            })
+            .collect();
+        MarkReceived {
+            reader: reader.into(),
+            items,
+            queued: Arc::default(),
+        }
+    }
+
+    /// Submits a command and holds its round open until the returned sender is used.
+    async fn hold(
+        writer: &Writer,
+    ) -> (
+        std_mpsc::Sender<()>,
+        oneshot::Receiver<Result<(), ChatError>>,
+    ) {
+        let (release, held) = std_mpsc::channel();
+        let (started, holding) = oneshot::channel();
+        let hold = writer
+            .submit(Hold {
+                started,
+                release: held,
+            })
+            .await;
+        holding.await.unwrap();
+        (release, hold)
+    }
+
+    fn start(dir: &tempfile::TempDir) -> (WriterThread, Arc<RedbStore>, Arc<Recorder>) {
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let recorder = Arc::new(Recorder::default());
+        let config = WriterConfig {
+            recent_cache_bytes: 1 << 20,
+            max_batch: 64,
+        };
+        let thread = Writer::spawn(
+            store.clone(),
+            recorder.clone(),
+            Arc::new(Hooks::none()),
+            config,
+        );
+        (thread, store, recorder)
+    }
+
+    /// The ids and `deliveredAt`s of each `message:delivered` sent to `user`.
+    fn delivered_to(recorder: &Recorder, user: &str) -> Vec<Vec<(u64, String)>> {
+        let events = recorder.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|(to, name, _)| to == user && *name == "message:delivered")
+            .map(|(_, _, data)| {
+                let receipts = data.as_array().unwrap();
+                receipts
+                    .iter()
+                    .map(|r| {
+                        assert_eq!(
+                            (&r["userId"], &r["roomId"]),
+                            (&"bob".into(), &"alice-bob".into())
+                        );
+                        let at = r["deliveredAt"].as_str().unwrap().to_owned();
+                        (r["messageId"].as_u64().unwrap(), at)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_marks_of_one_round_move_once_to_the_highest_and_tell_the_sender_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (thread, store, recorder) = start(&dir);
+        let writer = thread.writer();
+        let room = RoomKey::new("alice", "bob");
+        let stored = Store {
+            room: room.clone(),
+            sender: "alice",
+            count: 5,
+        };
+        outcome(writer.submit(stored).await).await.unwrap();
+
+        let (release, hold) = hold(&writer).await;
+        let round = [
+            writer.submit(marks("bob", &[3])).await,
+            writer.submit(marks("bob", &[2])).await,
+            writer.submit(marks("bob", &[4, 1])).await,
+            // Alice's own messages need no mark: hers moves, and tells no one.
+            writer.submit(marks("alice", &[5])).await,
+        ];
+        release.send(()).unwrap();
+        outcome(hold).await.unwrap();
+        for answer in round {
+            outcome(answer).await.unwrap();
+        }
+
+        // One event for the round, each message once, up to the highest mark.
+        let events = delivered_to(&recorder, "alice");
+        assert_eq!(events.len(), 1, "{events:?}");
+        let ids: Vec<u64> = events[0].iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        assert!(events[0].iter().all(|(_, at)| *at == events[0][0].1));
+        assert!(delivered_to(&recorder, "bob").is_empty());
+
+        // At or below the mark again: nothing written, nobody told.
+        outcome(writer.submit(marks("bob", &[4, 2])).await)
+            .await
+            .unwrap();
+        assert_eq!(delivered_to(&recorder, "alice").len(), 1);
+        thread.shutdown().await;
+
+        let page = store.messages_page(&room, "alice", None, 10).await.unwrap();
+        let delivered: Vec<(u64, bool)> = page
+            .messages
+            .iter()
+            .map(|m| (m.id, m.delivered_ms.is_some()))
+            .collect();
+        assert_eq!(
+            delivered,
+            [(5, false), (4, true), (3, true), (2, true), (1, true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mark_waiting_in_the_queue_is_raised_by_later_ones_and_answers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (thread, _store, recorder) = start(&dir);
+        let writer = thread.writer();
+        let room = RoomKey::new("alice", "bob");
+        let stored = Store {
+            room: room.clone(),
+            sender: "alice",
+            count: 6,
+        };
+        outcome(writer.submit(stored).await).await.unwrap();
+        let queue = Arc::new(QueuedMarks::default());
+
+        let (release, hold) = hold(&writer).await;
+        let (done, first_done) = watch::channel(None);
+        let (items, unsent, waits) = queue.enqueue("bob", vec![mark(2)], &first_done);
+        assert_eq!((items.len(), waits.len()), (1, 0));
+        let command = MarkReceived {
+            reader: "bob".into(),
+            items,
+            queued: Arc::clone(&queue),
+        };
+        let first = writer.submit(command).await;
+        unsent.sent();
+        // While it waits, later marks of bob in that room raise it instead of queueing.
+        for id in [4, 3] {
+            let (_, own) = watch::channel(None);
+            let (items, unsent, waits) = queue.enqueue("bob", vec![mark(id)], &own);
+            assert!(items.is_empty());
+            drop(unsent);
+            assert_eq!(waits.len(), 1);
+            assert!(waits[0].same_channel(&first_done));
+        }
+        release.send(()).unwrap();
+        outcome(hold).await.unwrap();
+        done.send(Some(outcome(first).await)).unwrap();
+
+        let events = delivered_to(&recorder, "alice");
+        let ids: Vec<Vec<u64>> = events
+            .iter()
+            .map(|e| e.iter().map(|(id, _)| *id).collect())
+            .collect();
+        assert_eq!(ids, [vec![1, 2, 3, 4]]);
+        // Applied, it left the queue: the next mark queues anew.
+        let (_, next) = watch::channel(None);
+        let (items, unsent, waits) = queue.enqueue("bob", vec![mark(6)], &next);
+        assert_eq!((items.len(), waits.len()), (1, 0));
+        // A request that goes away before submitting takes its marks back out.
+        drop(unsent);
+        let (_, after) = watch::channel(None);
+        let (items, _unsent, _) = queue.enqueue("bob", vec![mark(5)], &after);
+        assert_eq!(items.len(), 1);
+        thread.shutdown().await;
     }
 }

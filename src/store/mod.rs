@@ -159,6 +159,14 @@ pub trait ReadStore: Send + Sync {
     /// Everyone `blocker` blocks, in id order, with their remembered names.
     fn blocks<'a>(&'a self, blocker: &'a str) -> Read<'a, Vec<BlockedUser>>;
 
+    /// `reader`'s delivered mark in a room and the room's newest id; `None` when the room
+    /// has never had a message.
+    fn delivered_mark<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        reader: &'a str,
+    ) -> Read<'a, Option<MarkState>>;
+
     /// Whether either of `a` and `b` blocks the other.
     fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool>;
 
@@ -409,6 +417,15 @@ pub struct StoreCounts {
     pub messages: u64,
     /// The highest message id of any room (ids are per room, 1..=n).
     pub highest_message_id: u64,
+}
+
+/// A reader's delivered mark in a room, and how far it could go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkState {
+    /// The highest id the reader has acknowledged (0 for none).
+    pub mark: u64,
+    /// The room's newest message id.
+    pub last_id: u64,
 }
 
 /// What moving a delivered mark did.

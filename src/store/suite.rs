@@ -529,9 +529,18 @@ pub async fn delivered_marks_only_move_forward_and_mark_partner_messages_once<F:
     let place = F::new();
     let store = place.open();
     let ab = RoomKey::new("a", "b");
+    assert_eq!(store.delivered_mark(&ab, "b").await.unwrap(), None);
     for (from, at) in [("a", 1000), ("b", 1100), ("a", 1200), ("a", 1300)] {
         new_message(send(&store, &ab, from, "x", None, at));
     }
+    let unmarked = store.delivered_mark(&ab, "b").await.unwrap();
+    assert_eq!(
+        unmarked,
+        Some(MarkState {
+            mark: 0,
+            last_id: 4
+        })
+    );
     let first = commit(&store, |t| t.mark_received(&ab, "b", 3, 5000).unwrap());
     let delivered = match first {
         ReceivedOutcome::Moved(ms) => ms,
@@ -544,6 +553,26 @@ pub async fn delivered_marks_only_move_forward_and_mark_partner_messages_once<F:
     assert!(matches!(back, ReceivedOutcome::Unchanged));
     let beyond = commit(&store, |t| t.mark_received(&ab, "b", 5, 6000).unwrap());
     assert!(matches!(beyond, ReceivedOutcome::NotFound));
+    // Each reader's own mark.
+    commit(&store, |t| t.mark_received(&ab, "a", 1, 6500).unwrap());
+    let marks = [
+        store.delivered_mark(&ab, "b").await.unwrap(),
+        store.delivered_mark(&ab, "a").await.unwrap(),
+    ];
+    assert_eq!(
+        marks[0],
+        Some(MarkState {
+            mark: 3,
+            last_id: 4
+        })
+    );
+    assert_eq!(
+        marks[1],
+        Some(MarkState {
+            mark: 1,
+            last_id: 4
+        })
+    );
     let next = commit(&store, |t| t.mark_received(&ab, "b", 4, 7000).unwrap());
     assert!(matches!(next, ReceivedOutcome::Moved(ref ms) if ids(ms) == [4]));
     let page = store.messages_page(&ab, "a", None, 50).await.unwrap();

@@ -19,7 +19,14 @@
 //! neither: it applies its write, names its events ([`ServerEvent`], rendered by the
 //! protocol) and returns its answer; adding a write is one new [`Command`] type, which lives beside the handler that
 //! submits it (`crate::chat`).
+//!
+//! Writes of which only the last one of a round matters (a delivered mark: only the
+//! highest counts) need not be applied one by one: a command may leave them in a
+//! [`RoundEnd`] of the round instead, which gathers them and applies them once, after the
+//! round's last command and before its commit. That work is part of the round: if it
+//! fails, the round fails as a failed commit does.
 
+use std::any::{Any, TypeId};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -52,6 +59,17 @@ pub trait Command: Send + 'static {
     }
 }
 
+/// Work that commands of one round leave to be applied once, after the round's last
+/// command and before its commit (see the module docs). Each type is one per round.
+pub trait RoundEnd: Any + Send {
+    /// Applies what the round's commands gathered. An error fails the whole round.
+    fn finish(
+        self: Box<Self>,
+        txn: &mut dyn WriteTxn,
+        cx: &mut Context<'_>,
+    ) -> Result<(), StoreError>;
+}
+
 /// What a command sees of its round: the latest-50 cache, the webhooks, who is online,
 /// and where its effects go.
 pub struct Context<'a> {
@@ -59,6 +77,8 @@ pub struct Context<'a> {
     effects: &'a mut Effects,
     hooks: &'a Hooks,
     broker: &'a dyn Broker,
+    /// The round's [`RoundEnd`]s, in the order they were first asked for.
+    round_ends: &'a mut Vec<Box<dyn RoundEnd>>,
 }
 
 impl Context<'_> {
@@ -95,6 +115,25 @@ impl Context<'_> {
     /// transaction either way, and a wake-up finding nothing new costs one read.
     pub fn webhook_queued(&mut self, hook: usize) {
         self.effects.webhooks_queued.push(hook);
+    }
+
+    /// This round's `T`, created empty the first time a command of the round asks.
+    /// A command that fails after adding to it must not have added anything: put work
+    /// here only once nothing else of the command can fail.
+    pub fn round_end<T: RoundEnd + Default>(&mut self) -> &mut T {
+        let at = match self
+            .round_ends
+            .iter()
+            .position(|end| (**end).type_id() == TypeId::of::<T>())
+        {
+            Some(at) => at,
+            None => {
+                self.round_ends.push(Box::new(T::default()));
+                self.round_ends.len() - 1
+            }
+        };
+        let end: &mut dyn Any = &mut *self.round_ends[at];
+        end.downcast_mut().expect("found by its type id")
     }
 }
 
@@ -304,15 +343,23 @@ impl State {
         let mut effects = Effects::default();
         let cache = &mut self.cache;
         let (hooks, broker) = (&*self.hooks, &*self.broker);
+        let mut round_ends = Vec::new();
         let committed = self.store.begin().and_then(|mut txn| {
             let mut cx = Context {
                 cache,
                 effects: &mut effects,
                 hooks,
                 broker,
+                round_ends: &mut round_ends,
             };
             for job in &mut jobs {
                 job.apply(txn.as_mut(), &mut cx);
+            }
+            // Until none is left: a round end may leave work for another.
+            while !cx.round_ends.is_empty() {
+                for end in std::mem::take(cx.round_ends) {
+                    end.finish(txn.as_mut(), &mut cx)?;
+                }
             }
             let commit_started = Instant::now();
             txn.commit()?;
@@ -323,7 +370,7 @@ impl State {
         if let Err(e) = committed {
             // Nothing of this round is durable: nobody hears of it, and the cache may hold
             // messages that never reached the disk.
-            tracing::error!(error = %e, "commit failed");
+            tracing::error!(error = %e, "round failed, nothing committed");
             self.cache.clear();
             for job in jobs {
                 job.answer(Err(&e));

@@ -48,8 +48,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    DeadLetter, ExpiryScan, OutboxEvent, Read, ReadStore, Result, StoreError, WebhookCounts,
-    WriteStore, WriteTxn,
+    DeadLetter, ExpiryScan, MarkState, OutboxEvent, Read, ReadStore, Result, StoreError,
+    WebhookCounts, WriteStore, WriteTxn,
 };
 use crate::model::{
     BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
@@ -394,6 +394,22 @@ impl RedbStore {
     }
 
     /// Whether either of `a` and `b` blocks the other.
+    fn delivered_mark_now(&self, room: &RoomKey, reader: &str) -> Result<Option<MarkState>> {
+        let txn = self.db.begin_read()?;
+        let Some(num) = room_num(&txn.open_table(ROOM_NUMS)?, room)? else {
+            return Ok(None);
+        };
+        let rooms = txn.open_table(ROOMS)?;
+        let value = rooms
+            .get(num)?
+            .ok_or_else(|| StoreError::Corrupt(format!("room {num} has no record")))?;
+        let record = records::decode_room(value.value())?;
+        Ok(Some(MarkState {
+            mark: record.delivered_of(reader),
+            last_id: record.last_id,
+        }))
+    }
+
     fn blocked_between_now(&self, a: &str, b: &str) -> Result<bool> {
         let txn = self.db.begin_read()?;
         let blocks = txn.open_table(BLOCKS)?;
@@ -508,6 +524,14 @@ impl ReadStore for RedbStore {
 
     fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool> {
         ready(self.blocked_between_now(a, b))
+    }
+
+    fn delivered_mark<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        reader: &'a str,
+    ) -> Read<'a, Option<MarkState>> {
+        ready(self.delivered_mark_now(room, reader))
     }
 
     fn webhook_outbox<'a>(

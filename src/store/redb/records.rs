@@ -75,6 +75,15 @@ impl RoomRecord {
     }
 
     /// The delivered high-water mark of `user`, who is a participant of this room.
+    pub fn delivered_of(&self, user: &str) -> u64 {
+        if self.low == user {
+            self.lifecycle.delivered_low
+        } else {
+            self.lifecycle.delivered_high
+        }
+    }
+
+    /// The delivered high-water mark of `user`, who is a participant of this room.
     pub fn delivered_mut(&mut self, user: &str) -> &mut u64 {
         if self.low == user {
             &mut self.lifecycle.delivered_low
