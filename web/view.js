@@ -118,6 +118,8 @@ export function updateMessageItem(node, item, me) {
   node.querySelector('.text').textContent = text;
 
   const meta = node.querySelector('.meta');
+  // A tick arriving between the two clicks of a delete must not disarm it.
+  const armed = meta.querySelector('.delete')?.dataset.armed === 'true';
   meta.replaceChildren();
   if (message) {
     meta.append(el('time', { datetime: message.sentAt, title: dateFormat.format(new Date(message.sentAt)), text: timeFormat.format(new Date(message.sentAt)) }));
@@ -133,7 +135,12 @@ export function updateMessageItem(node, item, me) {
   if (message && mine && !deleted) {
     meta.append(
       el('button', { type: 'button', class: 'edit', data: { edit: String(message.id) }, text: 'Edit' }),
-      el('button', { type: 'button', class: 'delete', data: { delete: String(message.id) }, text: 'Delete' }),
+      el('button', {
+        type: 'button',
+        class: 'delete',
+        data: armed ? { delete: String(message.id), armed: 'true' } : { delete: String(message.id) },
+        text: armed ? 'Delete?' : 'Delete',
+      }),
     );
   }
   if (state === 'failed') {
