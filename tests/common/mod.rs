@@ -54,18 +54,7 @@ impl Server {
 
     /// Starts with extra `CHAT_*` environment settings.
     pub fn start_with(env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let env: Vec<_> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (child, addr) = spawn(dir.path(), &env);
-        Server {
-            child: Some(child),
-            addr,
-            dir,
-            env,
-        }
+        Server::start_in(tempfile::tempdir().expect("temp dir"), env)
     }
 
     /// Starts on a data directory prepared beforehand (an imported store, say).
