@@ -21,21 +21,13 @@ use crate::writer::{outcome, Command, Context};
 
 impl Chat {
     pub(super) async fn edit_message(&self, user: &SessionUser, data: &str) -> Handled {
-        let checked = (|| {
+        let edit = (|| {
             let req: EditMessage = event::parse(ClientEvent::Edit, data)?;
             check_id(req.message_id)?;
             let room = room_for(&user.id, &req.room_id)?;
             self.check_text(&req.message)?;
             self.rate_limiter.take(&user.id, Bucket::Send)?;
-            Ok((req, room))
-        })();
-        let (req, room) = match checked {
-            Ok(ok) => ok,
-            Err(e) => return Handled::Done(Err(e)),
-        };
-        let rx = self
-            .writer
-            .submit(Edit {
+            Ok(Edit {
                 room,
                 room_id: req.room_id,
                 editor: user.id.clone(),
@@ -43,34 +35,37 @@ impl Chat {
                 text: req.message,
                 window_ms: self.limits.edit_window_ms,
             })
-            .await;
-        Handled::Pending(Box::pin(async move {
-            let message = outcome(rx).await?;
-            Ok(Success::command(json!({ "ok": true, "message": message })))
-        }))
+        })();
+        self.change_message(edit).await
     }
 
     pub(super) async fn delete_message(&self, user: &SessionUser, data: &str) -> Handled {
-        let checked = (|| {
+        let delete = (|| {
             let req: DeleteMessage = event::parse(ClientEvent::Delete, data)?;
             check_id(req.message_id)?;
             let room = room_for(&user.id, &req.room_id)?;
             self.rate_limiter.take(&user.id, Bucket::Request)?;
-            Ok((req, room))
-        })();
-        let (req, room) = match checked {
-            Ok(ok) => ok,
-            Err(e) => return Handled::Done(Err(e)),
-        };
-        let rx = self
-            .writer
-            .submit(Delete {
+            Ok(Delete {
                 room,
                 room_id: req.room_id,
                 deleter: user.id.clone(),
                 message_id: req.message_id,
             })
-            .await;
+        })();
+        self.change_message(delete).await
+    }
+
+    /// Hands a checked edit or delete to the writer; the answer, once durable, is the
+    /// message as it now is.
+    async fn change_message<C>(&self, checked: Result<C, ChatError>) -> Handled
+    where
+        C: Command<Output = ChatMessage>,
+    {
+        let command = match checked {
+            Ok(command) => command,
+            Err(e) => return Handled::Done(Err(e)),
+        };
+        let rx = self.writer.submit(command).await;
         Handled::Pending(Box::pin(async move {
             let message = outcome(rx).await?;
             Ok(Success::command(json!({ "ok": true, "message": message })))
