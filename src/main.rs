@@ -14,7 +14,9 @@ use chat_server::config::{Config, LogFormat};
 use chat_server::fanout::hub::Hub;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
+use chat_server::store::postgres::PgStore;
 use chat_server::store::redb::{ReadOnlyStore, RedbStore};
+use chat_server::store::{Maintenance, ReadStore, WriteStore};
 use chat_server::webhook::{self, Hooks};
 use chat_server::writer::{Writer, WriterConfig};
 use chat_server::{ops, retention};
@@ -28,7 +30,11 @@ use chat_server::{ops, retention};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    match cli::load() {
+    let command = cli::load();
+    if let Some(refused) = file_command_in_cluster_mode(&command) {
+        return fail(refused);
+    }
+    match command {
         Command::Serve(config) => serve(config),
         Command::Token {
             config,
@@ -171,6 +177,29 @@ fn erase_user(config: &Config, user_id: &str) -> ExitCode {
     }
 }
 
+/// The offline commands work on the redb file in the data directory; in cluster mode the
+/// data is in PostgreSQL, whose own tools do this. Erasing a user still works, online,
+/// through `DELETE /admin/users/{id}` on any node.
+fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
+    let (config, name) = match command {
+        Command::Export { config, .. } => (config, "export"),
+        Command::Import { config } => (config, "import"),
+        Command::Backup(config) => (config, "backup"),
+        Command::Restore { config, .. } => (config, "restore"),
+        Command::Verify(config) => (config, "verify"),
+        Command::Compact(config) => (config, "compact"),
+        Command::EraseUser { config, .. } => (config, "erase-user"),
+        Command::Serve(_) | Command::Token { .. } | Command::AdminToken(_) => return None,
+    };
+    config.cluster.postgres_url.as_ref().map(|_| {
+        format!(
+            "`{name}` works on the embedded store's file, but cluster.postgres_url is set: \
+             the data is in PostgreSQL; use pg_dump / pg_restore (and the admin API's \
+             `DELETE /admin/users/{{id}}` on a running node)"
+        )
+    })
+}
+
 /// Prints one line, without `println!`'s panic on a closed pipe.
 fn print_line(text: &str) -> ExitCode {
     let mut out = std::io::stdout().lock();
@@ -249,16 +278,10 @@ fn serve(config: Config) -> ExitCode {
             Err(e) => return fail(format_args!("cannot read or create the admin secret: {e}")),
         };
         // The composition root: the one place that picks the storage backend.
-        let store =
-            match RedbStore::open_with_cache(&config.data_dir, config.memory.redb_cache_bytes) {
-                Ok(store) => Arc::new(store),
-                Err(e) => {
-                    return fail(format_args!(
-                        "cannot open {}: {e}",
-                        config.data_dir.display()
-                    ))
-                }
-            };
+        let store = match open_store(&config) {
+            Ok(store) => store,
+            Err(e) => return fail(e),
+        };
         let listener = match tokio::net::TcpListener::bind(config.bind).await {
             Ok(listener) => listener,
             Err(e) => return fail(format_args!("cannot listen on {}: {e}", config.bind)),
@@ -272,7 +295,7 @@ fn serve(config: Config) -> ExitCode {
         );
         let hooks = Arc::new(Hooks::new(&config.webhooks));
         let writer = Writer::spawn(
-            store.clone(),
+            store.write,
             hub.clone(),
             hooks.clone(),
             WriterConfig {
@@ -282,7 +305,7 @@ fn serve(config: Config) -> ExitCode {
         );
         let delivery = webhook::start(
             hooks,
-            store.clone(),
+            store.read.clone(),
             writer.writer(),
             config.memory.webhook_window_events,
         )
@@ -290,14 +313,14 @@ fn serve(config: Config) -> ExitCode {
 
         // Off unless `retention.max_age_days` is set.
         let sweeper = retention::spawn(
-            store.clone(),
+            store.read.clone(),
             writer.writer(),
             config.retention.max_age_days,
         );
 
-        let maintenance = store.clone();
+        let maintenance = store.maintenance;
         let chat = Arc::new(Chat::new(
-            store,
+            store.read,
             writer.writer(),
             hub.clone(),
             hub,
@@ -322,6 +345,36 @@ fn serve(config: Config) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// The storage backend, as each part of the server sees it.
+struct Store {
+    read: Arc<dyn ReadStore>,
+    write: Arc<dyn WriteStore>,
+    maintenance: Arc<dyn Maintenance>,
+}
+
+impl Store {
+    fn new<S: ReadStore + WriteStore + Maintenance + 'static>(store: S) -> Store {
+        let store = Arc::new(store);
+        Store {
+            read: store.clone(),
+            write: store.clone(),
+            maintenance: store,
+        }
+    }
+}
+
+/// redb in the data directory, or, in cluster mode (`cluster.postgres_url`), PostgreSQL.
+fn open_store(config: &Config) -> Result<Store, String> {
+    if let Some(url) = &config.cluster.postgres_url {
+        return PgStore::open(url, config.cluster.postgres_pool_size)
+            .map(Store::new)
+            .map_err(|e| format!("cannot open the PostgreSQL store: {e}"));
+    }
+    RedbStore::open_with_cache(&config.data_dir, config.memory.redb_cache_bytes)
+        .map(Store::new)
+        .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -18,7 +18,7 @@ use crate::metrics;
 use crate::model::RoomKey;
 use crate::protocol::time::now_millis;
 use crate::protocol::ChatError;
-use crate::store::{Expired, ReadStore, WriteTxn};
+use crate::store::{Expired, ReadStore, RoomLock, WriteTxn};
 use crate::writer::{outcome, Command, Context, Writer};
 
 /// Time between sweeps. Ages are set in days, so an hour late is within the policy's
@@ -97,6 +97,13 @@ struct Expire {
 
 impl Command for Expire {
     type Output = Expired;
+
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
+        out.push(RoomLock {
+            room: &self.room,
+            create: false,
+        });
+    }
 
     fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<Expired, ChatError> {
         let expired = txn

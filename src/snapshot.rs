@@ -14,6 +14,15 @@
 //!
 //! Only the writer thread touches the cache, so it needs no lock; its size is published
 //! through [`CacheStats`] atomics for `/metrics`.
+//!
+//! A cached room is only as good as the knowledge that nothing changed it behind the
+//! cache's back: in cluster mode another node's writer may have stored, edited or marked
+//! messages of the room since this node cached it. Each room therefore keeps the room's
+//! change counter as of its cached messages ([`ChatMessage::change`] is the counter's
+//! value at a message's latest change). A change recorded here must be the next one
+//! (`cached + 1`); anything else means changes this cache never saw, and the room is read
+//! from the store again, inside the round's transaction, which holds the room's lock. On
+//! one node every change passes through here, so the check never misses.
 
 use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
@@ -49,6 +58,11 @@ impl CacheStats {
     }
 }
 
+/// Whether `change` is the next change of a room cached as of `cached`.
+fn follows(cached: Option<u64>, change: u64) -> bool {
+    cached.is_some_and(|c| c.checked_add(1) == Some(change))
+}
+
 struct Cached {
     id: u64,
     /// The message serialized as it appears inside `messages`; boxed so that its
@@ -70,6 +84,9 @@ struct Slot {
     key: RoomKey,
     /// Newest first, at most [`MAX_MESSAGES_LIMIT`].
     messages: VecDeque<Cached>,
+    /// The room's change counter as of `messages`; `None` when it is not known (a room
+    /// loaded for a retry), so that the next change reloads it.
+    change: Option<u64>,
     /// Bytes this room is counted as.
     bytes: usize,
     /// Neighbours in the recency list: `prev` is more recently used.
@@ -143,15 +160,23 @@ impl RecentCache {
         load: impl FnOnce() -> Result<Vec<ChatMessage>>,
     ) -> Result<String> {
         let at = match self.index.get(room) {
-            Some(&at) => {
+            Some(&at) if follows(self.slot(at).change, message.change) => {
                 let slot = self.slot_mut(at);
                 slot.messages.push_front(cached(message));
                 slot.messages.truncate(MAX_MESSAGES_LIMIT);
+                slot.change = Some(message.change);
                 self.recount(at);
                 at
             }
+            Some(&at) => {
+                // Changed elsewhere since it was cached (another node): read it again.
+                self.remove(at);
+                self.load(room, load)?
+            }
             None => self.load(room, load)?,
         };
+        // What `load` read includes `message`, the room's latest change.
+        self.slot_mut(at).change = Some(message.change);
         Ok(self.render_and_trim(at))
     }
 
@@ -169,12 +194,19 @@ impl RecentCache {
         Ok(self.render_and_trim(at))
     }
 
-    /// Replaces a cached message whose state changed (it was seen).
+    /// Replaces a cached message whose state changed (it was seen). A change that is not
+    /// the room's next one drops the room: the cache missed changes made elsewhere.
     pub fn update(&mut self, room: &RoomKey, message: &ChatMessage) {
         let Some(&at) = self.index.get(room) else {
             return;
         };
+        if !follows(self.slot(at).change, message.change) {
+            self.remove(at);
+            self.publish();
+            return;
+        }
         let slot = self.slot_mut(at);
+        slot.change = Some(message.change);
         if let Some(c) = slot.messages.iter_mut().find(|c| c.id == message.id) {
             *c = cached(message);
             self.recount(at);
@@ -233,6 +265,7 @@ impl RecentCache {
         let slot = Slot {
             key: room.clone(),
             messages,
+            change: None,
             bytes: 0,
             prev: NIL,
             next: NIL,
@@ -337,6 +370,8 @@ mod tests {
             user_id: "a".into(),
             message,
             sent_ms: id as i64,
+            // As sent: the room's latest change is its newest message.
+            change: id,
             ..ChatMessage::default()
         }
     }
@@ -387,6 +422,39 @@ mod tests {
     }
 
     #[test]
+    fn a_room_changed_elsewhere_is_read_again() {
+        // Cluster mode: another node stored message 2 after this node cached message 1.
+        let room = RoomKey::new("a", "b");
+        let mut cache = RecentCache::new(1 << 20);
+        cache
+            .record_new(&room, &msg(1), || Ok(vec![msg(1)]))
+            .unwrap();
+        let snap = cache
+            .record_new(&room, &msg(3), || Ok(vec![msg(3), msg(2), msg(1)]))
+            .unwrap();
+        assert_eq!(ids(&snap), [3, 2, 1]);
+        // The reload knows the counter again: the next send is served from memory.
+        let snap = cache
+            .record_new(&room, &msg(4), || panic!("room is cached"))
+            .unwrap();
+        assert_eq!(ids(&snap), [4, 3, 2, 1]);
+
+        // An edit made elsewhere (change 5) then one here (6): the cached copy is stale,
+        // so the room is dropped rather than patched.
+        let mut edited = msg(4);
+        edited.change = 6;
+        cache.update(&room, &edited);
+        assert!(listed(&cache).is_empty());
+
+        // A room loaded for a retry has no known counter: its next change reloads it.
+        cache.snapshot(&room, || Ok(vec![msg(7)])).unwrap();
+        let snap = cache
+            .record_new(&room, &msg(8), || Ok(vec![msg(8), msg(7)]))
+            .unwrap();
+        assert_eq!(ids(&snap), [8, 7]);
+    }
+
+    #[test]
     fn a_forgotten_room_is_read_again() {
         let (r1, r2) = (RoomKey::new("a", "b"), RoomKey::new("a", "c"));
         let mut cache = RecentCache::new(1 << 20);
@@ -406,9 +474,10 @@ mod tests {
         let room = RoomKey::new("a", "b");
         let mut cache = RecentCache::new(1 << 20);
         let load = || Ok(vec![msg(2), msg(1)]);
-        cache.snapshot(&room, load).unwrap();
+        cache.record_new(&room, &msg(2), load).unwrap();
         let mut seen = msg(1);
         seen.seen_ms = Some(5);
+        seen.change = 3;
         cache.update(&room, &seen);
         let snap = cache.snapshot(&room, || panic!("room is cached")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&snap).unwrap();

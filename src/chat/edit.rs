@@ -16,7 +16,7 @@ use crate::protocol::server_event::ServerEvent;
 use crate::protocol::time::now_millis;
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
-use crate::store::{DeleteOutcome, EditOutcome, WriteTxn};
+use crate::store::{DeleteOutcome, EditOutcome, RoomLock, WriteTxn};
 use crate::writer::{outcome, Command, Context};
 
 impl Chat {
@@ -138,6 +138,13 @@ pub struct Edit {
 impl Command for Edit {
     type Output = ChatMessage;
 
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
+        out.push(RoomLock {
+            room: &self.room,
+            create: false,
+        });
+    }
+
     fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<ChatMessage, ChatError> {
         let outcome = txn
             .edit(
@@ -182,6 +189,13 @@ pub struct Delete {
 
 impl Command for Delete {
     type Output = ChatMessage;
+
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
+        out.push(RoomLock {
+            room: &self.room,
+            create: false,
+        });
+    }
 
     fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<ChatMessage, ChatError> {
         let outcome = txn

@@ -15,7 +15,7 @@ use crate::protocol::server_event::{SeenReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis, parse_rfc3339_millis};
 use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
-use crate::store::{SeenOutcome, WriteTxn};
+use crate::store::{RoomLock, SeenOutcome, WriteTxn};
 use crate::webhook;
 use crate::writer::{outcome, Command, Context};
 
@@ -191,6 +191,13 @@ pub struct MarkSeen {
 
 impl Command for MarkSeen {
     type Output = Vec<(usize, SeenOutcome)>;
+
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
+        out.extend(self.items.iter().map(|item| RoomLock {
+            room: &item.room,
+            create: false,
+        }));
+    }
 
     fn apply(
         self,

@@ -35,7 +35,7 @@ use crate::protocol::server_event::{DeliveredReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
-use crate::store::{self, ReceivedOutcome, WriteTxn};
+use crate::store::{self, ReceivedOutcome, RoomLock, WriteTxn};
 use crate::writer::{outcome, Command, Context, RoundEnd};
 
 impl Chat {
@@ -253,6 +253,13 @@ pub struct MarkReceived {
 
 impl Command for MarkReceived {
     type Output = ();
+
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
+        out.extend(self.items.iter().map(|(mark, _)| RoomLock {
+            room: &mark.room,
+            create: false,
+        }));
+    }
 
     fn apply(self, _: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<(), ChatError> {
         let marks = cx.round_end::<RoundMarks>();

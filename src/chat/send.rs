@@ -13,7 +13,7 @@ use crate::protocol::server_event::ServerEvent;
 use crate::protocol::time::now_millis;
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
-use crate::store::{Appended, WriteTxn};
+use crate::store::{Appended, RoomLock, WriteTxn};
 use crate::webhook;
 use crate::writer::{outcome, Command, Context};
 
@@ -119,6 +119,13 @@ pub struct AppendOutcome {
 
 impl Command for AppendMessage {
     type Output = AppendOutcome;
+
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
+        out.push(RoomLock {
+            room: &self.room,
+            create: true,
+        });
+    }
 
     fn apply(
         self,

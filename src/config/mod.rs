@@ -72,6 +72,28 @@ pub struct Config {
     pub admin_secret: Option<String>,
     /// Online backups (section `[backup]`).
     pub backup: BackupConfig,
+
+    /// Cluster mode's store (section `[cluster]`, issue 17).
+    pub cluster: ClusterStoreConfig,
+}
+
+/// Cluster mode's PostgreSQL store. Without `postgres_url` the server stores in redb in
+/// its data directory and no PostgreSQL code runs.
+#[derive(Debug, Clone)]
+pub struct ClusterStoreConfig {
+    /// The database every node stores in, as a `postgres://` URL.
+    pub postgres_url: Option<String>,
+    /// Most read connections to it this node holds open; the writer has one more.
+    pub postgres_pool_size: usize,
+}
+
+impl Default for ClusterStoreConfig {
+    fn default() -> Self {
+        ClusterStoreConfig {
+            postgres_url: None,
+            postgres_pool_size: 16,
+        }
+    }
 }
 
 /// The longest retention that can be set: a century, far past any policy, and small
@@ -288,6 +310,8 @@ impl Default for Config {
 
             admin_secret: None,
             backup: BackupConfig::default(),
+
+            cluster: ClusterStoreConfig::default(),
         }
     }
 }
@@ -631,6 +655,7 @@ mod tests {
         c.jwt_secret = None;
         c.admin_secret = None;
         c.backup.dir = None;
+        c.cluster.postgres_url = None;
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
 
         // The webhook block, uncommented, is one hook at the defaults, naming every key

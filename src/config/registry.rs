@@ -340,6 +340,15 @@ const KEYS: &[Key] = &[
     key!("memory.export_buffer_bytes", byte_size, |c| c
         .memory
         .export_buffer_bytes),
+    // Cluster mode's PostgreSQL store (issue 17).
+    key!(
+        "cluster.postgres_url",
+        |r| non_empty_str(r).map(Some),
+        |c| c.cluster.postgres_url
+    ),
+    key!("cluster.postgres_pool_size", positive_int, |c| c
+        .cluster
+        .postgres_pool_size),
 ];
 
 /// Days of retention: 0 (off) up to [`super::MAX_RETENTION_DAYS`].

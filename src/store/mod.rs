@@ -14,9 +14,11 @@
 //! What the product guarantees on top ("acknowledge only after durable", "fan-out in
 //! commit order") is written once, in the writer, whatever the backend.
 //!
-//! Backends: [`redb`] (embedded, the default). `suite` is the behaviour every backend
-//! must show, written once against these traits.
+//! Backends: [`redb`] (embedded, the default) and [`postgres`] (cluster mode, several
+//! nodes on one database). `suite` is the behaviour every backend must show, written once
+//! against these traits, and run against both.
 
+pub mod postgres;
 pub mod redb;
 #[cfg(test)]
 mod suite;
@@ -233,6 +235,13 @@ pub trait WriteStore: Send + Sync {
 
 /// One write transaction, applied op by op and committed once.
 pub trait WriteTxn {
+    /// Takes, before the round's first command, the locks of the rooms its commands name,
+    /// so that writers on several nodes lock rooms in one order and cannot deadlock. A
+    /// backend with one writer (redb: one write transaction at a time) has nothing to do.
+    fn lock_rooms(&mut self, _rooms: &[RoomLock<'_>]) -> Result<()> {
+        Ok(())
+    }
+
     /// Stores a new message (upserting the room: ids 1, 2, 3, … per room, `sentAt` never
     /// going back), or finds the one this sender already stored under `client_message_id`
     /// in this room, in this transaction or before.
@@ -354,6 +363,15 @@ pub trait WriteTxn {
 
     /// Makes everything applied durable; returns only once it is.
     fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A room a round's command will write to ([`WriteTxn::lock_rooms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLock<'a> {
+    pub room: &'a RoomKey,
+    /// The command stores a message, so the room is created if it has none yet. Other
+    /// commands only lock a room that exists: bad input must not leave rows behind.
+    pub create: bool,
 }
 
 /// What erasing a user did.

@@ -38,7 +38,7 @@ use crate::metrics;
 use crate::protocol::server_event::ServerEvent;
 use crate::protocol::ChatError;
 use crate::snapshot::{CacheStats, RecentCache};
-use crate::store::{StoreError, WriteStore, WriteTxn};
+use crate::store::{RoomLock, StoreError, WriteStore, WriteTxn};
 use crate::webhook::Hooks;
 
 /// One write, applied in a round's transaction and answered once the round is durable.
@@ -57,6 +57,10 @@ pub trait Command: Send + 'static {
     fn arrived(&self) -> Option<Instant> {
         None
     }
+
+    /// The rooms this command writes to, known before it runs, for
+    /// [`WriteTxn::lock_rooms`].
+    fn rooms<'a>(&'a self, _out: &mut Vec<RoomLock<'a>>) {}
 }
 
 /// Work that commands of one round leave to be applied once, after the round's last
@@ -154,6 +158,9 @@ struct Delivery {
 
 /// A queued command and its caller, erased so that one queue carries every command.
 trait Queued: Send {
+    /// The command's [`Command::rooms`].
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>);
+
     /// Applies the command, keeping its answer for [`Queued::answer`].
     fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>);
 
@@ -171,6 +178,12 @@ struct Job<C: Command> {
 }
 
 impl<C: Command> Queued for Job<C> {
+    fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
+        if let Some(command) = &self.command {
+            command.rooms(out);
+        }
+    }
+
     fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) {
         let command = self.command.take().expect("a job is applied once");
         let (deliveries, new_messages) = (cx.effects.deliveries.len(), cx.effects.new_messages);
@@ -345,6 +358,22 @@ impl State {
         let (hooks, broker) = (&*self.hooks, &*self.broker);
         let mut round_ends = Vec::new();
         let committed = self.store.begin().and_then(|mut txn| {
+            let mut rooms = Vec::new();
+            for job in &jobs {
+                job.rooms(&mut rooms);
+            }
+            if !rooms.is_empty() {
+                // Once each, creating it if any command of the round stores a message.
+                rooms.sort_unstable_by(|a, b| {
+                    (&a.room.low, &a.room.high, !a.create).cmp(&(
+                        &b.room.low,
+                        &b.room.high,
+                        !b.create,
+                    ))
+                });
+                rooms.dedup_by(|later, first| later.room == first.room);
+                txn.lock_rooms(&rooms)?;
+            }
             let mut cx = Context {
                 cache,
                 effects: &mut effects,

@@ -657,6 +657,7 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
 pub mod dump;
 pub mod load;
 pub mod metrics;
+pub mod postgres;
 
 /// Polls `GET /healthz` until it answers 200 and returns how long that took; panics after
 /// `within`. Connection errors count as "not yet".

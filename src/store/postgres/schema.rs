@@ -1,0 +1,118 @@
+//! The schema, as numbered migrations applied at start.
+//!
+//! `schema_version` holds one row: the number of the last migration applied. A binary
+//! applies the ones after it, in one transaction under an advisory lock (nodes starting
+//! together take turns), and refuses a database whose number is higher than it knows:
+//! that database was migrated by a newer chat-server, whose data it might misread.
+//!
+//! Distribution: every table that grows with the chat is keyed first by the room
+//! (`rooms.num`, standing for the room pair `(low, high)`): the **distribution column**
+//! is `rooms.num` = `messages.room`. Every hot statement names one room (a send, a page of
+//! history, a receipt), so on a sharded PostgreSQL (Citus) the two tables would be
+//! co-located by it and each statement would touch one shard; `rooms`' `(low, high)`
+//! lookup and the per-user tables (`profiles`, `blocks`, `erased`) are small and would be
+//! reference tables. Room numbers come from an identity column: they need not be gap-free
+//! (only message ids within a room must be, and those come from the locked room row).
+//!
+//! Text that is sorted (user ids, room ids) is `COLLATE "C"`: bytewise, as the protocol
+//! orders ids, whatever the database's default collation.
+
+/// The migrations, in order: the database is at version `n` once the first `n` ran.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the whole chat.
+    r#"
+    CREATE TABLE rooms (
+        num bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        low text COLLATE "C" NOT NULL,
+        high text COLLATE "C" NOT NULL,
+        -- The newest message id: the next message gets last_id + 1, taken under this
+        -- row's lock, so ids are gap-free whichever node writes.
+        last_id bigint NOT NULL DEFAULT 0,
+        last_sent_ms bigint NOT NULL DEFAULT -9223372036854775808,
+        unread_low bigint NOT NULL DEFAULT 0,
+        unread_high bigint NOT NULL DEFAULT 0,
+        -- The room's change counter (see `ChatMessage::change`).
+        change bigint NOT NULL DEFAULT 0,
+        delivered_low bigint NOT NULL DEFAULT 0,
+        delivered_high bigint NOT NULL DEFAULT 0,
+        -- In both participants' inboxes: false once retention removed every message.
+        listed boolean NOT NULL DEFAULT false,
+        UNIQUE (low, high)
+    );
+    CREATE INDEX rooms_inbox_low ON rooms (low, last_sent_ms DESC) WHERE listed;
+    CREATE INDEX rooms_inbox_high ON rooms (high, last_sent_ms DESC) WHERE listed;
+
+    CREATE TABLE messages (
+        room bigint NOT NULL REFERENCES rooms (num),
+        id bigint NOT NULL,
+        user_id text COLLATE "C" NOT NULL,
+        message text NOT NULL,
+        sent_ms bigint NOT NULL,
+        seen_ms bigint,
+        client_message_id text COLLATE "C",
+        delivered_ms bigint,
+        edited_ms bigint,
+        deleted_ms bigint,
+        change bigint NOT NULL,
+        PRIMARY KEY (room, id)
+    );
+    -- Exactly-once sends: checked under the room's lock, this index is the backstop.
+    CREATE UNIQUE INDEX messages_client_id ON messages (room, user_id, client_message_id)
+        WHERE client_message_id IS NOT NULL;
+    CREATE INDEX messages_changes ON messages (room, change);
+    CREATE INDEX messages_sender ON messages (room, user_id);
+
+    CREATE TABLE profiles (
+        user_id text COLLATE "C" PRIMARY KEY,
+        name text NOT NULL
+    );
+
+    CREATE TABLE blocks (
+        blocker text COLLATE "C" NOT NULL,
+        blocked text COLLATE "C" NOT NULL,
+        since_ms bigint NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    );
+
+    CREATE TABLE erased (
+        user_id text COLLATE "C" PRIMARY KEY,
+        at_ms bigint NOT NULL
+    );
+
+    -- The last webhook seq (one row, for every hook), taken under the row's lock so
+    -- that seqs follow commit order across nodes.
+    CREATE TABLE webhook_seq (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        last bigint NOT NULL
+    );
+    CREATE TABLE webhook_outbox (
+        hook text NOT NULL,
+        seq bigint NOT NULL,
+        recipient text NOT NULL,
+        id text NOT NULL,
+        created_ms bigint NOT NULL,
+        body text NOT NULL,
+        PRIMARY KEY (hook, seq)
+    );
+    CREATE TABLE webhook_dead (
+        hook text NOT NULL,
+        seq bigint NOT NULL,
+        recipient text NOT NULL,
+        id text NOT NULL,
+        created_ms bigint NOT NULL,
+        body text NOT NULL,
+        reason text NOT NULL,
+        dead_ms bigint NOT NULL,
+        PRIMARY KEY (hook, seq)
+    );
+    "#,
+];
+
+/// The version this binary brings a database to.
+pub const VERSION: u64 = MIGRATIONS.len() as u64;
+
+/// Runs before the migrations, in their transaction: the version table itself.
+pub const PREPARE: &str = "
+    SELECT pg_advisory_xact_lock(7235361813413870917);
+    CREATE TABLE IF NOT EXISTS schema_version (version bigint NOT NULL);
+";

@@ -1,0 +1,883 @@
+//! The write side: one PostgreSQL transaction per writer round, on the writer's own
+//! connection, READ COMMITTED.
+//!
+//! **Gap-free ids with writers on several nodes.** A room's row holds its counters (last
+//! id, change counter, unread counts, delivered marks). A round takes the row lock of each
+//! room it touches (`SELECT … FOR UPDATE`) before touching it and keeps it to its commit,
+//! so while this round assigns `last_id + 1` no other node's round can: theirs waits, and
+//! then reads the committed row (READ COMMITTED re-reads a row after waiting for its
+//! lock). The counters are kept in memory for the round and written back in one statement
+//! before COMMIT. No sequence is involved: a sequence hands out numbers that a rolled-back
+//! round never uses.
+//!
+//! **Exactly once.** The `clientMessageId` check runs under the same room lock, so two
+//! nodes cannot both store one key; the insert itself is `ON CONFLICT DO NOTHING` on the
+//! unique index, which makes the check and the insert one round trip.
+//!
+//! **Deadlocks.** Two nodes whose rounds lock rooms A then B and B then A would deadlock.
+//! The writer hands the round every room its commands name ([`WriteTxn::lock_rooms`])
+//! before the first command runs: the rooms a send creates are inserted, then all are
+//! locked in one statement, both ordered by the pair, so every node takes them in one
+//! order. What is left (profile and webhook-counter rows, an erasure's rooms, which are
+//! found as it goes) is rare; PostgreSQL then aborts one round (40P01), whose callers get
+//! an error and may retry.
+//!
+//! **Failures.** A failed statement aborts the PostgreSQL transaction, and with it the
+//! whole round: COMMIT would roll back without an error, so the round remembers the
+//! failure and [`WriteTxn::commit`] reports it. Its connection is then dropped (it may be
+//! broken) and the next round opens a new one.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use super::{backend, limit_param, message_from, wait, OP_TIMEOUT};
+use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::store::{
+    Appended, DeleteOutcome, EditOutcome, Erasure, Expired, OutboxEvent, ReceivedOutcome, Result,
+    RoomLock, SeenOutcome, StoreError, WriteTxn,
+};
+
+/// The message columns, in [`message_from`]'s order.
+macro_rules! message_columns {
+    () => {
+        "id, user_id, message, sent_ms, seen_ms, client_message_id, delivered_ms, \
+         edited_ms, deleted_ms, change"
+    };
+}
+
+/// The room columns, in [`RoomRow::from`]'s order.
+macro_rules! room_columns {
+    () => {
+        "num, low, high, last_id, last_sent_ms, unread_low, unread_high, change, \
+         delivered_low, delivered_high, listed"
+    };
+}
+
+/// Messages of an erased user read at a time, so an erasure's memory stays flat however
+/// much the user sent.
+const ERASE_CHUNK: i64 = 1024;
+
+/// A connection and its prepared statements (each statement is prepared once per
+/// connection, then only bound and executed: one round trip).
+pub(super) struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    pub(super) fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Runs statements without parameters (transaction control, migrations).
+    pub(super) fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(wait(self.client.batch_execute(sql), OP_TIMEOUT)??)
+    }
+
+    /// Runs a statement that is not kept prepared (run once, at start).
+    pub(super) fn query_raw(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        Ok(wait(self.client.query(sql, params), OP_TIMEOUT)??)
+    }
+
+    fn query(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let statement = match self.statements.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = wait(self.client.prepare(sql), OP_TIMEOUT)??;
+                self.statements.insert(sql, statement.clone());
+                statement
+            }
+        };
+        Ok(wait(self.client.query(&statement, params), OP_TIMEOUT)??)
+    }
+}
+
+/// The round's connection; a failure marks the round failed.
+struct Db {
+    conn: RefCell<Option<Conn>>,
+    failed: Cell<bool>,
+}
+
+impl Db {
+    fn q(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        if self.failed.get() {
+            return Err(backend(
+                "PostgreSQL: an earlier statement of this round failed; nothing of it is kept"
+                    .into(),
+            ));
+        }
+        let mut conn = self.conn.borrow_mut();
+        let conn = conn
+            .as_mut()
+            .ok_or_else(|| backend("PostgreSQL: the round has no connection".into()))?;
+        let out = conn.query(sql, params);
+        if out.is_err() {
+            self.failed.set(true);
+        }
+        out
+    }
+
+    fn one(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+        Ok(self.q(sql, params)?.into_iter().next())
+    }
+}
+
+/// A room's row, locked for the round; written back before COMMIT when `dirty`.
+#[derive(Debug, Clone)]
+struct RoomRow {
+    num: i64,
+    low: String,
+    high: String,
+    last_id: i64,
+    last_sent_ms: i64,
+    unread_low: i64,
+    unread_high: i64,
+    change: i64,
+    delivered_low: i64,
+    delivered_high: i64,
+    listed: bool,
+    dirty: bool,
+}
+
+impl RoomRow {
+    fn from(r: &Row) -> RoomRow {
+        RoomRow {
+            num: r.get(0),
+            low: r.get(1),
+            high: r.get(2),
+            last_id: r.get(3),
+            last_sent_ms: r.get(4),
+            unread_low: r.get(5),
+            unread_high: r.get(6),
+            change: r.get(7),
+            delivered_low: r.get(8),
+            delivered_high: r.get(9),
+            listed: r.get(10),
+            dirty: false,
+        }
+    }
+
+    fn key(&self) -> RoomKey {
+        RoomKey {
+            low: self.low.clone(),
+            high: self.high.clone(),
+        }
+    }
+
+    fn unread_mut(&mut self, user: &str) -> &mut i64 {
+        if self.low == user {
+            &mut self.unread_low
+        } else {
+            &mut self.unread_high
+        }
+    }
+
+    fn delivered_mut(&mut self, user: &str) -> &mut i64 {
+        if self.low == user {
+            &mut self.delivered_low
+        } else {
+            &mut self.delivered_high
+        }
+    }
+}
+
+/// One writer round.
+pub(super) struct Round {
+    db: Db,
+    /// Where the connection goes back after the round, unless it failed.
+    home: Arc<Mutex<Option<Conn>>>,
+    /// The rooms locked so far, with their counters as this round changed them.
+    rooms: HashMap<RoomKey, RoomRow>,
+}
+
+const SELECT_ROOM: &str = concat!(
+    "SELECT ",
+    room_columns!(),
+    " FROM rooms WHERE low = $1 AND high = $2 FOR UPDATE"
+);
+const INSERT_ROOM: &str = concat!(
+    "INSERT INTO rooms (low, high) VALUES ($1, $2) ON CONFLICT (low, high) DO NOTHING \
+     RETURNING ",
+    room_columns!()
+);
+/// Creates missing rooms, in the order [`LOCK_ROOMS`] locks them.
+const CREATE_ROOMS: &str = "INSERT INTO rooms (low, high) \
+     SELECT * FROM unnest($1::text[], $2::text[]) AS v(low, high) \
+     ORDER BY v.low COLLATE \"C\", v.high COLLATE \"C\" ON CONFLICT (low, high) DO NOTHING";
+/// Locks rooms in one order on every node: by the pair, bytewise.
+const LOCK_ROOMS: &str = concat!(
+    "SELECT ",
+    room_columns!(),
+    " FROM rooms WHERE (low, high) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+     ORDER BY low, high FOR UPDATE"
+);
+const SELECT_MESSAGE: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE room = $1 AND id = $2"
+);
+const UPDATE_MESSAGE: &str = "UPDATE messages SET message = $3, seen_ms = $4, \
+     client_message_id = $5, delivered_ms = $6, edited_ms = $7, deleted_ms = $8, change = $9 \
+     WHERE room = $1 AND id = $2";
+
+impl Round {
+    pub(super) fn begin(mut conn: Conn, home: Arc<Mutex<Option<Conn>>>) -> Result<Round> {
+        conn.batch("BEGIN")?;
+        Ok(Round {
+            db: Db {
+                conn: RefCell::new(Some(conn)),
+                failed: Cell::new(false),
+            },
+            home,
+            rooms: HashMap::new(),
+        })
+    }
+
+    /// Locks and loads the room unless this round has it; `create` makes a missing one.
+    /// Returns whether the room exists.
+    fn load_room(&mut self, room: &RoomKey, create: bool) -> Result<bool> {
+        if self.rooms.contains_key(room) {
+            return Ok(true);
+        }
+        let params: [&(dyn ToSql + Sync); 2] = [&room.low, &room.high];
+        let mut row = self.db.one(SELECT_ROOM, &params)?;
+        if row.is_none() && create {
+            row = self.db.one(INSERT_ROOM, &params)?;
+            if row.is_none() {
+                // Another node created it since the SELECT: wait for its lock.
+                row = self.db.one(SELECT_ROOM, &params)?;
+            }
+        }
+        match row {
+            Some(row) => {
+                self.rooms.insert(room.clone(), RoomRow::from(&row));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The room number of a room this round has not locked, or `None`.
+    fn room_num(&self, room: &RoomKey) -> Result<Option<i64>> {
+        if let Some(row) = self.rooms.get(room) {
+            return Ok(Some(row.num));
+        }
+        let row = self.db.one(
+            "SELECT num FROM rooms WHERE low = $1 AND high = $2",
+            &[&room.low, &room.high],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn message(&self, num: i64, id: u64) -> Result<Option<ChatMessage>> {
+        let id = super::id_param(id);
+        Ok(self
+            .db
+            .one(SELECT_MESSAGE, &[&num, &id])?
+            .map(|r| message_from(&r, 0)))
+    }
+
+    /// A locked room and one of its messages.
+    fn locked_message(&mut self, room: &RoomKey, id: u64) -> Result<Option<ChatMessage>> {
+        if !self.load_room(room, false)? {
+            return Ok(None);
+        }
+        let num = self.rooms[room].num;
+        self.message(num, id)
+    }
+
+    /// Stores a changed message under the room's next change.
+    fn put_message(db: &Db, row: &mut RoomRow, message: &mut ChatMessage) -> Result<()> {
+        row.change += 1;
+        row.dirty = true;
+        message.change = row.change as u64;
+        let id = message.id as i64;
+        let change = message.change as i64;
+        db.q(
+            UPDATE_MESSAGE,
+            &[
+                &row.num,
+                &id,
+                &message.message,
+                &message.seen_ms,
+                &message.client_message_id,
+                &message.delivered_ms,
+                &message.edited_ms,
+                &message.deleted_ms,
+                &change,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Writes the changed room rows back, in one statement.
+    fn flush_rooms(&mut self) -> Result<()> {
+        let dirty: Vec<&RoomRow> = self.rooms.values().filter(|r| r.dirty).collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&RoomRow) -> i64| dirty.iter().map(|r| f(r)).collect::<Vec<i64>>();
+        let listed: Vec<bool> = dirty.iter().map(|r| r.listed).collect();
+        self.db.q(
+            "UPDATE rooms r SET last_id = v.last_id, last_sent_ms = v.last_sent_ms, \
+               unread_low = v.unread_low, unread_high = v.unread_high, change = v.change, \
+               delivered_low = v.delivered_low, delivered_high = v.delivered_high, \
+               listed = v.listed \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                         $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bool[]) \
+               AS v(num, last_id, last_sent_ms, unread_low, unread_high, change, \
+                    delivered_low, delivered_high, listed) \
+             WHERE r.num = v.num",
+            &[
+                &column(|r| r.num),
+                &column(|r| r.last_id),
+                &column(|r| r.last_sent_ms),
+                &column(|r| r.unread_low),
+                &column(|r| r.unread_high),
+                &column(|r| r.change),
+                &column(|r| r.delivered_low),
+                &column(|r| r.delivered_high),
+                &listed,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn enqueue(&self, hook: &str, event: &OutboxEvent) -> Result<u64> {
+        let row = self.db.one(
+            "WITH s AS (INSERT INTO webhook_seq (last) VALUES (1) \
+                        ON CONFLICT (one) DO UPDATE SET last = webhook_seq.last + 1 \
+                        RETURNING last) \
+             INSERT INTO webhook_outbox (hook, seq, recipient, id, created_ms, body) \
+             SELECT $1, s.last, $2, $3, $4, $5 FROM s RETURNING seq",
+            &[
+                &hook,
+                &event.recipient,
+                &event.id,
+                &event.created_ms,
+                &event.body,
+            ],
+        )?;
+        let row =
+            row.ok_or_else(|| backend("PostgreSQL: the outbox insert returned no seq".into()))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+impl WriteTxn for Round {
+    fn lock_rooms(&mut self, rooms: &[RoomLock<'_>]) -> Result<()> {
+        let todo: Vec<&RoomLock<'_>> = rooms
+            .iter()
+            .filter(|r| !self.rooms.contains_key(r.room))
+            .collect();
+        let pairs = |keep: fn(&RoomLock<'_>) -> bool| -> (Vec<&str>, Vec<&str>) {
+            todo.iter()
+                .filter(|r| keep(r))
+                .map(|r| (r.room.low.as_str(), r.room.high.as_str()))
+                .unzip()
+        };
+        // Rooms a send creates are made first, in the same order as the locks: a new row
+        // is locked by its inserter, so this is taking those locks in order too.
+        let (lows, highs) = pairs(|r| r.create);
+        if !lows.is_empty() {
+            self.db.q(CREATE_ROOMS, &[&lows, &highs])?;
+        }
+        let (lows, highs) = pairs(|_| true);
+        if lows.is_empty() {
+            return Ok(());
+        }
+        for row in self.db.q(LOCK_ROOMS, &[&lows, &highs])? {
+            let row = RoomRow::from(&row);
+            self.rooms.insert(row.key(), row);
+        }
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        room: &RoomKey,
+        sender: &str,
+        text: &str,
+        client_message_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Appended> {
+        self.load_room(room, true)?;
+        let row = self.rooms.get_mut(room).expect("loaded");
+        let message = ChatMessage {
+            id: (row.last_id + 1) as u64,
+            user_id: sender.to_owned(),
+            message: text.to_owned(),
+            sent_ms: now_ms.max(row.last_sent_ms),
+            client_message_id: client_message_id.map(str::to_owned),
+            change: (row.change + 1) as u64,
+            ..ChatMessage::default()
+        };
+        let (id, change) = (message.id as i64, message.change as i64);
+        // Under the room's lock: a key already stored is found here, by the unique index.
+        let inserted = self.db.one(
+            "INSERT INTO messages (room, id, user_id, message, sent_ms, client_message_id, \
+                                   change) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (room, user_id, client_message_id) \
+               WHERE client_message_id IS NOT NULL DO NOTHING \
+             RETURNING id",
+            &[
+                &row.num,
+                &id,
+                &sender,
+                &text,
+                &message.sent_ms,
+                &client_message_id,
+                &change,
+            ],
+        )?;
+        if inserted.is_none() {
+            let existing = self.db.one(
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE room = $1 AND user_id = $2 \
+                      AND client_message_id = $3"
+                ),
+                &[&row.num, &sender, &client_message_id],
+            )?;
+            let existing = existing.ok_or_else(|| {
+                StoreError::Corrupt("a clientMessageId conflict without its row".into())
+            })?;
+            return Ok(Appended::Duplicate(message_from(&existing, 0)));
+        }
+        if !room.is_self_room() {
+            *row.unread_mut(room.partner_of(sender)) += 1;
+        }
+        row.last_id = id;
+        row.last_sent_ms = message.sent_ms;
+        row.change = change;
+        row.listed = true;
+        row.dirty = true;
+        Ok(Appended::New(message))
+    }
+
+    fn latest(&self, room: &RoomKey, limit: usize) -> Result<Vec<ChatMessage>> {
+        let Some(num) = self.room_num(room)? else {
+            return Ok(Vec::new());
+        };
+        let rows = self.db.q(
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE room = $1 ORDER BY id DESC LIMIT $2"
+            ),
+            &[&num, &limit_param(limit)],
+        )?;
+        Ok(rows.iter().map(|r| message_from(r, 0)).collect())
+    }
+
+    fn mark_seen(
+        &mut self,
+        room: &RoomKey,
+        reader: &str,
+        message_id: u64,
+        seen_date_ms: i64,
+        now_ms: i64,
+    ) -> Result<SeenOutcome> {
+        let Some(mut message) = self.locked_message(room, message_id)? else {
+            return Ok(SeenOutcome::NotFound);
+        };
+        if message.user_id == reader {
+            return Ok(SeenOutcome::OwnMessage);
+        }
+        if message.seen_ms.is_some() {
+            return Ok(SeenOutcome::AlreadySeen);
+        }
+        message.seen_ms = Some(seen_date_ms.clamp(message.sent_ms, message.sent_ms.max(now_ms)));
+        let row = self.rooms.get_mut(room).expect("locked");
+        let unread = row.unread_mut(reader);
+        *unread = (*unread - 1).max(0);
+        Round::put_message(&self.db, row, &mut message)?;
+        Ok(SeenOutcome::Changed(message))
+    }
+
+    fn mark_received(
+        &mut self,
+        room: &RoomKey,
+        reader: &str,
+        up_to: u64,
+        now_ms: i64,
+    ) -> Result<ReceivedOutcome> {
+        if !self.load_room(room, false)? {
+            return Ok(ReceivedOutcome::NotFound);
+        }
+        let row = self.rooms.get_mut(room).expect("loaded");
+        let up_to = super::id_param(up_to);
+        if up_to == 0 || up_to > row.last_id {
+            return Ok(ReceivedOutcome::NotFound);
+        }
+        let mark = *row.delivered_mut(reader);
+        if up_to <= mark {
+            return Ok(ReceivedOutcome::Unchanged);
+        }
+        // Only the messages past the old mark can be new to the reader.
+        let rows = self.db.q(
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE room = $1 AND id > $2 AND id <= $3 \
+                  AND user_id <> $4 AND delivered_ms IS NULL ORDER BY id"
+            ),
+            &[&row.num, &mark, &up_to, &reader],
+        )?;
+        let mut delivered: Vec<ChatMessage> = rows.iter().map(|r| message_from(r, 0)).collect();
+        if !delivered.is_empty() {
+            let mut ids = Vec::with_capacity(delivered.len());
+            let mut times = Vec::with_capacity(delivered.len());
+            let mut changes = Vec::with_capacity(delivered.len());
+            for message in &mut delivered {
+                row.change += 1;
+                message.change = row.change as u64;
+                message.delivered_ms = Some(now_ms.max(message.sent_ms));
+                ids.push(message.id as i64);
+                times.push(message.delivered_ms);
+                changes.push(row.change);
+            }
+            self.db.q(
+                "UPDATE messages m SET delivered_ms = v.delivered_ms, change = v.change \
+                 FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) \
+                   AS v(id, delivered_ms, change) \
+                 WHERE m.room = $1 AND m.id = v.id",
+                &[&row.num, &ids, &times, &changes],
+            )?;
+        }
+        *row.delivered_mut(reader) = up_to;
+        row.dirty = true;
+        Ok(ReceivedOutcome::Moved(delivered))
+    }
+
+    fn edit(
+        &mut self,
+        room: &RoomKey,
+        editor: &str,
+        message_id: u64,
+        text: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<EditOutcome> {
+        let Some(mut message) = self.locked_message(room, message_id)? else {
+            return Ok(EditOutcome::NotFound);
+        };
+        if message.user_id != editor {
+            return Ok(EditOutcome::NotSender);
+        }
+        if message.is_deleted() {
+            return Ok(EditOutcome::Deleted);
+        }
+        // Before the window: a late retry of an edit that went through is answered alike.
+        if message.message == text {
+            return Ok(EditOutcome::Unchanged(message));
+        }
+        if now_ms.saturating_sub(message.sent_ms) >= window_ms {
+            return Ok(EditOutcome::WindowClosed);
+        }
+        message.message = text.to_owned();
+        message.edited_ms = Some(now_ms.max(message.sent_ms));
+        let row = self.rooms.get_mut(room).expect("locked");
+        Round::put_message(&self.db, row, &mut message)?;
+        Ok(EditOutcome::Changed(message))
+    }
+
+    fn delete(
+        &mut self,
+        room: &RoomKey,
+        deleter: &str,
+        message_id: u64,
+        now_ms: i64,
+    ) -> Result<DeleteOutcome> {
+        let Some(mut message) = self.locked_message(room, message_id)? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        if message.user_id != deleter {
+            return Ok(DeleteOutcome::NotSender);
+        }
+        if message.is_deleted() {
+            return Ok(DeleteOutcome::AlreadyDeleted(message));
+        }
+        message.erase(now_ms);
+        let row = self.rooms.get_mut(room).expect("locked");
+        Round::put_message(&self.db, row, &mut message)?;
+        Ok(DeleteOutcome::Deleted(message))
+    }
+
+    fn put_profile(&mut self, user: &SessionUser) -> Result<()> {
+        self.db.q(
+            "INSERT INTO profiles (user_id, name) VALUES ($1, $2) ON CONFLICT (user_id) \
+             DO UPDATE SET name = EXCLUDED.name WHERE profiles.name <> EXCLUDED.name",
+            &[&user.id, &user.name],
+        )?;
+        Ok(())
+    }
+
+    fn blocked_since(&self, blocker: &str, blocked: &str) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .one(
+                "SELECT since_ms FROM blocks WHERE blocker = $1 AND blocked = $2",
+                &[&blocker, &blocked],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn count_blocks(&self, blocker: &str) -> Result<usize> {
+        let row = self.db.one(
+            "SELECT count(*) FROM blocks WHERE blocker = $1",
+            &[&blocker],
+        )?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as usize))
+    }
+
+    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<()> {
+        self.db.q(
+            "INSERT INTO blocks (blocker, blocked, since_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (blocker, blocked) DO UPDATE SET since_ms = EXCLUDED.since_ms",
+            &[&blocker, &blocked, &since_ms],
+        )?;
+        Ok(())
+    }
+
+    fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool> {
+        Ok(self
+            .db
+            .one(
+                "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2 RETURNING 1",
+                &[&blocker, &blocked],
+            )?
+            .is_some())
+    }
+
+    fn profile(&self, user: &str) -> Result<SessionUser> {
+        let row = self
+            .db
+            .one("SELECT name FROM profiles WHERE user_id = $1", &[&user])?;
+        Ok(SessionUser {
+            id: user.to_owned(),
+            name: row.map_or_else(|| user.to_owned(), |r| r.get(0)),
+        })
+    }
+
+    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<u64> {
+        self.enqueue(hook, event)
+    }
+
+    fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool> {
+        let seq = super::id_param(seq);
+        Ok(self
+            .db
+            .one(
+                "DELETE FROM webhook_outbox WHERE hook = $1 AND seq = $2 RETURNING 1",
+                &[&hook, &seq],
+            )?
+            .is_some())
+    }
+
+    fn dead_letter_webhook(
+        &mut self,
+        hook: &str,
+        seq: u64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let seq = super::id_param(seq);
+        Ok(self
+            .db
+            .one(
+                "WITH gone AS (DELETE FROM webhook_outbox WHERE hook = $1 AND seq = $2 \
+                               RETURNING *) \
+                 INSERT INTO webhook_dead (hook, seq, recipient, id, created_ms, body, reason, \
+                                           dead_ms) \
+                 SELECT hook, seq, recipient, id, created_ms, body, $3, $4 FROM gone \
+                 RETURNING 1",
+                &[&hook, &seq, &reason, &now_ms],
+            )?
+            .is_some())
+    }
+
+    fn retry_dead_webhooks(&mut self, hook: &str, max: usize, now_ms: i64) -> Result<u64> {
+        let rows = self.db.q(
+            "DELETE FROM webhook_dead WHERE hook = $1 AND seq IN \
+               (SELECT seq FROM webhook_dead WHERE hook = $1 ORDER BY seq LIMIT $2) \
+             RETURNING seq, recipient, id, created_ms, body",
+            &[&hook, &limit_param(max)],
+        )?;
+        let mut events: Vec<OutboxEvent> = rows.iter().map(|r| super::outbox_event(r, 0)).collect();
+        events.sort_by_key(|e| e.seq);
+        for event in &events {
+            let event = OutboxEvent {
+                created_ms: now_ms,
+                ..event.clone()
+            };
+            self.enqueue(hook, &event)?;
+        }
+        Ok(events.len() as u64)
+    }
+
+    fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired> {
+        if !self.load_room(room, false)? {
+            return Ok(Expired {
+                deleted: 0,
+                more: false,
+            });
+        }
+        let row = self.rooms.get_mut(room).expect("loaded");
+        // Ids and `sentAt` rise together in a room, so the old messages are its first ones.
+        let rows = self.db.q(
+            "WITH old AS (SELECT id FROM messages WHERE room = $1 ORDER BY id LIMIT $2) \
+             DELETE FROM messages m USING old \
+             WHERE m.room = $1 AND m.id = old.id AND m.sent_ms < $3 \
+             RETURNING m.id, m.user_id, m.seen_ms",
+            &[&row.num, &limit_param(max), &cutoff_ms],
+        )?;
+        let mut newest_gone = 0;
+        for r in &rows {
+            let id: i64 = r.get(0);
+            let sender: String = r.get(1);
+            let seen: Option<i64> = r.get(2);
+            newest_gone = newest_gone.max(id);
+            if seen.is_none() && !room.is_self_room() {
+                let unread = row.unread_mut(room.partner_of(&sender));
+                *unread = (*unread - 1).max(0);
+            }
+        }
+        let deleted = rows.len() as u64;
+        if deleted > 0 {
+            row.dirty = true;
+            if newest_gone == row.last_id {
+                row.listed = false;
+            }
+        }
+        Ok(Expired {
+            deleted,
+            more: deleted == max as u64,
+        })
+    }
+
+    fn erase_user(&mut self, user: &str, now_ms: i64) -> Result<Erasure> {
+        let rooms: Vec<RoomKey> = self
+            .db
+            .q(
+                "SELECT low, high FROM rooms WHERE listed AND (low = $1 OR high = $1) \
+                 ORDER BY low, high",
+                &[&user],
+            )?
+            .iter()
+            .map(|r| RoomKey {
+                low: r.get(0),
+                high: r.get(1),
+            })
+            .collect();
+        let locks: Vec<RoomLock<'_>> = rooms
+            .iter()
+            .map(|room| RoomLock {
+                room,
+                create: false,
+            })
+            .collect();
+        self.lock_rooms(&locks)?;
+        let mut erasure = Erasure::default();
+        for room in &rooms {
+            let Some(row) = self.rooms.get_mut(room) else {
+                continue;
+            };
+            let mut touched = false;
+            let mut next_id = 1i64;
+            loop {
+                let chunk = self.db.q(
+                    concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE room = $1 AND user_id = $2 AND id >= $3 \
+                          AND (deleted_ms IS NULL OR client_message_id IS NOT NULL) \
+                          ORDER BY id LIMIT $4"
+                    ),
+                    &[&row.num, &user, &next_id, &ERASE_CHUNK],
+                )?;
+                let Some(last) = chunk.last() else {
+                    break;
+                };
+                next_id = last.get::<_, i64>(0) + 1;
+                for r in &chunk {
+                    let mut message = message_from(r, 0);
+                    if !message.is_deleted() {
+                        message.erase(now_ms);
+                        erasure.messages += 1;
+                    }
+                    message.client_message_id = None;
+                    Round::put_message(&self.db, row, &mut message)?;
+                    touched = true;
+                }
+            }
+            if touched {
+                erasure.rooms.push(room.clone());
+            }
+        }
+        self.db
+            .q("DELETE FROM profiles WHERE user_id = $1", &[&user])?;
+        // Never backwards: a clock stepped back must not re-admit tokens refused before.
+        self.db.q(
+            "INSERT INTO erased (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) \
+             DO UPDATE SET at_ms = GREATEST(erased.at_ms, EXCLUDED.at_ms)",
+            &[&user, &now_ms],
+        )?;
+        Ok(erasure)
+    }
+
+    fn erased_at(&self, user: &str) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .one("SELECT at_ms FROM erased WHERE user_id = $1", &[&user])?
+            .map(|r| r.get(0)))
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        self.flush_rooms()?;
+        if self.db.failed.get() {
+            return Err(backend(
+                "PostgreSQL: a statement of this round failed; the round was rolled back".into(),
+            ));
+        }
+        let mut conn = self
+            .db
+            .conn
+            .borrow_mut()
+            .take()
+            .expect("a round commits once");
+        conn.batch("COMMIT")?;
+        *self.home.lock().unwrap() = Some(conn);
+        Ok(())
+    }
+}
+
+impl Drop for Round {
+    /// A round dropped without commit is rolled back; its connection goes back only if it
+    /// is known to be healthy.
+    fn drop(&mut self) {
+        let Some(mut conn) = self.db.conn.borrow_mut().take() else {
+            return;
+        };
+        if !self.db.failed.get() && conn.batch("ROLLBACK").is_ok() {
+            *self.home.lock().unwrap() = Some(conn);
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! A throwaway PostgreSQL for one test: `initdb` in a temp dir, a postmaster on a free
+//! loopback port with its socket in that dir, stopped and deleted on drop. Never the
+//! system's service on 5432.
+//!
+//! One source for both kinds of test: the integration tests use it as `common::postgres`,
+//! and the store's unit tests (the conformance suite against PostgreSQL) include this same
+//! file with `#[path]`, so it uses only std, libc and tempfile.
+//!
+//! initdb refuses to run as root, and CI runs as root: then every PostgreSQL command runs
+//! as the `postgres` user (created by Debian's package) through `runuser`, on a temp dir
+//! handed to that user.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The database user and database the tests connect as.
+const USER: &str = "chat";
+
+pub struct TestPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// Set when running as root: commands run as this user.
+    run_as: Option<&'static str>,
+}
+
+impl TestPostgres {
+    /// Creates and starts a new cluster; panics (failing the test) with PostgreSQL's own
+    /// output when it cannot.
+    pub fn start() -> TestPostgres {
+        let bin = bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("chat-pg-")
+            .tempdir()
+            .expect("temp dir");
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let run_as = (unsafe { libc::geteuid() } == 0).then_some("postgres");
+        if run_as.is_some() {
+            hand_to_postgres(dir.path());
+        }
+        let pg = TestPostgres {
+            dir,
+            bin,
+            port: free_port(),
+            run_as,
+        };
+        let data = pg.data_dir();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                // The tests' clusters are thrown away; only the server's commits must be
+                // durable, not initdb's files.
+                "--no-sync",
+            ],
+        );
+        pg.start_again();
+        pg
+    }
+
+    /// `postgres://` URL of the test database.
+    pub fn url(&self) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{USER}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the postmaster (again, after a stop or a crash: it recovers from its WAL)
+    /// and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-k {} -p {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.dir.path().display(),
+            self.port
+        );
+        let log = self.dir.path().join("postgres.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        // The first start creates the database the tests use.
+        let created = self.psql_in(
+            "postgres",
+            "SELECT 1 FROM pg_database WHERE datname = 'chat'",
+        );
+        if created.trim().is_empty() {
+            self.psql_in("postgres", "CREATE DATABASE chat");
+        }
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend is killed at once, as in a crash; the
+    /// next start replays the WAL.
+    pub fn stop_immediate(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Runs SQL in the test database through `psql` and returns its unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_in(USER, sql)
+    }
+
+    fn psql_in(&self, database: &str, sql: &str) -> String {
+        let socket = self.dir.path().to_str().unwrap().to_owned();
+        let port = self.port.to_string();
+        self.run(
+            "psql",
+            &[
+                "-h",
+                &socket,
+                "-p",
+                &port,
+                "-U",
+                USER,
+                "-d",
+                database,
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        )
+    }
+
+    /// A PostgreSQL program, to run as `postgres` under root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(path);
+                c
+            }
+            None => Command::new(path),
+        }
+    }
+
+    /// Runs a PostgreSQL program (as `postgres` under root) and returns its stdout.
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let mut command = self.command(program);
+        let out = command
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        if !out.status.success() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
+            panic!(
+                "{program} {args:?} failed: {}\n{}\n{}\nserver log:\n{log}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", self.data_dir().to_str().unwrap()])
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The directory of PostgreSQL's server programs: `$PG_BIN` if set, else the newest
+/// Debian `/usr/lib/postgresql/<version>/bin`, else `pg_config --bindir`.
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .max();
+    if let Some((_, bin)) = newest {
+        return bin;
+    }
+    let out = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("no PostgreSQL found: install Debian's postgresql (scripts/test does)");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A port nothing listens on now (the postmaster binds it a moment later).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().unwrap().port()
+}
+
+/// Gives the temp dir to the `postgres` user, which initdb and the postmaster run as.
+fn hand_to_postgres(dir: &Path) {
+    let status = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(dir)
+        .status()
+        .expect("run chown");
+    assert!(
+        status.success(),
+        "cannot chown {} to postgres",
+        dir.display()
+    );
+}
+
+/// Waits until `check` holds, for at most `within`.
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
