@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use http::{HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use serde_json::value::RawValue;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, TryData};
@@ -121,14 +121,23 @@ pub fn service<S: Clone>(app: &Arc<App>, inner: S) -> (Detached<SocketIoService<
     (Detached(service), io)
 }
 
-/// Hands socketioxide requests whose URI and headers own their bytes.
+/// Hands socketioxide requests whose URI and headers own their bytes, with only the headers
+/// Engine.IO reads.
 ///
 /// Engine.IO keeps a copy of each socket's request head for the socket's whole life. hyper
 /// parses header values and the URI as slices of its connection read buffer (8 KiB or
 /// more), so a kept head would keep that buffer alive too: about 16 KiB per idle socket,
-/// where copying the few values costs well under 1 KiB.
+/// where copying the few values costs well under 1 KiB. Of the headers, Engine.IO reads
+/// only [`ENGINE_IO_HEADERS`] (CORS has been answered before this layer, and a token comes
+/// in the CONNECT payload or the query), so the rest are dropped: a browser's dozen headers
+/// in a map sized for them cost about 0.7 KiB per socket, kept for nothing.
 #[derive(Clone)]
 pub struct Detached<S>(S);
+
+/// The request headers engineioxide 0.17 reads: the WebSocket key of an upgrade
+/// (`transport/ws.rs`), the type of a long-polling POST body (`transport/polling.rs`).
+const ENGINE_IO_HEADERS: [http::header::HeaderName; 2] =
+    [http::header::SEC_WEBSOCKET_KEY, http::header::CONTENT_TYPE];
 
 impl<S, B> Service<Request<B>> for Detached<S>
 where
@@ -150,13 +159,19 @@ where
         if let Ok(uri) = head.uri.to_string().parse() {
             head.uri = uri;
         }
-        for value in head.headers.values_mut() {
-            let sensitive = value.is_sensitive();
-            if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
-                copy.set_sensitive(sensitive);
-                *value = copy;
+        let kept = ENGINE_IO_HEADERS
+            .iter()
+            .filter(|name| head.headers.contains_key(*name));
+        let mut headers = HeaderMap::with_capacity(kept.count());
+        for name in ENGINE_IO_HEADERS {
+            for value in head.headers.get_all(&name) {
+                if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                    copy.set_sensitive(value.is_sensitive());
+                    headers.append(name.clone(), copy);
+                }
             }
         }
+        head.headers = headers;
         self.0.call(Request::from_parts(head, body))
     }
 }
@@ -561,17 +576,20 @@ mod tests {
     #[test]
     fn socketio_request_heads_stop_sharing_the_connection_buffer() {
         // As hyper parses them: the URI and header values are slices of its read buffer.
-        let text = "/socket.io/?EIO=4&transport=websocket /ws ";
+        let text = "/socket.io/?EIO=4&transport=websocket /ws dGhlIHNhbXBsZSBub25jZQ== ";
         let buffer = bytes::Bytes::from(format!("{text}{}", " ".repeat(8192)));
         let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
         let head = |uri: bytes::Bytes| {
             let mut req = Request::new(());
             *req.uri_mut() = http::Uri::from_maybe_shared(uri).unwrap();
+            let headers = req.headers_mut();
             let shared = HeaderValue::from_maybe_shared(buffer.slice(1..10)).unwrap();
-            req.headers_mut().insert("x-shared", shared);
-            let mut secret = HeaderValue::from_static("secret");
-            secret.set_sensitive(true);
-            req.headers_mut().insert("authorization", secret);
+            headers.insert("x-shared", shared);
+            let mut key = HeaderValue::from_maybe_shared(buffer.slice(42..66)).unwrap();
+            key.set_sensitive(true);
+            headers.insert(http::header::SEC_WEBSOCKET_KEY, key);
+            headers.insert(http::header::USER_AGENT, HeaderValue::from_static("test"));
+            headers.append("x-shared", HeaderValue::from_static("twice"));
             req
         };
         let call = |req| {
@@ -585,14 +603,29 @@ mod tests {
         let passed = call(socketio);
         assert_eq!(passed.uri(), "/socket.io/?EIO=4&transport=websocket");
         assert!(!within(passed.uri().path().as_ptr()));
-        assert_eq!(passed.headers()["x-shared"], "socket.io");
-        assert!(!within(passed.headers()["x-shared"].as_bytes().as_ptr()));
-        assert!(passed.headers()["authorization"].is_sensitive());
+        // Only what Engine.IO reads is kept, copied out of the buffer, in a map of its size.
+        let key = &passed.headers()[http::header::SEC_WEBSOCKET_KEY];
+        assert_eq!(key, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(!within(key.as_bytes().as_ptr()));
+        assert!(key.is_sensitive());
+        assert_eq!(passed.headers().len(), 1);
+        assert!(passed.headers().capacity() < 4);
+
+        // A long-polling POST keeps its body type.
+        let mut post = head(bytes::Bytes::from_static(b"/socket.io/?EIO=4&sid=x"));
+        post.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        let passed = call(post);
+        assert_eq!(passed.headers()[http::header::CONTENT_TYPE], "text/plain");
+        assert_eq!(passed.headers().len(), 2);
 
         // Other paths pass as they are.
         let passed = call(head(buffer.slice(38..41)));
         assert_eq!(passed.uri(), "/ws");
         assert!(within(passed.headers()["x-shared"].as_bytes().as_ptr()));
+        assert_eq!(passed.headers().len(), 4);
     }
 
     fn arrivals(max_bytes: usize) -> Arrivals {
