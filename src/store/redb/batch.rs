@@ -5,7 +5,7 @@
 //! A write transaction sees its own uncommitted writes, so two sends with the same
 //! `clientMessageId` in one batch still store one message.
 
-use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::records::{self, RoomLifecycle, RoomRecord};
 use super::{
@@ -160,21 +160,21 @@ impl WriteTxn for Batch {
         // Only the messages past the old mark can be new to the reader; a message delivered
         // before (an older store's, or one read without a mark) keeps its first time.
         let mut delivered: Vec<ChatMessage> = Vec::new();
-        for row in self
-            .txn
-            .open_table(MESSAGES)?
-            .range((num, mark + 1)..=(num, up_to))?
-        {
+        let mut messages = self.txn.open_table(MESSAGES)?;
+        for row in messages.range((num, mark + 1)..=(num, up_to))? {
             let (key, value) = row?;
             let message = records::decode_message(key.value().1, value.value())?;
             if message.user_id != reader && message.delivered_ms.is_none() {
                 delivered.push(message);
             }
         }
+        // A mark usually covers several messages: the tables are opened once for all.
+        let mut changes = self.txn.open_table(CHANGES)?;
         for message in &mut delivered {
             message.delivered_ms = Some(now_ms.max(message.sent_ms));
-            self.put_message(num, &mut record, message)?;
+            put_message_in(&mut messages, &mut changes, num, &mut record, message)?;
         }
+        drop((messages, changes));
         *record.delivered_mut(reader) = up_to;
         self.put_room(num, &record)?;
         Ok(ReceivedOutcome::Moved(delivered))
@@ -481,17 +481,13 @@ impl Batch {
         record: &mut RoomRecord,
         message: &mut ChatMessage,
     ) -> Result<()> {
-        let mut changes = self.txn.open_table(CHANGES)?;
-        if message.change > 0 {
-            changes.remove((num, message.change))?;
-        }
-        message.change = record.next_change();
-        changes.insert((num, message.change), message.id)?;
-        self.txn.open_table(MESSAGES)?.insert(
-            (num, message.id),
-            records::encode_message(message).as_slice(),
-        )?;
-        Ok(())
+        put_message_in(
+            &mut self.txn.open_table(MESSAGES)?,
+            &mut self.txn.open_table(CHANGES)?,
+            num,
+            record,
+            message,
+        )
     }
 
     /// Up to [`ERASE_CHUNK`] messages of `user` in room `num`, from id `from` on, that an
@@ -528,6 +524,26 @@ impl Batch {
             .insert(num, records::encode_room(record).as_slice())?;
         Ok(())
     }
+}
+
+/// [`Batch::put_message`] through tables the caller holds open.
+fn put_message_in(
+    messages: &mut Table<(u64, u64), &[u8]>,
+    changes: &mut Table<(u64, u64), u64>,
+    num: u64,
+    record: &mut RoomRecord,
+    message: &mut ChatMessage,
+) -> Result<()> {
+    if message.change > 0 {
+        changes.remove((num, message.change))?;
+    }
+    message.change = record.next_change();
+    changes.insert((num, message.change), message.id)?;
+    messages.insert(
+        (num, message.id),
+        records::encode_message(message).as_slice(),
+    )?;
+    Ok(())
 }
 
 /// Each participant once (a self room has one).

@@ -109,6 +109,17 @@ pub struct MessageRecord {
     pub client_message_id: Option<String>,
 }
 
+/// [`MessageRecord`] as it is written: the same fields in the same order, so the same
+/// bytes, borrowed from the message.
+#[derive(Serialize)]
+struct MessageRecordRef<'a> {
+    user_id: &'a str,
+    message: &'a str,
+    sent_ms: i64,
+    seen_ms: Option<i64>,
+    client_message_id: Option<&'a str>,
+}
+
 /// What format 2 appends to a message record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessageLifecycle {
@@ -121,12 +132,13 @@ pub struct MessageLifecycle {
 }
 
 pub fn encode_message(m: &ChatMessage) -> Vec<u8> {
-    let head = MessageRecord {
-        user_id: m.user_id.clone(),
-        message: m.message.clone(),
+    // Borrowed, so that writing a message copies its strings once, into the record.
+    let head = MessageRecordRef {
+        user_id: &m.user_id,
+        message: &m.message,
         sent_ms: m.sent_ms,
         seen_ms: m.seen_ms,
-        client_message_id: m.client_message_id.clone(),
+        client_message_id: m.client_message_id.as_deref(),
     };
     let tail = MessageLifecycle {
         delivered_ms: m.delivered_ms,
@@ -134,9 +146,9 @@ pub fn encode_message(m: &ChatMessage) -> Vec<u8> {
         deleted_ms: m.deleted_ms,
         change: m.change,
     };
-    let mut bytes = encode(&head);
-    bytes.extend_from_slice(&encode(&tail));
-    bytes
+    let bytes = Vec::with_capacity(m.message.len() + m.user_id.len() + 48);
+    let bytes = postcard::to_extend(&head, bytes).expect("postcard encodes plain records");
+    postcard::to_extend(&tail, bytes).expect("postcard encodes plain records")
 }
 
 pub fn encode_room(room: &RoomRecord) -> Vec<u8> {
@@ -237,6 +249,37 @@ mod tests {
         // An older binary reads the head alone: it must find the format-1 fields there.
         let head: MessageRecord = postcard::from_bytes(&bytes).unwrap();
         assert_eq!((head.user_id.as_str(), head.sent_ms), ("bob", 10));
+    }
+
+    #[test]
+    fn a_message_is_written_as_the_format_1_record_then_its_extension() {
+        let m = ChatMessage {
+            id: 3,
+            user_id: "carol".into(),
+            message: "hello".into(),
+            sent_ms: 1 << 41,
+            seen_ms: Some(7),
+            client_message_id: Some("k".into()),
+            delivered_ms: Some(5),
+            change: 2,
+            ..ChatMessage::default()
+        };
+        let head = MessageRecord {
+            user_id: m.user_id.clone(),
+            message: m.message.clone(),
+            sent_ms: m.sent_ms,
+            seen_ms: m.seen_ms,
+            client_message_id: m.client_message_id.clone(),
+        };
+        let tail = MessageLifecycle {
+            delivered_ms: m.delivered_ms,
+            edited_ms: None,
+            deleted_ms: None,
+            change: m.change,
+        };
+        let mut expected = encode(&head);
+        expected.extend_from_slice(&encode(&tail));
+        assert_eq!(encode_message(&m), expected);
     }
 
     #[test]
