@@ -5,14 +5,14 @@
 //! Reads ([`ReadStore`]) are async queries on a `deadpool-postgres` pool: each a single
 //! statement, so each sees one snapshot, as a redb read transaction does. The write side
 //! ([`WriteTxn`]) keeps the group-commit writer's model: one PostgreSQL transaction per
-//! round on one dedicated connection ([`txn`]), committed with `synchronous_commit = on`,
+//! round on one dedicated connection (`txn`), committed with `synchronous_commit = on`,
 //! so [`WriteTxn::commit`] returns once PostgreSQL has flushed the commit.
 //!
 //! The writer is a plain OS thread and the write side is synchronous, while
 //! tokio-postgres is async. A client's futures only talk to its connection task over
-//! channels, so the writer polls them on its own thread ([`wait`], parking between
+//! channels, so the writer polls them on its own thread (`wait`, parking between
 //! wake-ups) while the connection task, the one part that needs tokio's reactor, runs on
-//! a small runtime of the store's own ([`PgStore::io`]). That works whoever calls: the
+//! a small runtime of the store's own (`PgStore::io`). That works whoever calls: the
 //! writer thread, a test running inside a runtime, an admin command on a blocking thread.
 //!
 //! Nothing waits forever: every write statement has a deadline ([`OP_TIMEOUT`]), and a
