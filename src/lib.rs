@@ -33,7 +33,8 @@
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`store`]: where a message is stored: the traits every backend implements (async
 //!   reads for the handlers, a sync write transaction for the writer), one error, one test
-//!   suite; [`store::redb`] is the backend, chosen in `main.rs`.
+//!   suite; [`store::redb`] is the embedded backend, [`store::postgres`] cluster mode's
+//!   (`cluster.postgres_url`), chosen in `main.rs`.
 //! - [`auth`]: tokens: verify, mint.
 //! - [`admin`]: the admin API under `/admin/` (its own secret; online backup, erasing a
 //!   user) and the operator commands: `backup`, `restore`, `verify`, `compact`,

@@ -14,7 +14,6 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The database user and database the tests connect as.
 const USER: &str = "chat";
@@ -71,10 +70,6 @@ impl TestPostgres {
     /// `postgres://` URL of the test database.
     pub fn url(&self) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/{USER}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -251,16 +246,4 @@ fn hand_to_postgres(dir: &Path) {
         "cannot chown {} to postgres",
         dir.display()
     );
-}
-
-/// Waits until `check` holds, for at most `within`.
-pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    check()
 }

@@ -5,14 +5,14 @@
 //! Reads ([`ReadStore`]) are async queries on a `deadpool-postgres` pool: each a single
 //! statement, so each sees one snapshot, as a redb read transaction does. The write side
 //! ([`WriteTxn`]) keeps the group-commit writer's model: one PostgreSQL transaction per
-//! round on one dedicated connection ([`txn`]), committed with `synchronous_commit = on`,
+//! round on one dedicated connection (`txn`), committed with `synchronous_commit = on`,
 //! so [`WriteTxn::commit`] returns once PostgreSQL has flushed the commit.
 //!
 //! The writer is a plain OS thread and the write side is synchronous, while
 //! tokio-postgres is async. A client's futures only talk to its connection task over
-//! channels, so the writer polls them on its own thread ([`wait`], parking between
+//! channels, so the writer polls them on its own thread (`wait`, parking between
 //! wake-ups) while the connection task, the one part that needs tokio's reactor, runs on
-//! a small runtime of the store's own ([`PgStore::io`]). That works whoever calls: the
+//! a small runtime of the store's own (`PgStore::io`). That works whoever calls: the
 //! writer thread, a test running inside a runtime, an admin command on a blocking thread.
 //!
 //! Nothing waits forever: every write statement has a deadline ([`OP_TIMEOUT`]), and a
@@ -121,9 +121,13 @@ impl PgStore {
         config.keepalives(true);
         config.application_name("chat-server");
         // Acknowledged means flushed: whatever the database's default, this store's
-        // sessions commit synchronously.
-        config
-            .options("-c synchronous_commit=on -c default_transaction_isolation=read\\ committed");
+        // sessions commit synchronously. The server gives up on a statement before this
+        // side does (so the connection stays usable), and ends a transaction left open
+        // by a node that vanished mid-round (so its room locks do not outlive it).
+        config.options(
+            "-c synchronous_commit=on -c default_transaction_isolation=read\\ committed \
+             -c statement_timeout=8s -c idle_in_transaction_session_timeout=15s",
+        );
         let io = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("chat-pg-io")
@@ -669,11 +673,15 @@ impl WriteStore for PgStore {
         // A connection that failed (PostgreSQL restarted, a timeout) is not given back;
         // the next round connects anew, which is how service resumes by itself.
         let held = self.writer_conn.lock().unwrap().take();
-        let conn = match held {
-            Some(conn) if !conn.is_closed() => conn,
-            _ => self.connect()?,
-        };
-        Ok(Box::new(txn::Round::begin(conn, self.writer_conn.clone())?))
+        if let Some(conn) = held.filter(|c| !c.is_closed()) {
+            // A connection idle since the last round may have died with PostgreSQL
+            // meanwhile: a new one is tried before the round is given up.
+            if let Ok(round) = txn::Round::begin(conn, self.writer_conn.clone()) {
+                return Ok(Box::new(round));
+            }
+        }
+        let round = txn::Round::begin(self.connect()?, self.writer_conn.clone())?;
+        Ok(Box::new(round))
     }
 }
 
