@@ -12,6 +12,8 @@ use chat_server::chat::{Chat, ChatLimits};
 use chat_server::cli::{self, Command};
 use chat_server::config::{Config, LogFormat};
 use chat_server::fanout::hub::Hub;
+use chat_server::fanout::nats::{self, NatsBroker, NatsOptions};
+use chat_server::fanout::Broker;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
 use chat_server::store::redb::{ReadOnlyStore, RedbStore};
@@ -270,13 +272,26 @@ fn serve(config: Config) -> ExitCode {
             config.memory.outbound_total_bytes,
             config.memory.outbound_cut_floor_bytes,
         );
+        let mut recent_cache_bytes = config.memory.recent_cache_bytes;
+        // Cluster mode's fan-out (issue 17): NATS between nodes, else the hub alone.
+        let broker: Arc<dyn Broker> = match cluster_broker(&config, &listener, &hub, &store).await {
+            Ok(Some(nats)) => {
+                // The writer's latest-50 cache assumes this node is the only writer; with
+                // others writing the same rooms it would go stale, so every snapshot is
+                // read from the store.
+                recent_cache_bytes = 0;
+                nats
+            }
+            Ok(None) => hub.clone(),
+            Err(e) => return fail(e),
+        };
         let hooks = Arc::new(Hooks::new(&config.webhooks));
         let writer = Writer::spawn(
             store.clone(),
-            hub.clone(),
+            broker.clone(),
             hooks.clone(),
             WriterConfig {
-                recent_cache_bytes: config.memory.recent_cache_bytes,
+                recent_cache_bytes,
                 max_batch: config.storage.max_batch,
             },
         );
@@ -299,7 +314,7 @@ fn serve(config: Config) -> ExitCode {
         let chat = Arc::new(Chat::new(
             store,
             writer.writer(),
-            hub.clone(),
+            broker,
             hub,
             ChatLimits::from(&config),
             &secret,
@@ -322,6 +337,38 @@ fn serve(config: Config) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// The NATS broker when `[cluster] nats_url` is set, connected and feeding `hub`.
+async fn cluster_broker(
+    config: &Config,
+    listener: &tokio::net::TcpListener,
+    hub: &Arc<Hub>,
+    store: &Arc<RedbStore>,
+) -> Result<Option<Arc<dyn Broker>>, String> {
+    let Some(url) = &config.cluster.nats_url else {
+        return Ok(None);
+    };
+    let port = listener
+        .local_addr()
+        .map_or(config.bind.port(), |a| a.port());
+    let node_name = config
+        .cluster
+        .node_name
+        .clone()
+        .unwrap_or_else(|| nats::default_node_name(port));
+    let options = NatsOptions {
+        url: url.clone(),
+        node_name: node_name.clone(),
+        queue_events: config.cluster.queue_events,
+        subscription_messages: config.cluster.subscription_messages,
+        tracked_rooms_per_user: config.cluster.tracked_rooms_per_user,
+    };
+    let broker = NatsBroker::connect(options, hub.clone(), store.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(node = %node_name, nats = %url, "cluster fan-out over NATS");
+    Ok(Some(broker))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -72,6 +72,42 @@ pub struct Config {
     pub admin_secret: Option<String>,
     /// Online backups (section `[backup]`).
     pub backup: BackupConfig,
+
+    /// Cluster mode (section `[cluster]`); without `nats_url`, one node on its own.
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode: many nodes fanning events out to each other over NATS.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The NATS servers (key `cluster.nats_url`, comma-separated); `None` keeps the
+    /// in-process hub alone and opens no connection.
+    pub nats_url: Option<String>,
+    /// This node's name in logs and in its NATS connection (key `cluster.node_name`);
+    /// `None` is the host name and the port, unique per machine.
+    pub node_name: Option<String>,
+    /// Events waiting for the fan-out task (key `cluster.queue_events`); past it, events
+    /// are dropped and the node catches up from the store.
+    pub queue_events: usize,
+    /// Messages each local user's NATS subscription buffers (key
+    /// `cluster.subscription_messages`); past it NATS reports a slow consumer, and the
+    /// node catches up from the store.
+    pub subscription_messages: usize,
+    /// Rooms per local user whose last delivered message id is remembered, to find gaps
+    /// (key `cluster.tracked_rooms_per_user`); the least recently active go first.
+    pub tracked_rooms_per_user: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: None,
+            node_name: None,
+            queue_events: 8192,
+            subscription_messages: 1024,
+            tracked_rooms_per_user: 256,
+        }
+    }
 }
 
 /// The longest retention that can be set: a century, far past any policy, and small
@@ -288,6 +324,8 @@ impl Default for Config {
 
             admin_secret: None,
             backup: BackupConfig::default(),
+
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -631,6 +669,8 @@ mod tests {
         c.jwt_secret = None;
         c.admin_secret = None;
         c.backup.dir = None;
+        c.cluster.nats_url = None;
+        c.cluster.node_name = None;
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
 
         // The webhook block, uncommented, is one hook at the defaults, naming every key

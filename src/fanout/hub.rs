@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
@@ -144,9 +144,18 @@ impl Queue {
     }
 }
 
+/// Told when a user's first connection in this process opens and when their last one
+/// closes, so that a broker between processes listens for a user's events only while
+/// they are connected here. Called under the hub's lock, in the order the changes
+/// happen: it must only note the change, never wait.
+pub trait Presence: Send + Sync {
+    fn changed(&self, user: &str);
+}
+
 /// All connections, by user.
 pub struct Hub {
     users: RwLock<HashMap<String, Vec<(u64, Queue)>>>,
+    presence: OnceLock<Arc<dyn Presence>>,
     next_id: AtomicU64,
     connections: AtomicUsize,
     slow_consumers: AtomicU64,
@@ -163,6 +172,7 @@ impl Hub {
     pub fn new(outbound_total_bytes: usize, cut_floor_bytes: usize) -> Arc<Hub> {
         Arc::new(Hub {
             users: RwLock::default(),
+            presence: OnceLock::new(),
             next_id: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
@@ -204,6 +214,9 @@ impl Hub {
                 state: Arc::clone(&state),
             };
             conns.push((id, queue));
+            if conns.len() == 1 {
+                self.presence_changed(user);
+            }
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
@@ -262,6 +275,19 @@ impl Hub {
         outstanding.enforcing.store(false, Ordering::Release);
     }
 
+    /// Tells `presence` from now on when a user comes or goes (set once, before the
+    /// first connection).
+    pub fn watch_presence(&self, presence: Arc<dyn Presence>) {
+        let first = self.presence.set(presence).is_ok();
+        assert!(first, "a hub has one presence watcher");
+    }
+
+    fn presence_changed(&self, user: &str) {
+        if let Some(presence) = self.presence.get() {
+            presence.changed(user);
+        }
+    }
+
     /// Open connections, all users and dialects together.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
@@ -310,6 +336,7 @@ impl Hub {
                 conns.retain(|(conn_id, _)| *conn_id != id);
                 if conns.is_empty() {
                     users.remove(user);
+                    self.presence_changed(user);
                 }
             }
         }
