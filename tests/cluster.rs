@@ -429,3 +429,71 @@ fn without_a_reachable_nats_the_binary_refuses_to_start_and_says_why() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cluster.nats_url"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_nats_message_delivered_twice_reaches_the_user_once() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(1).await;
+    // A bystander on bob's subject keeps what node a published, to replay it.
+    let tap = async_nats::connect(nats.url()).await.unwrap();
+    let bob_subject = chat_server::fanout::nats::subject("bob");
+    let mut tapped = tap.subscribe(bob_subject.clone()).await.unwrap();
+    tap.flush().await.unwrap();
+
+    alice.send_message("alice-bob", "one").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
+    let published = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut tapped))
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..2 {
+        tap.publish(bob_subject.clone(), published.payload.clone())
+            .await
+            .unwrap();
+    }
+    tap.flush().await.unwrap();
+    alice.send_message("alice-bob", "two").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [2, 1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(b.nats().stats().duplicates(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_nats_outage_a_node_catches_up_what_it_missed_with_no_later_message() {
+    let mut nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    let silent = Node::start(&store, None, "silent").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(1).await;
+    let mut alice_silent = silent.connect("alice").await;
+    alice.send_message("alice-bob", "before").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
+
+    // Committed while NATS is down, and never published: the last message of the room,
+    // so no later one reveals the gap. Only catching up after the reconnect finds it.
+    nats.kill();
+    alice_silent.send_message("alice-bob", "during").await;
+    nats.resume();
+    let caught_up = next_sent(&mut bob).await;
+    assert_eq!(snapshot_ids(&caught_up), [2, 1]);
+    assert_eq!(caught_up["messages"][0]["message"], "during");
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [2, 1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert!(b.nats().stats().resyncs() >= 1);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -63,11 +63,18 @@ impl NatsServer {
     /// and every subscription on it is gone until its client subscribes again.
     pub fn restart(&mut self) {
         self.kill();
+        self.resume();
+    }
+
+    /// Starts the killed server again on the same ports.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "kill the server first");
         let (child, _) = launch(self.dir.path(), &self.args);
         self.child = Some(child);
     }
 
-    fn kill(&mut self) {
+    /// `kill -9`: no goodbye to its clients.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
