@@ -631,6 +631,26 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_is_off_by_default_and_nats_urls_are_checked_at_load() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.cluster.nats_url, None);
+        let urls = "nats://10.0.0.1:4222, nats://10.0.0.2:4222";
+        let c = load(None, &[("CHAT_CLUSTER_NATS_URL", urls)]).unwrap();
+        assert_eq!(c.cluster.nats_url.as_deref(), Some(urls));
+        let f = file("[cluster]\nnats_url = \"nats://h:4222\"\nnode_name = \"n1\"\n");
+        let c = load(Some(&f), &[]).unwrap();
+        assert_eq!(c.cluster.node_name.as_deref(), Some("n1"));
+        for bad in [
+            "nats://h:port",
+            "nats://h:4222,",
+            "nats://h:4222, ,nats://g:4222",
+        ] {
+            let e = error(load(None, &[("CHAT_CLUSTER_NATS_URL", bad)]));
+            assert!(e.contains("cluster.nats_url"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn example_file_lists_every_key_with_its_default() {
         let example = include_str!("../../config.toml.example");
         let mut c = Config::default();

@@ -362,10 +362,12 @@ const KEYS: &[Key] = &[
 /// each checked here so that a typo fails at start rather than in the first reconnect.
 fn nats_urls(raw: Raw<'_>) -> Result<String, String> {
     let text = non_empty_str(raw)?;
-    for url in text.split(',') {
-        url.trim()
-            .parse::<async_nats::ServerAddr>()
-            .map_err(|e| format!("expected nats://host:port, got {:?}: {e}", url.trim()))?;
+    for url in text.split(',').map(str::trim) {
+        if url.is_empty() {
+            return Err(format!("an empty address in {text:?}"));
+        }
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("expected nats://host:port, got {url:?}: {e}"))?;
     }
     Ok(text)
 }

@@ -463,6 +463,33 @@ mod tests {
         assert_eq!((hub.connection_count(), hub.users_online()), (1, 1));
     }
 
+    /// Records every presence change it is told of.
+    #[derive(Default)]
+    struct Changes(std::sync::Mutex<Vec<String>>);
+
+    impl Presence for Changes {
+        fn changed(&self, user: &str) {
+            self.0.lock().unwrap().push(user.to_owned());
+        }
+    }
+
+    #[test]
+    fn presence_is_told_of_a_users_first_connection_and_last_one_only() {
+        let hub = Hub::new(usize::MAX, 0);
+        let changes = Arc::new(Changes::default());
+        hub.watch_presence(changes.clone());
+        let a1 = hub.subscribe("a", 4, 1024).unwrap();
+        let a2 = hub.subscribe("a", 4, 1024).unwrap();
+        let b = hub.subscribe("b", 4, 1024).unwrap();
+        // Refused for the cap: not a change.
+        assert!(hub.subscribe("b", 1, 1024).is_err());
+        drop(a1);
+        assert_eq!(*changes.0.lock().unwrap(), ["a", "b"]);
+        drop(a2);
+        drop(b);
+        assert_eq!(*changes.0.lock().unwrap(), ["a", "b", "a", "b"]);
+    }
+
     #[test]
     fn per_user_cap_is_enforced() {
         let hub = Hub::new(usize::MAX, 0);
