@@ -383,6 +383,15 @@ struct LocalUser {
     tracker: Tracker,
 }
 
+impl Drop for LocalUser {
+    /// Unsubscribes: with the user gone, or with the fan-out task stopped.
+    fn drop(&mut self) {
+        if let Some(forward) = &self.forward {
+            forward.abort();
+        }
+    }
+}
+
 /// The last message id delivered, per room, for one local user; at most
 /// `cluster.tracked_rooms_per_user` rooms, the least recently active forgotten first.
 #[derive(Default)]
@@ -480,9 +489,7 @@ impl Fanout {
                 };
                 self.users.insert(user, local);
             } else if !online {
-                if let Some(forward) = self.users.remove(&user).and_then(|gone| gone.forward) {
-                    forward.abort();
-                }
+                self.users.remove(&user);
             }
         }
         // Counted once the server has processed the subscriptions.
