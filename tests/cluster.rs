@@ -374,7 +374,7 @@ async fn a_three_server_nats_cluster_carries_events_between_nodes_on_different_s
 
 #[tokio::test]
 async fn the_binary_with_a_nats_url_runs_its_fan_out_through_nats_under_its_default_name() {
-    let nats = NatsServer::start();
+    let mut nats = NatsServer::start();
     let server = Server::start_with(&[("CHAT_CLUSTER_NATS_URL", &nats.url())]);
     let mut alice = server.connect("alice").await;
     let mut bob = server.connect("bob").await;
@@ -392,6 +392,23 @@ async fn the_binary_with_a_nats_url_runs_its_fan_out_through_nats_under_its_defa
             "no NATS connection named *{port}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A NATS restart is caught up after, and counted.
+    let catch_ups = r#"chat_cluster_repairs_total{kind="catch_up"}"#;
+    let samples = common::metrics::scrape(&server).await;
+    assert_eq!(common::metrics::value(&samples, catch_ups), 0.0);
+    nats.restart();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let samples = common::metrics::scrape(&server).await;
+        if common::metrics::value(&samples, catch_ups) == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up counted after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

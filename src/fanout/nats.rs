@@ -45,6 +45,7 @@ use tokio::task::JoinHandle;
 
 use super::hub::{Hub, Presence};
 use super::{Broker, Outbound};
+use crate::metrics;
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::server_event::{Announced, ServerEvent};
@@ -189,7 +190,46 @@ pub struct ClusterStats {
     subscribed: AtomicU64,
 }
 
+/// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
+#[derive(Debug, Clone, Copy)]
+enum Repair {
+    Recovered,
+    Duplicate,
+    Dropped,
+    CatchUp,
+}
+
+impl Repair {
+    const ALL: [Repair; 4] = [
+        Repair::Recovered,
+        Repair::Duplicate,
+        Repair::Dropped,
+        Repair::CatchUp,
+    ];
+
+    /// Its `kind` label.
+    fn kind(self) -> &'static str {
+        match self {
+            Repair::Recovered => "recovered",
+            Repair::Duplicate => "duplicate",
+            Repair::Dropped => "dropped",
+            Repair::CatchUp => "catch_up",
+        }
+    }
+}
+
 impl ClusterStats {
+    fn count(&self, repair: Repair) {
+        let counter = match repair {
+            Repair::Recovered => &self.recovered,
+            Repair::Duplicate => &self.duplicates,
+            Repair::Dropped => &self.dropped,
+            Repair::CatchUp => &self.resyncs,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::cluster_repair(repair.kind());
+    }
+
     /// Messages delivered from the store because their NATS message never came.
     pub fn recovered(&self) -> u64 {
         self.recovered.load(Ordering::Relaxed)
@@ -289,6 +329,7 @@ impl NatsBroker {
             .connect(addrs)
             .await
             .map_err(NatsError::Connect)?;
+        metrics::cluster_started(&Repair::ALL.map(Repair::kind));
         let (queue, jobs) = mpsc::channel(options.queue_events);
         hub.watch_presence(Arc::new(Watcher(Arc::clone(&shared))));
         let task = Fanout {
@@ -340,7 +381,7 @@ impl Broker for NatsBroker {
             }
         };
         if self.queue.try_send(job).is_err() {
-            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.count(Repair::Dropped);
             self.shared.lost.store(true, Ordering::Release);
             self.shared.wake.notify_one();
         }
@@ -578,7 +619,7 @@ impl Fanout {
         let (room, id) = (&announced.room, announced.message_id);
         let missing: Vec<u64> = match local.tracker.last(room) {
             Some(last) if id <= last => {
-                self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.count(Repair::Duplicate);
                 return;
             }
             Some(last) => (last.max(id.saturating_sub(MAX_RECOVERED + 1)) + 1..id).collect(),
@@ -598,7 +639,7 @@ impl Fanout {
         };
         for missed in missing {
             if self.deliver_from_store(user, room, missed, None).await {
-                self.shared.stats.recovered.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.count(Repair::Recovered);
             }
         }
         match delivery {
@@ -713,7 +754,7 @@ impl Fanout {
     /// published from now on is missed), then delivers what each remembered room has past
     /// its last delivered id.
     async fn resync(&mut self) {
-        self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.count(Repair::CatchUp);
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "NATS flush before catching up failed");
         }
@@ -748,7 +789,7 @@ impl Fanout {
                 .collect();
             for id in missing {
                 if self.deliver_from_store(&user, &room, id, None).await {
-                    self.shared.stats.recovered.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.count(Repair::Recovered);
                 }
             }
         }
