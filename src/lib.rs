@@ -28,7 +28,8 @@
 //! - [`snapshot`]: the in-memory latest-50 of active rooms behind every `message:sent`.
 //! - [`fanout`]: where fan-out happens: the [`fanout::Broker`] that publishers see, the
 //!   rendered [`fanout::Outbound`]; [`fanout::hub`] is the in-process broker, per-user
-//!   channels with bounded queues.
+//!   channels with bounded queues; [`fanout::nats`] the broker between nodes in cluster
+//!   mode, which feeds the hub and repairs what NATS loses from the store.
 //! - [`ratelimit`]: the per-user token buckets over sends and requests.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`store`]: where a message is stored: the traits every backend implements (async

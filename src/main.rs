@@ -12,6 +12,8 @@ use chat_server::chat::{Chat, ChatLimits};
 use chat_server::cli::{self, Command};
 use chat_server::config::{Config, LogFormat};
 use chat_server::fanout::hub::Hub;
+use chat_server::fanout::nats::{self, NatsBroker, NatsOptions};
+use chat_server::fanout::Broker;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
 use chat_server::store::postgres::PgStore;
@@ -293,10 +295,19 @@ fn serve(config: Config) -> ExitCode {
             config.memory.outbound_total_bytes,
             config.memory.outbound_cut_floor_bytes,
         );
+        // Cluster mode's fan-out (issue 17): NATS between nodes, else the hub alone. The
+        // writer's latest-50 cache stays on: it checks each room's change counter, so a
+        // room another node wrote is reloaded (`crate::snapshot`).
+        let broker: Arc<dyn Broker> =
+            match cluster_broker(&config, &listener, &hub, &store.read).await {
+                Ok(Some(nats)) => nats,
+                Ok(None) => hub.clone(),
+                Err(e) => return fail(e),
+            };
         let hooks = Arc::new(Hooks::new(&config.webhooks));
         let writer = Writer::spawn(
             store.write,
-            hub.clone(),
+            broker.clone(),
             hooks.clone(),
             WriterConfig {
                 recent_cache_bytes: config.memory.recent_cache_bytes,
@@ -322,7 +333,7 @@ fn serve(config: Config) -> ExitCode {
         let chat = Arc::new(Chat::new(
             store.read,
             writer.writer(),
-            hub.clone(),
+            broker,
             hub,
             ChatLimits::from(&config),
             &secret,
@@ -375,6 +386,38 @@ fn open_store(config: &Config) -> Result<Store, String> {
     RedbStore::open_with_cache(&config.data_dir, config.memory.redb_cache_bytes)
         .map(Store::new)
         .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))
+}
+
+/// The NATS broker when `[cluster] nats_url` is set, connected and feeding `hub`.
+async fn cluster_broker(
+    config: &Config,
+    listener: &tokio::net::TcpListener,
+    hub: &Arc<Hub>,
+    store: &Arc<dyn ReadStore>,
+) -> Result<Option<Arc<dyn Broker>>, String> {
+    let Some(url) = &config.cluster.nats_url else {
+        return Ok(None);
+    };
+    let port = listener
+        .local_addr()
+        .map_or(config.bind.port(), |a| a.port());
+    let node_name = config
+        .cluster
+        .node_name
+        .clone()
+        .unwrap_or_else(|| nats::default_node_name(port));
+    let options = NatsOptions {
+        url: url.clone(),
+        node_name: node_name.clone(),
+        queue_events: config.cluster.queue_events,
+        subscription_messages: config.cluster.subscription_messages,
+        tracked_rooms_per_user: config.cluster.tracked_rooms_per_user,
+    };
+    let broker = NatsBroker::connect(options, hub.clone(), store.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(node = %node_name, nats = %url, "cluster fan-out over NATS");
+    Ok(Some(broker))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -44,6 +44,9 @@ const RETENTION_DELETED: &str = "chat_retention_deleted_total";
 
 const STORE_FILE: &str = "chat_store_file_bytes";
 
+// Cluster mode's fan-out (issue 17).
+const CLUSTER_REPAIRS: &str = "chat_cluster_repairs_total";
+
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -317,6 +320,24 @@ pub fn send_durable(elapsed: Duration) {
 /// Retention deleted `messages` old messages.
 pub fn retention_deleted(messages: u64) {
     counter!(RETENTION_DELETED).increment(messages);
+}
+
+/// Cluster mode started: its repair counters show from now on, each `kind` at zero.
+pub fn cluster_started(kinds: &[&'static str]) {
+    describe_counter!(
+        CLUSTER_REPAIRS,
+        "Cluster fan-out repairs, by kind: messages recovered from the store after a lost NATS \
+         message, duplicates dropped, events dropped for a full fan-out queue, catch-ups of \
+         every room after a NATS reconnect or slow consumer."
+    );
+    for &kind in kinds {
+        counter!(CLUSTER_REPAIRS, "kind" => kind).absolute(0);
+    }
+}
+
+/// The cluster fan-out repaired one thing of `kind`.
+pub fn cluster_repair(kind: &'static str) {
+    counter!(CLUSTER_REPAIRS, "kind" => kind).increment(1);
 }
 
 /// An error reply with `code` went to a client.

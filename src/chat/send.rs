@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{check_sender, internal, room_for, Chat, Handled, Success};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::{self, ClientEvent, SendMessage, MAX_MESSAGES_LIMIT};
-use crate::protocol::server_event::ServerEvent;
+use crate::protocol::server_event::{Announced, ServerEvent};
 use crate::protocol::time::now_millis;
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
@@ -143,7 +143,7 @@ impl Command for AppendMessage {
             )
             .map_err(ChatError::internal)?;
         let load = || txn.latest(&self.room, MAX_MESSAGES_LIMIT);
-        let (message, duplicate, recipients, messages) = match appended {
+        let (message, duplicate, recipients, messages, announces) = match appended {
             Appended::New(message) => {
                 let messages = cx
                     .cache()
@@ -156,14 +156,18 @@ impl Command for AppendMessage {
                 if !self.room.is_self_room() {
                     users.push(self.room.high.clone());
                 }
-                (message, false, users, messages)
+                let announces = Some(Announced {
+                    room: self.room.clone(),
+                    message_id: message.id,
+                });
+                (message, false, users, messages, announces)
             }
             Appended::Duplicate(message) => {
                 let messages = cx
                     .cache()
                     .snapshot(&self.room, load)
                     .map_err(ChatError::internal)?;
-                (message, true, vec![self.sender.id.clone()], messages)
+                (message, true, vec![self.sender.id.clone()], messages, None)
             }
         };
         cx.publish(
@@ -172,6 +176,7 @@ impl Command for AppendMessage {
                 room_id: self.room.id(),
                 user: self.sender,
                 messages,
+                announces,
             },
         );
         Ok(AppendOutcome { message, duplicate })

@@ -73,25 +73,47 @@ pub struct Config {
     /// Online backups (section `[backup]`).
     pub backup: BackupConfig,
 
-    /// Cluster mode's store (section `[cluster]`, issue 17).
-    pub cluster: ClusterStoreConfig,
+    /// Cluster mode (section `[cluster]`, issue 17): without it, one node on its own.
+    pub cluster: ClusterConfig,
 }
 
-/// Cluster mode's PostgreSQL store. Without `postgres_url` the server stores in redb in
-/// its data directory and no PostgreSQL code runs.
+/// Cluster mode: nodes that store in one PostgreSQL database and fan events out to each
+/// other over NATS. Without `postgres_url` the server stores in redb in its data
+/// directory and no PostgreSQL code runs; without `nats_url` the in-process hub is alone
+/// and no NATS connection is opened.
 #[derive(Debug, Clone)]
-pub struct ClusterStoreConfig {
+pub struct ClusterConfig {
     /// The database every node stores in, as a `postgres://` URL.
     pub postgres_url: Option<String>,
     /// Most read connections to it this node holds open; the writer has one more.
     pub postgres_pool_size: usize,
+    /// The NATS servers (key `cluster.nats_url`, comma-separated).
+    pub nats_url: Option<String>,
+    /// This node's name in logs and in its NATS connection (key `cluster.node_name`);
+    /// `None` is the host name and the port, unique per machine.
+    pub node_name: Option<String>,
+    /// Events waiting for the fan-out task (key `cluster.queue_events`); past it, events
+    /// are dropped and the node catches up from the store.
+    pub queue_events: usize,
+    /// Messages each local user's NATS subscription buffers (key
+    /// `cluster.subscription_messages`); past it NATS reports a slow consumer, and the
+    /// node catches up from the store.
+    pub subscription_messages: usize,
+    /// Rooms per local user whose last delivered message id is remembered, to find gaps
+    /// (key `cluster.tracked_rooms_per_user`); the least recently active go first.
+    pub tracked_rooms_per_user: usize,
 }
 
-impl Default for ClusterStoreConfig {
+impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterStoreConfig {
+        ClusterConfig {
             postgres_url: None,
             postgres_pool_size: 16,
+            nats_url: None,
+            node_name: None,
+            queue_events: 8192,
+            subscription_messages: 1024,
+            tracked_rooms_per_user: 256,
         }
     }
 }
@@ -311,7 +333,7 @@ impl Default for Config {
             admin_secret: None,
             backup: BackupConfig::default(),
 
-            cluster: ClusterStoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -617,6 +639,26 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_is_off_by_default_and_nats_urls_are_checked_at_load() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.cluster.nats_url, None);
+        let urls = "nats://10.0.0.1:4222, nats://10.0.0.2:4222";
+        let c = load(None, &[("CHAT_CLUSTER_NATS_URL", urls)]).unwrap();
+        assert_eq!(c.cluster.nats_url.as_deref(), Some(urls));
+        let f = file("[cluster]\nnats_url = \"nats://h:4222\"\nnode_name = \"n1\"\n");
+        let c = load(Some(&f), &[]).unwrap();
+        assert_eq!(c.cluster.node_name.as_deref(), Some("n1"));
+        for bad in [
+            "nats://h:port",
+            "nats://h:4222,",
+            "nats://h:4222, ,nats://g:4222",
+        ] {
+            let e = error(load(None, &[("CHAT_CLUSTER_NATS_URL", bad)]));
+            assert!(e.contains("cluster.nats_url"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn example_file_lists_every_key_with_its_default() {
         let example = include_str!("../../config.toml.example");
         let mut c = Config::default();
@@ -656,6 +698,8 @@ mod tests {
         c.admin_secret = None;
         c.backup.dir = None;
         c.cluster.postgres_url = None;
+        c.cluster.nats_url = None;
+        c.cluster.node_name = None;
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
 
         // The webhook block, uncommented, is one hook at the defaults, naming every key

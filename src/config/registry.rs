@@ -340,7 +340,7 @@ const KEYS: &[Key] = &[
     key!("memory.export_buffer_bytes", byte_size, |c| c
         .memory
         .export_buffer_bytes),
-    // Cluster mode's PostgreSQL store (issue 17).
+    // Cluster mode (issue 17): the PostgreSQL store, then the fan-out over NATS.
     key!(
         "cluster.postgres_url",
         |r| non_empty_str(r).map(Some),
@@ -349,7 +349,36 @@ const KEYS: &[Key] = &[
     key!("cluster.postgres_pool_size", positive_int, |c| c
         .cluster
         .postgres_pool_size),
+    key!("cluster.nats_url", |r| nats_urls(r).map(Some), |c| c
+        .cluster
+        .nats_url),
+    key!("cluster.node_name", |r| non_empty_str(r).map(Some), |c| c
+        .cluster
+        .node_name),
+    key!("cluster.queue_events", positive_int, |c| c
+        .cluster
+        .queue_events),
+    key!("cluster.subscription_messages", positive_int, |c| c
+        .cluster
+        .subscription_messages),
+    key!("cluster.tracked_rooms_per_user", positive_int, |c| c
+        .cluster
+        .tracked_rooms_per_user),
 ];
+
+/// One or more NATS server addresses, comma-separated (`nats://host:4222`, or `host:4222`),
+/// each checked here so that a typo fails at start rather than in the first reconnect.
+fn nats_urls(raw: Raw<'_>) -> Result<String, String> {
+    let text = non_empty_str(raw)?;
+    for url in text.split(',').map(str::trim) {
+        if url.is_empty() {
+            return Err(format!("an empty address in {text:?}"));
+        }
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("expected nats://host:port, got {url:?}: {e}"))?;
+    }
+    Ok(text)
+}
 
 /// Days of retention: 0 (off) up to [`super::MAX_RETENTION_DAYS`].
 fn retention_days(raw: Raw<'_>) -> Result<u64, String> {

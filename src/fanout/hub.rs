@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use futures_channel::mpsc;
@@ -150,9 +150,18 @@ impl Queue {
     }
 }
 
+/// Told when a user's first connection in this process opens and when their last one
+/// closes, so that a broker between processes listens for a user's events only while
+/// they are connected here. Called under the hub's lock, in the order the changes
+/// happen: it must only note the change, never wait.
+pub trait Presence: Send + Sync {
+    fn changed(&self, user: &str);
+}
+
 /// All connections, by user.
 pub struct Hub {
     users: RwLock<HashMap<String, Vec<(u64, Queue)>>>,
+    presence: OnceLock<Arc<dyn Presence>>,
     next_id: AtomicU64,
     connections: AtomicUsize,
     slow_consumers: AtomicU64,
@@ -169,6 +178,7 @@ impl Hub {
     pub fn new(outbound_total_bytes: usize, cut_floor_bytes: usize) -> Arc<Hub> {
         Arc::new(Hub {
             users: RwLock::default(),
+            presence: OnceLock::new(),
             next_id: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
@@ -210,6 +220,9 @@ impl Hub {
                 state: Arc::clone(&state),
             };
             conns.push((id, queue));
+            if conns.len() == 1 {
+                self.presence_changed(user);
+            }
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
@@ -268,6 +281,19 @@ impl Hub {
         outstanding.enforcing.store(false, Ordering::Release);
     }
 
+    /// Tells `presence` from now on when a user comes or goes (set once, before the
+    /// first connection).
+    pub fn watch_presence(&self, presence: Arc<dyn Presence>) {
+        let first = self.presence.set(presence).is_ok();
+        assert!(first, "a hub has one presence watcher");
+    }
+
+    fn presence_changed(&self, user: &str) {
+        if let Some(presence) = self.presence.get() {
+            presence.changed(user);
+        }
+    }
+
     /// Open connections, all users and dialects together.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
@@ -316,6 +342,7 @@ impl Hub {
                 conns.retain(|(conn_id, _)| *conn_id != id);
                 if conns.is_empty() {
                     users.remove(user);
+                    self.presence_changed(user);
                 }
             }
         }
@@ -440,6 +467,33 @@ mod tests {
         drop(a1);
         drop(a2);
         assert_eq!((hub.connection_count(), hub.users_online()), (1, 1));
+    }
+
+    /// Records every presence change it is told of.
+    #[derive(Default)]
+    struct Changes(std::sync::Mutex<Vec<String>>);
+
+    impl Presence for Changes {
+        fn changed(&self, user: &str) {
+            self.0.lock().unwrap().push(user.to_owned());
+        }
+    }
+
+    #[test]
+    fn presence_is_told_of_a_users_first_connection_and_last_one_only() {
+        let hub = Hub::new(usize::MAX, 0);
+        let changes = Arc::new(Changes::default());
+        hub.watch_presence(changes.clone());
+        let a1 = hub.subscribe("a", 4, 1024).unwrap();
+        let a2 = hub.subscribe("a", 4, 1024).unwrap();
+        let b = hub.subscribe("b", 4, 1024).unwrap();
+        // Refused for the cap: not a change.
+        assert!(hub.subscribe("b", 1, 1024).is_err());
+        drop(a1);
+        assert_eq!(*changes.0.lock().unwrap(), ["a", "b"]);
+        drop(a2);
+        drop(b);
+        assert_eq!(*changes.0.lock().unwrap(), ["a", "b", "a", "b"]);
     }
 
     #[test]

@@ -1,22 +1,29 @@
 //! Fan-out: how an event reaches every connection of a user.
 //!
 //! Publishers (the writer after each commit, the typing handler) see only [`Broker`]:
-//! publish an event to a user, never waiting on anyone. [`hub::Hub`] is the in-process
-//! broker, and also where connections subscribe; a broker between processes would sit
-//! beside it, publishing there and feeding the local hub from there.
+//! publish an event to a user, never waiting on anyone. Two implementations, side by side:
+//!
+//! - [`hub::Hub`]: one node. The in-process broker, and also where connections subscribe,
+//!   on every node.
+//! - [`nats::NatsBroker`]: many nodes (cluster mode). Publishes to NATS subjects per user,
+//!   and feeds the local hub from the subjects of the users connected here; since core
+//!   NATS may lose a message, it finds gaps in the per-room ids and re-reads them from the
+//!   store.
 //!
 //! An event is rendered once into an [`Outbound`] and the same `Arc` goes to every
 //! recipient: the plain dialect's frame is built lazily, once, and shared; for Socket.IO
 //! the JSON is checked once and shared, and socketioxide wraps it in a packet per socket.
 
 pub mod hub;
+pub mod nats;
 
 use std::sync::{Arc, OnceLock};
 
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::protocol::server_event::ServerEvent;
+use crate::model::SessionUser;
+use crate::protocol::server_event::{Announced, ServerEvent};
 
 /// Where events are published: to a user, whichever connections they have.
 pub trait Broker: Send + Sync {
@@ -40,17 +47,59 @@ pub struct Outbound {
     plain: OnceLock<Utf8Bytes>,
     /// The payload as a raw JSON value, built by the first Socket.IO connection that sends it.
     raw: OnceLock<Box<RawValue>>,
+    /// For a `message:sent` of a new message: which one, and how it was announced; what a
+    /// broker between processes sends instead of the snapshot.
+    new_message: Option<Box<NewMessage>>,
+}
+
+/// A new message as a `message:sent` announces it, without the room's snapshot.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub announced: Announced,
+    /// The room id as the sender named it.
+    pub room_id: String,
+    pub sender: SessionUser,
 }
 
 impl Outbound {
     /// Renders `event` for the wire.
     pub fn new(event: ServerEvent) -> Arc<Outbound> {
+        let new_message = match &event {
+            ServerEvent::MessageSent {
+                room_id,
+                user,
+                announces: Some(announced),
+                ..
+            } => Some(Box::new(NewMessage {
+                announced: announced.clone(),
+                room_id: room_id.clone(),
+                sender: user.clone(),
+            })),
+            _ => None,
+        };
         Arc::new(Outbound {
             name: event.name(),
             data: event.payload(),
             plain: OnceLock::new(),
             raw: OnceLock::new(),
+            new_message,
         })
+    }
+
+    /// An event rendered elsewhere (another node), as its name and payload.
+    pub(crate) fn rendered(name: &'static str, data: String) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            name,
+            data,
+            plain: OnceLock::new(),
+            raw: OnceLock::new(),
+            new_message: None,
+        })
+    }
+
+    /// The new message a `message:sent` announces; `None` for every other event.
+    pub fn new_message(&self) -> Option<&NewMessage> {
+        self.new_message.as_deref()
     }
 
     /// The payload as a JSON value for emitters that take one (Socket.IO), checked once

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use crate::model::{ChatMessage, SessionUser};
+use crate::model::{ChatMessage, RoomKey, SessionUser};
 
 /// One event the server pushes to a user's connections.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub enum ServerEvent {
         user: SessionUser,
         /// The room's latest messages, newest first, as one JSON array text.
         messages: String,
+        /// The new message this event announces; `None` for a retry's, which stores
+        /// nothing new. A broker between processes sends this instead of `messages`.
+        announces: Option<Announced>,
     },
     /// `message:seen`: to a sender, which of their messages a reader has now seen.
     MessageSeen(Vec<SeenReceipt>),
@@ -51,6 +54,14 @@ pub enum ServerEvent {
     },
     /// `unblock`: to the blocker's connections, that they no longer block `user_id`.
     Unblocked { user_id: String },
+}
+
+/// The message a `message:sent` announces, by its place in its room: ids are gap-free
+/// per room, so a node that receives these can tell when one went missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    pub room: RoomKey,
+    pub message_id: u64,
 }
 
 /// One message that became seen, as `message:seen` lists it.
@@ -124,6 +135,7 @@ impl ServerEvent {
                 room_id,
                 user,
                 messages,
+                ..
             } => {
                 let mut out = String::with_capacity(
                     messages.len() + room_id.len() + user.name.len() * 2 + 64,
@@ -186,6 +198,7 @@ mod tests {
                 name: "Ann \"A\"".into(),
             },
             messages: r#"[{"id":2},{"id":1}]"#.into(),
+            announces: None,
         };
         assert_eq!(event.name(), "message:sent");
         assert_eq!(

@@ -120,16 +120,7 @@ impl Server {
     }
 
     pub async fn connect_token(&self, user: &str, token: &str) -> Client {
-        let url = format!("ws://{}/ws?token={token}", self.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("WebSocket handshake");
-        Client {
-            ws,
-            user: user.to_owned(),
-            buffered: VecDeque::new(),
-            next_ack: 1,
-        }
+        connect_at(self.addr, user, token).await
     }
 
     /// The HTTP status of a handshake that is expected to fail, with its JSON body.
@@ -292,6 +283,21 @@ fn dechunk(mut body: &str) -> String {
         }
         out.push_str(&rest[..size]);
         body = &rest[size + 2..];
+    }
+}
+
+/// A plain-dialect connection to whatever server listens on `addr` (a node that a test
+/// composed in-process, say).
+pub async fn connect_at(addr: SocketAddr, user: &str, token: &str) -> Client {
+    let url = format!("ws://{addr}/ws?token={token}");
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket handshake");
+    Client {
+        ws,
+        user: user.to_owned(),
+        buffered: VecDeque::new(),
+        next_ack: 1,
     }
 }
 
@@ -658,6 +664,8 @@ pub mod dump;
 pub mod load;
 pub mod metrics;
 pub mod postgres;
+
+pub mod nats;
 
 /// Polls `GET /healthz` until it answers 200 and returns how long that took; panics after
 /// `within`. Connection errors count as "not yet".

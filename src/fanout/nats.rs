@@ -1,0 +1,872 @@
+//! The broker between nodes (cluster mode): events travel over NATS, on one subject per
+//! user, and each node feeds the connections it holds from the subjects of its own users.
+//!
+//! Why core NATS: it is a broker that operators already run (Centrifugo fans out the same
+//! way), its subjects map one to one onto "every connection of a user", and a node only
+//! receives the traffic of the users connected to it: it subscribes to a user's subject
+//! when their first connection here opens and unsubscribes when their last one closes
+//! ([`Presence`]). NATS is not the store of record: every event it carries was committed
+//! first, and the store can say again what it announced.
+//!
+//! Core NATS delivers at most once: a message is lost when a subscriber falls behind
+//! (slow consumer), or while a node reconnects. Nothing here depends on every message
+//! arriving. Per-room ids are gap-free, so the node remembers, per local user and room,
+//! the last message id it delivered ([`Tracker`]):
+//! - an id at or below it is a duplicate, dropped;
+//! - an id past the next one is a gap: the missing messages are read from the store and
+//!   delivered first, in order;
+//! - a NATS reconnect, a slow consumer or a full queue here may have lost anything, so
+//!   every remembered room is caught up from the store.
+//!
+//! What is recovered is `message:sent`, the event a client cannot do without. Typing is
+//! best-effort, and receipts, edits and block changes travel once: a client that misses
+//! one sees it in its next history or `changes` read.
+//!
+//! NATS messages stay small: a `message:sent` carries the new message's room, id and
+//! sender, never the room's 50-message snapshot; the receiving node reads that from its
+//! store, up to the announced id. Every other event is carried as rendered (a receipt list,
+//! one edited message, a typing notice).
+//!
+//! One task per node does the work in order: what the writer publishes here (locally
+//! committed events) and what NATS brings go through the same queue and the same tracker,
+//! so a user's `message:sent` events of one room reach their connections in id order
+//! whichever node committed them.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use super::hub::{Hub, Presence};
+use super::{Broker, Outbound};
+use crate::metrics;
+use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::protocol::event::MAX_MESSAGES_LIMIT;
+use crate::protocol::server_event::{Announced, ServerEvent};
+use crate::protocol::time::now_millis;
+use crate::store::{ReadStore, StoreError};
+
+/// Every event name a node may receive as rendered, to keep the `&'static str` that
+/// [`Outbound`] holds.
+const EVENT_NAMES: [&str; 7] = [
+    "message:sent",
+    "message:seen",
+    "message:delivered",
+    "message:updated",
+    "typing",
+    "block",
+    "unblock",
+];
+
+/// Most missing messages recovered at once in one room: each `message:sent` carries the
+/// room's latest 50, so a client that gets the last one has the others in its snapshot.
+const MAX_RECOVERED: u64 = MAX_MESSAGES_LIMIT as u64;
+
+/// How to reach NATS and how much the node may hold for it.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// One or more servers, comma-separated.
+    pub url: String,
+    /// This node's name, on its NATS connection and in its logs.
+    pub node_name: String,
+    /// Events waiting for the fan-out task (`cluster.queue_events`).
+    pub queue_events: usize,
+    /// Messages buffered per user subscription (`cluster.subscription_messages`).
+    pub subscription_messages: usize,
+    /// Rooms remembered per local user (`cluster.tracked_rooms_per_user`).
+    pub tracked_rooms_per_user: usize,
+}
+
+/// The name a node goes by unless `cluster.node_name` says otherwise: the host name and
+/// the listening port, unique on one machine and across machines.
+pub fn default_node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "chat-server".to_owned());
+    format!("{host}:{port}")
+}
+
+/// Why cluster fan-out could not start.
+#[derive(Debug)]
+pub enum NatsError {
+    /// The first connection to NATS failed.
+    Connect(async_nats::ConnectError),
+}
+
+impl std::fmt::Display for NatsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsError::Connect(e) => write!(f, "cannot connect to NATS: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NatsError {}
+
+/// What travels on a user's subject.
+#[derive(Debug, Serialize, Deserialize)]
+enum Notice {
+    /// A new message: the receiver builds the `message:sent` from its store.
+    Sent {
+        low: String,
+        high: String,
+        message_id: u64,
+        room_id: String,
+        sender_id: String,
+        sender_name: String,
+    },
+    /// Any other event, as rendered by the node that published it.
+    Rendered { name: String, data: String },
+}
+
+impl Notice {
+    /// What NATS carries of `event`.
+    fn of(event: &Outbound) -> Notice {
+        match event.new_message() {
+            Some(new) => Notice::Sent {
+                low: new.announced.room.low.clone(),
+                high: new.announced.room.high.clone(),
+                message_id: new.announced.message_id,
+                room_id: new.room_id.clone(),
+                sender_id: new.sender.id.clone(),
+                sender_name: new.sender.name.clone(),
+            },
+            None => Notice::Rendered {
+                name: event.name.to_owned(),
+                data: event.data.clone(),
+            },
+        }
+    }
+}
+
+/// The subject of `user`'s events: their id in hex, since user ids may hold the dots and
+/// wildcards that NATS subjects give meaning to.
+pub fn subject(user: &str) -> String {
+    let mut subject = String::with_capacity(10 + 2 * user.len());
+    subject.push_str("chat.user.");
+    for byte in user.bytes() {
+        let _ = write!(subject, "{byte:02x}");
+    }
+    subject
+}
+
+/// One unit of work for the fan-out task.
+enum Job {
+    /// An event published on this node (committed by its writer, or a typing notice) for
+    /// a user connected here.
+    Local { user: String, event: Arc<Outbound> },
+    /// The same for a user not connected here: only what NATS carries, so that a queued
+    /// `message:sent` does not hold its snapshot.
+    Forward { user: String, notice: Notice },
+    /// A notice from NATS for a user connected here.
+    Remote { user: String, payload: Bytes },
+}
+
+/// What the broker's handles and the task share.
+struct Shared {
+    /// Users whose first connection opened or last one closed since the task looked.
+    changed: Mutex<HashSet<String>>,
+    /// Set when events may have been lost: NATS reconnected, a slow consumer, a full queue.
+    lost: AtomicBool,
+    wake: Notify,
+    stats: ClusterStats,
+}
+
+/// What the cluster fan-out has had to repair so far.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    recovered: AtomicU64,
+    duplicates: AtomicU64,
+    dropped: AtomicU64,
+    resyncs: AtomicU64,
+    subscribed: AtomicU64,
+}
+
+/// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
+#[derive(Debug, Clone, Copy)]
+enum Repair {
+    Recovered,
+    Duplicate,
+    Dropped,
+    CatchUp,
+}
+
+impl Repair {
+    const ALL: [Repair; 4] = [
+        Repair::Recovered,
+        Repair::Duplicate,
+        Repair::Dropped,
+        Repair::CatchUp,
+    ];
+
+    /// Its `kind` label.
+    fn kind(self) -> &'static str {
+        match self {
+            Repair::Recovered => "recovered",
+            Repair::Duplicate => "duplicate",
+            Repair::Dropped => "dropped",
+            Repair::CatchUp => "catch_up",
+        }
+    }
+}
+
+impl ClusterStats {
+    fn count(&self, repair: Repair) {
+        let counter = match repair {
+            Repair::Recovered => &self.recovered,
+            Repair::Duplicate => &self.duplicates,
+            Repair::Dropped => &self.dropped,
+            Repair::CatchUp => &self.resyncs,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::cluster_repair(repair.kind());
+    }
+
+    /// Messages delivered from the store because their NATS message never came.
+    pub fn recovered(&self) -> u64 {
+        self.recovered.load(Ordering::Relaxed)
+    }
+
+    /// `message:sent` events dropped because the user already had them.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped here because the fan-out queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Times every remembered room was caught up from the store.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Users whose subject this node listens to, once the NATS server has the subscription.
+    pub fn subscribed(&self) -> u64 {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+}
+
+/// Publishes to NATS and to the local hub; see the module docs.
+pub struct NatsBroker {
+    hub: Arc<Hub>,
+    queue: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The hub's [`Presence`] watcher: notes the user for the task.
+struct Watcher(Arc<Shared>);
+
+impl Presence for Watcher {
+    fn changed(&self, user: &str) {
+        self.0
+            .changed
+            .lock()
+            .expect("presence lock poisoned")
+            .insert(user.to_owned());
+        self.0.wake.notify_one();
+    }
+}
+
+impl NatsBroker {
+    /// Connects to NATS and starts the fan-out task, which feeds `hub` and reads gaps from
+    /// `store`. Fails when no NATS server answers; once connected, the client reconnects
+    /// by itself for as long as it takes.
+    pub async fn connect(
+        options: NatsOptions,
+        hub: Arc<Hub>,
+        store: Arc<dyn ReadStore>,
+    ) -> Result<Arc<NatsBroker>, NatsError> {
+        let shared = Arc::new(Shared {
+            changed: Mutex::default(),
+            lost: AtomicBool::new(false),
+            wake: Notify::new(),
+            stats: ClusterStats::default(),
+        });
+        let events = Arc::clone(&shared);
+        let node = options.node_name.clone();
+        // The first `Connected` is the connection being made: nothing was lost yet.
+        let connected_before = Arc::new(AtomicBool::new(false));
+        let addrs: Vec<async_nats::ServerAddr> = options
+            .url
+            .split(',')
+            .map(|url| url.trim().parse())
+            .collect::<Result<_, std::io::Error>>()
+            .map_err(|e| NatsError::Connect(e.into()))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(&options.node_name)
+            // A node delivers its own events locally, before NATS: it must not get them
+            // back.
+            .no_echo()
+            .subscription_capacity(options.subscription_messages)
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let shared = Arc::clone(&events);
+                let node = node.clone();
+                let connected_before = Arc::clone(&connected_before);
+                async move {
+                    let reconnected = matches!(event, async_nats::Event::Connected)
+                        && connected_before.swap(true, Ordering::AcqRel);
+                    if reconnected || matches!(event, async_nats::Event::SlowConsumer(_)) {
+                        tracing::warn!(%node, %event, "NATS: catching up from the store");
+                        shared.lost.store(true, Ordering::Release);
+                        shared.wake.notify_one();
+                    } else {
+                        tracing::info!(%node, %event, "NATS");
+                    }
+                }
+            })
+            .connect(addrs)
+            .await
+            .map_err(NatsError::Connect)?;
+        metrics::cluster_started(&Repair::ALL.map(Repair::kind));
+        let (queue, jobs) = mpsc::channel(options.queue_events);
+        hub.watch_presence(Arc::new(Watcher(Arc::clone(&shared))));
+        let task = Fanout {
+            client,
+            hub: Arc::clone(&hub),
+            store,
+            shared: Arc::clone(&shared),
+            queue: queue.clone(),
+            users: HashMap::new(),
+            rooms_per_user: options.tracked_rooms_per_user,
+            touched: 0,
+        };
+        let task = tokio::spawn(task.run(jobs));
+        Ok(Arc::new(NatsBroker {
+            hub,
+            queue,
+            shared,
+            task: Mutex::new(Some(task)),
+        }))
+    }
+
+    /// What the fan-out has repaired so far.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.shared.stats
+    }
+
+    /// Stops the fan-out task; its subscriptions end with it.
+    pub fn stop(&self) {
+        if let Some(task) = self.task.lock().expect("task lock poisoned").take() {
+            task.abort();
+        }
+    }
+}
+
+impl Broker for NatsBroker {
+    /// Queues `event` for the fan-out task, which delivers it here and publishes it to
+    /// NATS. A full queue drops it and has the node catch up from the store.
+    fn publish(&self, user: &str, event: &Arc<Outbound>) {
+        let user = user.to_owned();
+        let job = if self.hub.is_online(&user) {
+            Job::Local {
+                user,
+                event: Arc::clone(event),
+            }
+        } else {
+            Job::Forward {
+                user,
+                notice: Notice::of(event),
+            }
+        };
+        if self.queue.try_send(job).is_err() {
+            self.shared.stats.count(Repair::Dropped);
+            self.shared.lost.store(true, Ordering::Release);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Whether the user has a connection on this node: other nodes are not asked.
+    fn is_online(&self, user: &str) -> bool {
+        self.hub.is_online(user)
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How a `message:sent` reached the fan-out task.
+enum Delivery<'a> {
+    /// Rendered, with its snapshot: committed on this node.
+    Rendered(&'a Arc<Outbound>),
+    /// Announced by another node, to be built from the store.
+    Notice(Named),
+}
+
+/// How a `message:sent` names its room and sender.
+struct Named {
+    room_id: String,
+    sender: SessionUser,
+}
+
+/// A user connected here: their subscription and what they were last given.
+struct LocalUser {
+    /// Forwards the user's subject into the queue; aborting it unsubscribes. `None` when
+    /// subscribing failed: the user still gets what is committed here.
+    forward: Option<JoinHandle<()>>,
+    /// When their first connection here opened, or a room of theirs was last forgotten:
+    /// messages of an untracked room sent since then may be ones they have not had.
+    since_ms: i64,
+    tracker: Tracker,
+}
+
+impl Drop for LocalUser {
+    /// Unsubscribes: with the user gone, or with the fan-out task stopped.
+    fn drop(&mut self) {
+        if let Some(forward) = &self.forward {
+            forward.abort();
+        }
+    }
+}
+
+/// The last message id delivered, per room, for one local user; at most
+/// `cluster.tracked_rooms_per_user` rooms, the least recently active forgotten first.
+#[derive(Default)]
+struct Tracker {
+    rooms: HashMap<RoomKey, (u64, u64)>,
+}
+
+impl Tracker {
+    fn last(&self, room: &RoomKey) -> Option<u64> {
+        self.rooms.get(room).map(|&(id, _)| id)
+    }
+
+    /// Records `id` as delivered in `room`, at time `touched` (a counter); true when a
+    /// room was forgotten to make space.
+    fn set(&mut self, room: &RoomKey, id: u64, touched: u64, cap: usize) -> bool {
+        if let Some(entry) = self.rooms.get_mut(room) {
+            *entry = (id, touched);
+            return false;
+        }
+        let full = self.rooms.len() >= cap;
+        if full {
+            let oldest = self
+                .rooms
+                .iter()
+                .min_by_key(|(_, &(_, touched))| touched)
+                .map(|(room, _)| room.clone());
+            if let Some(oldest) = oldest {
+                self.rooms.remove(&oldest);
+            }
+        }
+        self.rooms.insert(room.clone(), (id, touched));
+        full
+    }
+}
+
+/// The fan-out task's state.
+struct Fanout {
+    client: async_nats::Client,
+    hub: Arc<Hub>,
+    store: Arc<dyn ReadStore>,
+    shared: Arc<Shared>,
+    /// For the forwarding tasks of new subscriptions.
+    queue: mpsc::Sender<Job>,
+    users: HashMap<String, LocalUser>,
+    rooms_per_user: usize,
+    /// Orders tracker entries by recency.
+    touched: u64,
+}
+
+impl Fanout {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shared.wake.notified() => {
+                    self.update_subscriptions().await;
+                    if self.shared.lost.swap(false, Ordering::AcqRel) {
+                        self.resync().await;
+                    }
+                }
+                job = jobs.recv() => match job {
+                    Some(Job::Local { user, event }) => self.local(user, event).await,
+                    Some(Job::Forward { user, notice }) => self.forward(&user, &notice).await,
+                    Some(Job::Remote { user, payload }) => self.remote(&user, &payload).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Subscribes to the users who came, unsubscribes from those who left.
+    async fn update_subscriptions(&mut self) {
+        let changed = std::mem::take(&mut *self.shared.changed.lock().expect("presence lock"));
+        if changed.is_empty() {
+            return;
+        }
+        for user in changed {
+            let online = self.hub.is_online(&user);
+            if online && !self.users.contains_key(&user) {
+                let forward = match self.client.subscribe(subject(&user)).await {
+                    Ok(subscriber) => Some(tokio::spawn(forward(
+                        user.clone(),
+                        subscriber,
+                        self.queue.clone(),
+                    ))),
+                    Err(e) => {
+                        tracing::error!(%user, error = %e, "cannot subscribe on NATS");
+                        None
+                    }
+                };
+                let local = LocalUser {
+                    forward,
+                    since_ms: now_millis(),
+                    tracker: Tracker::default(),
+                };
+                self.users.insert(user, local);
+            } else if !online {
+                self.users.remove(&user);
+            }
+        }
+        // Counted once the server has processed the subscriptions.
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "NATS flush after subscribing failed");
+        }
+        let subscribed = self.users.values().filter(|u| u.forward.is_some()).count();
+        self.shared
+            .stats
+            .subscribed
+            .store(subscribed as u64, Ordering::Relaxed);
+    }
+
+    /// An event published here: delivered to the user's connections here (in id order
+    /// for a new message), then published for their connections elsewhere.
+    async fn local(&mut self, user: String, event: Arc<Outbound>) {
+        match event.new_message() {
+            Some(new) => {
+                self.sent(&user, &new.announced, Delivery::Rendered(&event))
+                    .await
+            }
+            None => self.hub.publish(&user, &event),
+        }
+        self.forward(&user, &Notice::of(&event)).await;
+    }
+
+    /// Publishes `notice` on `user`'s subject, for their connections on other nodes.
+    async fn forward(&self, user: &str, notice: &Notice) {
+        let payload = postcard::to_stdvec(notice).expect("notices serialize");
+        // Nothing to wait for: a lost message is found by the receivers' gap detection.
+        if let Err(e) = self.client.publish(subject(user), payload.into()).await {
+            tracing::warn!(%user, error = %e, "cannot publish on NATS");
+        }
+    }
+
+    /// A notice from another node.
+    async fn remote(&mut self, user: &str, payload: &[u8]) {
+        let notice: Notice = match postcard::from_bytes(payload) {
+            Ok(notice) => notice,
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "undecodable NATS message dropped");
+                return;
+            }
+        };
+        match notice {
+            Notice::Sent {
+                low,
+                high,
+                message_id,
+                room_id,
+                sender_id,
+                sender_name,
+            } => {
+                let announced = Announced {
+                    room: RoomKey { low, high },
+                    message_id,
+                };
+                let named = Named {
+                    room_id,
+                    sender: SessionUser {
+                        id: sender_id,
+                        name: sender_name,
+                    },
+                };
+                self.sent(user, &announced, Delivery::Notice(named)).await;
+            }
+            Notice::Rendered { name, data } => {
+                match EVENT_NAMES.iter().find(|known| **known == name) {
+                    Some(name) => self.hub.publish(user, &Outbound::rendered(name, data)),
+                    None => tracing::warn!(%user, %name, "unknown event from NATS dropped"),
+                }
+            }
+        }
+    }
+
+    /// Delivers the `message:sent` of `announced` to `user` unless they had it, after any
+    /// messages of the room they are missing.
+    async fn sent(&mut self, user: &str, announced: &Announced, delivery: Delivery<'_>) {
+        let Some(local) = self.users.get(user) else {
+            // Not connected here, or not yet known to this task: the hub has whoever is.
+            if let Delivery::Rendered(event) = delivery {
+                self.hub.publish(user, event);
+            }
+            return;
+        };
+        let (room, id) = (&announced.room, announced.message_id);
+        let missing: Vec<u64> = match local.tracker.last(room) {
+            Some(last) if id <= last => {
+                self.shared.stats.count(Repair::Duplicate);
+                return;
+            }
+            Some(last) => (last.max(id.saturating_sub(MAX_RECOVERED + 1)) + 1..id).collect(),
+            // A room not seen since the user connected: what was sent since may be missing,
+            // as far as the last snapshot reaches. Only for a notice from elsewhere: one
+            // committed here was published here, in order.
+            None if matches!(delivery, Delivery::Notice(_)) => {
+                match self.messages_since(user, room, id, local.since_ms).await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        tracing::warn!(%user, error = %e, "cannot read what a user missed");
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        for missed in missing {
+            if self.deliver_from_store(user, room, missed, None).await {
+                self.shared.stats.count(Repair::Recovered);
+            }
+        }
+        match delivery {
+            Delivery::Rendered(event) => {
+                self.hub.publish(user, event);
+                self.delivered(user, room, id);
+            }
+            Delivery::Notice(named) => {
+                self.deliver_from_store(user, room, id, Some(named)).await;
+            }
+        }
+    }
+
+    /// Ids below `id` in the room sent at or after `since_ms`, oldest first, within the
+    /// latest snapshot's reach.
+    async fn messages_since(
+        &self,
+        user: &str,
+        room: &RoomKey,
+        id: u64,
+        since_ms: i64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let page = self
+            .store
+            .messages_page(room, user, Some(id), MAX_MESSAGES_LIMIT)
+            .await?;
+        Ok(page
+            .messages
+            .iter()
+            .rev()
+            .filter(|m| m.sent_ms >= since_ms)
+            .map(|m| m.id)
+            .collect())
+    }
+
+    /// Builds message `id`'s `message:sent` from the store (the room's latest messages up
+    /// to it, as they are now) and delivers it; false when it is gone (retention, an
+    /// erasure) or the store failed. `named` is how its announcement named the room and
+    /// the sender; a recovered message, which has none, gets the canonical room id and the
+    /// sender's stored profile.
+    async fn deliver_from_store(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        id: u64,
+        named: Option<Named>,
+    ) -> bool {
+        match self.sent_event(user, room, id, named).await {
+            Ok(Some(event)) => {
+                self.hub.publish(user, &event);
+                self.delivered(user, room, id);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(%user, id, error = %e, "cannot read a message to deliver");
+                false
+            }
+        }
+    }
+
+    async fn sent_event(
+        &self,
+        user: &str,
+        room: &RoomKey,
+        id: u64,
+        named: Option<Named>,
+    ) -> Result<Option<Arc<Outbound>>, StoreError> {
+        let page = self
+            .store
+            .messages_page(room, user, Some(id + 1), MAX_MESSAGES_LIMIT)
+            .await?;
+        let Some(message) = page.messages.first().filter(|m| m.id == id) else {
+            return Ok(None);
+        };
+        let named = match named {
+            Some(named) => named,
+            None => Named {
+                room_id: room.id(),
+                sender: if message.user_id == page.partner.id {
+                    page.partner.clone()
+                } else {
+                    self.store.profile(&message.user_id).await?
+                },
+            },
+        };
+        Ok(Some(Outbound::new(ServerEvent::MessageSent {
+            room_id: named.room_id,
+            user: named.sender,
+            messages: snapshot(&page.messages),
+            announces: Some(Announced {
+                room: room.clone(),
+                message_id: id,
+            }),
+        })))
+    }
+
+    fn delivered(&mut self, user: &str, room: &RoomKey, id: u64) {
+        self.touched += 1;
+        if let Some(local) = self.users.get_mut(user) {
+            if local
+                .tracker
+                .set(room, id, self.touched, self.rooms_per_user)
+            {
+                // What the forgotten room misses from now on is found as for a new room.
+                local.since_ms = now_millis();
+            }
+        }
+    }
+
+    /// After a possible loss: waits until NATS has every subscription again (so nothing
+    /// published from now on is missed), then delivers what each remembered room has past
+    /// its last delivered id.
+    async fn resync(&mut self) {
+        self.shared.stats.count(Repair::CatchUp);
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "NATS flush before catching up failed");
+        }
+        let rooms: Vec<(String, RoomKey, u64)> = self
+            .users
+            .iter()
+            .flat_map(|(user, local)| {
+                local
+                    .tracker
+                    .rooms
+                    .iter()
+                    .map(|(room, &(last, _))| (user.clone(), room.clone(), last))
+            })
+            .collect();
+        for (user, room, last) in rooms {
+            let latest = match self
+                .store
+                .messages_page(&room, &user, None, MAX_MESSAGES_LIMIT)
+                .await
+            {
+                Ok(page) => page.messages,
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "cannot catch up a room");
+                    continue;
+                }
+            };
+            let missing: Vec<u64> = latest
+                .iter()
+                .rev()
+                .map(|m| m.id)
+                .filter(|&id| id > last)
+                .collect();
+            for id in missing {
+                if self.deliver_from_store(&user, &room, id, None).await {
+                    self.shared.stats.count(Repair::Recovered);
+                }
+            }
+        }
+    }
+}
+
+/// Feeds one user's NATS subscription into the fan-out queue until aborted.
+async fn forward(user: String, mut subscriber: async_nats::Subscriber, queue: mpsc::Sender<Job>) {
+    while let Some(message) = subscriber.next().await {
+        let job = Job::Remote {
+            user: user.clone(),
+            payload: message.payload,
+        };
+        if queue.send(job).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The JSON array a `message:sent` carries, as the writer's cache renders it.
+fn snapshot(messages: &[ChatMessage]) -> String {
+    let mut out = String::from("[");
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(message).expect("messages serialize"));
+    }
+    out.push(']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_hex_encode_user_ids_so_dots_and_wildcards_are_plain() {
+        assert_eq!(subject("a.b"), "chat.user.612e62");
+        assert_eq!(subject("*>"), "chat.user.2a3e");
+        assert_ne!(subject("ab"), subject("a.b"));
+    }
+
+    #[test]
+    fn the_tracker_forgets_the_least_recently_active_room_first() {
+        let mut tracker = Tracker::default();
+        let room = |n: &str| RoomKey::new("a", n);
+        assert!(!tracker.set(&room("b"), 1, 1, 2));
+        assert!(!tracker.set(&room("c"), 1, 2, 2));
+        assert!(!tracker.set(&room("b"), 2, 3, 2));
+        assert!(tracker.set(&room("d"), 1, 4, 2));
+        assert_eq!(tracker.last(&room("b")), Some(2));
+        assert_eq!(tracker.last(&room("c")), None);
+        assert_eq!(tracker.last(&room("d")), Some(1));
+        assert_eq!(tracker.rooms.len(), 2);
+    }
+
+    #[test]
+    fn every_server_event_name_can_be_received() {
+        let events = [
+            ServerEvent::MessageSeen(Vec::new()),
+            ServerEvent::MessageDelivered(Vec::new()),
+            ServerEvent::Typing {
+                room_id: String::new(),
+                user_id: String::new(),
+            },
+            ServerEvent::Unblocked {
+                user_id: String::new(),
+            },
+            ServerEvent::Blocked {
+                user_id: String::new(),
+                blocked_at: String::new(),
+            },
+        ];
+        for event in &events {
+            assert!(EVENT_NAMES.contains(&event.name()), "{}", event.name());
+        }
+        assert!(EVENT_NAMES.contains(&"message:sent") && EVENT_NAMES.contains(&"message:updated"));
+    }
+}

@@ -1,0 +1,516 @@
+//! Cluster mode's fan-out over NATS, with real `nats-server`s: nodes composed in this
+//! process as `main` composes one (hub, NATS broker, writer, handlers, server), sharing one
+//! redb store (its write transactions are serialized), each on its own loopback port, and
+//! real WebSocket clients on them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_server::app::App;
+use chat_server::auth::{AdminSecret, Auth};
+use chat_server::chat::{Chat, ChatLimits};
+use chat_server::config::Config;
+use chat_server::fanout::hub::Hub;
+use chat_server::fanout::nats::{NatsBroker, NatsOptions};
+use chat_server::fanout::Broker;
+use chat_server::store::redb::RedbStore;
+use chat_server::webhook::Hooks;
+use chat_server::writer::{Writer, WriterConfig, WriterThread};
+use common::nats::{NatsCluster, NatsServer};
+use common::{connect_at, Client, Server, SECRET, WAIT};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// One chat-server node in this process.
+struct Node {
+    addr: SocketAddr,
+    /// `None` for a node without NATS, whose events never leave it.
+    nats: Option<Arc<NatsBroker>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    writer: Option<WriterThread>,
+}
+
+impl Node {
+    /// A node on `store`, fanning out over the NATS server at `nats_url` (or, without one,
+    /// only to its own connections).
+    async fn start(store: &Arc<RedbStore>, nats_url: Option<&str>, name: &str) -> Node {
+        let mut config = Config::default();
+        // The load test sends faster than a person.
+        config.limits.send_rate_per_sec = 1000.0;
+        config.limits.send_burst = 1000;
+        let hub = Hub::new(usize::MAX, 0);
+        let nats = match nats_url {
+            Some(url) => {
+                let options = NatsOptions {
+                    url: url.to_owned(),
+                    node_name: name.to_owned(),
+                    queue_events: 4096,
+                    subscription_messages: 1024,
+                    tracked_rooms_per_user: 16,
+                };
+                Some(
+                    NatsBroker::connect(options, hub.clone(), store.clone())
+                        .await
+                        .expect("connect to nats-server"),
+                )
+            }
+            None => None,
+        };
+        let broker: Arc<dyn Broker> = match &nats {
+            Some(nats) => nats.clone(),
+            None => hub.clone(),
+        };
+        // As in main: with other writers on the store, no latest-50 cache.
+        let writer = Writer::spawn(
+            store.clone(),
+            broker.clone(),
+            Arc::new(Hooks::none()),
+            WriterConfig {
+                recent_cache_bytes: 0,
+                max_batch: 64,
+            },
+        );
+        let chat = Chat::new(
+            store.clone(),
+            writer.writer(),
+            broker,
+            hub,
+            ChatLimits::from(&config),
+            SECRET.as_bytes(),
+        );
+        let app = App::new(
+            Arc::new(chat),
+            Auth::new(SECRET.as_bytes()),
+            config,
+            AdminSecret::new(b"admin".to_vec()),
+            store.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(chat_server::server::run(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        Node {
+            addr,
+            nats,
+            stop: Some(stop),
+            server,
+            writer: Some(writer),
+        }
+    }
+
+    async fn connect(&self, user: &str) -> Client {
+        let token = Auth::new(SECRET.as_bytes()).mint(user, None, Duration::from_secs(3600));
+        connect_at(self.addr, user, &token).await
+    }
+
+    fn nats(&self) -> &NatsBroker {
+        self.nats.as_ref().expect("a node on NATS")
+    }
+
+    /// Waits until this node's NATS server has the subscriptions of `users` connected here.
+    async fn wait_subscribed(&self, users: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.nats().stats().subscribed() < users {
+            assert!(Instant::now() < deadline, "the node never subscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = (&mut self.server).await;
+        self.writer.take().unwrap().shutdown().await;
+        if let Some(nats) = &self.nats {
+            nats.stop();
+        }
+    }
+}
+
+fn shared_store() -> (tempfile::TempDir, Arc<RedbStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+    (dir, store)
+}
+
+/// The next `message:sent`, skipping receipts and typing notices.
+async fn next_sent(client: &mut Client) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["event"] == "message:sent" {
+            return frame["data"].clone();
+        }
+    }
+}
+
+/// The ids of a `message:sent`'s snapshot, newest first.
+fn snapshot_ids(sent: &Value) -> Vec<u64> {
+    common::ids(&sent["messages"])
+}
+
+#[tokio::test]
+async fn alice_on_one_node_and_bob_on_another_chat() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(1).await;
+
+    let ack = alice.send_message("alice-bob", "hi bob").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let sent = next_sent(&mut bob).await;
+    assert_eq!(sent["roomId"], "alice-bob");
+    assert_eq!(sent["user"]["id"], "alice");
+    assert_eq!(sent["messages"][0]["message"], "hi bob");
+    assert_eq!(snapshot_ids(&sent), [1]);
+    // The sender's own connection gets it from its own node.
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [1]);
+
+    bob.send_message("alice-bob", "hi alice").await;
+    let sent = next_sent(&mut alice).await;
+    assert_eq!(sent["user"]["id"], "bob");
+    assert_eq!(snapshot_ids(&sent), [2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [2, 1]);
+
+    // Typing and receipts cross too.
+    bob.emit("typing", json!({ "roomId": "alice-bob" })).await;
+    assert_eq!(alice.recv_event("typing").await["userId"], "bob");
+    let read = json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 1,
+                        "seenDate": "2026-01-01T00:00:00Z" }]);
+    assert_eq!(bob.request("message:read", read).await["ok"], true);
+    loop {
+        let frame = alice.recv().await;
+        if frame["event"] == "message:seen" {
+            assert_eq!(frame["data"][0]["messageId"], 1);
+            assert_eq!(frame["data"][0]["userId"], "bob");
+            break;
+        }
+    }
+    // Nothing was lost, so nothing was recovered or dropped twice.
+    let stats = b.nats().stats();
+    assert_eq!((stats.recovered(), stats.duplicates()), (0, 0));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_on_two_nodes_gets_everything_on_both() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob_a = a.connect("bob").await;
+    let mut bob_b = b.connect("bob").await;
+    a.wait_subscribed(2).await;
+    b.wait_subscribed(1).await;
+
+    for text in ["one", "two", "three"] {
+        alice.send_message("alice-bob", text).await;
+    }
+    for bob in [&mut bob_a, &mut bob_b] {
+        for n in 1..=3u64 {
+            let sent = next_sent(bob).await;
+            assert_eq!(snapshot_ids(&sent)[0], n, "{sent}");
+        }
+    }
+    // Bob's own message from one node reaches his tab on the other, and alice.
+    bob_b.send_message("alice-bob", "from b").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob_a).await), [4, 3, 2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(&mut bob_b).await), [4, 3, 2, 1]);
+    for _ in 1..=3 {
+        next_sent(&mut alice).await;
+    }
+    let sent = next_sent(&mut alice).await;
+    assert_eq!(
+        (sent["user"]["id"].as_str(), snapshot_ids(&sent)[0]),
+        (Some("bob"), 4)
+    );
+    // The block a user sets on one node shows in each of their tabs, on both nodes.
+    assert_eq!(
+        bob_a.request("block", json!({ "userId": "mallory" })).await["ok"],
+        true
+    );
+    for bob in [&mut bob_a, &mut bob_b] {
+        assert_eq!(bob.recv_event("block").await["userId"], "mallory");
+        bob.expect_silence(Duration::from_millis(300)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_nats_message_is_recovered_in_order_without_duplicates() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    // A node whose publishes never reach NATS: what it commits is a lost NATS message
+    // for everyone else.
+    let silent = Node::start(&store, None, "silent").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(1).await;
+    let mut alice_silent = silent.connect("alice").await;
+
+    alice.send_message("alice-bob", "one").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
+    alice_silent.send_message("alice-bob", "two, lost").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut alice_silent).await), [2, 1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    alice.send_message("alice-bob", "three").await;
+    // Bob gets the lost one first, from the store, then the new one; each once.
+    let recovered = next_sent(&mut bob).await;
+    assert_eq!(snapshot_ids(&recovered), [2, 1]);
+    assert_eq!(recovered["messages"][0]["message"], "two, lost");
+    assert_eq!(recovered["user"]["id"], "alice");
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [3, 2, 1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    // Alice's tab on node a missed it too (its node never heard of it).
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [3, 2, 1]);
+    assert_eq!(b.nats().stats().recovered(), 1);
+    assert_eq!(a.nats().stats().recovered(), 1);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn nats_restarted_under_load_loses_no_message_for_anyone() {
+    let mut nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(1).await;
+
+    const SENDS: u64 = 120;
+    let sender = tokio::spawn(async move {
+        for n in 1..=SENDS {
+            let ack = alice.send_message("alice-bob", &format!("m{n}")).await;
+            assert_eq!(ack["ok"], true, "{ack}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        alice
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    nats.restart();
+    let mut alice = sender.await.unwrap();
+    // Every id once, in order, whatever NATS lost while it was down.
+    for n in 1..=SENDS {
+        assert_eq!(snapshot_ids(&next_sent(&mut bob).await)[0], n);
+    }
+    bob.expect_silence(Duration::from_millis(500)).await;
+    for n in 1..=SENDS {
+        assert_eq!(snapshot_ids(&next_sent(&mut alice).await)[0], n);
+    }
+    // The restart was seen, and repaired.
+    assert!(b.nats().stats().resyncs() >= 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_three_server_nats_cluster_carries_events_between_nodes_on_different_servers() {
+    let cluster = NatsCluster::start().await;
+    let (_dir, store) = shared_store();
+    let mut nodes = Vec::new();
+    for (i, server) in cluster.servers.iter().enumerate() {
+        nodes.push(Node::start(&store, Some(&server.url()), &format!("n{i}")).await);
+    }
+    let users = ["alice", "bob", "carol"];
+    let mut clients = Vec::new();
+    for (node, user) in nodes.iter().zip(users) {
+        clients.push(node.connect(user).await);
+        node.wait_subscribed(1).await;
+    }
+    // The subscriptions reach the other servers over the routes.
+    for user in users {
+        cluster
+            .wait_interest(&chat_server::fanout::nats::subject(user))
+            .await;
+    }
+    let (alice, rest) = clients.split_first_mut().unwrap();
+    let (bob, rest) = rest.split_first_mut().unwrap();
+    let carol = &mut rest[0];
+
+    alice.send_message("alice-bob", "to bob").await;
+    alice.send_message("alice-carol", "to carol").await;
+    bob.send_message("bob-carol", "bob to carol").await;
+    let sent = next_sent(bob).await;
+    assert_eq!(
+        (sent["roomId"].as_str(), sent["user"]["id"].as_str()),
+        (Some("alice-bob"), Some("alice"))
+    );
+    let sent = next_sent(carol).await;
+    assert_eq!(
+        (sent["roomId"].as_str(), sent["user"]["id"].as_str()),
+        (Some("alice-carol"), Some("alice"))
+    );
+    let sent = next_sent(carol).await;
+    assert_eq!(
+        (sent["roomId"].as_str(), sent["user"]["id"].as_str()),
+        (Some("bob-carol"), Some("bob"))
+    );
+    assert_eq!(sent["messages"][0]["message"], "bob to carol");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_binary_with_a_nats_url_runs_its_fan_out_through_nats_under_its_default_name() {
+    let mut nats = NatsServer::start();
+    let server = Server::start_with(&[("CHAT_CLUSTER_NATS_URL", &nats.url())]);
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    alice
+        .send_message("alice-bob", "over the fan-out task")
+        .await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [1]);
+    // Its NATS connection is named after the host and the port it listens on.
+    let port = format!(":{}\"", server.addr.port());
+    let deadline = Instant::now() + WAIT;
+    while !nats.connections().await.contains(&port) {
+        assert!(
+            Instant::now() < deadline,
+            "no NATS connection named *{port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A NATS restart is caught up after, and counted.
+    let catch_ups = r#"chat_cluster_repairs_total{kind="catch_up"}"#;
+    let samples = common::metrics::scrape(&server).await;
+    assert_eq!(common::metrics::value(&samples, catch_ups), 0.0);
+    nats.restart();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let samples = common::metrics::scrape(&server).await;
+        if common::metrics::value(&samples, catch_ups) == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up counted after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn without_a_reachable_nats_the_binary_refuses_to_start_and_says_why() {
+    // A port nothing listens on: bound, then freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args([
+                "--data",
+                dir.path().to_str().unwrap(),
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .env("CHAT_JWT_SECRET", SECRET)
+            .env_remove("CHAT_CONFIG")
+            .env("CHAT_CLUSTER_NATS_URL", url)
+            .output()
+            .unwrap()
+    };
+    let out = run(&format!("nats://127.0.0.1:{port}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+    assert!(out.stdout.is_empty(), "it must not have listened");
+    // A malformed address is a configuration error, naming the key.
+    let out = run("nats://127.0.0.1:notaport");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.nats_url"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_nats_message_delivered_twice_reaches_the_user_once() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(1).await;
+    // A bystander on bob's subject keeps what node a published, to replay it.
+    let tap = async_nats::connect(nats.url()).await.unwrap();
+    let bob_subject = chat_server::fanout::nats::subject("bob");
+    let mut tapped = tap.subscribe(bob_subject.clone()).await.unwrap();
+    tap.flush().await.unwrap();
+
+    alice.send_message("alice-bob", "one").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
+    let published = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut tapped))
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..2 {
+        tap.publish(bob_subject.clone(), published.payload.clone())
+            .await
+            .unwrap();
+    }
+    tap.flush().await.unwrap();
+    alice.send_message("alice-bob", "two").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [2, 1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(b.nats().stats().duplicates(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_nats_outage_a_node_catches_up_what_it_missed_with_no_later_message() {
+    let mut nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start(&store, Some(&nats.url()), "b").await;
+    let silent = Node::start(&store, None, "silent").await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(1).await;
+    let mut alice_silent = silent.connect("alice").await;
+    alice.send_message("alice-bob", "before").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
+
+    // Committed while NATS is down, and never published: the last message of the room,
+    // so no later one reveals the gap. Only catching up after the reconnect finds it.
+    nats.kill();
+    alice_silent.send_message("alice-bob", "during").await;
+    nats.resume();
+    let caught_up = next_sent(&mut bob).await;
+    assert_eq!(snapshot_ids(&caught_up), [2, 1]);
+    assert_eq!(caught_up["messages"][0]["message"], "during");
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [2, 1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert!(b.nats().stats().resyncs() >= 1);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
