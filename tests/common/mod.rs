@@ -59,10 +59,11 @@ impl Server {
 
     /// Starts on a data directory prepared beforehand (an imported store, say).
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
-        let env: Vec<_> = env
+        let mut env: Vec<_> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        store_under_test(&mut env);
         let (child, addr) = spawn(dir.path(), &env);
         Server {
             child: Some(child),
@@ -666,6 +667,58 @@ pub mod metrics;
 pub mod postgres;
 
 pub mod nats;
+
+// ---- The same tests against cluster mode's store (issue 17) ----
+
+/// The environment variable that picks the store every `Server` runs on: unset or
+/// `redb` for the embedded store, `postgres` for cluster mode's PostgreSQL store.
+pub const TEST_STORE: &str = "CHAT_TEST_STORE";
+
+/// Whether this run's servers store in PostgreSQL (`CHAT_TEST_STORE=postgres`). Tests
+/// about the embedded store itself (its files, backups, crash trials) check this and
+/// return, saying why.
+pub fn cluster_mode() -> bool {
+    match std::env::var(TEST_STORE).as_deref() {
+        Err(_) | Ok("redb") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("{TEST_STORE}={other:?}: expected \"redb\" or \"postgres\""),
+    }
+}
+
+/// The setting that puts a server in cluster mode, on this PostgreSQL database.
+const URL: &str = "CHAT_CLUSTER_POSTGRES_URL";
+
+/// One throwaway PostgreSQL per test binary, started on first use; it is stopped and
+/// deleted when the binary exits (a static is never dropped).
+static TEST_CLUSTER: std::sync::LazyLock<postgres::TestPostgres> = std::sync::LazyLock::new(|| {
+    let pg = postgres::TestPostgres::start();
+    pg.stop_at_exit();
+    pg
+});
+
+/// In cluster mode, gives a new server a fresh database of its own (tests stay
+/// independent); the URL goes into the server's saved environment, so `restart`,
+/// `restart_same_port` and a start after `kill9` find the same data. A test that
+/// already names a database (the cluster tests) keeps it.
+fn store_under_test(env: &mut Vec<(String, String)>) {
+    if !cluster_mode() || env.iter().any(|(k, _)| k == URL) {
+        return;
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let url = TEST_CLUSTER.create_database(&format!("server_{n}"));
+    env.push((URL.to_owned(), url));
+}
+
+impl Server {
+    /// The PostgreSQL database this server stores in, in cluster mode; `None` on redb.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == URL)
+            .map(|(_, v)| v.as_str())
+    }
+}
 
 /// Polls `GET /healthz` until it answers 200 and returns how long that took; panics after
 /// `within`. Connection errors count as "not yet".

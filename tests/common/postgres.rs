@@ -110,6 +110,48 @@ impl TestPostgres {
         }
     }
 
+    /// Creates an empty database in this cluster and returns its `postgres://` URL, so
+    /// that servers sharing one cluster start from nothing, each on its own data.
+    pub fn create_database(&self, name: &str) -> String {
+        self.psql(&format!("CREATE DATABASE {name}"));
+        format!("postgres://{USER}@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Stops and deletes this cluster when the test process exits, however it exits:
+    /// for a cluster kept in a static, which is never dropped. A watchdog in its own
+    /// session (so a Ctrl-C to the test's process group does not take it first) blocks
+    /// on a pipe whose only writer is this process; the kernel closes it at exit, even
+    /// after `kill -9`, and the watchdog stops the postmaster and removes the temp dir.
+    pub fn stop_at_exit(&self) {
+        let mut stop = self.command("pg_ctl");
+        stop.args(["-D", self.data_dir().to_str().unwrap()]).args([
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+        // Never waited for: it must outlive this process, and exits only after it.
+        #[allow(clippy::zombie_processes)]
+        let watchdog = Command::new("setsid")
+            .args([
+                "sh",
+                "-c",
+                r#"cat >/dev/null; "$@" >/dev/null 2>&1; rm -rf "$PG_DIR""#,
+            ])
+            .arg("sh")
+            .arg(stop.get_program())
+            .args(stop.get_args())
+            .env("PG_DIR", self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the PostgreSQL watchdog");
+        // The write end must stay open until the process exits; the pipe is close-on-exec,
+        // so the servers the tests spawn do not inherit it.
+        std::mem::forget(watchdog.stdin);
+    }
+
     /// `pg_ctl stop -m immediate`: every backend is killed at once, as in a crash; the
     /// next start replays the WAL.
     pub fn stop_immediate(&self) {
