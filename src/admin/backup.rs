@@ -77,6 +77,9 @@ impl Backups {
 
 /// Takes a backup and answers with its [`BackupReport`].
 pub async fn take(app: Arc<App>, backups: Arc<Backups>) -> AdminReply {
+    if let Some(why) = app.maintenance.without_file_operations() {
+        return Err(ChatError::new(ErrorCode::NotSupported, why));
+    }
     let running = backups.running.clone().lock_owned().await;
     let store = app.maintenance.clone();
     let blocking = tokio::task::spawn_blocking(move || {

@@ -21,7 +21,7 @@ use super::AdminReply;
 use crate::app::App;
 use crate::http::query::{query_pairs, query_param};
 use crate::protocol::room::is_valid_user_id;
-use crate::protocol::ChatError;
+use crate::protocol::{ChatError, ErrorCode};
 
 /// Bytes of dump lines gathered before they are handed to the response body.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -45,6 +45,9 @@ pub async fn export(app: Arc<App>, query: String) -> AdminReply {
             }
         })
         .transpose()?;
+    if let Some(why) = app.maintenance.without_file_operations() {
+        return Err(ChatError::new(ErrorCode::NotSupported, why));
+    }
     let capacity = (app.config.memory.export_buffer_bytes / CHUNK_BYTES).max(1);
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(capacity);
     let store = app.maintenance.clone();

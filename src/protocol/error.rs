@@ -27,11 +27,13 @@ pub enum ErrorCode {
     Blocked,
     /// A block past `limits.max_blocks_per_user`.
     TooManyBlocks,
+    /// An admin operation the store in use cannot do (a backup file in cluster mode).
+    NotSupported,
 }
 
 impl ErrorCode {
     /// Every code, for whatever must list them all (the metrics seed a series per code).
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownEvent,
         ErrorCode::InvalidRoom,
@@ -47,6 +49,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Blocked,
         ErrorCode::TooManyBlocks,
+        ErrorCode::NotSupported,
     ];
 
     /// The code as it travels on the wire.
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Blocked => "blocked",
             ErrorCode::TooManyBlocks => "too_many_blocks",
+            ErrorCode::NotSupported => "not_supported",
         }
     }
 
@@ -87,6 +91,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::NotSupported => 501,
         }
     }
 }

@@ -691,6 +691,10 @@ const USE_PG_DUMP: &str = "cluster mode stores in PostgreSQL: back up, verify an
                            chat-server's";
 
 impl Maintenance for PgStore {
+    fn without_file_operations(&self) -> Option<&'static str> {
+        Some(USE_PG_DUMP)
+    }
+
     fn backup_into(&self, _dest: &std::path::Path, _buffer_bytes: usize) -> Result<StoreCounts> {
         Err(backend(USE_PG_DUMP.into()))
     }
