@@ -291,9 +291,10 @@ fn serve(config: Config) -> ExitCode {
         if let Err(e) = chat_server::metrics::install() {
             return fail(format_args!("cannot set up metrics: {e}"));
         }
-        let hub = Hub::new(
+        let hub = Hub::with_stall_cut(
             config.memory.outbound_total_bytes,
             config.memory.outbound_cut_floor_bytes,
+            std::time::Duration::from_secs(config.memory.outbound_stall_secs),
         );
         // Cluster mode's fan-out (issue 17): NATS between nodes, else the hub alone. The
         // writer's latest-50 cache stays on: it checks each room's change counter, so a

@@ -110,10 +110,10 @@ fn bench(args: &[&str]) -> (String, Value) {
     (stdout, report)
 }
 
-/// The soak with a 1 MiB outbound bound: memory is sampled, latency is windowed, and the
-/// stalled connections are cut. Few users at a high rate, so each stalled connection gets
-/// enough traffic to fill the loopback socket buffers (a few MiB) and then its queue
-/// within seconds.
+/// The soak with a 1 MiB outbound bound, on a store filled before the server starts:
+/// memory is sampled, latency is windowed, and the stalled connections are cut. Few users
+/// at a high rate, so each stalled connection gets enough traffic to fill the loopback
+/// socket buffers (a few MiB) and then its queue within seconds.
 #[test]
 fn the_soak_samples_memory_and_cuts_stalled_connections() {
     let (stdout, report) = bench(&[
@@ -131,6 +131,8 @@ fn the_soak_samples_memory_and_cuts_stalled_connections() {
         "2",
         "--soak-sample-secs",
         "0.5",
+        "--soak-prefill",
+        "2500",
         "--server-env",
         "CHAT_LIMITS_MAX_OUTBOUND_BYTES=1048576",
     ]);
@@ -138,7 +140,14 @@ fn the_soak_samples_memory_and_cuts_stalled_connections() {
         stdout.lines().any(|l| l.starts_with("soak: peak RSS")),
         "{stdout}"
     );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("soak: filled a store of 2500 messages")),
+        "{stdout}"
+    );
     let soak = &report["scenarios"]["soak"];
+    assert_eq!(soak["prefill_messages"], 2500);
     let rss = &soak["rss"];
     let samples = rss["samples"].as_array().unwrap();
     // 12.5 s paced (2.5 s warm-up + 10 s), a sample every 0.5 s.

@@ -378,7 +378,7 @@ mod tests {
 
     impl Broker for Recorder {
         fn publish(&self, user: &str, event: &Arc<Outbound>) {
-            let data = serde_json::from_str(&event.data).unwrap();
+            let data = serde_json::from_str(event.data()).unwrap();
             self.0
                 .lock()
                 .unwrap()

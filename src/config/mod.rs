@@ -195,6 +195,9 @@ pub struct MemoryConfig {
     pub outbound_total_bytes: usize,
     /// A connection holding fewer queued bytes than this is never cut for the total.
     pub outbound_cut_floor_bytes: usize,
+    /// ... unless its queue has not moved for this many seconds: a client that stopped
+    /// reading.
+    pub outbound_stall_secs: u64,
     /// Users whose rate-limit buckets are remembered at once (full buckets are dropped).
     pub rate_limit_users: usize,
     /// Webhook events each hook holds in memory at once; the rest wait in the outbox on disk.
@@ -374,6 +377,7 @@ impl Default for MemoryConfig {
             recent_cache_bytes: 32 * 1024 * 1024,
             outbound_total_bytes: 32 * 1024 * 1024,
             outbound_cut_floor_bytes: 256 * 1024,
+            outbound_stall_secs: 10,
             rate_limit_users: 50_000,
             webhook_window_events: 256,
 
@@ -520,6 +524,7 @@ mod tests {
         assert_eq!(c.memory.redb_cache_bytes, 16 << 20);
         assert_eq!(c.memory.recent_cache_bytes, 32 << 20);
         assert_eq!(c.memory.outbound_total_bytes, 32 << 20);
+        assert_eq!(c.memory.outbound_stall_secs, 10);
         assert_eq!(c.memory.rate_limit_users, 50_000);
         assert!(c.cors.allowed_origins.is_empty());
     }

@@ -314,6 +314,10 @@ const KEYS: &[Key] = &[
     key!("memory.outbound_cut_floor_bytes", byte_size, |c| c
         .memory
         .outbound_cut_floor_bytes),
+    // Stalled outbound queues (issue 11, the 30-minute soak).
+    key!("memory.outbound_stall_secs", positive_int, |c| c
+        .memory
+        .outbound_stall_secs),
     key!("memory.rate_limit_users", positive_int, |c| c
         .memory
         .rate_limit_users),

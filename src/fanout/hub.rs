@@ -11,8 +11,10 @@
 //! thousand stalled clients cannot each pin their full bound: the hot path only adds to
 //! one atomic total, and when a push takes it over the budget the connections holding the
 //! most bytes are cut the same way, largest first, until it is back under; the small
-//! queues are not touched. A cut queue's bytes leave the total at once, though its events
-//! are freed only when its connection task ends.
+//! queues are not touched, unless they have not moved for a while (a client that stopped
+//! reading before its queue reached the floor: hundreds of those would otherwise hold the
+//! total over the budget until it doubled). A cut queue's bytes leave the total at once,
+//! though its events are freed only when its connection task ends.
 //!
 //! The map sits behind a std `RwLock` held only for a lookup and a few non-blocking pushes,
 //! never across an `.await`, so an async lock would buy nothing.
@@ -20,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_channel::mpsc;
 use futures_util::StreamExt;
@@ -55,6 +57,10 @@ struct QueueState {
     overflow: Notify,
     /// Set before a cut that is not the client's fault: its user was erased.
     erased: AtomicBool,
+    /// When the connection last took an event off its queue, or an event arrived in its
+    /// empty queue (milliseconds since the hub started): a queue with bytes that has not
+    /// moved since long ago belongs to a client that stopped reading.
+    moved_ms: AtomicU64,
 }
 
 impl QueueState {
@@ -88,6 +94,9 @@ struct Outstanding {
     /// A client that reads keeps far less than this queued, even in a burst of fan-out to
     /// every connection at once, so the budget only ever cuts clients that stopped reading.
     cut_floor: usize,
+    /// `memory.outbound_stall_secs`, in milliseconds: a queue that has not moved for this
+    /// long is cut for the budget even under the floor.
+    stall_after_ms: u64,
     /// Set while one publisher cuts the largest queues, so that others do not repeat it.
     enforcing: AtomicBool,
     /// When the total is over budget but no queue is above the floor, publishers skip the
@@ -100,6 +109,17 @@ struct Outstanding {
 }
 
 impl Outstanding {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether `state` may be cut while the total is over the budget but within twice it:
+    /// it holds at least the floor, or it holds bytes and has not moved for a while.
+    fn may_cut(&self, bytes: usize, state: &QueueState, now_ms: u64) -> bool {
+        bytes >= self.cut_floor
+            || now_ms.saturating_sub(state.moved_ms.load(Ordering::Acquire)) >= self.stall_after_ms
+    }
+
     /// Cuts a queue: from now on it takes nothing, and its bytes leave the total. Returns
     /// false when it was already cut.
     fn cut(&self, state: &QueueState) -> bool {
@@ -144,6 +164,11 @@ impl Queue {
             }
             return;
         }
+        if before == 0 {
+            self.state
+                .moved_ms
+                .store(outstanding.now_ms(), Ordering::Release);
+        }
         if self.tx.unbounded_send(Arc::clone(event)).is_err() {
             outstanding.release(&self.state, cost);
         }
@@ -174,8 +199,19 @@ pub struct TooManyConnections;
 
 impl Hub {
     /// A hub whose connections together may queue `outbound_total_bytes`; over it, queues
-    /// holding at least `cut_floor_bytes` are cut, largest first.
+    /// holding at least `cut_floor_bytes` are cut, largest first. Queues under the floor are
+    /// cut only past twice the total, however long they have not moved.
     pub fn new(outbound_total_bytes: usize, cut_floor_bytes: usize) -> Arc<Hub> {
+        Self::with_stall_cut(outbound_total_bytes, cut_floor_bytes, Duration::MAX)
+    }
+
+    /// As [`Hub::new`], and over the total a queue under the floor is cut too once it has
+    /// not moved for `stall_after`.
+    pub fn with_stall_cut(
+        outbound_total_bytes: usize,
+        cut_floor_bytes: usize,
+        stall_after: Duration,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             users: RwLock::default(),
             presence: OnceLock::new(),
@@ -186,6 +222,7 @@ impl Hub {
                 total: AtomicUsize::new(0),
                 budget: outbound_total_bytes,
                 cut_floor: cut_floor_bytes,
+                stall_after_ms: stall_after.as_millis().try_into().unwrap_or(u64::MAX),
                 enforcing: AtomicBool::new(false),
                 quiet_until_ms: AtomicU64::new(0),
                 started: Instant::now(),
@@ -207,6 +244,7 @@ impl Hub {
             max_bytes: max_outbound_bytes,
             overflow: Notify::new(),
             erased: AtomicBool::new(false),
+            moved_ms: AtomicU64::new(self.outstanding.now_ms()),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
@@ -235,8 +273,8 @@ impl Hub {
     }
 
     /// Cuts the connections holding the most queued bytes until the total is within the
-    /// budget: first only those holding at least the cut floor, so that clients that read
-    /// are spared in a burst; then, if the total is still over twice the budget (everyone
+    /// budget: first only those holding at least the cut floor or not moved for
+    /// `stall_after`, so that clients that read are spared in a burst; then, if the total is still over twice the budget (everyone
     /// is falling behind: the server is overloaded), the largest of the rest too, so that
     /// the total never stays past twice the budget. Only runs when over budget, and in one
     /// publisher at a time: the others go on without waiting, since the one at work takes
@@ -244,7 +282,7 @@ impl Hub {
     /// [`RESCAN_AFTER_MS`], unless the total passes twice the budget meanwhile.
     fn enforce_budget(&self, users: &HashMap<String, Vec<(u64, Queue)>>) {
         let outstanding = &self.outstanding;
-        let now_ms = outstanding.started.elapsed().as_millis() as u64;
+        let now_ms = outstanding.now_ms();
         let hard_limit = outstanding.budget.saturating_mul(2);
         let quiet = now_ms < outstanding.quiet_until_ms.load(Ordering::Acquire)
             && outstanding.total.load(Ordering::Acquire) <= hard_limit;
@@ -260,13 +298,12 @@ impl Hub {
         queues.sort_unstable_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
         for (bytes, state) in queues {
             let total = outstanding.total.load(Ordering::Acquire);
-            let limit = if bytes >= outstanding.cut_floor {
-                outstanding.budget
-            } else {
-                hard_limit
-            };
-            if total <= limit {
+            if total <= outstanding.budget {
                 break;
+            }
+            // A larger queue that is still moving is skipped for a smaller stalled one.
+            if total <= hard_limit && !outstanding.may_cut(bytes, state, now_ms) {
+                continue;
             }
             if outstanding.cut(state) {
                 outstanding.budget_cuts.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +430,11 @@ impl Subscription {
 
     /// Releases an event's bytes once the socket has taken it.
     pub fn sent(&self, event: &Outbound) {
-        self.hub.outstanding.release(&self.state, event.cost());
+        let outstanding = &self.hub.outstanding;
+        self.state
+            .moved_ms
+            .store(outstanding.now_ms(), Ordering::Release);
+        outstanding.release(&self.state, event.cost());
     }
 
     /// A handle that resolves once this connection's queue overflowed.
@@ -527,7 +568,7 @@ mod tests {
         let a1 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let a2 = hub.subscribe("a", 4, 1 << 20).unwrap();
         let b = hub.subscribe("b", 4, 1 << 20).unwrap();
-        hub.publish("a", &event_of(100));
+        hub.publish("a", &event_of(300));
         assert_eq!(hub.disconnect_user("a"), 2);
         assert_eq!(hub.disconnect_user("nobody"), 0);
         for sub in [&a1, &a2] {
@@ -543,12 +584,15 @@ mod tests {
         hub.subscribe(user, 1, 1 << 30).unwrap()
     }
 
-    /// An event that costs `bytes` in a queue: 32 B of overhead, then its payload.
+    /// An event that costs `bytes` in a queue: the cost of an empty one, then its payload.
     fn event_of(bytes: usize) -> Arc<Outbound> {
-        let event = Outbound::new(ServerEvent::Typing {
-            room_id: "x".repeat(bytes - 32 - r#"{"roomId":"","userId":""}"#.len()),
-            user_id: String::new(),
-        });
+        let typing = |room_id: String| {
+            Outbound::new(ServerEvent::Typing {
+                room_id,
+                user_id: String::new(),
+            })
+        };
+        let event = typing("x".repeat(bytes - typing(String::new()).cost()));
         assert_eq!(event.cost(), bytes);
         event
     }
@@ -595,7 +639,7 @@ mod tests {
         assert_eq!(hub.budget_cuts(), 2);
         // The small queue and the active reader still get their events.
         hub.publish("active", &event_of(1000));
-        assert_eq!(active.recv().await.unwrap().data.len(), 968);
+        assert_eq!(active.recv().await.unwrap().cost(), 1000);
         hub.publish("small", &event_of(600));
         assert_eq!(hub.queued_bytes(), 2_100);
         // Dropping connections takes their bytes out of the total, cut or not.
@@ -633,6 +677,40 @@ mod tests {
         assert_eq!(hub.queued_bytes(), 24_000);
     }
 
+    #[tokio::test]
+    async fn over_budget_a_stalled_queue_under_the_floor_is_cut_before_a_larger_moving_one() {
+        let stall = std::time::Duration::from_millis(30);
+        let hub = Hub::with_stall_cut(10_000, 1_000_000, stall);
+        let stalled = connect(&hub, "stalled");
+        let mut reader = connect(&hub, "reader");
+        let idle = connect(&hub, "idle");
+        for _ in 0..4 {
+            hub.publish("stalled", &event_of(1000));
+            hub.publish("reader", &event_of(1000));
+        }
+        std::thread::sleep(stall + std::time::Duration::from_millis(10));
+        // Under the budget nothing is cut, however long a queue has not moved.
+        assert_eq!((hub.queued_bytes(), hub.budget_cuts()), (8_000, 0));
+        // The reader takes one event (it moves); the idle connection's first event in a
+        // long while starts its clock afresh.
+        let event = reader.recv().await.unwrap();
+        reader.sent(&event);
+        hub.publish("idle", &event_of(1000));
+        assert_eq!((hub.queued_bytes(), hub.budget_cuts()), (8_000, 0));
+        // Three more to the reader take the total to 11,000 with the reader the largest
+        // (6,000): the stalled queue (4,000) is cut instead, and that is enough.
+        for _ in 0..3 {
+            hub.publish("reader", &event_of(1000));
+        }
+        assert!(stalled.state.is_cut());
+        assert!(!reader.state.is_cut() && !idle.state.is_cut());
+        assert_eq!((hub.queued_bytes(), hub.budget_cuts()), (7_000, 1));
+        assert_eq!(
+            stalled.overflow_signal().overflowed().await,
+            Cut::SlowConsumer
+        );
+    }
+
     #[test]
     fn past_twice_the_budget_the_largest_queues_are_cut_even_under_the_floor() {
         // Overload: every reader falls behind, none reaches the floor. Past twice the
@@ -666,7 +744,7 @@ mod tests {
                         let user = format!("u{t}-{round}");
                         let mut sub = hub.subscribe(&user, 1, 20_000).unwrap();
                         for i in 0..200 {
-                            hub.publish(&user, &event_of(100 + (i % 7) * 300));
+                            hub.publish(&user, &event_of(250 + (i % 7) * 300));
                             hub.publish(&format!("u{}-{round}", (t + 1) % 4), &event_of(500));
                             if i % 3 == 0 {
                                 if let Ok(event) = sub.rx.try_recv() {

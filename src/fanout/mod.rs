@@ -37,14 +37,16 @@ pub trait Broker: Send + Sync {
 }
 
 /// One server-to-client event, rendered once for all its recipients and both dialects.
+///
+/// The plain dialect's frame is the only copy of the payload: `data` is a slice of it.
+/// Keeping the payload and the frame side by side doubled what a queued event holds, and
+/// a connection that stops reading holds its queued events until it is cut.
 #[derive(Debug)]
 pub struct Outbound {
     /// Event name (`message:sent`, `message:seen`, `typing`).
     pub name: &'static str,
-    /// The payload as JSON text.
-    pub data: String,
-    /// The plain dialect's frame, built by the first plain connection that sends it.
-    plain: OnceLock<Utf8Bytes>,
+    /// `{"event":NAME,"data":DATA}`, shared by every plain connection.
+    frame: Utf8Bytes,
     /// The payload as a raw JSON value, built by the first Socket.IO connection that sends it.
     raw: OnceLock<Box<RawValue>>,
     /// For a `message:sent` of a new message: which one, and how it was announced; what a
@@ -60,6 +62,10 @@ pub struct NewMessage {
     pub room_id: String,
     pub sender: SessionUser,
 }
+
+/// What a queued event holds besides its frame: the `Arc`'s allocation (counts and the
+/// struct), the header `bytes` adds once the frame is shared, and its channel slot.
+const QUEUED_OVERHEAD: usize = 160;
 
 impl Outbound {
     /// Renders `event` for the wire.
@@ -77,10 +83,10 @@ impl Outbound {
             })),
             _ => None,
         };
+        let name = event.name();
         Arc::new(Outbound {
-            name: event.name(),
-            data: event.payload(),
-            plain: OnceLock::new(),
+            name,
+            frame: Self::frame(name, &event.payload()),
             raw: OnceLock::new(),
             new_message,
         })
@@ -90,8 +96,7 @@ impl Outbound {
     pub(crate) fn rendered(name: &'static str, data: String) -> Arc<Outbound> {
         Arc::new(Outbound {
             name,
-            data,
-            plain: OnceLock::new(),
+            frame: Self::frame(name, &data),
             raw: OnceLock::new(),
             new_message: None,
         })
@@ -102,33 +107,47 @@ impl Outbound {
         self.new_message.as_deref()
     }
 
+    /// `{"event":NAME,"data":DATA}`: the plain dialect's frame, which also holds the
+    /// payload, so a queued event keeps one copy of it.
+    fn frame(name: &str, data: &str) -> Utf8Bytes {
+        let mut frame = String::with_capacity(Self::frame_len(name, data));
+        frame.push_str("{\"event\":\"");
+        frame.push_str(name);
+        frame.push_str("\",\"data\":");
+        frame.push_str(data);
+        frame.push('}');
+        Utf8Bytes::from(frame)
+    }
+
+    fn frame_len(name: &str, data: &str) -> usize {
+        r#"{"event":"","data":}"#.len() + name.len() + data.len()
+    }
+
+    /// The payload as JSON text.
+    pub fn data(&self) -> &str {
+        let start = r#"{"event":"","data":"#.len() + self.name.len();
+        &self.frame[start..self.frame.len() - 1]
+    }
+
     /// The payload as a JSON value for emitters that take one (Socket.IO), checked once
     /// per event rather than once per recipient.
     pub fn raw_data(&self) -> &RawValue {
         self.raw.get_or_init(|| {
-            RawValue::from_string(self.data.clone())
+            RawValue::from_string(self.data().to_owned())
                 .expect("event payloads are serialized by the server")
         })
     }
 
     /// `{"event":…,"data":…}`, shared by every plain connection.
     pub fn plain_frame(&self) -> Utf8Bytes {
-        self.plain
-            .get_or_init(|| {
-                let mut frame = String::with_capacity(self.data.len() + self.name.len() + 24);
-                frame.push_str("{\"event\":\"");
-                frame.push_str(self.name);
-                frame.push_str("\",\"data\":");
-                frame.push_str(&self.data);
-                frame.push('}');
-                Utf8Bytes::from(frame)
-            })
-            .clone()
+        self.frame.clone()
     }
 
-    /// What one queued copy counts against a connection's byte bound.
+    /// What one queued copy counts against a connection's byte bound and the hub's total:
+    /// the frame and what holding it in a queue costs besides. (The Socket.IO rendering,
+    /// made once a Socket.IO connection sends the event, is not counted.)
     fn cost(&self) -> usize {
-        self.data.len() + 32
+        self.frame.len() + QUEUED_OVERHEAD
     }
 }
 
@@ -153,5 +172,19 @@ mod tests {
         );
         assert_eq!(event.raw_data().get(), r#"{"roomId":"a-b","userId":"c"}"#);
         assert!(std::ptr::eq(event.raw_data(), event.raw_data()));
+    }
+
+    #[test]
+    fn the_payload_is_held_once_inside_the_frame() {
+        let event = Outbound::new(ServerEvent::Typing {
+            room_id: "a-b".into(),
+            user_id: "c".into(),
+        });
+        let frame = event.plain_frame();
+        let data = event.data();
+        assert_eq!(data, r#"{"roomId":"a-b","userId":"c"}"#);
+        let within = frame.as_str().as_bytes().as_ptr_range();
+        assert!(within.contains(&data.as_ptr()));
+        assert_eq!(event.cost(), frame.len() + QUEUED_OVERHEAD);
     }
 }

@@ -141,7 +141,7 @@ impl Notice {
             },
             None => Notice::Rendered {
                 name: event.name.to_owned(),
-                data: event.data.clone(),
+                data: event.data().to_owned(),
             },
         }
     }

@@ -448,7 +448,7 @@ mod tests {
 
     impl Broker for Recorder {
         fn publish(&self, user: &str, event: &Arc<Outbound>) {
-            let room: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            let room: serde_json::Value = serde_json::from_str(event.data()).unwrap();
             let entry = format!("publish {user} {}", room["roomId"].as_str().unwrap());
             self.0.lock().unwrap().push(entry);
         }

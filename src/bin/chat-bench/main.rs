@@ -192,6 +192,11 @@ struct Opts {
     /// Soak: seconds between two readings of the server's RSS.
     #[arg(long, default_value_t = 5.0)]
     soak_sample_secs: f64,
+    /// Soak: messages written into the server's store before it starts (in rooms of a
+    /// thousand, as in the restart scenario), to see in minutes what a long run's store
+    /// does to memory.
+    #[arg(long, default_value_t = 0)]
+    soak_prefill: usize,
     /// Point every server the bench starts at a webhook receiver in the bench that answers
     /// every event with this status (500: a hook failing for the whole run), for every
     /// message (`offline_only = false`).
@@ -899,8 +904,16 @@ fn soak(
         window: Duration::from_secs_f64(opts.soak_window_secs.max(0.1)),
         sample_every: Duration::from_secs_f64(opts.soak_sample_secs.max(0.1)),
     };
-    let (server, _) = start_server(opts, "soak")?;
-    let server = server.expect("no --addr");
+    let dir = target::temp_dir("soak");
+    if opts.soak_prefill > 0 {
+        let took = restart::fill(&dir, opts.soak_prefill)?;
+        println!(
+            "soak: filled a store of {} messages in {took:.1?}",
+            opts.soak_prefill
+        );
+    }
+    let server = Target::start(&server_launch(opts, &dir), Some(dir))?;
+    target::wait_healthy(server.addr)?;
     let auth = Auth::new(opts.secret.as_bytes());
     let result = runtime.block_on(soak::run(server.addr, server.pid(), &auth, config));
     server.stop();
@@ -930,6 +943,7 @@ fn soak(
     );
     Ok(json!({
         "users": config.users,
+        "prefill_messages": opts.soak_prefill,
         "duration_secs": measured_secs,
         "rate": {
             "offered_per_sec": rate,
