@@ -491,3 +491,44 @@ pub enum DeleteOutcome {
     /// Someone else sent it.
     NotSender,
 }
+
+/// The rules of an edit, the same in every backend: `Changed` holds the message the
+/// backend must write; any other outcome is answered without a write.
+pub fn apply_edit(
+    mut message: ChatMessage,
+    editor: &str,
+    text: &str,
+    window_ms: i64,
+    now_ms: i64,
+) -> EditOutcome {
+    if message.user_id != editor {
+        return EditOutcome::NotSender;
+    }
+    if message.is_deleted() {
+        return EditOutcome::Deleted;
+    }
+    // Before the window check, so that a retry of an edit that went through is answered
+    // the same way however late it comes.
+    if message.message == text {
+        return EditOutcome::Unchanged(message);
+    }
+    if now_ms.saturating_sub(message.sent_ms) >= window_ms {
+        return EditOutcome::WindowClosed;
+    }
+    message.message = text.to_owned();
+    message.edited_ms = Some(now_ms.max(message.sent_ms));
+    EditOutcome::Changed(message)
+}
+
+/// The rules of a delete, the same in every backend: `Deleted` holds the tombstone the
+/// backend must write; any other outcome is answered without a write.
+pub fn apply_delete(mut message: ChatMessage, deleter: &str, now_ms: i64) -> DeleteOutcome {
+    if message.user_id != deleter {
+        return DeleteOutcome::NotSender;
+    }
+    if message.is_deleted() {
+        return DeleteOutcome::AlreadyDeleted(message);
+    }
+    message.erase(now_ms);
+    DeleteOutcome::Deleted(message)
+}

@@ -576,24 +576,13 @@ impl WriteTxn for Round {
         window_ms: i64,
         now_ms: i64,
     ) -> Result<EditOutcome> {
-        let Some(mut message) = self.locked_message(room, message_id)? else {
+        let Some(message) = self.locked_message(room, message_id)? else {
             return Ok(EditOutcome::NotFound);
         };
-        if message.user_id != editor {
-            return Ok(EditOutcome::NotSender);
-        }
-        if message.is_deleted() {
-            return Ok(EditOutcome::Deleted);
-        }
-        // Before the window: a late retry of an edit that went through is answered alike.
-        if message.message == text {
-            return Ok(EditOutcome::Unchanged(message));
-        }
-        if now_ms.saturating_sub(message.sent_ms) >= window_ms {
-            return Ok(EditOutcome::WindowClosed);
-        }
-        message.message = text.to_owned();
-        message.edited_ms = Some(now_ms.max(message.sent_ms));
+        let outcome = crate::store::apply_edit(message, editor, text, window_ms, now_ms);
+        let EditOutcome::Changed(mut message) = outcome else {
+            return Ok(outcome);
+        };
         let row = self.rooms.get_mut(room).expect("locked");
         Round::put_message(&self.db, row, &mut message)?;
         Ok(EditOutcome::Changed(message))
@@ -606,16 +595,13 @@ impl WriteTxn for Round {
         message_id: u64,
         now_ms: i64,
     ) -> Result<DeleteOutcome> {
-        let Some(mut message) = self.locked_message(room, message_id)? else {
+        let Some(message) = self.locked_message(room, message_id)? else {
             return Ok(DeleteOutcome::NotFound);
         };
-        if message.user_id != deleter {
-            return Ok(DeleteOutcome::NotSender);
-        }
-        if message.is_deleted() {
-            return Ok(DeleteOutcome::AlreadyDeleted(message));
-        }
-        message.erase(now_ms);
+        let outcome = crate::store::apply_delete(message, deleter, now_ms);
+        let DeleteOutcome::Deleted(mut message) = outcome else {
+            return Ok(outcome);
+        };
         let row = self.rooms.get_mut(room).expect("locked");
         Round::put_message(&self.db, row, &mut message)?;
         Ok(DeleteOutcome::Deleted(message))

@@ -189,25 +189,13 @@ impl WriteTxn for Batch {
         window_ms: i64,
         now_ms: i64,
     ) -> Result<EditOutcome> {
-        let Some((num, mut message)) = self.find_message(room, message_id)? else {
+        let Some((num, message)) = self.find_message(room, message_id)? else {
             return Ok(EditOutcome::NotFound);
         };
-        if message.user_id != editor {
-            return Ok(EditOutcome::NotSender);
-        }
-        if message.is_deleted() {
-            return Ok(EditOutcome::Deleted);
-        }
-        // Before the window check, so that a retry of an edit that went through is answered
-        // the same way however late it comes.
-        if message.message == text {
-            return Ok(EditOutcome::Unchanged(message));
-        }
-        if now_ms.saturating_sub(message.sent_ms) >= window_ms {
-            return Ok(EditOutcome::WindowClosed);
-        }
-        message.message = text.to_owned();
-        message.edited_ms = Some(now_ms.max(message.sent_ms));
+        let outcome = crate::store::apply_edit(message, editor, text, window_ms, now_ms);
+        let EditOutcome::Changed(mut message) = outcome else {
+            return Ok(outcome);
+        };
         let mut record = self.room_record(num)?;
         self.put_message(num, &mut record, &mut message)?;
         self.put_room(num, &record)?;
@@ -221,16 +209,13 @@ impl WriteTxn for Batch {
         message_id: u64,
         now_ms: i64,
     ) -> Result<DeleteOutcome> {
-        let Some((num, mut message)) = self.find_message(room, message_id)? else {
+        let Some((num, message)) = self.find_message(room, message_id)? else {
             return Ok(DeleteOutcome::NotFound);
         };
-        if message.user_id != deleter {
-            return Ok(DeleteOutcome::NotSender);
-        }
-        if message.is_deleted() {
-            return Ok(DeleteOutcome::AlreadyDeleted(message));
-        }
-        message.erase(now_ms);
+        let outcome = crate::store::apply_delete(message, deleter, now_ms);
+        let DeleteOutcome::Deleted(mut message) = outcome else {
+            return Ok(outcome);
+        };
         let mut record = self.room_record(num)?;
         self.put_message(num, &mut record, &mut message)?;
         self.put_room(num, &record)?;
