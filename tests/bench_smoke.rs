@@ -293,10 +293,12 @@ fn a_two_node_cluster_is_measured_and_removed() {
     assert_eq!(throughput["nodes"], 2);
     let run = &throughput["details"][0];
     assert!(run["completed"].as_u64().unwrap() > 0, "{run}");
-    for part in ["server", "postgres", "nats"] {
+    for part in ["server", "postgres"] {
         let key = format!("{part}_cpu_us_per_msg");
         assert!(run[&key].as_f64().unwrap() > 0.0, "{key}: {run}");
     }
+    // Counted in clock ticks (10 ms): a second of this tiny load may not reach one.
+    assert!(run["nats_cpu_us_per_msg"].as_f64().unwrap() >= 0.0, "{run}");
     let rss = run["peak_rss_bytes_per_server"].as_array().unwrap();
     assert_eq!(rss.len(), 2, "{run}");
     assert!(rss.iter().all(|b| b.as_u64().unwrap() > 0), "{run}");

@@ -139,15 +139,18 @@ impl Cluster {
     /// Starts PostgreSQL, nats-server and `nodes` nodes, each launched by `node` on its
     /// own data dir, one after the other: the first applies the schema migrations.
     pub fn start(nodes: usize, node: impl Fn(&Path) -> Launch) -> Result<Cluster, String> {
+        let pg = PgCommands::new()?;
         let dir = target::temp_dir("cluster");
-        let pg = PgCommands::new(&dir)?;
         let pg_dir = dir.join("pg");
-        std::fs::create_dir(&pg_dir).map_err(|e| format!("{}: {e}", pg_dir.display()))?;
-        if pg.run_as.is_some() {
-            run(Command::new("chown").arg("postgres:postgres").arg(&pg_dir))?;
-        }
         let data = pg_dir.join("data");
-        let watchdog = start_watchdog(&dir, pg.stop(&data))?;
+        let watchdog = start_watchdog(&dir, pg.stop(&data));
+        let watchdog = match watchdog {
+            Ok(watchdog) => watchdog,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         // From here on, an error drops the cluster built so far, and the watchdog cleans up.
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -155,6 +158,14 @@ impl Cluster {
             postmaster: 0,
             watchdog: Some(watchdog),
         };
+        std::fs::create_dir(&pg_dir).map_err(|e| format!("{}: {e}", pg_dir.display()))?;
+        if pg.run_as.is_some() {
+            // The postgres user must reach its subdirectory, and own it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            run(Command::new("chown").arg("postgres:postgres").arg(&pg_dir))?;
+        }
         let data_str = data.display().to_string();
         run(pg.command("initdb").args([
             "-D",
@@ -273,15 +284,9 @@ struct PgCommands {
 }
 
 impl PgCommands {
-    fn new(dir: &Path) -> Result<PgCommands, String> {
+    fn new() -> Result<PgCommands, String> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let run_as = (unsafe { libc::geteuid() } == 0).then_some("postgres");
-        if run_as.is_some() {
-            // The postgres user must reach the dir's `pg` subdirectory.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
         Ok(PgCommands {
             bin: pg_bin_dir()?,
             run_as,
