@@ -255,3 +255,100 @@ fn the_webhook_options_post_events_and_the_drain_empties_the_outbox() {
         "{stdout}"
     );
 }
+
+/// `--nodes 2`: a throwaway PostgreSQL and nats-server, two nodes, both scenarios, and
+/// the cluster's CPU and memory figures; nothing of the cluster is left afterwards.
+#[test]
+fn a_two_node_cluster_is_measured_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args(["--server", env!("CARGO_BIN_EXE_chat-server")])
+        .args(["--nodes", "2", "--scenarios", "throughput,latency"])
+        .args(["--runs", "1", "--users", "4", "--window", "2"])
+        .args(["--warmup-secs", "1", "--duration-secs", "1"])
+        .args(["--latency-users", "10", "--rate", "50"])
+        .args(["--latency-secs", "1"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run chat-bench");
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chat-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("summed over 2 nodes, PostgreSQL"),
+        "no cluster CPU in\n{stdout}"
+    );
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let throughput = &report["scenarios"]["throughput"];
+    assert_eq!(throughput["nodes"], 2);
+    let run = &throughput["details"][0];
+    assert!(run["completed"].as_u64().unwrap() > 0, "{run}");
+    for part in ["server", "postgres"] {
+        let key = format!("{part}_cpu_us_per_msg");
+        assert!(run[&key].as_f64().unwrap() > 0.0, "{key}: {run}");
+    }
+    // Counted in clock ticks (10 ms): a second of this tiny load may not reach one.
+    assert!(run["nats_cpu_us_per_msg"].as_f64().unwrap() >= 0.0, "{run}");
+    let rss = run["peak_rss_bytes_per_server"].as_array().unwrap();
+    assert_eq!(rss.len(), 2, "{run}");
+    assert!(rss.iter().all(|b| b.as_u64().unwrap() > 0), "{run}");
+    let latency = &report["scenarios"]["latency"];
+    assert!(latency["details"][0]["delivered"].as_u64().unwrap() > 0);
+    assert!(
+        latency["postgres_cpu_us_per_msg"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // The bare relay's floor is the embedded runs' business.
+    assert!(latency["floor"].is_null());
+
+    // The nodes, nats-server and PostgreSQL were stopped and their dir removed.
+    let prefix = format!("chat-bench-{pid}-");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn nodes_are_refused_where_the_cluster_is_not_supported() {
+    for (args, error) in [
+        (vec!["--nodes", "0"], "at least one node"),
+        (
+            vec!["--nodes", "2", "--scenarios", "throughput,idle"],
+            "\"idle\" scenario runs against the embedded server only",
+        ),
+        (
+            vec![
+                "--nodes",
+                "1",
+                "--scenarios",
+                "latency",
+                "--latency-backups",
+            ],
+            "--latency-backups need redb",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+            .args(["--server", env!("CARGO_BIN_EXE_chat-server")])
+            .args(&args)
+            .output()
+            .expect("run chat-bench");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} ran");
+        assert!(stderr.contains(error), "{args:?}: {stderr}");
+    }
+}

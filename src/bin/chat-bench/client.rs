@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::cluster::node_of;
+
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// How long one connection attempt may take.
@@ -173,9 +175,10 @@ pub async fn hold(mut ws: Ws, dialect: Dialect) {
     }
 }
 
-/// Connects generator users `users` (each with a freshly minted token), a few at a time.
+/// Connects generator users `users` (each with a freshly minted token), a few at a time,
+/// each to its node of `addrs` ([`node_of`]).
 pub async fn connect_users(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     auth: &Auth,
     users: std::ops::Range<usize>,
     source_offset: usize,
@@ -188,6 +191,7 @@ pub async fn connect_users(
             let id = user(i);
             let token = auth.mint(&id, None, TOKEN_TTL);
             let source = Some(source_address(source_offset + i - first));
+            let addr = addrs[node_of(i, addrs.len())];
             async move { connect(addr, &token, &id, source, read_buffer, dialect).await }
         })
         .buffered(CONNECT_CONCURRENCY)

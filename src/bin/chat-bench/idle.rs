@@ -141,7 +141,7 @@ pub fn worker(addr: SocketAddr, secret: &str, first: usize, dialect: Dialect) {
         };
         let range = first + open..first + open + k;
         let opened = runtime.block_on(client::connect_users(
-            addr,
+            &[addr],
             &auth,
             range,
             first + open,

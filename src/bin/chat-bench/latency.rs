@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Dialect, Ws};
+use crate::cluster::CpuUse;
 use crate::stats::percentile;
 
 #[derive(Clone, Copy)]
@@ -40,17 +41,27 @@ pub struct LatencyResult {
     pub offered_rate: f64,
     /// Mean size of the measured `message:sent` frames.
     pub avg_frame_bytes: f64,
+    /// CPU per offered message (warm-up included), in µs, when the bench started the
+    /// servers: at a fixed rate, what each message costs the servers.
+    pub cpu_us_per_msg: Option<CpuUse>,
 }
 
+/// Runs the load against `addrs` (users spread with [`crate::cluster::node_of`]); `cpu`
+/// reads the CPU the servers have used so far.
 pub async fn run(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
+    cpu: &dyn Fn() -> Option<CpuUse>,
     auth: &Auth,
     config: LatencyConfig,
 ) -> Result<LatencyResult, String> {
-    let mut load = OpenLoop::start(addr, auth, config.users, config.warmup, None).await?;
+    let mut load = OpenLoop::start(addrs, auth, config.users, config.warmup, None).await?;
     let total = (config.rate * (config.warmup + config.duration).as_secs_f64()) as u64;
+    let cpu_before = cpu();
     let (offered, scheduled_for) = load.pace(total, config.rate).await?;
     let (windows, frame_bytes) = load.finish().await;
+    let cpu_us_per_msg = cpu_before
+        .zip(cpu())
+        .map(|(b, a)| CpuUse::per_message_us(b, a, total));
     let mut samples: Vec<f64> = windows.into_iter().flatten().collect();
     samples.sort_by(f64::total_cmp);
     Ok(LatencyResult {
@@ -62,6 +73,7 @@ pub async fn run(
         delivered: samples.len() as u64,
         offered_rate: total as f64 / scheduled_for.as_secs_f64(),
         avg_frame_bytes: frame_bytes as f64 / samples.len().max(1) as f64,
+        cpu_us_per_msg,
     })
 }
 
@@ -103,7 +115,7 @@ impl OpenLoop {
     /// Connects the users. Messages intended before `warmup` are not measured; `window`
     /// splits the measured latencies by time (`None`: one window).
     pub async fn start(
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         auth: &Auth,
         users: usize,
         warmup: Duration,
@@ -111,7 +123,7 @@ impl OpenLoop {
     ) -> Result<OpenLoop, String> {
         let users = users.max(2) & !1;
         let conns =
-            client::connect_users(addr, auth, 0..users, 0, 16 * 1024, Dialect::Plain).await?;
+            client::connect_users(addrs, auth, 0..users, 0, 16 * 1024, Dialect::Plain).await?;
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             warmup_us: warmup.as_micros() as u64,

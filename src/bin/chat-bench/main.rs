@@ -8,11 +8,13 @@
 //! `relay`), and, only when named, `soak` (memory under a long steady load), `history`
 //! (paging through cold rooms of a large store) and `webhook-drain` (events per second
 //! from a full webhook outbox). `--webhook STATUS` points every server at a receiver in
-//! the bench answering STATUS. Everything targets loopback and is bounded in time and
-//! count.
+//! the bench answering STATUS. `--nodes N` runs the throughput and latency scenarios
+//! against cluster mode instead: N nodes on a PostgreSQL and a nats-server the bench
+//! starts (see `cluster`). Everything targets loopback and is bounded in time and count.
 
 mod backups;
 mod client;
+mod cluster;
 mod history;
 mod idle;
 mod latency;
@@ -34,6 +36,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 use client::Dialect;
+use cluster::{Cluster, CpuUse, Servers};
 use stats::{CpuTimes, Spread};
 use target::{Launch, Target};
 
@@ -87,6 +90,11 @@ struct Opts {
     /// latency only); it must use `--secret` as its CHAT_JWT_SECRET.
     #[arg(long)]
     addr: Option<SocketAddr>,
+    /// Run against cluster mode: this many nodes of `--server`, on a throwaway PostgreSQL
+    /// and nats-server started for each run, each pair's two users on different nodes
+    /// (throughput, latency and ceiling only).
+    #[arg(long, conflicts_with = "addr")]
+    nodes: Option<usize>,
     /// JWT secret given to the server and used to mint tokens.
     #[arg(long, default_value = "chat-bench-secret")]
     secret: String,
@@ -267,6 +275,9 @@ fn bench(opts: &mut Opts) -> Result<(), String> {
         None => None,
     };
     let opts = &*opts;
+    if opts.nodes.is_some() {
+        check_cluster_options(opts)?;
+    }
     if let Some(cpus) = &opts.bench_cpus {
         target::pin_self(cpus)?;
     }
@@ -328,6 +339,28 @@ fn bench(opts: &mut Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// What `--nodes` supports: a fresh cluster for each run of the throughput and latency
+/// scenarios (the ceiling needs no server).
+fn check_cluster_options(opts: &Opts) -> Result<(), String> {
+    if opts.nodes == Some(0) {
+        return Err("--nodes: at least one node".into());
+    }
+    if let Some(other) = opts
+        .scenarios
+        .split(',')
+        .map(str::trim)
+        .find(|s| !matches!(*s, "throughput" | "latency" | "ceiling"))
+    {
+        return Err(format!(
+            "--nodes: the {other:?} scenario runs against the embedded server only"
+        ));
+    }
+    if opts.latency_prefill > 0 || opts.latency_backups {
+        return Err("--nodes: --latency-prefill and --latency-backups need redb".into());
+    }
+    Ok(())
+}
+
 /// Events per second posted from a full outbox to a fast receiver (see `webhook`).
 fn webhook_drain(opts: &Opts, runs: usize) -> Result<Value, String> {
     let auth = Auth::new(opts.secret.as_bytes());
@@ -386,16 +419,19 @@ fn server_launch(opts: &Opts, data_dir: &std::path::Path) -> Launch {
     launch
 }
 
-/// Starts a fresh server (or uses `--addr`) for one run.
-fn start_server(opts: &Opts, label: &str) -> Result<(Option<Target>, SocketAddr), String> {
+/// Starts a fresh server or cluster (or uses `--addr`) for one run.
+fn start_server(opts: &Opts, label: &str) -> Result<Servers, String> {
     if let Some(addr) = opts.addr {
-        return Ok((None, addr));
+        return Ok(Servers::Given(addr));
+    }
+    if let Some(nodes) = opts.nodes {
+        let cluster = Cluster::start(nodes, |dir| server_launch(opts, dir))?;
+        return Ok(Servers::Cluster(cluster));
     }
     let dir = target::temp_dir(label);
     let server = Target::start(&server_launch(opts, &dir), Some(dir))?;
     target::wait_healthy(server.addr)?;
-    let addr = server.addr;
-    Ok((Some(server), addr))
+    Ok(Servers::One(server))
 }
 
 /// The throughput load against the server, or against `relay` when given.
@@ -418,22 +454,24 @@ fn throughput_on(
         duration: Duration::from_secs_f64(opts.duration_secs),
         received: opts.received,
     };
-    let (mut rates, mut details, mut frames, mut cpu) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rates, mut details, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu = CpuRuns::default();
+    let mut peak_rss = Vec::new();
     for _ in 0..runs {
-        let (target, addr) = match &relay {
-            Some(launch) => {
-                let target = Target::start(launch, None)?;
-                let addr = target.addr;
-                (Some(target), addr)
-            }
+        let servers = match &relay {
+            Some(launch) => Servers::One(Target::start(launch, None)?),
             None => start_server(opts, name)?,
         };
-        let pid = target.as_ref().map(Target::pid);
-        let result = runtime.block_on(throughput::run(addr, pid, &auth, config))?;
-        if let Some(target) = target {
-            target.stop();
-        }
+        let result = runtime.block_on(throughput::run(
+            &servers.addrs(),
+            &|| servers.cpu(),
+            &auth,
+            config,
+        ));
+        let rss = servers.peak_rss();
+        let repairs = servers.repairs();
+        servers.stop();
+        let result = result?;
         if result.completed == 0 {
             return Err(format!(
                 "{name}: no message completed (first other frame: {:?})",
@@ -442,20 +480,25 @@ fn throughput_on(
         }
         rates.push(result.msgs_per_sec);
         frames.push(result.avg_frame_bytes);
-        cpu.extend(result.server_cpu_us_per_msg);
+        cpu.push(result.cpu_us_per_msg);
         details.push(json!({
             "msgs_per_sec": result.msgs_per_sec,
             "completed": result.completed,
             "avg_frame_bytes": result.avg_frame_bytes,
             "other_frames": result.other_frames,
-            "server_cpu_us_per_msg": result.server_cpu_us_per_msg,
+            "server_cpu_us_per_msg": result.cpu_us_per_msg.map(|c| c.servers),
+            "postgres_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.postgres),
+            "nats_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.nats),
+            "peak_rss_bytes_per_server": rss,
+            "cluster_repairs": repairs?,
         }));
+        peak_rss.push(rss);
     }
     let spread = Spread::of(&rates);
     let frame = Spread::of(&frames).median;
     println!(
         "{name}: {} msgs/s delivered to both participants, median (lowest–highest) of {runs}; \
-         {} users, window {}{}, {:.0}-byte message:sent frames; server CPU {} µs per message",
+         {} users, window {}{}, {:.0}-byte message:sent frames; {}{}",
         spread.text(0),
         opts.users,
         opts.window,
@@ -465,10 +508,11 @@ fn throughput_on(
             ""
         },
         frame,
-        Spread::of(&cpu).text(1),
+        cpu.text(opts.nodes.filter(|_| relay.is_none())),
+        peak_rss_text(&peak_rss),
     );
-    let value = json!({
-        "server_cpu_us_per_msg": Spread::summary(&cpu),
+    let mut value = json!({
+        "server_cpu_us_per_msg": Spread::summary(&cpu.servers),
         "msgs_per_sec": spread.json(&rates),
         "avg_frame_bytes": frame,
         "users": opts.users,
@@ -477,7 +521,69 @@ fn throughput_on(
         "duration_secs": opts.duration_secs,
         "details": details,
     });
+    if relay.is_none() {
+        cpu.add_json(&mut value, opts.nodes);
+    }
     Ok((value, spread.median, frame.round() as usize))
+}
+
+/// The CPU per message of several runs, by part of the system under test.
+#[derive(Default)]
+struct CpuRuns {
+    servers: Vec<f64>,
+    postgres: Vec<f64>,
+    nats: Vec<f64>,
+}
+
+impl CpuRuns {
+    fn push(&mut self, cpu: Option<CpuUse>) {
+        let Some(cpu) = cpu else { return };
+        self.servers.push(cpu.servers);
+        self.postgres.extend(cpu.postgres);
+        self.nats.extend(cpu.nats);
+    }
+
+    /// The report's words for it, with the node count in cluster mode.
+    fn text(&self, nodes: Option<usize>) -> String {
+        let servers = Spread::of(&self.servers).text(1);
+        match nodes {
+            None => format!("server CPU {servers} µs per message"),
+            Some(n) => format!(
+                "CPU per message: chat-server {servers} µs summed over {n} node{}, \
+                 PostgreSQL {} µs, nats-server {} µs",
+                if n == 1 { "" } else { "s" },
+                Spread::of(&self.postgres).text(1),
+                Spread::of(&self.nats).text(1),
+            ),
+        }
+    }
+
+    fn add_json(&self, value: &mut Value, nodes: Option<usize>) {
+        value["nodes"] = json!(nodes);
+        if nodes.is_some() {
+            value["postgres_cpu_us_per_msg"] = Spread::summary(&self.postgres);
+            value["nats_cpu_us_per_msg"] = Spread::summary(&self.nats);
+        }
+    }
+}
+
+/// `; peak RSS per server M, N MiB` (medians over the runs, server by server).
+fn peak_rss_text(runs: &[Vec<u64>]) -> String {
+    let servers = runs.iter().map(Vec::len).max().unwrap_or(0);
+    if servers == 0 {
+        return String::new();
+    }
+    let medians: Vec<String> = (0..servers)
+        .map(|k| {
+            let mib: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.get(k))
+                .map(|&b| b as f64 / 1048576.0)
+                .collect();
+            format!("{:.1}", Spread::of(&mib).median)
+        })
+        .collect();
+    format!("; peak RSS per server {} MiB", medians.join(", "))
 }
 
 /// The latency load against the server and, right after it in each run, against the bare
@@ -510,13 +616,15 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
     };
     let mut backup_times = Vec::new();
     let (mut server, mut floor) = (LatencyRuns::default(), LatencyRuns::default());
+    let (mut cpu, mut peak_rss) = (CpuRuns::default(), Vec::new());
     for _ in 0..runs {
-        let (target, addr) = start_latency_server(opts, template.as_deref())?;
+        let servers = start_latency_server(opts, template.as_deref())?;
+        let addrs = servers.addrs();
         let backups = opts
             .latency_backups
-            .then(|| backups::BackupLoop::start(addr));
+            .then(|| backups::BackupLoop::start(addrs[0]));
         let steal = CpuTimes::now();
-        let result = runtime.block_on(latency::run(addr, &auth, config));
+        let result = runtime.block_on(latency::run(&addrs, &|| servers.cpu(), &auth, config));
         if let Some(backups) = backups {
             let took = backups.finish()?;
             let ms: Vec<String> = took.iter().map(|d| d.as_millis().to_string()).collect();
@@ -532,14 +640,24 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
         }
         let result = result?;
         let frame_bytes = result.avg_frame_bytes.round() as usize;
+        cpu.push(result.cpu_us_per_msg);
+        peak_rss.push(servers.peak_rss());
+        let repairs = servers.repairs()?;
         server.push(result, steal.steal_percent_since());
-        if let Some(target) = target {
+        if let Some(details) = server.details.last_mut() {
+            details["cluster_repairs"] = json!(repairs);
+        }
+        // The floor once per run against one server; a cluster's runs compare with the
+        // embedded server's, floor included.
+        if let Servers::One(target) = servers {
             target.stop();
             let target = Target::start(&relay_launch(opts, frame_bytes), None)?;
             let steal = CpuTimes::now();
-            let result = runtime.block_on(latency::run(target.addr, &auth, config))?;
+            let result = runtime.block_on(latency::run(&[target.addr], &|| None, &auth, config))?;
             floor.push(result, steal.steal_percent_since());
             target.stop();
+        } else {
+            servers.stop();
         }
     }
     if server.delivered == 0 {
@@ -550,7 +668,16 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
         opts.latency_users, opts.rate
     );
     server.print("latency", &load, runs);
+    if !cpu.servers.is_empty() {
+        println!(
+            "latency: {} offered{}",
+            cpu.text(opts.nodes),
+            peak_rss_text(&peak_rss)
+        );
+    }
     let mut value = server.json();
+    value["server_cpu_us_per_msg"] = Spread::summary(&cpu.servers);
+    cpu.add_json(&mut value, opts.nodes);
     if !floor.p50.is_empty() {
         floor.print("latency floor (bare relay)", &load, runs);
         value["floor"] = floor.json();
@@ -572,8 +699,8 @@ fn latency(opts: &Opts, runs: usize) -> Result<Value, String> {
 fn start_latency_server(
     opts: &Opts,
     template: Option<&std::path::Path>,
-) -> Result<(Option<Target>, SocketAddr), String> {
-    if opts.addr.is_some() {
+) -> Result<Servers, String> {
+    if opts.addr.is_some() || opts.nodes.is_some() {
         return start_server(opts, "latency");
     }
     let dir = target::temp_dir("latency");
@@ -593,8 +720,7 @@ fn start_latency_server(
     }
     let server = Target::start(&launch, Some(dir))?;
     target::wait_healthy(server.addr)?;
-    let addr = server.addr;
-    Ok((Some(server), addr))
+    Ok(Servers::One(server))
 }
 
 /// The latency figures of several runs of one target.
@@ -620,6 +746,9 @@ impl LatencyRuns {
             "max_ms": result.max, "offered": result.offered, "delivered": result.delivered,
             "offered_rate": result.offered_rate, "avg_frame_bytes": result.avg_frame_bytes,
             "steal_percent": steal_percent,
+            "server_cpu_us_per_msg": result.cpu_us_per_msg.map(|c| c.servers),
+            "postgres_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.postgres),
+            "nats_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.nats),
         }));
     }
 

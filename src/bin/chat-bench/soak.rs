@@ -98,11 +98,12 @@ pub async fn run(
     config: SoakConfig,
 ) -> Result<SoakResult, String> {
     let users = config.users.max(2) & !1;
-    let mut load = OpenLoop::start(addr, auth, users, config.warmup, Some(config.window)).await?;
+    let mut load =
+        OpenLoop::start(&[addr], auth, users, config.warmup, Some(config.window)).await?;
     // The stalled connections bind to source addresses after the users', as if they were
     // further users of the same generator.
     let stalled_conns = client::connect_users(
-        addr,
+        &[addr],
         auth,
         0..config.stalled.min(users),
         users,

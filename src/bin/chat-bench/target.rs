@@ -68,6 +68,7 @@ impl Target {
             }
             None => Command::new(&launch.program),
         };
+        die_with_parent(&mut command);
         let mut child = command
             .args(&launch.args)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
@@ -143,20 +144,58 @@ pub fn proc_kib(path: &str, key: &str) -> Option<u64> {
 
 /// CPU time (user + system) a process has used so far, in seconds (0 when unreadable).
 pub fn cpu_secs(pid: u32) -> f64 {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .unwrap_or(0);
+    ticks_to_secs(proc_ticks(pid).map_or(0, |t| t.own))
+}
+
+/// What `/proc/PID/stat` says about a process's CPU time, in clock ticks.
+pub struct ProcTicks {
+    pub parent: u32,
+    /// User + system time of the process itself.
+    pub own: u64,
+    /// User + system time of its children that exited and were waited for.
+    pub children: u64,
+}
+
+pub fn proc_ticks(pid: u32) -> Option<ProcTicks> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3, ppid 4, utime 14, stime 15, cutime 16,
+    // cstime 17.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    Some(ProcTicks {
+        parent: u32::try_from(field(4)?).ok()?,
+        own: field(14)? + field(15)?,
+        children: field(16)? + field(17)?,
+    })
+}
+
+pub fn ticks_to_secs(ticks: u64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
     ticks as f64 / per_sec as f64
+}
+
+/// The peak resident set size of a process (`VmHWM`), in bytes (0 when unreadable).
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    proc_kib(&format!("/proc/{pid}/status"), "VmHWM:").map_or(0, |kib| kib * 1024)
+}
+
+/// Makes the kernel SIGKILL the process `command` starts when the bench exits, however
+/// it exits (Ctrl-C, a crash, `kill -9`), so no server outlives the run. The signal comes
+/// when the *thread* that spawned it ends: the bench starts its processes from the main
+/// thread.
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A fresh directory under the system temp dir.
@@ -201,6 +240,15 @@ pub fn healthz_ok(addr: SocketAddr) -> bool {
 
 /// The value of an unlabelled metric in `GET /metrics` (Prometheus text format).
 pub fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
+    metric_series(addr, name)?
+        .into_iter()
+        .find_map(|(labels, value)| labels.is_empty().then_some(value))
+        .ok_or_else(|| format!("/metrics has no {name}"))
+}
+
+/// Every series of a metric in `GET /metrics`: its labels (`{kind="x"}`, or empty) and
+/// its value.
+pub fn metric_series(addr: SocketAddr, name: &str) -> Result<Vec<(String, f64)>, String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("/metrics: {e}"))?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -210,9 +258,15 @@ pub fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
         .write_all(request.as_bytes())
         .and_then(|()| stream.read_to_string(&mut body))
         .map_err(|e| format!("/metrics: {e}"))?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .ok_or_else(|| format!("/metrics has no {name}"))
+    Ok(body
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| Some((labels.to_owned(), value.trim().parse().ok()?)))?
+        })
+        .collect())
 }
 
 /// The hard open-file limit of this process.

@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Dialect, Ws};
+use crate::cluster::CpuUse;
 
 /// The shape of one throughput run.
 #[derive(Clone, Copy)]
@@ -34,9 +35,9 @@ pub struct LoadResult {
     /// Frames that were not a `message:sent` (errors from the server).
     pub other_frames: u64,
     pub first_other: Option<String>,
-    /// CPU time the server process spent per completed message, in µs, when its pid is
-    /// known: steadier than the rate on a shared machine, since others' load adds little.
-    pub server_cpu_us_per_msg: Option<f64>,
+    /// CPU time spent per completed message, in µs, when the bench started the servers:
+    /// steadier than the rate on a shared machine, since others' load adds little.
+    pub cpu_us_per_msg: Option<CpuUse>,
 }
 
 /// What the connection tasks count, per sender.
@@ -63,14 +64,16 @@ impl Counters {
     }
 }
 
+/// Runs the load against `addrs` (users spread with [`crate::cluster::node_of`]); `cpu`
+/// reads the CPU the servers have used so far.
 pub async fn run(
-    addr: SocketAddr,
-    server_pid: Option<u32>,
+    addrs: &[SocketAddr],
+    cpu: &dyn Fn() -> Option<CpuUse>,
     auth: &Auth,
     config: LoadConfig,
 ) -> Result<LoadResult, String> {
     let users = config.users.max(2) & !1;
-    let conns = client::connect_users(addr, auth, 0..users, 0, 64 * 1024, Dialect::Plain).await?;
+    let conns = client::connect_users(addrs, auth, 0..users, 0, 64 * 1024, Dialect::Plain).await?;
     let counters = Arc::new(Counters {
         own: (0..users).map(|_| AtomicU64::new(0)).collect(),
         partner: (0..users).map(|_| AtomicU64::new(0)).collect(),
@@ -87,7 +90,6 @@ pub async fn run(
         .collect();
 
     tokio::time::sleep(config.warmup).await;
-    let cpu = || server_pid.map(crate::target::cpu_secs);
     let (before, start, cpu_before) = (counters.completed(), Instant::now(), cpu());
     tokio::time::sleep(config.duration).await;
     let (after, elapsed, cpu_after) = (counters.completed(), start.elapsed(), cpu());
@@ -104,9 +106,9 @@ pub async fn run(
         avg_frame_bytes: counters.frame_bytes.load(Ordering::Relaxed) as f64 / frames as f64,
         other_frames: counters.other_frames.load(Ordering::Relaxed),
         first_other,
-        server_cpu_us_per_msg: cpu_before
+        cpu_us_per_msg: cpu_before
             .zip(cpu_after)
-            .map(|(b, a)| (a - b) * 1e6 / (after - before).max(1) as f64),
+            .map(|(b, a)| CpuUse::per_message_us(b, a, after - before)),
     })
 }
 
