@@ -22,11 +22,11 @@
 //!
 //! A mark sent without an ack is answered at once, before it is written: the client asked
 //! for no reply, so only a refusal known up front (shape, room, unknown id, rate limit)
-//! reaches it as an `error` event. Waiting for the commit would cost each mark a pending
-//! reply woken by the round, which under load was about half of what a mark cost. The
-//! mark is written all the same, and its sender hears `message:delivered` only once it
-//! is durable; a failed commit is not reported to an ack-less client (the writer logs
-//! it), and a later request of the same connection may not see the mark yet.
+//! reaches it as an `error` event. Waiting for the commit would keep a pending reply per
+//! mark, woken by the round, only to answer nothing. The mark is written all the same,
+//! and its sender hears `message:delivered` only once it is durable; a failed commit is
+//! not reported to an ack-less client (the writer logs it), and a later request of the
+//! same connection may not see the mark yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
