@@ -140,6 +140,44 @@ async fn a_burst_of_marks_delivers_each_message_once_and_answers_every_mark() {
     assert!(stored.iter().all(|m| m["deliveredAt"].is_string()));
 }
 
+/// A mark without an ack gets no reply (the server does not wait for its commit), but it
+/// is written all the same: the sender hears of it, and it survives `kill -9`.
+#[tokio::test]
+async fn an_ack_less_mark_notifies_the_sender_and_is_durable() {
+    let mut server = Server::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    for text in ["a", "b", "c"] {
+        send(&mut alice, "alice-bob", text, &mut [&mut bob]).await;
+    }
+    bob.emit(
+        "message:received",
+        json!([{ "roomId": "alice-bob", "messageId": 2 }]),
+    )
+    .await;
+    let delivered = alice.recv_event("message:delivered").await;
+    let ids: Vec<_> = delivered
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["messageId"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2], "{delivered}");
+    bob.expect_silence(QUIET).await;
+
+    // The sender heard of it only once it was durable.
+    server.kill9();
+    server.restart();
+    let mut alice = server.connect("alice").await;
+    let stored = history(&mut alice, "alice-bob").await;
+    let marked: Vec<_> = stored
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["deliveredAt"].is_string()))
+        .collect();
+    assert_eq!(marked, [(3, false), (2, true), (1, true)]);
+    assert_eq!(stored[2]["deliveredAt"], delivered[0]["deliveredAt"]);
+}
+
 #[tokio::test]
 async fn received_rejects_bad_items_and_keeps_the_good_ones() {
     let server = Server::start();

@@ -215,8 +215,15 @@ impl Chat {
     /// Handles one client event. `data` is the payload's JSON text (`null` when absent).
     /// It starts the send-to-durable clock: the plain dialect calls it as each frame is
     /// read, the Socket.IO session as it takes each packet from its queue, so for Socket.IO
-    /// the clock leaves out the time a packet waited there.
-    pub async fn dispatch(&self, user: &SessionUser, event: &str, data: &str) -> Handled {
+    /// the clock leaves out the time a packet waited there. `acked`: whether the client
+    /// asked for a reply (an ack), which lets an ack-less `message:received` skip waiting.
+    pub async fn dispatch(
+        &self,
+        user: &SessionUser,
+        event: &str,
+        data: &str,
+        acked: bool,
+    ) -> Handled {
         let arrived = Instant::now();
         let Some(event) = ClientEvent::from_name(event) else {
             return Handled::Done(Err(ChatError::new(
@@ -233,7 +240,7 @@ impl Chat {
             ClientEvent::Block => self.block(user, data).await,
             ClientEvent::Unblock => self.unblock(user, data).await,
             ClientEvent::Blocks => self.blocks(user, data).await.into(),
-            ClientEvent::Received => self.mark_received(user, data).await,
+            ClientEvent::Received => self.mark_received(user, data, acked).await,
             ClientEvent::Edit => self.edit_message(user, data).await,
             ClientEvent::Delete => self.delete_message(user, data).await,
             ClientEvent::Changes => self.changes(user, data).await.into(),

@@ -19,6 +19,14 @@
 //!
 //! Each newly covered message is still rewritten with its `deliveredAt` and moved in the
 //! room's change log, so that history, the inbox, the snapshot and `changes` show it.
+//!
+//! A mark sent without an ack is answered at once, before it is written: the client asked
+//! for no reply, so only a refusal known up front (shape, room, unknown id, rate limit)
+//! reaches it as an `error` event. Waiting for the commit would keep a pending reply per
+//! mark, woken by the round, only to answer nothing. The mark is written all the same,
+//! and its sender hears `message:delivered` only once it is durable; a failed commit is
+//! not reported to an ack-less client (the writer logs it), and a later request of the
+//! same connection may not see the mark yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,10 +44,16 @@ use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
 use crate::store::{self, ReceivedOutcome, RoomLock, WriteTxn};
-use crate::writer::{outcome, Command, Context, RoundEnd};
+use crate::writer::{Command, Context, RoundEnd};
 
 impl Chat {
-    pub(super) async fn mark_received(&self, user: &SessionUser, data: &str) -> Handled {
+    /// `acked`: whether the client asked for a reply (see the module docs).
+    pub(super) async fn mark_received(
+        &self,
+        user: &SessionUser,
+        data: &str,
+        acked: bool,
+    ) -> Handled {
         let shape = || {
             ChatError::bad_request(format!(
                 "message:received takes an array of 1 to {MAX_READ_ITEMS} objects"
@@ -87,14 +101,18 @@ impl Chat {
                 items,
                 queued: Arc::clone(&self.queued_marks),
             };
-            let rx = self.writer.submit(command).await;
+            // Answered on the writer thread, so others' marks waiting on this one are
+            // answered even if this request's own future is dropped.
+            let then = move |answer| {
+                done.send_replace(Some(answer));
+            };
+            self.writer.submit_then(command, then).await;
             unsent.sent();
-            // Others' marks may be waiting on this one: they are answered even if this
-            // request's own future is dropped.
-            tokio::spawn(async move {
-                let _ = done.send(Some(outcome(rx).await));
-            });
             waits.push(done_rx);
+        }
+        if !acked {
+            // Nobody hears a success, so nothing waits for it; what was refused is known.
+            return Handled::Done(Ok(marked(rejected)));
         }
         Handled::Pending(Box::pin(async move {
             for mut wait in waits {
@@ -108,13 +126,18 @@ impl Chat {
                     return Err(e.clone());
                 }
             }
-            let (rejections, error_without_ack) = rejections(rejected);
-            Ok(Success {
-                body: json!({ "ok": true, "rejected": rejections }),
-                reply_event: None,
-                error_without_ack,
-            })
+            Ok(marked(rejected))
         }))
+    }
+}
+
+/// The reply to a `message:received` whose marks are written, or need no write.
+fn marked(rejected: Vec<(usize, ChatError)>) -> Success {
+    let (rejections, error_without_ack) = rejections(rejected);
+    Success {
+        body: json!({ "ok": true, "rejected": rejections }),
+        reply_event: None,
+        error_without_ack,
     }
 }
 
@@ -361,16 +384,18 @@ mod tests {
     //! land together in the next round.
 
     use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+    use std::time::Duration;
 
     use serde_json::Value;
     use tokio::sync::oneshot;
 
     use super::*;
     use crate::fanout::{Broker, Outbound};
+    use crate::protocol::ErrorCode;
     use crate::store::redb::RedbStore;
     use crate::store::ReadStore;
     use crate::webhook::Hooks;
-    use crate::writer::{Writer, WriterConfig, WriterThread};
+    use crate::writer::{outcome, Writer, WriterConfig, WriterThread};
 
     /// Every event published: (user, event name, data).
     #[derive(Default)]
@@ -563,6 +588,66 @@ mod tests {
             delivered,
             [(5, false), (4, true), (3, true), (2, true), (1, true)]
         );
+    }
+
+    /// While a round is held open, an ack-less mark is answered at once and one with an
+    /// ack waits; both are written in the next round and reach the sender once durable.
+    #[tokio::test]
+    async fn an_ack_less_mark_is_answered_at_once_and_written_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (thread, store, recorder) = start(&dir);
+        let writer = thread.writer();
+        let room = RoomKey::new("alice", "bob");
+        let stored = Store {
+            room: room.clone(),
+            sender: "alice",
+            count: 3,
+        };
+        outcome(writer.submit(stored).await).await.unwrap();
+        let hub = crate::fanout::hub::Hub::new(usize::MAX, 0);
+        let limits = super::super::ChatLimits::from(&crate::config::Config::default());
+        let chat = Chat::new(
+            store.clone(),
+            writer.clone(),
+            recorder.clone(),
+            hub,
+            limits,
+            b"s",
+        );
+        let bob = SessionUser::unnamed("bob");
+        let item = |id: u64| format!(r#"[{{"roomId":"alice-bob","messageId":{id}}}]"#);
+
+        let (release, hold) = hold(&writer).await;
+        let Handled::Done(Ok(reply)) = chat.mark_received(&bob, &item(2), false).await else {
+            panic!("an ack-less mark must be answered without waiting for the commit");
+        };
+        assert_eq!(
+            reply.body,
+            serde_json::json!({ "ok": true, "rejected": [] })
+        );
+        assert!(reply.error_without_ack.is_none());
+        // Refusals are known up front and still reported.
+        let Handled::Done(Ok(refused)) = chat.mark_received(&bob, &item(9), false).await else {
+            panic!("a refused ack-less mark is answered at once");
+        };
+        assert_eq!(refused.error_without_ack.unwrap().code, ErrorCode::NotFound);
+        let Handled::Pending(mut acked) = chat.mark_received(&bob, &item(3), true).await else {
+            panic!("a mark with an ack waits for its commit");
+        };
+        let waited = tokio::time::timeout(Duration::from_millis(100), &mut acked).await;
+        assert!(waited.is_err(), "answered before the round committed");
+        assert!(delivered_to(&recorder, "alice").is_empty());
+
+        release.send(()).unwrap();
+        outcome(hold).await.unwrap();
+        acked.await.unwrap();
+        let events = delivered_to(&recorder, "alice");
+        let ids: Vec<u64> = events.iter().flatten().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        drop(chat);
+        thread.shutdown().await;
+        let page = store.messages_page(&room, "alice", None, 10).await.unwrap();
+        assert!(page.messages.iter().all(|m| m.delivered_ms.is_some()));
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ pub async fn dispatch<A: Send + 'static>(
         Ok((event, data)) => {
             // Boxed: inline, the largest handler's state would be part of every
             // session's future for the connection's whole life.
-            let handled = Box::pin(chat.dispatch(user, &event, data)).await;
+            let handled = Box::pin(chat.dispatch(user, &event, data, ack.is_some())).await;
             Box::pin(async move { (Some(event), ack, handled.into_reply().await) })
         }
     }

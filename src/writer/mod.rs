@@ -169,15 +169,37 @@ trait Queued: Send {
     fn answer(self: Box<Self>, round: Result<Instant, &StoreError>);
 }
 
-struct Job<C: Command> {
+struct Job<C: Command, R> {
     /// Taken by `apply`.
     command: Option<C>,
     arrived: Option<Instant>,
     result: Option<Result<C::Output, ChatError>>,
-    reply: oneshot::Sender<Result<C::Output, ChatError>>,
+    reply: R,
 }
 
-impl<C: Command> Queued for Job<C> {
+/// Where a job's answer goes: a oneshot the caller awaits ([`Writer::submit`]), or a
+/// function run on the writer thread ([`Writer::submit_then`]).
+trait Reply<T>: Send + 'static {
+    fn send(self, answer: Result<T, ChatError>);
+}
+
+impl<T: Send + 'static> Reply<T> for oneshot::Sender<Result<T, ChatError>> {
+    fn send(self, answer: Result<T, ChatError>) {
+        // The caller may have gone away; nothing is owed to it then.
+        let _ = oneshot::Sender::send(self, answer);
+    }
+}
+
+/// A function to call with the answer.
+struct Then<F>(F);
+
+impl<T, F: FnOnce(Result<T, ChatError>) + Send + 'static> Reply<T> for Then<F> {
+    fn send(self, answer: Result<T, ChatError>) {
+        (self.0)(answer)
+    }
+}
+
+impl<C: Command, R: Reply<C::Output>> Queued for Job<C, R> {
     fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
         if let Some(command) = &self.command {
             command.rooms(out);
@@ -206,8 +228,7 @@ impl<C: Command> Queued for Job<C> {
             }
             Err(e) => Err(ChatError::internal(format!("commit failed: {e}"))),
         };
-        // The caller may have gone away; nothing is owed to it then.
-        let _ = self.reply.send(answer);
+        self.reply.send(answer);
     }
 }
 
@@ -274,15 +295,30 @@ impl Writer {
         command: C,
     ) -> oneshot::Receiver<Result<C::Output, ChatError>> {
         let (reply, rx) = oneshot::channel();
+        // A failed send drops `reply`, so the receiver reports the writer as gone.
+        self.queue(command, reply).await;
+        rx
+    }
+
+    /// Queues a command whose answer, once it is durable (or failed), is handed to `then`
+    /// on the writer thread, so no task has to wait for it; `then` must be quick. If the
+    /// writer is gone, `then` is dropped uncalled.
+    pub async fn submit_then<C, F>(&self, command: C, then: F)
+    where
+        C: Command,
+        F: FnOnce(Result<C::Output, ChatError>) + Send + 'static,
+    {
+        self.queue(command, Then(then)).await;
+    }
+
+    async fn queue<C: Command, R: Reply<C::Output>>(&self, command: C, reply: R) {
         let job = Job {
             arrived: command.arrived(),
             command: Some(command),
             result: None,
             reply,
         };
-        // A failed send drops `reply`, so the receiver reports the writer as gone.
         let _ = self.tx.send(Request::Apply(Box::new(job))).await;
-        rx
     }
 
     /// How big the latest-50 cache is now.
