@@ -11,17 +11,18 @@ use chat_server::auth::{resolve_admin_secret, resolve_secret, AdminSecret, Auth}
 use chat_server::chat::{Chat, ChatLimits};
 use chat_server::cli::{self, Command};
 use chat_server::config::{Config, LogFormat};
+use chat_server::duties::{Duties, Work};
 use chat_server::fanout::hub::Hub;
 use chat_server::fanout::nats::{self, NatsBroker, NatsOptions};
 use chat_server::fanout::Broker;
+use chat_server::ops;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
-use chat_server::store::postgres::PgStore;
+use chat_server::store::postgres::{Leader, PgStore};
 use chat_server::store::redb::{ReadOnlyStore, RedbStore};
 use chat_server::store::{Maintenance, ReadStore, WriteStore};
 use chat_server::webhook::{self, Hooks};
 use chat_server::writer::{Writer, WriterConfig};
-use chat_server::{ops, retention};
 
 /// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
 /// KiB-sized strings across threads, and under load glibc's arena bookkeeping
@@ -315,19 +316,23 @@ fn serve(config: Config) -> ExitCode {
                 max_batch: config.storage.max_batch,
             },
         );
-        let delivery = webhook::start(
-            hooks,
-            store.read.clone(),
-            writer.writer(),
-            config.memory.webhook_window_events,
-        )
-        .await;
-
-        // Off unless `retention.max_age_days` is set.
-        let sweeper = retention::spawn(
-            store.read.clone(),
-            writer.writer(),
-            config.retention.max_age_days,
+        webhook::count(&hooks, store.read.as_ref()).await;
+        // Webhook delivery and retention sweeps (off unless `retention.max_age_days` is
+        // set): here, or in cluster mode on whichever node holds the duties lock.
+        let leader = match config.cluster.postgres_url.as_deref().map(Leader::new) {
+            None => None,
+            Some(Ok(leader)) => Some(leader),
+            Some(Err(e)) => return fail(e),
+        };
+        let duties = Duties::spawn(
+            Work {
+                hooks,
+                store: store.read.clone(),
+                writer: writer.writer(),
+                webhook_window: config.memory.webhook_window_events,
+                retention_days: config.retention.max_age_days,
+            },
+            leader,
         );
 
         let maintenance = store.maintenance;
@@ -346,13 +351,9 @@ fn serve(config: Config) -> ExitCode {
         // One plain line on stdout for scripts and tests that wait for the port.
         println!("listening on http://{addr}");
         server::run(listener, app, shutdown_signal()).await;
-        delivery.stop();
-
         // Stopped before the writer, so that a sweep in progress ends here (its deleted
         // batches are committed; the next start sweeps the rest) rather than failing.
-        if let Some(sweeping) = sweeper {
-            sweeping.abort();
-        }
+        duties.stop().await;
         writer.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -48,7 +48,10 @@ pub fn spawn(
         loop {
             tick.tick().await;
             match sweep(store.as_ref(), &writer, now_millis() - max_age_ms).await {
-                Ok(deleted) => tracing::info!(deleted, max_age_days, "retention sweep done"),
+                Ok(deleted) => {
+                    metrics::retention_swept();
+                    tracing::info!(deleted, max_age_days, "retention sweep done")
+                }
                 Err(e) => tracing::warn!(error = %e.message, "retention sweep stopped"),
             }
         }

@@ -411,6 +411,11 @@ impl Broker for Hub {
             .expect("hub lock poisoned")
             .contains_key(user)
     }
+
+    /// One process: its own connections are all there are.
+    fn disconnect_user(&self, user: &str) -> usize {
+        Hub::disconnect_user(self, user)
+    }
 }
 
 /// One connection's membership in its user's channel; dropping it unsubscribes.

@@ -106,6 +106,21 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hook, seq)
     );
     "#,
+    // 2: cluster duties (webhook delivery, retention sweeps) run on one node at a time,
+    // the holder of an advisory lock (`leader.rs`). A commit that puts events in the
+    // outbox, on whichever node, wakes that node: one notification per transaction
+    // (PostgreSQL folds identical notifications of a transaction into one), sent only when
+    // the transaction commits.
+    r#"
+    CREATE FUNCTION webhook_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('chat_webhook_outbox', '');
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER webhook_outbox_notify AFTER INSERT ON webhook_outbox
+        FOR EACH STATEMENT EXECUTE FUNCTION webhook_outbox_notify();
+    "#,
 ];
 
 /// The version this binary brings a database to.
