@@ -18,7 +18,7 @@ use chat_server::fanout::Broker;
 use chat_server::ops;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
-use chat_server::store::postgres::{Leader, PgStore};
+use chat_server::store::postgres::{Leader, PgStore, PresenceBoard};
 use chat_server::store::redb::{ReadOnlyStore, RedbStore};
 use chat_server::store::{Maintenance, ReadStore, WriteStore};
 use chat_server::webhook::{self, Hooks};
@@ -297,6 +297,20 @@ fn serve(config: Config) -> ExitCode {
             config.memory.outbound_cut_floor_bytes,
             std::time::Duration::from_secs(config.memory.outbound_stall_secs),
         );
+        // Cluster mode's presence (issue 17): this node's users, listed in PostgreSQL for
+        // the other nodes' `offline_only` webhooks. Kept until the server stops.
+        let _presence = match &config.cluster.postgres_url {
+            None => None,
+            Some(url) => match PresenceBoard::start(
+                url,
+                node_name(&config, &listener),
+                hub.clone(),
+                config.cluster.presence_pending_users,
+            ) {
+                Ok(board) => Some(board),
+                Err(e) => return fail(e),
+            },
+        };
         // Cluster mode's fan-out (issue 17): NATS between nodes, else the hub alone. The
         // writer's latest-50 cache stays on: it checks each room's change counter, so a
         // room another node wrote is reloaded (`crate::snapshot`).
@@ -400,14 +414,7 @@ async fn cluster_broker(
     let Some(url) = &config.cluster.nats_url else {
         return Ok(None);
     };
-    let port = listener
-        .local_addr()
-        .map_or(config.bind.port(), |a| a.port());
-    let node_name = config
-        .cluster
-        .node_name
-        .clone()
-        .unwrap_or_else(|| nats::default_node_name(port));
+    let node_name = node_name(config, listener);
     let options = NatsOptions {
         url: url.clone(),
         node_name: node_name.clone(),
@@ -420,6 +427,18 @@ async fn cluster_broker(
         .map_err(|e| e.to_string())?;
     tracing::info!(node = %node_name, nats = %url, "cluster fan-out over NATS");
     Ok(Some(broker))
+}
+
+/// `cluster.node_name`, or the host name and the port this node listens on.
+fn node_name(config: &Config, listener: &tokio::net::TcpListener) -> String {
+    let port = listener
+        .local_addr()
+        .map_or(config.bind.port(), |a| a.port());
+    config
+        .cluster
+        .node_name
+        .clone()
+        .unwrap_or_else(|| nats::default_node_name(port))
 }
 
 /// Resolves on SIGINT or SIGTERM.

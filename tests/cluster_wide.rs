@@ -235,3 +235,46 @@ async fn erasing_a_user_on_one_node_closes_their_tabs_on_every_node() {
     let reply: Value = bob.send_message("bob-carol", "still here").await;
     assert_eq!(reply["ok"], true, "{reply}");
 }
+
+/// Waits until `user` has `rows` rows in the shared presence table.
+fn wait_presence_rows(pg: &TestPostgres, user: &str, rows: &str) {
+    let deadline = Instant::now() + WAIT;
+    let sql = format!("SELECT count(*) FROM presence WHERE user_id = '{user}'");
+    while pg.psql(&sql).trim() != rows {
+        assert!(
+            Instant::now() < deadline,
+            "{user}: presence rows never {rows}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn offline_only_webhooks_see_a_recipient_connected_to_another_node_as_online() {
+    let pg = TestPostgres::start();
+    let nats = NatsServer::start();
+    let receiver = Receiver::start(Mode::Status(200)).await;
+    let url = receiver.url();
+    let mut env = hook_env(&url).to_vec();
+    env.push(("CHAT_WEBHOOK_OFFLINE_ONLY", "true"));
+    let a = node(&pg, &nats, &env);
+    let b = node(&pg, &nats, &env);
+    let mut alice = a.connect("alice").await;
+
+    // bob is connected to node B only: alice's message, committed on node A, is held
+    // back.
+    let bob = b.connect("bob").await;
+    wait_presence_rows(&pg, "bob", "1");
+    assert_eq!(send(&mut alice, "alice-bob", "while online on B").await, 1);
+
+    // Once his last connection closed he is offline everywhere: the next one is posted.
+    drop(bob);
+    wait_presence_rows(&pg, "bob", "0");
+    assert_eq!(send(&mut alice, "alice-bob", "after he left").await, 2);
+    let received = receiver.wait_until("one event", |r| !r.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1, "{received:?}");
+    let event = received[0].json();
+    assert_eq!(event["data"]["message"]["id"], 2, "{event}");
+    assert_eq!(event["data"]["recipientOnline"], false, "{event}");
+}

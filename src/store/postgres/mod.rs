@@ -20,6 +20,7 @@
 //! service resumes by itself once PostgreSQL is back.
 
 mod leader;
+mod presence;
 mod schema;
 mod txn;
 
@@ -41,6 +42,7 @@ use crate::model::{
 };
 
 pub use leader::{Leader, OnOutbox, Term};
+pub use presence::PresenceBoard;
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// How long one statement may take before the store gives up on it (and on its

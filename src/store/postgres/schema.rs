@@ -120,6 +120,21 @@ pub const MIGRATIONS: &[&str] = &[
     $$;
     CREATE TRIGGER webhook_outbox_notify AFTER INSERT ON webhook_outbox
         FOR EACH STATEMENT EXECUTE FUNCTION webhook_outbox_notify();
+
+    -- Presence across nodes, for `offline_only` webhooks (`presence.rs`): each node lists
+    -- the users connected to it and beats its heartbeat; the rows of a node whose
+    -- heartbeat stopped count for nothing, and are cleared later. Small: one row per
+    -- connected user and node; a reference table on a sharded PostgreSQL.
+    CREATE TABLE cluster_nodes (
+        name text PRIMARY KEY,
+        seen timestamptz NOT NULL
+    );
+    CREATE TABLE presence (
+        user_id text COLLATE "C" NOT NULL,
+        node text NOT NULL,
+        PRIMARY KEY (user_id, node)
+    );
+    CREATE INDEX presence_node ON presence (node);
     "#,
 ];
 
