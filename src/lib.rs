@@ -45,6 +45,8 @@
 //! - [`ops`]: offline operations on a data directory: export as JSON lines, import.
 //! - [`retention`]: the background sweep that deletes messages past
 //!   `retention.max_age_days`, through the writer.
+//! - [`duties`]: what runs once per deployment (webhook delivery, retention sweeps): on
+//!   the one node, or in cluster mode on the holder of the PostgreSQL duties lock.
 //! - [`web`]: the built-in browser client (files in `web/`), served at `GET /`.
 //! - [`webhook`]: events for the app's backend: written to an outbox in the commit of
 //!   what they describe, posted signed and in order per recipient, retried, dead-lettered.
@@ -56,6 +58,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod dialect;
+pub mod duties;
 pub mod fanout;
 pub mod http;
 pub mod metrics;

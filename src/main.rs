@@ -11,17 +11,18 @@ use chat_server::auth::{resolve_admin_secret, resolve_secret, AdminSecret, Auth}
 use chat_server::chat::{Chat, ChatLimits};
 use chat_server::cli::{self, Command};
 use chat_server::config::{Config, LogFormat};
+use chat_server::duties::{Duties, Work};
 use chat_server::fanout::hub::Hub;
 use chat_server::fanout::nats::{self, NatsBroker, NatsOptions};
 use chat_server::fanout::Broker;
+use chat_server::ops;
 use chat_server::protocol::room::is_valid_user_id;
 use chat_server::server;
-use chat_server::store::postgres::PgStore;
+use chat_server::store::postgres::{Leader, PgStore, PresenceBoard};
 use chat_server::store::redb::{ReadOnlyStore, RedbStore};
 use chat_server::store::{Maintenance, ReadStore, WriteStore};
 use chat_server::webhook::{self, Hooks};
 use chat_server::writer::{Writer, WriterConfig};
-use chat_server::{ops, retention};
 
 /// mimalloc rather than glibc malloc: every `message:sent` allocates and frees several
 /// KiB-sized strings across threads, and under load glibc's arena bookkeeping
@@ -296,6 +297,20 @@ fn serve(config: Config) -> ExitCode {
             config.memory.outbound_cut_floor_bytes,
             std::time::Duration::from_secs(config.memory.outbound_stall_secs),
         );
+        // Cluster mode's presence (issue 17): this node's users, listed in PostgreSQL for
+        // the other nodes' `offline_only` webhooks. Kept until the server stops.
+        let _presence = match &config.cluster.postgres_url {
+            None => None,
+            Some(url) => match PresenceBoard::start(
+                url,
+                node_name(&config, &listener),
+                hub.clone(),
+                config.cluster.presence_pending_users,
+            ) {
+                Ok(board) => Some(board),
+                Err(e) => return fail(e),
+            },
+        };
         // Cluster mode's fan-out (issue 17): NATS between nodes, else the hub alone. The
         // writer's latest-50 cache stays on: it checks each room's change counter, so a
         // room another node wrote is reloaded (`crate::snapshot`).
@@ -315,19 +330,23 @@ fn serve(config: Config) -> ExitCode {
                 max_batch: config.storage.max_batch,
             },
         );
-        let delivery = webhook::start(
-            hooks,
-            store.read.clone(),
-            writer.writer(),
-            config.memory.webhook_window_events,
-        )
-        .await;
-
-        // Off unless `retention.max_age_days` is set.
-        let sweeper = retention::spawn(
-            store.read.clone(),
-            writer.writer(),
-            config.retention.max_age_days,
+        webhook::count(&hooks, store.read.as_ref()).await;
+        // Webhook delivery and retention sweeps (off unless `retention.max_age_days` is
+        // set): here, or in cluster mode on whichever node holds the duties lock.
+        let leader = match config.cluster.postgres_url.as_deref().map(Leader::new) {
+            None => None,
+            Some(Ok(leader)) => Some(leader),
+            Some(Err(e)) => return fail(e),
+        };
+        let duties = Duties::spawn(
+            Work {
+                hooks,
+                store: store.read.clone(),
+                writer: writer.writer(),
+                webhook_window: config.memory.webhook_window_events,
+                retention_days: config.retention.max_age_days,
+            },
+            leader,
         );
 
         let maintenance = store.maintenance;
@@ -346,13 +365,9 @@ fn serve(config: Config) -> ExitCode {
         // One plain line on stdout for scripts and tests that wait for the port.
         println!("listening on http://{addr}");
         server::run(listener, app, shutdown_signal()).await;
-        delivery.stop();
-
         // Stopped before the writer, so that a sweep in progress ends here (its deleted
         // batches are committed; the next start sweeps the rest) rather than failing.
-        if let Some(sweeping) = sweeper {
-            sweeping.abort();
-        }
+        duties.stop().await;
         writer.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
@@ -399,14 +414,7 @@ async fn cluster_broker(
     let Some(url) = &config.cluster.nats_url else {
         return Ok(None);
     };
-    let port = listener
-        .local_addr()
-        .map_or(config.bind.port(), |a| a.port());
-    let node_name = config
-        .cluster
-        .node_name
-        .clone()
-        .unwrap_or_else(|| nats::default_node_name(port));
+    let node_name = node_name(config, listener);
     let options = NatsOptions {
         url: url.clone(),
         node_name: node_name.clone(),
@@ -419,6 +427,18 @@ async fn cluster_broker(
         .map_err(|e| e.to_string())?;
     tracing::info!(node = %node_name, nats = %url, "cluster fan-out over NATS");
     Ok(Some(broker))
+}
+
+/// `cluster.node_name`, or the host name and the port this node listens on.
+fn node_name(config: &Config, listener: &tokio::net::TcpListener) -> String {
+    let port = listener
+        .local_addr()
+        .map_or(config.bind.port(), |a| a.port());
+    config
+        .cluster
+        .node_name
+        .clone()
+        .unwrap_or_else(|| nats::default_node_name(port))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -47,6 +47,10 @@ const STORE_FILE: &str = "chat_store_file_bytes";
 // Cluster mode's fan-out (issue 17).
 const CLUSTER_REPAIRS: &str = "chat_cluster_repairs_total";
 
+// The cluster-wide duties: one node at a time delivers webhooks and sweeps retention.
+const DUTIES: &str = "chat_duties_running";
+const RETENTION_SWEEPS: &str = "chat_retention_sweeps_total";
+
 /// How often histogram samples are folded into their buckets between scrapes, which keeps
 /// their memory bounded on a server nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -183,6 +187,18 @@ fn describe() {
         "Messages deleted for being older than retention.max_age_days."
     );
     counter!(RETENTION_DELETED).absolute(0);
+    describe_counter!(
+        RETENTION_SWEEPS,
+        "Retention sweeps this node finished (in cluster mode, only the node running the \
+         duties sweeps)."
+    );
+    counter!(RETENTION_SWEEPS).absolute(0);
+    describe_gauge!(
+        DUTIES,
+        "1 while this node runs the duties done once per deployment (posting webhooks, \
+         retention sweeps): always on one node; in cluster mode, on the holder of the \
+         PostgreSQL duties lock only."
+    );
     describe_gauge!(
         STORE_FILE,
         metrics::Unit::Bytes,
@@ -320,6 +336,16 @@ pub fn send_durable(elapsed: Duration) {
 /// Retention deleted `messages` old messages.
 pub fn retention_deleted(messages: u64) {
     counter!(RETENTION_DELETED).increment(messages);
+}
+
+/// A retention sweep finished.
+pub fn retention_swept() {
+    counter!(RETENTION_SWEEPS).increment(1);
+}
+
+/// This node started (`true`) or stopped running the cluster-wide duties.
+pub fn cluster_duties(running: bool) {
+    gauge!(DUTIES).set(if running { 1.0 } else { 0.0 });
 }
 
 /// Cluster mode started: its repair counters show from now on, each `kind` at zero.

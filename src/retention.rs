@@ -1,10 +1,11 @@
 //! Retention: deleting messages older than `retention.max_age_days`.
 //!
-//! A background task sweeps at start and then every [`SWEEP_EVERY`]. A sweep scans the
-//! rooms a page at a time with the read store (a room's oldest message is its first key,
-//! because ids and `sentAt` rise together), and deletes each old room's messages through
-//! the writer, at most [`MESSAGES_PER_COMMAND`] per command: the writer stays the only
-//! code that writes, and one command never holds a round for long, so sends keep their
+//! A background task sweeps at start and then every [`SWEEP_EVERY`] (in cluster mode on the
+//! one node running the duties, [`crate::duties`], from when it took them). A sweep scans
+//! the rooms a page at a time with the read store (a room's oldest message is its first
+//! key, because ids and `sentAt` rise together), and deletes each old room's messages
+//! through the writer, at most [`MESSAGES_PER_COMMAND`] per command: the writer stays the
+//! only code that writes, and one command never holds a round for long, so sends keep their
 //! latency while a large backlog is deleted. Each command also drops the room from the
 //! latest-50 cache, which would otherwise still show the deleted messages.
 //!
@@ -48,7 +49,10 @@ pub fn spawn(
         loop {
             tick.tick().await;
             match sweep(store.as_ref(), &writer, now_millis() - max_age_ms).await {
-                Ok(deleted) => tracing::info!(deleted, max_age_days, "retention sweep done"),
+                Ok(deleted) => {
+                    metrics::retention_swept();
+                    tracing::info!(deleted, max_age_days, "retention sweep done")
+                }
                 Err(e) => tracing::warn!(error = %e.message, "retention sweep stopped"),
             }
         }

@@ -149,17 +149,6 @@ async fn next_packet(ws: &mut RawWs) -> String {
     }
 }
 
-/// Skips events until the plain connection's close frame, and returns it.
-async fn close_frame(client: &mut common::Client) -> (CloseCode, String) {
-    loop {
-        match client.recv_raw().await {
-            Some(Message::Close(Some(frame))) => return (frame.code, frame.reason.to_string()),
-            Some(Message::Text(_) | Message::Ping(_) | Message::Pong(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
-
 /// Waits until a token minted now is issued after an erasure at `erased_at_ms` (its `iat`
 /// has whole seconds: the erasure's second, rounded up).
 async fn wait_past_erasure(erased_at_ms: i64) {
@@ -194,7 +183,7 @@ async fn erasing_a_connected_user_closes_both_dialects_tombstones_her_messages_a
     // Both of her connections are closed: the plain one with 4003, Socket.IO with a
     // DISCONNECT of the namespace.
     assert_eq!(
-        close_frame(&mut alice_plain).await,
+        alice_plain.close_frame().await,
         (CloseCode::Library(4003), "user erased".to_owned())
     );
     assert_eq!(next_packet(&mut alice_sio).await, "41");

@@ -11,6 +11,9 @@
 //! next history page or snapshot shows them. Hooks subscribed to `user.erased` get one
 //! event each, written in the same commit.
 //!
+//! In cluster mode the cut reaches every node: the broker closes the connections here and
+//! tells the nodes holding the user's others (`crate::fanout::nats`).
+//!
 //! The cut comes after the commit, and [`crate::app::App::admit`] checks the erasure again
 //! once a connection is in the user's channel: a connection either was in the channel at
 //! the cut, or is admitted after the commit and sees it.
@@ -33,7 +36,8 @@ pub struct ErasureReport {
     pub messages_tombstoned: u64,
     /// Rooms where a message of the user changed.
     pub rooms_touched: u64,
-    /// Open connections of the user that were closed.
+    /// Open connections of the user that were closed on the node that answered (in
+    /// cluster mode the other nodes close theirs as the broker tells them).
     pub connections_closed: u64,
     /// The erasure time (Unix ms): tokens issued before it, to the second rounded up, are
     /// refused.
@@ -60,7 +64,7 @@ impl Chat {
             })
             .await;
         let (erasure, erased_at_ms) = outcome(rx).await?;
-        let closed = self.hub.disconnect_user(user);
+        let closed = self.broker.disconnect_user(user);
         Ok(ErasureReport {
             user_id: user.to_owned(),
             messages_tombstoned: erasure.messages,

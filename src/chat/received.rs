@@ -413,6 +413,11 @@ mod tests {
         fn is_online(&self, _: &str) -> bool {
             true
         }
+
+        // No connections to close: these tests only record what is published.
+        fn disconnect_user(&self, _: &str) -> usize {
+            0
+        }
     }
 
     /// Stores `count` messages from `sender` in `room`.

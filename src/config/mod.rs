@@ -89,8 +89,9 @@ pub struct ClusterConfig {
     pub postgres_pool_size: usize,
     /// The NATS servers (key `cluster.nats_url`, comma-separated).
     pub nats_url: Option<String>,
-    /// This node's name in logs and in its NATS connection (key `cluster.node_name`);
-    /// `None` is the host name and the port, unique per machine.
+    /// This node's name in logs, in its NATS connection and in its presence rows (key
+    /// `cluster.node_name`), unique per node; `None` is the host name and the port,
+    /// unique per machine.
     pub node_name: Option<String>,
     /// Events waiting for the fan-out task (key `cluster.queue_events`); past it, events
     /// are dropped and the node catches up from the store.
@@ -102,6 +103,9 @@ pub struct ClusterConfig {
     /// Rooms per local user whose last delivered message id is remembered, to find gaps
     /// (key `cluster.tracked_rooms_per_user`); the least recently active go first.
     pub tracked_rooms_per_user: usize,
+    /// Users whose presence changed here and is not yet written to PostgreSQL (key
+    /// `cluster.presence_pending_users`); past it, the node rewrites its whole list.
+    pub presence_pending_users: usize,
 }
 
 impl Default for ClusterConfig {
@@ -114,6 +118,7 @@ impl Default for ClusterConfig {
             queue_events: 8192,
             subscription_messages: 1024,
             tracked_rooms_per_user: 256,
+            presence_pending_users: 65_536,
         }
     }
 }

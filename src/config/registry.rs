@@ -368,6 +368,9 @@ const KEYS: &[Key] = &[
     key!("cluster.tracked_rooms_per_user", positive_int, |c| c
         .cluster
         .tracked_rooms_per_user),
+    key!("cluster.presence_pending_users", positive_int, |c| c
+        .cluster
+        .presence_pending_users),
 ];
 
 /// One or more NATS server addresses, comma-separated (`nats://host:4222`, or `host:4222`),

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_channel::mpsc;
@@ -177,7 +177,8 @@ impl Queue {
 
 /// Told when a user's first connection in this process opens and when their last one
 /// closes, so that a broker between processes listens for a user's events only while
-/// they are connected here. Called under the hub's lock, in the order the changes
+/// they are connected here, and other nodes can tell that they are online
+/// (`crate::store::postgres::PresenceBoard`). Called under the hub's lock, in the order the changes
 /// happen: it must only note the change, never wait.
 pub trait Presence: Send + Sync {
     fn changed(&self, user: &str);
@@ -186,7 +187,9 @@ pub trait Presence: Send + Sync {
 /// All connections, by user.
 pub struct Hub {
     users: RwLock<HashMap<String, Vec<(u64, Queue)>>>,
-    presence: OnceLock<Arc<dyn Presence>>,
+    /// Told of each user's first connection and last one (the NATS broker, cluster
+    /// presence); set before the first connection.
+    presence: RwLock<Vec<Arc<dyn Presence>>>,
     next_id: AtomicU64,
     connections: AtomicUsize,
     slow_consumers: AtomicU64,
@@ -214,7 +217,7 @@ impl Hub {
     ) -> Arc<Hub> {
         Arc::new(Hub {
             users: RwLock::default(),
-            presence: OnceLock::new(),
+            presence: RwLock::default(),
             next_id: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
@@ -318,17 +321,29 @@ impl Hub {
         outstanding.enforcing.store(false, Ordering::Release);
     }
 
-    /// Tells `presence` from now on when a user comes or goes (set once, before the
-    /// first connection).
+    /// Tells `presence` from now on when a user comes or goes (before the first
+    /// connection).
     pub fn watch_presence(&self, presence: Arc<dyn Presence>) {
-        let first = self.presence.set(presence).is_ok();
-        assert!(first, "a hub has one presence watcher");
+        self.presence
+            .write()
+            .expect("presence lock poisoned")
+            .push(presence);
     }
 
     fn presence_changed(&self, user: &str) {
-        if let Some(presence) = self.presence.get() {
+        for presence in self.presence.read().expect("presence lock poisoned").iter() {
             presence.changed(user);
         }
+    }
+
+    /// Every user with a connection here.
+    pub fn online_users(&self) -> Vec<String> {
+        self.users
+            .read()
+            .expect("hub lock poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Open connections, all users and dialects together.
@@ -410,6 +425,11 @@ impl Broker for Hub {
             .read()
             .expect("hub lock poisoned")
             .contains_key(user)
+    }
+
+    /// One process: its own connections are all there are.
+    fn disconnect_user(&self, user: &str) -> usize {
+        Hub::disconnect_user(self, user)
     }
 }
 

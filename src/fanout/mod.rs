@@ -34,6 +34,10 @@ pub trait Broker: Send + Sync {
     /// Whether `user` has an open connection now: webhooks marked `offline_only` are
     /// posted only for recipients who have none when their message commits.
     fn is_online(&self, user: &str) -> bool;
+
+    /// Closes every connection of `user`, who was just erased: here, and in cluster mode
+    /// on the other nodes too. Returns how many it closed on this node.
+    fn disconnect_user(&self, user: &str) -> usize;
 }
 
 /// One server-to-client event, rendered once for all its recipients and both dialects.

@@ -125,6 +125,8 @@ enum Notice {
     },
     /// Any other event, as rendered by the node that published it.
     Rendered { name: String, data: String },
+    /// The user was erased: every node closes their connections.
+    Erased,
 }
 
 impl Notice {
@@ -259,6 +261,8 @@ impl ClusterStats {
 /// Publishes to NATS and to the local hub; see the module docs.
 pub struct NatsBroker {
     hub: Arc<Hub>,
+    /// For the notices published outside the fan-out task (an erasure).
+    client: async_nats::Client,
     queue: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -333,7 +337,7 @@ impl NatsBroker {
         let (queue, jobs) = mpsc::channel(options.queue_events);
         hub.watch_presence(Arc::new(Watcher(Arc::clone(&shared))));
         let task = Fanout {
-            client,
+            client: client.clone(),
             hub: Arc::clone(&hub),
             store,
             shared: Arc::clone(&shared),
@@ -345,6 +349,7 @@ impl NatsBroker {
         let task = tokio::spawn(task.run(jobs));
         Ok(Arc::new(NatsBroker {
             hub,
+            client,
             queue,
             shared,
             task: Mutex::new(Some(task)),
@@ -390,6 +395,28 @@ impl Broker for NatsBroker {
     /// Whether the user has a connection on this node: other nodes are not asked.
     fn is_online(&self, user: &str) -> bool {
         self.hub.is_online(user)
+    }
+
+    /// Closes the user's connections here, and publishes [`Notice::Erased`] on their
+    /// subject: the nodes holding their other connections listen to it, and close those.
+    /// Straight to NATS, not through the fan-out queue, so a full queue cannot drop it.
+    /// Core NATS may still lose it (a NATS outage at that moment): such a connection stays
+    /// open until it ends, and its token is refused on the next connect.
+    fn disconnect_user(&self, user: &str) -> usize {
+        let closed = self.hub.disconnect_user(user);
+        let client = self.client.clone();
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            let payload = postcard::to_stdvec(&Notice::Erased).expect("notices serialize");
+            let published = match client.publish(subject(&user), payload.into()).await {
+                Ok(()) => client.flush().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = published {
+                tracing::error!(%user, %error, "cannot tell the other nodes of an erasure");
+            }
+        });
+        closed
     }
 }
 
@@ -596,6 +623,10 @@ impl Fanout {
                     },
                 };
                 self.sent(user, &announced, Delivery::Notice(named)).await;
+            }
+            Notice::Erased => {
+                let closed = self.hub.disconnect_user(user);
+                tracing::info!(%user, closed, "user erased on another node: connections closed");
             }
             Notice::Rendered { name, data } => {
                 match EVENT_NAMES.iter().find(|known| **known == name) {

@@ -361,6 +361,12 @@ pub trait WriteTxn {
     /// [`ReadStore::erased_at`], as this transaction sees it.
     fn erased_at(&self, user: &str) -> Result<Option<i64>>;
 
+    /// Whether `user` has a connection on another live node of the cluster, for
+    /// `offline_only` webhooks. A store of one node has no other: false.
+    fn online_elsewhere(&mut self, _user: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Makes everything applied durable; returns only once it is.
     fn commit(self: Box<Self>) -> Result<()>;
 }

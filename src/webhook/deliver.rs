@@ -54,15 +54,10 @@ impl Delivery {
     }
 }
 
-/// Counts what each hook's outbox and dead letters hold, for `/metrics`, then starts one
-/// delivery task per hook, each holding at most `window` events in memory. Call it before
-/// serving: counted here, an event committed later is counted by the writer, never twice.
-pub async fn start(
-    hooks: Arc<Hooks>,
-    store: Arc<dyn ReadStore>,
-    writer: Writer,
-    window: usize,
-) -> Delivery {
+/// Counts what each hook's outbox and dead letters hold, for `/metrics`. Call it once,
+/// before serving: counted here, an event committed later is counted by the writer, never
+/// twice.
+pub async fn count(hooks: &Hooks, store: &dyn ReadStore) {
     for hook in hooks.all() {
         let url = &hook.config.url;
         match store.webhook_counts(url).await {
@@ -73,6 +68,16 @@ pub async fn start(
             Err(e) => tracing::error!(error = %e, hook = %url, "cannot count the webhook outbox"),
         }
     }
+}
+
+/// Starts one delivery task per hook, each reading its outbox from the start and holding
+/// at most `window` events in memory.
+pub fn start(
+    hooks: Arc<Hooks>,
+    store: Arc<dyn ReadStore>,
+    writer: Writer,
+    window: usize,
+) -> Delivery {
     let client = http_client(window);
     let tasks = (0..hooks.all().len())
         .map(|index| {
@@ -220,7 +225,7 @@ impl HookTask {
                     }
                 }
             }
-            // Already gone: only a second delivery task on the same store could do that.
+            // Already gone: a node that held the duties before this one delivered it.
             Ok(false) => {}
             // It stays in the outbox and is posted again after a restart.
             Err(e) => tracing::error!(error = %e.message, hook = %url, id = %event.id,

@@ -13,6 +13,9 @@
 //!   Each recipient's events go out in commit order, one at a time; recipients go
 //!   concurrently. Finished events leave the outbox through small writer commands, so
 //!   there is still one writer.
+//! - **One node posts** ([`crate::duties`]): in cluster mode every node writes into the
+//!   one outbox, and only the holder of the duties lock posts it; a commit on any node
+//!   wakes it through a PostgreSQL notification.
 //! - **At least once**: an event is removed only after a 2xx; a crash in between posts it
 //!   again after the restart, with the same `id`, which receivers use to drop duplicates.
 //! - **Signed** (`sign.rs`): HMAC-SHA256 over `"{timestamp}.{body}"`, the Stripe scheme,
@@ -29,7 +32,7 @@ use tokio::sync::Notify;
 use crate::config::{WebhookConfig, WebhookEvent};
 use crate::metrics;
 
-pub use deliver::{start, Delivery};
+pub use deliver::{count, start, Delivery};
 pub use outbox::{
     message_created, message_seen, user_erased, user_erased_offline, RetryDeadLetters,
     EVENT_ID_PREFIX,
@@ -93,6 +96,14 @@ impl Hooks {
     pub fn queued(&self, index: usize) {
         metrics::webhook_queued(1);
         self.hooks[index].wake.notify_one();
+    }
+
+    /// Some commit, maybe on another node, put events in the outbox: every hook's
+    /// delivery task reads its outbox again.
+    pub fn wake_all(&self) {
+        for hook in &self.hooks {
+            hook.wake.notify_one();
+        }
     }
 
     fn all(&self) -> &[Hook] {

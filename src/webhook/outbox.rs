@@ -129,7 +129,8 @@ fn user_erased_data(user: &str, erased_at_ms: i64) -> serde_json::Value {
     })
 }
 
-/// Whether a hook's `offline_only` holds back an event whose recipient is online.
+/// Whether a hook's `offline_only` holds back an event whose recipient is online (and so
+/// whether the event says if they are).
 #[derive(PartialEq)]
 enum OfflineOnly {
     Applies,
@@ -145,13 +146,23 @@ fn write_event(
     offline_only: OfflineOnly,
     data: impl FnOnce(&dyn WriteTxn, bool) -> store::Result<serde_json::Value>,
 ) -> store::Result<()> {
-    let online = cx.is_online(recipient);
-    let held_back = offline_only == OfflineOnly::Applies && online;
-    let hooks: Vec<(usize, String)> = cx
+    let subscribed: Vec<(usize, String, bool)> = cx
         .hooks()
         .subscribed(kind)
-        .filter(|(_, hook)| !(hook.config.offline_only && held_back))
-        .map(|(index, hook)| (index, hook.config.url.clone()))
+        .map(|(index, hook)| (index, hook.config.url.clone(), hook.config.offline_only))
+        .collect();
+    if subscribed.is_empty() {
+        return Ok(());
+    }
+    // Connected here, or (cluster mode) on another node: asked of the store only when the
+    // answer matters (a `user.erased` goes out either way) and this node has no
+    // connection of theirs.
+    let online = offline_only == OfflineOnly::Applies
+        && (cx.is_online(recipient) || txn.online_elsewhere(recipient)?);
+    let hooks: Vec<(usize, String)> = subscribed
+        .into_iter()
+        .filter(|(_, _, only_offline)| !(*only_offline && online))
+        .map(|(index, url, _)| (index, url))
         .collect();
     if hooks.is_empty() {
         return Ok(());

@@ -492,6 +492,11 @@ mod tests {
         fn is_online(&self, _: &str) -> bool {
             false
         }
+
+        // No connections to close: these tests only record what is published.
+        fn disconnect_user(&self, _: &str) -> usize {
+            0
+        }
     }
 
     struct TestStore {

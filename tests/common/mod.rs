@@ -390,6 +390,22 @@ impl Client {
             .map(|r| r.expect("read frame"))
     }
 
+    /// Skips events until the connection's close frame, and returns its code and reason.
+    pub async fn close_frame(
+        &mut self,
+    ) -> (
+        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode,
+        String,
+    ) {
+        loop {
+            match self.recv_raw().await {
+                Some(Message::Close(Some(frame))) => return (frame.code, frame.reason.to_string()),
+                Some(Message::Text(_) | Message::Ping(_) | Message::Pong(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
     async fn next_frame(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(WAIT, self.ws.next())
@@ -665,6 +681,7 @@ pub mod dump;
 pub mod load;
 pub mod metrics;
 pub mod postgres;
+pub mod receiver;
 
 pub mod nats;
 

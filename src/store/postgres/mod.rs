@@ -19,6 +19,8 @@
 //! connection that failed or timed out is dropped and made anew by the next round, so
 //! service resumes by itself once PostgreSQL is back.
 
+mod leader;
+mod presence;
 mod schema;
 mod txn;
 
@@ -39,6 +41,8 @@ use crate::model::{
     SessionUser,
 };
 
+pub use leader::{Leader, OnOutbox, Term};
+pub use presence::PresenceBoard;
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// How long one statement may take before the store gives up on it (and on its

@@ -106,6 +106,36 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hook, seq)
     );
     "#,
+    // 2: cluster duties (webhook delivery, retention sweeps) run on one node at a time,
+    // the holder of an advisory lock (`leader.rs`). A commit that puts events in the
+    // outbox, on whichever node, wakes that node: one notification per transaction
+    // (PostgreSQL folds identical notifications of a transaction into one), sent only when
+    // the transaction commits.
+    r#"
+    CREATE FUNCTION webhook_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('chat_webhook_outbox', '');
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER webhook_outbox_notify AFTER INSERT ON webhook_outbox
+        FOR EACH STATEMENT EXECUTE FUNCTION webhook_outbox_notify();
+
+    -- Presence across nodes, for `offline_only` webhooks (`presence.rs`): each node lists
+    -- the users connected to it and beats its heartbeat; the rows of a node whose
+    -- heartbeat stopped count for nothing, and are cleared later. Small: one row per
+    -- connected user and node; a reference table on a sharded PostgreSQL.
+    CREATE TABLE cluster_nodes (
+        name text PRIMARY KEY,
+        seen timestamptz NOT NULL
+    );
+    CREATE TABLE presence (
+        user_id text COLLATE "C" NOT NULL,
+        node text NOT NULL,
+        PRIMARY KEY (user_id, node)
+    );
+    CREATE INDEX presence_node ON presence (node);
+    "#,
 ];
 
 /// The version this binary brings a database to.

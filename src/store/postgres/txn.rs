@@ -719,6 +719,18 @@ impl WriteTxn for Round {
         Ok(events.len() as u64)
     }
 
+    /// Listed by another node whose heartbeat is recent (`presence.rs`).
+    fn online_elsewhere(&mut self, user: &str) -> Result<bool> {
+        let expiry = super::presence::NODE_EXPIRY.as_secs_f64();
+        let row = self.db.one(
+            "SELECT 1 FROM presence p JOIN cluster_nodes n ON n.name = p.node \
+             WHERE p.user_id = $1 AND p.node <> $3 \
+               AND n.seen > now() - make_interval(secs => $2) LIMIT 1",
+            &[&user, &expiry, &super::presence::this_node()],
+        )?;
+        Ok(row.is_some())
+    }
+
     fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired> {
         if !self.load_room(room, false)? {
             return Ok(Expired {
