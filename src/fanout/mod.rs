@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::model::SessionUser;
+use crate::model::{RoomKey, SessionUser};
 use crate::protocol::server_event::{Announced, ServerEvent};
 
 /// Where events are published: to a user, whichever connections they have.
@@ -34,6 +34,50 @@ pub trait Broker: Send + Sync {
     /// Whether `user` has an open connection now: webhooks marked `offline_only` are
     /// posted only for recipients who have none when their message commits.
     fn is_online(&self, user: &str) -> bool;
+
+    /// Tells `user`, a member of the rooms `event` changed who does not get `event`
+    /// itself (the reader of a receipt), that those changes happened. Nothing to do in one
+    /// process; between nodes it keeps each member's sequence of room changes gap-free, so
+    /// that a real gap means a lost event (see [`nats`]).
+    fn advance(&self, _user: &str, _event: &Arc<Outbound>) {}
+}
+
+/// A span of a room's change counter (the one `changes` reads) that one event reports:
+/// every change from `first` to `last`, with no other change of the room in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomChange {
+    pub room: RoomKey,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The room changes of one event, gathered as a command makes them.
+#[derive(Debug, Default, Clone)]
+pub struct RoomChanges(Vec<RoomChange>);
+
+impl RoomChanges {
+    /// Adds change number `change` of `room`.
+    pub fn add(&mut self, room: &RoomKey, change: u64) {
+        match self.0.iter_mut().find(|span| span.room == *room) {
+            Some(span) => {
+                span.first = span.first.min(change);
+                span.last = span.last.max(change);
+            }
+            None => self.0.push(RoomChange {
+                room: room.clone(),
+                first: change,
+                last: change,
+            }),
+        }
+    }
+
+    pub fn spans(&self) -> &[RoomChange] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// One server-to-client event, rendered once for all its recipients and both dialects.
@@ -52,6 +96,9 @@ pub struct Outbound {
     /// For a `message:sent` of a new message: which one, and how it was announced; what a
     /// broker between processes sends instead of the snapshot.
     new_message: Option<Box<NewMessage>>,
+    /// The room changes this event reports; empty for typing and blocks, which change no
+    /// room. What a broker between processes checks for lost events.
+    changes: RoomChanges,
 }
 
 /// A new message as a `message:sent` announces it, without the room's snapshot.
@@ -70,6 +117,11 @@ const QUEUED_OVERHEAD: usize = 160;
 impl Outbound {
     /// Renders `event` for the wire.
     pub fn new(event: ServerEvent) -> Arc<Outbound> {
+        Self::with_changes(event, RoomChanges::default())
+    }
+
+    /// Renders `event`, which reports `changes`.
+    pub fn with_changes(event: ServerEvent, changes: RoomChanges) -> Arc<Outbound> {
         let new_message = match &event {
             ServerEvent::MessageSent {
                 room_id,
@@ -89,6 +141,7 @@ impl Outbound {
             frame: Self::frame(name, &event.payload()),
             raw: OnceLock::new(),
             new_message,
+            changes,
         })
     }
 
@@ -99,7 +152,13 @@ impl Outbound {
             frame: Self::frame(name, &data),
             raw: OnceLock::new(),
             new_message: None,
+            changes: RoomChanges::default(),
         })
+    }
+
+    /// The room changes this event reports.
+    pub fn changes(&self) -> &RoomChanges {
+        &self.changes
     }
 
     /// The new message a `message:sent` announces; `None` for every other event.
