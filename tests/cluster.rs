@@ -247,15 +247,8 @@ async fn alice_on_one_node_and_bob_on_another_chat() {
 
 #[tokio::test]
 async fn a_user_on_two_nodes_gets_everything_on_both() {
-    let Pair {
-        nats: _nats,
-        _dir,
-        store: _,
-        a,
-        b,
-        mut alice,
-        bob: mut bob_b,
-    } = Pair::start().await;
+    let c = Pair::start().await;
+    let (a, b, mut alice, mut bob_b) = (c.a, c.b, c.alice, c.bob);
     let mut bob_a = a.connect("bob").await;
     a.wait_subscribed(2).await;
 
@@ -326,15 +319,8 @@ async fn a_lost_nats_message_is_recovered_in_order_without_duplicates() {
 
 #[tokio::test]
 async fn nats_restarted_under_load_loses_no_message_for_anyone() {
-    let Pair {
-        mut nats,
-        _dir,
-        store: _,
-        a,
-        b,
-        mut alice,
-        mut bob,
-    } = Pair::start().await;
+    let mut c = Pair::start().await;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
 
     const SENDS: u64 = 120;
     let sender = tokio::spawn(async move {
@@ -346,7 +332,7 @@ async fn nats_restarted_under_load_loses_no_message_for_anyone() {
         alice
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    nats.restart();
+    c.nats.restart();
     let mut alice = sender.await.unwrap();
     // Every id once, in order, whatever NATS lost while it was down.
     for n in 1..=SENDS {
@@ -487,17 +473,10 @@ fn without_a_reachable_nats_the_binary_refuses_to_start_and_says_why() {
 
 #[tokio::test]
 async fn a_nats_message_delivered_twice_reaches_the_user_once() {
-    let Pair {
-        nats,
-        _dir,
-        store: _,
-        a,
-        b,
-        mut alice,
-        mut bob,
-    } = Pair::start().await;
+    let c = Pair::start().await;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
     // A bystander on bob's subject keeps what node a published, to replay it.
-    let tap = async_nats::connect(nats.url()).await.unwrap();
+    let tap = async_nats::connect(c.nats.url()).await.unwrap();
     let bob_subject = chat_server::fanout::nats::subject("bob");
     let mut tapped = tap.subscribe(bob_subject.clone()).await.unwrap();
     tap.flush().await.unwrap();
@@ -524,26 +503,18 @@ async fn a_nats_message_delivered_twice_reaches_the_user_once() {
 
 #[tokio::test]
 async fn after_a_nats_outage_a_node_catches_up_what_it_missed_with_no_later_message() {
-    let c = Pair::start().await;
+    let mut c = Pair::start().await;
     let silent = c.silent_node().await;
-    let Pair {
-        mut nats,
-        _dir,
-        store: _,
-        a,
-        b,
-        mut alice,
-        mut bob,
-    } = c;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
     let mut alice_silent = silent.connect("alice").await;
     alice.send_message("alice-bob", "before").await;
     assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
 
     // Committed while NATS is down, and never published: the last message of the room,
     // so no later one reveals the gap. Only catching up after the reconnect finds it.
-    nats.kill();
+    c.nats.kill();
     alice_silent.send_message("alice-bob", "during").await;
-    nats.resume();
+    c.nats.resume();
     let caught_up = next_sent(&mut bob).await;
     assert_eq!(snapshot_ids(&caught_up), [2, 1]);
     assert_eq!(caught_up["messages"][0]["message"], "during");
