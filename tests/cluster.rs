@@ -233,13 +233,24 @@ async fn alice_on_one_node_and_bob_on_another_chat() {
             break;
         }
     }
-    // Nothing was lost, so nothing was recovered or dropped twice.
+    // Bob's node was told of the changes of his read that only alice got events for:
+    // his next change there is no hole.
+    assert_eq!(
+        alice.send_message("alice-bob", "after the read").await["ok"],
+        true
+    );
+    assert_eq!(snapshot_ids(&next_sent(bob).await)[0], 3);
+    // Nothing was lost, so nothing was recovered, dropped twice or read from the store.
     for node in [&c.a, &c.b] {
         let stats = node.nats().stats();
         assert_eq!((stats.recovered(), stats.duplicates()), (0, 0));
         assert_eq!(
-            (stats.recovered_changes(), stats.duplicate_changes()),
-            (0, 0)
+            (
+                stats.recovered_changes(),
+                stats.duplicate_changes(),
+                stats.change_gaps()
+            ),
+            (0, 0, 0)
         );
     }
     c.stop().await;
@@ -575,6 +586,9 @@ async fn lost_receipts_edits_and_deletes_are_recovered_from_the_store_in_order()
     assert_eq!(snapshot_ids(&frame["data"]), [2, 1]);
     assert_eq!(c.a.nats().stats().recovered_changes(), 1);
     assert_eq!(c.b.nats().stats().recovered_changes(), 0);
+    // Each node found the hole its users had: alice's two receipts, bob's own read.
+    assert_eq!(c.a.nats().stats().change_gaps(), 1);
+    assert_eq!(c.b.nats().stats().change_gaps(), 1);
 
     // An edit and a delete on the silent node: both members miss `message:updated`.
     let edit = json!({ "roomId": "alice-bob", "messageId": 1, "message": "one, edited" });

@@ -255,6 +255,7 @@ pub struct ClusterStats {
     subscribed: AtomicU64,
     recovered_changes: AtomicU64,
     duplicate_changes: AtomicU64,
+    change_gaps: AtomicU64,
 }
 
 /// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
@@ -266,16 +267,18 @@ enum Repair {
     CatchUp,
     RecoveredChange,
     DuplicateChange,
+    ChangeGap,
 }
 
 impl Repair {
-    const ALL: [Repair; 6] = [
+    const ALL: [Repair; 7] = [
         Repair::Recovered,
         Repair::Duplicate,
         Repair::Dropped,
         Repair::CatchUp,
         Repair::RecoveredChange,
         Repair::DuplicateChange,
+        Repair::ChangeGap,
     ];
 
     /// Its `kind` label.
@@ -287,6 +290,7 @@ impl Repair {
             Repair::CatchUp => "catch_up",
             Repair::RecoveredChange => "recovered_change",
             Repair::DuplicateChange => "duplicate_change",
+            Repair::ChangeGap => "change_gap",
         }
     }
 }
@@ -300,6 +304,7 @@ impl ClusterStats {
             Repair::CatchUp => &self.resyncs,
             Repair::RecoveredChange => &self.recovered_changes,
             Repair::DuplicateChange => &self.duplicate_changes,
+            Repair::ChangeGap => &self.change_gaps,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::cluster_repair(repair.kind());
@@ -333,6 +338,11 @@ impl ClusterStats {
     /// Receipts and updates (and spans told alone) dropped because the user had them.
     pub fn duplicate_changes(&self) -> u64 {
         self.duplicate_changes.load(Ordering::Relaxed)
+    }
+
+    /// Holes found in a user's changes of a room, each read from the store.
+    pub fn change_gaps(&self) -> u64 {
+        self.change_gaps.load(Ordering::Relaxed)
     }
 
     /// Users whose subject this node listens to, once the NATS server has the subscription.
@@ -1011,6 +1021,7 @@ impl Fanout {
             })
             .collect();
         for (room, after, up_to) in gaps {
+            self.shared.stats.count(Repair::ChangeGap);
             self.recover_changes(user, &room, after, up_to).await;
         }
         for c in changes {
