@@ -7,8 +7,8 @@
 //!   on every node.
 //! - [`nats::NatsBroker`]: many nodes (cluster mode). Publishes to NATS subjects per user,
 //!   and feeds the local hub from the subjects of the users connected here; since core
-//!   NATS may lose a message, it finds gaps in the per-room ids and re-reads them from the
-//!   store.
+//!   NATS may lose a message, it finds gaps in the per-room ids and change counters and
+//!   re-reads them from the store.
 //!
 //! An event is rendered once into an [`Outbound`] and the same `Arc` goes to every
 //! recipient: the plain dialect's frame is built lazily, once, and shared; for Socket.IO

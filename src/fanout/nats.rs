@@ -29,7 +29,12 @@
 //!   the store (`changes`) and delivered first, in order, each as the event its message's
 //!   state now calls for: `message:updated` for an edited or deleted message, to its
 //!   sender `message:seen` (or `message:delivered`) for a marked one. A message that changed
-//!   again later is left to the later change's event.
+//!   again later is left to the later change's event. Which change was lost is not
+//!   stored, so a repair may repeat an update or receipt the client had (same message,
+//!   same timestamps): harmless, where a missing one is not.
+//!
+//! Telling the reader of a receipt costs one small NATS message per receipt event; without
+//! it every receipt would leave a hole that costs a read of the store.
 //!
 //! Typing is best-effort, and so are `block` and `unblock`, which change no room: a tab
 //! that misses one sees it in its next `blocks` read.
