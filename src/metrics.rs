@@ -354,7 +354,8 @@ pub fn cluster_started(kinds: &[&'static str]) {
         CLUSTER_REPAIRS,
         "Cluster fan-out repairs, by kind: messages recovered from the store after a lost NATS \
          message, duplicates dropped, events dropped for a full fan-out queue, catch-ups of \
-         every room after a NATS reconnect or slow consumer."
+         every room after a NATS reconnect or slow consumer, receipts and updates recovered \
+         from the store, duplicate ones dropped, holes in a room's changes read from the store."
     );
     for &kind in kinds {
         counter!(CLUSTER_REPAIRS, "kind" => kind).absolute(0);

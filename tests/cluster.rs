@@ -138,6 +138,51 @@ fn shared_store() -> (tempfile::TempDir, Arc<RedbStore>) {
     (dir, store)
 }
 
+/// The setup most tests share: a nats-server, one store, nodes `a` and `b` on both, alice
+/// connected to `a` and bob to `b`, each node subscribed to its user.
+struct Pair {
+    nats: NatsServer,
+    _dir: tempfile::TempDir,
+    store: Arc<RedbStore>,
+    a: Node,
+    b: Node,
+    alice: Client,
+    bob: Client,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let nats = NatsServer::start();
+        let (dir, store) = shared_store();
+        let a = Node::start(&store, Some(&nats.url()), "a").await;
+        let b = Node::start(&store, Some(&nats.url()), "b").await;
+        let alice = a.connect("alice").await;
+        let bob = b.connect("bob").await;
+        a.wait_subscribed(1).await;
+        b.wait_subscribed(1).await;
+        Pair {
+            nats,
+            _dir: dir,
+            store,
+            a,
+            b,
+            alice,
+            bob,
+        }
+    }
+
+    /// A node on the same store whose publishes never reach NATS: what it commits is a
+    /// lost NATS message for everyone else.
+    async fn silent_node(&self) -> Node {
+        Node::start(&self.store, None, "silent").await
+    }
+
+    async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+    }
+}
+
 /// The next `message:sent`, skipping receipts and typing notices.
 async fn next_sent(client: &mut Client) -> Value {
     loop {
@@ -155,30 +200,24 @@ fn snapshot_ids(sent: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn alice_on_one_node_and_bob_on_another_chat() {
-    let nats = NatsServer::start();
-    let (_dir, store) = shared_store();
-    let a = Node::start(&store, Some(&nats.url()), "a").await;
-    let b = Node::start(&store, Some(&nats.url()), "b").await;
-    let mut alice = a.connect("alice").await;
-    let mut bob = b.connect("bob").await;
-    a.wait_subscribed(1).await;
-    b.wait_subscribed(1).await;
+    let mut c = Pair::start().await;
+    let (alice, bob) = (&mut c.alice, &mut c.bob);
 
     let ack = alice.send_message("alice-bob", "hi bob").await;
     assert_eq!(ack["ok"], true, "{ack}");
-    let sent = next_sent(&mut bob).await;
+    let sent = next_sent(bob).await;
     assert_eq!(sent["roomId"], "alice-bob");
     assert_eq!(sent["user"]["id"], "alice");
     assert_eq!(sent["messages"][0]["message"], "hi bob");
     assert_eq!(snapshot_ids(&sent), [1]);
     // The sender's own connection gets it from its own node.
-    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [1]);
 
     bob.send_message("alice-bob", "hi alice").await;
-    let sent = next_sent(&mut alice).await;
+    let sent = next_sent(alice).await;
     assert_eq!(sent["user"]["id"], "bob");
     assert_eq!(snapshot_ids(&sent), [2, 1]);
-    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [2, 1]);
 
     // Typing and receipts cross too.
     bob.emit("typing", json!({ "roomId": "alice-bob" })).await;
@@ -194,24 +233,35 @@ async fn alice_on_one_node_and_bob_on_another_chat() {
             break;
         }
     }
-    // Nothing was lost, so nothing was recovered or dropped twice.
-    let stats = b.nats().stats();
-    assert_eq!((stats.recovered(), stats.duplicates()), (0, 0));
-    a.stop().await;
-    b.stop().await;
+    // Bob's node was told of the changes of his read that only alice got events for:
+    // his next change there is no hole.
+    assert_eq!(
+        alice.send_message("alice-bob", "after the read").await["ok"],
+        true
+    );
+    assert_eq!(snapshot_ids(&next_sent(bob).await)[0], 3);
+    // Nothing was lost, so nothing was recovered, dropped twice or read from the store.
+    for node in [&c.a, &c.b] {
+        let stats = node.nats().stats();
+        assert_eq!((stats.recovered(), stats.duplicates()), (0, 0));
+        assert_eq!(
+            (
+                stats.recovered_changes(),
+                stats.duplicate_changes(),
+                stats.change_gaps()
+            ),
+            (0, 0, 0)
+        );
+    }
+    c.stop().await;
 }
 
 #[tokio::test]
 async fn a_user_on_two_nodes_gets_everything_on_both() {
-    let nats = NatsServer::start();
-    let (_dir, store) = shared_store();
-    let a = Node::start(&store, Some(&nats.url()), "a").await;
-    let b = Node::start(&store, Some(&nats.url()), "b").await;
-    let mut alice = a.connect("alice").await;
+    let c = Pair::start().await;
+    let (a, b, mut alice, mut bob_b) = (c.a, c.b, c.alice, c.bob);
     let mut bob_a = a.connect("bob").await;
-    let mut bob_b = b.connect("bob").await;
     a.wait_subscribed(2).await;
-    b.wait_subscribed(1).await;
 
     for text in ["one", "two", "three"] {
         alice.send_message("alice-bob", text).await;
@@ -249,54 +299,39 @@ async fn a_user_on_two_nodes_gets_everything_on_both() {
 
 #[tokio::test]
 async fn a_lost_nats_message_is_recovered_in_order_without_duplicates() {
-    let nats = NatsServer::start();
-    let (_dir, store) = shared_store();
-    let a = Node::start(&store, Some(&nats.url()), "a").await;
-    let b = Node::start(&store, Some(&nats.url()), "b").await;
-    // A node whose publishes never reach NATS: what it commits is a lost NATS message
-    // for everyone else.
-    let silent = Node::start(&store, None, "silent").await;
-    let mut alice = a.connect("alice").await;
-    let mut bob = b.connect("bob").await;
-    a.wait_subscribed(1).await;
-    b.wait_subscribed(1).await;
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (alice, bob) = (&mut c.alice, &mut c.bob);
     let mut alice_silent = silent.connect("alice").await;
 
     alice.send_message("alice-bob", "one").await;
-    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [1]);
     alice_silent.send_message("alice-bob", "two, lost").await;
     assert_eq!(snapshot_ids(&next_sent(&mut alice_silent).await), [2, 1]);
     bob.expect_silence(Duration::from_millis(300)).await;
 
     alice.send_message("alice-bob", "three").await;
     // Bob gets the lost one first, from the store, then the new one; each once.
-    let recovered = next_sent(&mut bob).await;
+    let recovered = next_sent(bob).await;
     assert_eq!(snapshot_ids(&recovered), [2, 1]);
     assert_eq!(recovered["messages"][0]["message"], "two, lost");
     assert_eq!(recovered["user"]["id"], "alice");
-    assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [3, 2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [3, 2, 1]);
     bob.expect_silence(Duration::from_millis(300)).await;
     // Alice's tab on node a missed it too (its node never heard of it).
-    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [1]);
-    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [2, 1]);
-    assert_eq!(snapshot_ids(&next_sent(&mut alice).await), [3, 2, 1]);
-    assert_eq!(b.nats().stats().recovered(), 1);
-    assert_eq!(a.nats().stats().recovered(), 1);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [3, 2, 1]);
+    assert_eq!(c.b.nats().stats().recovered(), 1);
+    assert_eq!(c.a.nats().stats().recovered(), 1);
     silent.stop().await;
-    a.stop().await;
-    b.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test]
 async fn nats_restarted_under_load_loses_no_message_for_anyone() {
-    let mut nats = NatsServer::start();
-    let (_dir, store) = shared_store();
-    let a = Node::start(&store, Some(&nats.url()), "a").await;
-    let b = Node::start(&store, Some(&nats.url()), "b").await;
-    let mut alice = a.connect("alice").await;
-    let mut bob = b.connect("bob").await;
-    a.wait_subscribed(1).await;
-    b.wait_subscribed(1).await;
+    let mut c = Pair::start().await;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
 
     const SENDS: u64 = 120;
     let sender = tokio::spawn(async move {
@@ -308,7 +343,7 @@ async fn nats_restarted_under_load_loses_no_message_for_anyone() {
         alice
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    nats.restart();
+    c.nats.restart();
     let mut alice = sender.await.unwrap();
     // Every id once, in order, whatever NATS lost while it was down.
     for n in 1..=SENDS {
@@ -449,16 +484,10 @@ fn without_a_reachable_nats_the_binary_refuses_to_start_and_says_why() {
 
 #[tokio::test]
 async fn a_nats_message_delivered_twice_reaches_the_user_once() {
-    let nats = NatsServer::start();
-    let (_dir, store) = shared_store();
-    let a = Node::start(&store, Some(&nats.url()), "a").await;
-    let b = Node::start(&store, Some(&nats.url()), "b").await;
-    let mut alice = a.connect("alice").await;
-    let mut bob = b.connect("bob").await;
-    a.wait_subscribed(1).await;
-    b.wait_subscribed(1).await;
+    let c = Pair::start().await;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
     // A bystander on bob's subject keeps what node a published, to replay it.
-    let tap = async_nats::connect(nats.url()).await.unwrap();
+    let tap = async_nats::connect(c.nats.url()).await.unwrap();
     let bob_subject = chat_server::fanout::nats::subject("bob");
     let mut tapped = tap.subscribe(bob_subject.clone()).await.unwrap();
     tap.flush().await.unwrap();
@@ -485,24 +514,18 @@ async fn a_nats_message_delivered_twice_reaches_the_user_once() {
 
 #[tokio::test]
 async fn after_a_nats_outage_a_node_catches_up_what_it_missed_with_no_later_message() {
-    let mut nats = NatsServer::start();
-    let (_dir, store) = shared_store();
-    let a = Node::start(&store, Some(&nats.url()), "a").await;
-    let b = Node::start(&store, Some(&nats.url()), "b").await;
-    let silent = Node::start(&store, None, "silent").await;
-    let mut alice = a.connect("alice").await;
-    let mut bob = b.connect("bob").await;
-    a.wait_subscribed(1).await;
-    b.wait_subscribed(1).await;
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
     let mut alice_silent = silent.connect("alice").await;
     alice.send_message("alice-bob", "before").await;
     assert_eq!(snapshot_ids(&next_sent(&mut bob).await), [1]);
 
     // Committed while NATS is down, and never published: the last message of the room,
     // so no later one reveals the gap. Only catching up after the reconnect finds it.
-    nats.kill();
+    c.nats.kill();
     alice_silent.send_message("alice-bob", "during").await;
-    nats.resume();
+    c.nats.resume();
     let caught_up = next_sent(&mut bob).await;
     assert_eq!(snapshot_ids(&caught_up), [2, 1]);
     assert_eq!(caught_up["messages"][0]["message"], "during");
@@ -513,4 +536,126 @@ async fn after_a_nats_outage_a_node_catches_up_what_it_missed_with_no_later_mess
     silent.stop().await;
     a.stop().await;
     b.stop().await;
+}
+
+/// The next `event`, skipping every other event.
+async fn next_event(client: &mut Client, event: &str) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["event"] == event {
+            return frame["data"].clone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn lost_receipts_edits_and_deletes_are_recovered_from_the_store_in_order() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (alice, bob) = (&mut c.alice, &mut c.bob);
+    let mut alice_silent = silent.connect("alice").await;
+    let mut bob_silent = silent.connect("bob").await;
+    alice.send_message("alice-bob", "one").await;
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [1]);
+
+    // Bob reads it on the silent node: its `message:delivered` and `message:seen` for
+    // alice never reach NATS.
+    let read = json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 1,
+                        "seenDate": "2026-01-01T00:00:00Z" }]);
+    assert_eq!(bob_silent.request("message:read", read).await["ok"], true);
+    alice.expect_silence(Duration::from_millis(300)).await;
+    // Bob's next message shows alice's node the gap in the room's changes: the receipt
+    // comes first, from the store, then the message.
+    bob.send_message("alice-bob", "two").await;
+    let frame = alice.recv().await;
+    assert_eq!(frame["event"], "message:seen", "{frame}");
+    assert_eq!(
+        (
+            frame["data"][0]["messageId"].as_u64(),
+            frame["data"][0]["userId"].as_str()
+        ),
+        (Some(1), Some("bob"))
+    );
+    let frame = alice.recv().await;
+    assert_eq!(frame["event"], "message:sent", "{frame}");
+    assert_eq!(snapshot_ids(&frame["data"]), [2, 1]);
+    // Bob is not the sender of message 1: nothing of his read comes back to him.
+    let frame = bob.recv().await;
+    assert_eq!(frame["event"], "message:sent", "{frame}");
+    assert_eq!(snapshot_ids(&frame["data"]), [2, 1]);
+    assert_eq!(c.a.nats().stats().recovered_changes(), 1);
+    assert_eq!(c.b.nats().stats().recovered_changes(), 0);
+    // Each node found the hole its users had: alice's two receipts, bob's own read.
+    assert_eq!(c.a.nats().stats().change_gaps(), 1);
+    assert_eq!(c.b.nats().stats().change_gaps(), 1);
+
+    // An edit and a delete on the silent node: both members miss `message:updated`.
+    let edit = json!({ "roomId": "alice-bob", "messageId": 1, "message": "one, edited" });
+    assert_eq!(alice_silent.request("message:edit", edit).await["ok"], true);
+    alice_silent.send_message("alice-bob", "three").await;
+    let delete = json!({ "roomId": "alice-bob", "messageId": 3 });
+    assert_eq!(
+        alice_silent.request("message:delete", delete).await["ok"],
+        true
+    );
+    bob.expect_silence(Duration::from_millis(300)).await;
+    // A send committed on bob's own node reveals the gap there (a local event), one from
+    // node a on alice's node.
+    bob.send_message("alice-bob", "four").await;
+    let edited = next_event(bob, "message:updated").await;
+    assert_eq!(edited["message"]["id"], 1);
+    assert_eq!(edited["message"]["message"], "one, edited");
+    // The lost message 3 comes as a `message:sent`, in id order, before its deletion.
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [3, 2, 1]);
+    let deleted = next_event(bob, "message:updated").await;
+    assert_eq!(deleted["message"]["id"], 3);
+    assert!(deleted["message"]["deletedAt"].is_string(), "{deleted}");
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [4, 3, 2, 1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    let edited = next_event(alice, "message:updated").await;
+    assert_eq!(edited["message"]["message"], "one, edited");
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [3, 2, 1]);
+    let deleted = next_event(alice, "message:updated").await;
+    assert_eq!(deleted["message"]["id"], 3);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [4, 3, 2, 1]);
+    alice.expect_silence(Duration::from_millis(300)).await;
+
+    // A change told twice reaches the user once.
+    alice.send_message("alice-bob", "five").await;
+    assert_eq!(snapshot_ids(&next_sent(bob).await)[0], 5);
+    let tap = async_nats::connect(c.nats.url()).await.unwrap();
+    let alice_subject = chat_server::fanout::nats::subject("alice");
+    let mut tapped = tap.subscribe(alice_subject.clone()).await.unwrap();
+    tap.flush().await.unwrap();
+    let read = json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 5,
+                        "seenDate": "2026-01-01T00:00:00Z" }]);
+    assert_eq!(bob.request("message:read", read).await["ok"], true);
+    assert_eq!(next_event(alice, "message:seen").await[0]["messageId"], 5);
+    alice.expect_silence(Duration::from_millis(300)).await;
+    let duplicates = c.a.nats().stats().duplicate_changes();
+    // What node b published on alice's subject, taken before replaying (the tap hears
+    // its own publishes).
+    let mut published = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures_util::StreamExt::next(&mut tapped),
+    )
+    .await
+    {
+        published.push(message.payload);
+    }
+    let replayed = published.len() as u64;
+    for payload in published {
+        tap.publish(alice_subject.clone(), payload).await.unwrap();
+    }
+    tap.flush().await.unwrap();
+    assert!(replayed >= 2, "the delivered and the seen receipt");
+    alice.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.a.nats().stats().duplicate_changes(),
+        duplicates + replayed
+    );
+    silent.stop().await;
+    c.stop().await;
 }

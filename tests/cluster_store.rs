@@ -279,3 +279,13 @@ async fn the_admin_api_refuses_file_backups_and_dumps_before_answering_anything_
     let (status, _) = common::http_request(server.addr, "POST", "/admin/backup", None).await;
     assert_eq!(status, 401);
 }
+
+#[test]
+fn a_new_cluster_whose_port_was_taken_meanwhile_starts_on_another() {
+    // The port picked as free, then taken by another process before the postmaster binds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let pg = TestPostgres::start_trying(port);
+    assert_ne!(pg.port(), port);
+    assert_eq!(pg.psql("SELECT 41 + 1").trim(), "42");
+}

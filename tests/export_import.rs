@@ -4,6 +4,11 @@
 //! running server's `GET /admin/export` is the offline dump, a `--user` export holds that
 //! user's rooms and own blocks only, and bad input or a non-empty directory is refused
 //! with nothing stored.
+//!
+//! In cluster mode there is nothing of this to run: both commands and `GET /admin/export`
+//! work on redb's file, which a PostgreSQL node does not have, so they refuse and name
+//! `pg_dump` (the online refusal is in `tests/cluster_store.rs`). PostgreSQL's own tools
+//! are the export there; a JSON-lines dump of a PostgreSQL store is not built.
 
 mod common;
 
@@ -600,4 +605,27 @@ async fn the_online_export_refuses_a_bad_query_and_streams_a_user_never_seen_as_
         (&dump[0]["type"], &dump[0]["user"]),
         (&json!("header"), &json!("nobody"))
     );
+}
+
+#[test]
+fn in_cluster_mode_export_and_import_refuse_naming_pg_dump_and_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for command in ["export", "import"] {
+        let out = chat_server()
+            .args([command, "--data", data])
+            // Refused from the configuration alone: nothing is connected to.
+            .env(
+                "CHAT_CLUSTER_POSTGRES_URL",
+                "postgres://chat@127.0.0.1:1/chat",
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("pg_dump"), "{command}: {stderr}");
+        assert!(out.stdout.is_empty(), "{command} wrote a dump");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

@@ -1,12 +1,17 @@
 //! `retention.max_age_days` against the real binary: a store with old messages (written
 //! by `import`, which keeps their `sentAt`) loses them on the server's start sweep; unread
 //! counts, the inbox and the idempotency keys follow, and ids go on after the last one.
+//!
+//! The same sweep in cluster mode, on PostgreSQL: `import` writes only redb's file, so
+//! there the messages are sent through the running server and then made old in the
+//! database itself, the one way to have a message sent long ago.
 
 mod common;
 
 use chat_server::protocol::time::{format_millis, now_millis};
 use common::dump::{dump_of, header, import, message, room};
 use common::metrics::{scrape, value};
+use common::postgres::TestPostgres;
 use common::{ids, Server, WAIT};
 use serde_json::{json, Value};
 
@@ -155,4 +160,71 @@ async fn retention_is_off_by_default() {
         value(&scrape(&server).await, "chat_retention_deleted_total"),
         0.0
     );
+}
+
+/// Waits until the server's sweeps have deleted `expected` messages.
+async fn wait_deleted(server: &Server, expected: f64) {
+    let started = std::time::Instant::now();
+    loop {
+        let deleted = value(&scrape(server).await, "chat_retention_deleted_total");
+        if deleted == expected {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "{deleted} deleted so far");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn on_postgres_the_sweep_deletes_old_messages_and_what_remains_stays_consistent() {
+    let pg = TestPostgres::start();
+    let url = pg.url();
+    let mut server = Server::start_with(&[("CHAT_CLUSTER_POSTGRES_URL", &url)]);
+    let mut alice = server.connect("alice").await;
+    for text in ["one", "two", "three"] {
+        assert_eq!(alice.send_message("alice-bob", text).await["ok"], true);
+    }
+    let keyed = json!({"userId": "alice", "roomId": "alice-carol", "message": "old",
+                       "clientMessageId": "old-key"});
+    assert_eq!(alice.request("message", keyed.clone()).await["ok"], true);
+    drop(alice);
+    assert!(server.terminate());
+
+    // Messages 1 and 2 of alice-bob and all of alice-carol were sent 400 days ago.
+    let old = now_millis() - 400 * DAY_MS;
+    pg.psql(&format!(
+        "UPDATE messages m SET sent_ms = {old} FROM rooms r WHERE m.room = r.num \
+         AND ((r.low, r.high) = ('alice', 'carol') OR ((r.low, r.high) = ('alice', 'bob') \
+         AND m.id <= 2))"
+    ));
+    pg.psql(&format!(
+        "UPDATE rooms SET last_sent_ms = {old} WHERE (low, high) = ('alice', 'carol')"
+    ));
+
+    let server = Server::start_with(&[
+        ("CHAT_CLUSTER_POSTGRES_URL", &url),
+        ("CHAT_RETENTION_MAX_AGE_DAYS", "30"),
+    ]);
+    wait_deleted(&server, 3.0).await;
+    assert_eq!(pg.psql("SELECT count(*) FROM messages").trim(), "1");
+
+    let (_, page) = server
+        .get("/api/rooms/alice-bob/messages", Some(&server.token("bob")))
+        .await;
+    assert_eq!(ids(&page["room"]["messages"]), [3]);
+    let (_, inbox) = server
+        .get("/api/rooms?limit=100", Some(&server.token("bob")))
+        .await;
+    assert_eq!(inbox["rooms"][0]["roomId"], "alice-bob", "{inbox}");
+    assert_eq!(inbox["rooms"][0]["unread"], 1, "{inbox}");
+    let (_, inbox) = server
+        .get("/api/rooms?limit=100", Some(&server.token("carol")))
+        .await;
+    assert_eq!(inbox["rooms"], json!([]), "{inbox}");
+
+    // Ids go on after the deleted ones, and a deleted message's key is free again.
+    let mut alice = server.connect("alice").await;
+    let reply = alice.request("message", keyed).await;
+    assert_eq!(reply["message"]["id"], 2, "{reply}");
+    assert_eq!(reply["message"]["message"], "old");
 }

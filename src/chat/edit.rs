@@ -10,6 +10,7 @@
 use serde_json::json;
 
 use super::{room_for, Chat, Handled, Success};
+use crate::fanout::RoomChanges;
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::{self, ClientEvent, DeleteMessage, EditMessage};
 use crate::protocol::server_event::ServerEvent;
@@ -116,12 +117,15 @@ fn updated(cx: &mut Context<'_>, room: &RoomKey, room_id: String, message: &Chat
     if !room.is_self_room() {
         users.push(room.high.clone());
     }
-    cx.publish(
+    let mut changes = RoomChanges::default();
+    changes.add(room, message.change);
+    cx.publish_changes(
         users,
         ServerEvent::MessageUpdated {
             room_id,
             message: message.clone(),
         },
+        changes,
     );
 }
 

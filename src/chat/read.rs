@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::received::Delivered;
 use super::{check_sender, room_for, Chat, Handled, Success};
+use crate::fanout::RoomChanges;
 use crate::model::{RoomKey, SessionUser};
 use crate::protocol::error::Rejection;
 use crate::protocol::event::{self, ClientEvent, ReadItem, MAX_READ_ITEMS};
@@ -206,9 +207,11 @@ impl Command for MarkSeen {
     ) -> Result<Self::Output, ChatError> {
         let now = now_millis();
         let mut outcomes = Vec::with_capacity(self.items.len());
-        let mut by_partner: BTreeMap<String, Vec<SeenReceipt>> = BTreeMap::new();
+        let mut by_partner: BTreeMap<String, (Vec<SeenReceipt>, RoomChanges)> = BTreeMap::new();
         let mut delivered = Delivered::default();
-        for item in self.items {
+        // Every delivered mark before any seen mark: each event's changes of a room are
+        // then one unbroken span of its change counter (see `fanout::RoomChange`).
+        for item in &self.items {
             delivered
                 .mark(
                     txn,
@@ -220,6 +223,8 @@ impl Command for MarkSeen {
                     now,
                 )
                 .map_err(ChatError::internal)?;
+        }
+        for item in self.items {
             let outcome = txn
                 .mark_seen(
                     &item.room,
@@ -233,21 +238,20 @@ impl Command for MarkSeen {
                 cx.cache().update(&item.room, message);
                 webhook::message_seen(txn, cx, &item.room, message, &self.reader)
                     .map_err(ChatError::internal)?;
-                by_partner
-                    .entry(message.user_id.clone())
-                    .or_default()
-                    .push(SeenReceipt {
-                        message_id: message.id,
-                        room_id: item.room_id,
-                        seen_at: format_millis(message.seen_ms.unwrap_or(now)),
-                        user_id: self.reader.clone(),
-                    });
+                let (receipts, changes) = by_partner.entry(message.user_id.clone()).or_default();
+                changes.add(&item.room, message.change);
+                receipts.push(SeenReceipt {
+                    message_id: message.id,
+                    room_id: item.room_id,
+                    seen_at: format_millis(message.seen_ms.unwrap_or(now)),
+                    user_id: self.reader.clone(),
+                });
             }
             outcomes.push((item.index, outcome));
         }
         delivered.publish(cx);
-        for (partner, receipts) in by_partner {
-            cx.publish(vec![partner], ServerEvent::MessageSeen(receipts));
+        for (partner, (receipts, changes)) in by_partner {
+            cx.publish_changes(vec![partner], ServerEvent::MessageSeen(receipts), changes);
         }
         Ok(outcomes)
     }

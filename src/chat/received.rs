@@ -37,6 +37,7 @@ use tokio::sync::watch;
 
 use super::read::rejections;
 use super::{check_sender, room_for, Chat, Handled, Success};
+use crate::fanout::RoomChanges;
 use crate::model::{RoomKey, SessionUser};
 use crate::protocol::event::{self, ClientEvent, ReceivedItem, MAX_READ_ITEMS};
 use crate::protocol::server_event::{DeliveredReceipt, ServerEvent};
@@ -335,7 +336,7 @@ impl RoundEnd for RoundMarks {
 /// sender.
 #[derive(Default)]
 pub(super) struct Delivered {
-    by_sender: BTreeMap<String, Vec<DeliveredReceipt>>,
+    by_sender: BTreeMap<String, (Vec<DeliveredReceipt>, RoomChanges)>,
 }
 
 impl Delivered {
@@ -356,23 +357,27 @@ impl Delivered {
         if let ReceivedOutcome::Moved(messages) = &outcome {
             for message in messages {
                 cx.cache().update(room, message);
-                self.by_sender
-                    .entry(message.user_id.clone())
-                    .or_default()
-                    .push(DeliveredReceipt {
-                        user_id: reader.to_owned(),
-                        room_id: room_id.to_owned(),
-                        message_id: message.id,
-                        delivered_at: format_millis(message.delivered_ms.unwrap_or(now)),
-                    });
+                let (receipts, changes) =
+                    self.by_sender.entry(message.user_id.clone()).or_default();
+                changes.add(room, message.change);
+                receipts.push(DeliveredReceipt {
+                    user_id: reader.to_owned(),
+                    room_id: room_id.to_owned(),
+                    message_id: message.id,
+                    delivered_at: format_millis(message.delivered_ms.unwrap_or(now)),
+                });
             }
         }
         Ok(outcome)
     }
 
     pub(super) fn publish(self, cx: &mut Context<'_>) {
-        for (sender, receipts) in self.by_sender {
-            cx.publish(vec![sender], ServerEvent::MessageDelivered(receipts));
+        for (sender, (receipts, changes)) in self.by_sender {
+            cx.publish_changes(
+                vec![sender],
+                ServerEvent::MessageDelivered(receipts),
+                changes,
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{check_sender, internal, room_for, Chat, Handled, Success};
+use crate::fanout::RoomChanges;
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::{self, ClientEvent, SendMessage, MAX_MESSAGES_LIMIT};
 use crate::protocol::server_event::{Announced, ServerEvent};
@@ -143,6 +144,7 @@ impl Command for AppendMessage {
             )
             .map_err(ChatError::internal)?;
         let load = || txn.latest(&self.room, MAX_MESSAGES_LIMIT);
+        let mut changes = RoomChanges::default();
         let (message, duplicate, recipients, messages, announces) = match appended {
             Appended::New(message) => {
                 let messages = cx
@@ -156,6 +158,7 @@ impl Command for AppendMessage {
                 if !self.room.is_self_room() {
                     users.push(self.room.high.clone());
                 }
+                changes.add(&self.room, message.change);
                 let announces = Some(Announced {
                     room: self.room.clone(),
                     message_id: message.id,
@@ -170,7 +173,7 @@ impl Command for AppendMessage {
                 (message, true, vec![self.sender.id.clone()], messages, None)
             }
         };
-        cx.publish(
+        cx.publish_changes(
             recipients,
             ServerEvent::MessageSent {
                 room_id: self.room.id(),
@@ -178,6 +181,7 @@ impl Command for AppendMessage {
                 messages,
                 announces,
             },
+            changes,
         );
         Ok(AppendOutcome { message, duplicate })
     }

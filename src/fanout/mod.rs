@@ -7,8 +7,8 @@
 //!   on every node.
 //! - [`nats::NatsBroker`]: many nodes (cluster mode). Publishes to NATS subjects per user,
 //!   and feeds the local hub from the subjects of the users connected here; since core
-//!   NATS may lose a message, it finds gaps in the per-room ids and re-reads them from the
-//!   store.
+//!   NATS may lose a message, it finds gaps in the per-room ids and change counters and
+//!   re-reads them from the store.
 //!
 //! An event is rendered once into an [`Outbound`] and the same `Arc` goes to every
 //! recipient: the plain dialect's frame is built lazily, once, and shared; for Socket.IO
@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::model::SessionUser;
+use crate::model::{RoomKey, SessionUser};
 use crate::protocol::server_event::{Announced, ServerEvent};
 
 /// Where events are published: to a user, whichever connections they have.
@@ -38,6 +38,50 @@ pub trait Broker: Send + Sync {
     /// Closes every connection of `user`, who was just erased: here, and in cluster mode
     /// on the other nodes too. Returns how many it closed on this node.
     fn disconnect_user(&self, user: &str) -> usize;
+
+    /// Tells `user`, a member of the rooms `event` changed who does not get `event`
+    /// itself (the reader of a receipt), that those changes happened. Nothing to do in one
+    /// process; between nodes it keeps each member's sequence of room changes gap-free, so
+    /// that a real gap means a lost event (see [`nats`]).
+    fn advance(&self, _user: &str, _event: &Arc<Outbound>) {}
+}
+
+/// A span of a room's change counter (the one `changes` reads) that one event reports:
+/// every change from `first` to `last`, with no other change of the room in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomChange {
+    pub room: RoomKey,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The room changes of one event, gathered as a command makes them.
+#[derive(Debug, Default, Clone)]
+pub struct RoomChanges(Vec<RoomChange>);
+
+impl RoomChanges {
+    /// Adds change number `change` of `room`.
+    pub fn add(&mut self, room: &RoomKey, change: u64) {
+        match self.0.iter_mut().find(|span| span.room == *room) {
+            Some(span) => {
+                span.first = span.first.min(change);
+                span.last = span.last.max(change);
+            }
+            None => self.0.push(RoomChange {
+                room: room.clone(),
+                first: change,
+                last: change,
+            }),
+        }
+    }
+
+    pub fn spans(&self) -> &[RoomChange] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// One server-to-client event, rendered once for all its recipients and both dialects.
@@ -56,6 +100,9 @@ pub struct Outbound {
     /// For a `message:sent` of a new message: which one, and how it was announced; what a
     /// broker between processes sends instead of the snapshot.
     new_message: Option<Box<NewMessage>>,
+    /// The room changes this event reports; empty for typing and blocks, which change no
+    /// room. What a broker between processes checks for lost events.
+    changes: RoomChanges,
 }
 
 /// A new message as a `message:sent` announces it, without the room's snapshot.
@@ -74,6 +121,11 @@ const QUEUED_OVERHEAD: usize = 160;
 impl Outbound {
     /// Renders `event` for the wire.
     pub fn new(event: ServerEvent) -> Arc<Outbound> {
+        Self::with_changes(event, RoomChanges::default())
+    }
+
+    /// Renders `event`, which reports `changes`.
+    pub fn with_changes(event: ServerEvent, changes: RoomChanges) -> Arc<Outbound> {
         let new_message = match &event {
             ServerEvent::MessageSent {
                 room_id,
@@ -93,6 +145,7 @@ impl Outbound {
             frame: Self::frame(name, &event.payload()),
             raw: OnceLock::new(),
             new_message,
+            changes,
         })
     }
 
@@ -103,7 +156,13 @@ impl Outbound {
             frame: Self::frame(name, &data),
             raw: OnceLock::new(),
             new_message: None,
+            changes: RoomChanges::default(),
         })
+    }
+
+    /// The room changes this event reports.
+    pub fn changes(&self) -> &RoomChanges {
+        &self.changes
     }
 
     /// The new message a `message:sent` announces; `None` for every other event.

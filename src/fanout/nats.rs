@@ -18,9 +18,26 @@
 //! - a NATS reconnect, a slow consumer or a full queue here may have lost anything, so
 //!   every remembered room is caught up from the store.
 //!
-//! What is recovered is `message:sent`, the event a client cannot do without. Typing is
-//! best-effort, and receipts, edits and block changes travel once: a client that misses
-//! one sees it in its next history or `changes` read.
+//! The same holds for every other change to a room (a delivered or seen mark, an edit, a
+//! delete): each takes the room's next change number (the counter `changes` reads), and
+//! the event that reports it carries its span of that counter. A member of the room who
+//! gets no event for a change (the reader of a receipt) is told the span alone
+//! ([`Broker::advance`]), so each local user's changes of a room arrive as an unbroken
+//! sequence, and the node remembers the last one per room:
+//! - a span at or below it is a duplicate, dropped;
+//! - a span that starts past the next one is a gap: the changes in between are read from
+//!   the store (`changes`) and delivered first, in order, each as the event its message's
+//!   state now calls for: `message:updated` for an edited or deleted message, to its
+//!   sender `message:seen` (or `message:delivered`) for a marked one. A message that changed
+//!   again later is left to the later change's event. Which change was lost is not
+//!   stored, so a repair may repeat an update or receipt the client had (same message,
+//!   same timestamps): harmless, where a missing one is not.
+//!
+//! Telling the reader of a receipt costs one small NATS message per receipt event; without
+//! it every receipt would leave a hole that costs a read of the store.
+//!
+//! Typing is best-effort, and so are `block` and `unblock`, which change no room: a tab
+//! that misses one sees it in its next `blocks` read.
 //!
 //! NATS messages stay small: a `message:sent` carries the new message's room, id and
 //! sender, never the room's 50-message snapshot; the receiving node reads that from its
@@ -44,12 +61,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use super::hub::{Hub, Presence};
-use super::{Broker, Outbound};
+use super::{Broker, Outbound, RoomChange};
 use crate::metrics;
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
-use crate::protocol::server_event::{Announced, ServerEvent};
-use crate::protocol::time::now_millis;
+use crate::protocol::server_event::{Announced, DeliveredReceipt, SeenReceipt, ServerEvent};
+use crate::protocol::time::{format_millis, now_millis};
 use crate::store::{ReadStore, StoreError};
 
 /// Every event name a node may receive as rendered, to keep the `&'static str` that
@@ -67,6 +84,10 @@ const EVENT_NAMES: [&str; 7] = [
 /// Most missing messages recovered at once in one room: each `message:sent` carries the
 /// room's latest 50, so a client that gets the last one has the others in its snapshot.
 const MAX_RECOVERED: u64 = MAX_MESSAGES_LIMIT as u64;
+
+/// Most pages of `changes` read to fill one gap: a larger gap is left to the client's own
+/// `changes` read, as after a long disconnection.
+const MAX_CHANGE_PAGES: usize = 20;
 
 /// How to reach NATS and how much the node may hold for it.
 #[derive(Debug, Clone)]
@@ -122,11 +143,53 @@ enum Notice {
         room_id: String,
         sender_id: String,
         sender_name: String,
+        changes: Vec<Span>,
     },
     /// Any other event, as rendered by the node that published it.
-    Rendered { name: String, data: String },
+    Rendered {
+        name: String,
+        data: String,
+        changes: Vec<Span>,
+    },
+    /// Room changes the user got no event for (the reader of a receipt): they only keep
+    /// the user's sequence of changes unbroken.
+    Advanced { changes: Vec<Span> },
     /// The user was erased: every node closes their connections.
     Erased,
+}
+
+/// A [`RoomChange`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct Span {
+    low: String,
+    high: String,
+    first: u64,
+    last: u64,
+}
+
+impl Span {
+    fn all(changes: &[RoomChange]) -> Vec<Span> {
+        changes
+            .iter()
+            .map(|c| Span {
+                low: c.room.low.clone(),
+                high: c.room.high.clone(),
+                first: c.first,
+                last: c.last,
+            })
+            .collect()
+    }
+
+    fn into_change(self) -> RoomChange {
+        RoomChange {
+            room: RoomKey {
+                low: self.low,
+                high: self.high,
+            },
+            first: self.first,
+            last: self.last,
+        }
+    }
 }
 
 impl Notice {
@@ -140,10 +203,12 @@ impl Notice {
                 room_id: new.room_id.clone(),
                 sender_id: new.sender.id.clone(),
                 sender_name: new.sender.name.clone(),
+                changes: Span::all(event.changes().spans()),
             },
             None => Notice::Rendered {
                 name: event.name.to_owned(),
                 data: event.data().to_owned(),
+                changes: Span::all(event.changes().spans()),
             },
         }
     }
@@ -170,6 +235,11 @@ enum Job {
     Forward { user: String, notice: Notice },
     /// A notice from NATS for a user connected here.
     Remote { user: String, payload: Bytes },
+    /// Room changes committed here that a user connected here got no event for.
+    Advanced {
+        user: String,
+        changes: Vec<RoomChange>,
+    },
 }
 
 /// What the broker's handles and the task share.
@@ -190,6 +260,9 @@ pub struct ClusterStats {
     dropped: AtomicU64,
     resyncs: AtomicU64,
     subscribed: AtomicU64,
+    recovered_changes: AtomicU64,
+    duplicate_changes: AtomicU64,
+    change_gaps: AtomicU64,
 }
 
 /// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
@@ -199,14 +272,20 @@ enum Repair {
     Duplicate,
     Dropped,
     CatchUp,
+    RecoveredChange,
+    DuplicateChange,
+    ChangeGap,
 }
 
 impl Repair {
-    const ALL: [Repair; 4] = [
+    const ALL: [Repair; 7] = [
         Repair::Recovered,
         Repair::Duplicate,
         Repair::Dropped,
         Repair::CatchUp,
+        Repair::RecoveredChange,
+        Repair::DuplicateChange,
+        Repair::ChangeGap,
     ];
 
     /// Its `kind` label.
@@ -216,6 +295,9 @@ impl Repair {
             Repair::Duplicate => "duplicate",
             Repair::Dropped => "dropped",
             Repair::CatchUp => "catch_up",
+            Repair::RecoveredChange => "recovered_change",
+            Repair::DuplicateChange => "duplicate_change",
+            Repair::ChangeGap => "change_gap",
         }
     }
 }
@@ -227,6 +309,9 @@ impl ClusterStats {
             Repair::Duplicate => &self.duplicates,
             Repair::Dropped => &self.dropped,
             Repair::CatchUp => &self.resyncs,
+            Repair::RecoveredChange => &self.recovered_changes,
+            Repair::DuplicateChange => &self.duplicate_changes,
+            Repair::ChangeGap => &self.change_gaps,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::cluster_repair(repair.kind());
@@ -250,6 +335,21 @@ impl ClusterStats {
     /// Times every remembered room was caught up from the store.
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Receipts and updates delivered from the store because their event never came.
+    pub fn recovered_changes(&self) -> u64 {
+        self.recovered_changes.load(Ordering::Relaxed)
+    }
+
+    /// Receipts and updates (and spans told alone) dropped because the user had them.
+    pub fn duplicate_changes(&self) -> u64 {
+        self.duplicate_changes.load(Ordering::Relaxed)
+    }
+
+    /// Holes found in a user's changes of a room, each read from the store.
+    pub fn change_gaps(&self) -> u64 {
+        self.change_gaps.load(Ordering::Relaxed)
     }
 
     /// Users whose subject this node listens to, once the NATS server has the subscription.
@@ -418,6 +518,32 @@ impl Broker for NatsBroker {
         });
         closed
     }
+
+    /// Queues the spans of `event` for `user`, like [`NatsBroker::publish`] an event.
+    fn advance(&self, user: &str, event: &Arc<Outbound>) {
+        if event.changes().is_empty() {
+            return;
+        }
+        let user = user.to_owned();
+        let job = if self.hub.is_online(&user) {
+            Job::Advanced {
+                user,
+                changes: event.changes().spans().to_vec(),
+            }
+        } else {
+            Job::Forward {
+                user,
+                notice: Notice::Advanced {
+                    changes: Span::all(event.changes().spans()),
+                },
+            }
+        };
+        if self.queue.try_send(job).is_err() {
+            self.shared.stats.count(Repair::Dropped);
+            self.shared.lost.store(true, Ordering::Release);
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 impl Drop for NatsBroker {
@@ -460,38 +586,64 @@ impl Drop for LocalUser {
     }
 }
 
-/// The last message id delivered, per room, for one local user; at most
-/// `cluster.tracked_rooms_per_user` rooms, the least recently active forgotten first.
+/// What one local user was last given of one room.
+#[derive(Clone, Copy, Default)]
+struct Told {
+    /// The last message id delivered (`message:sent`).
+    id: Option<u64>,
+    /// The last room change they were told of (an event or a span alone).
+    change: Option<u64>,
+    /// When the room was last active for them (a counter), to forget the oldest first.
+    touched: u64,
+}
+
+/// What each room last gave one local user; at most `cluster.tracked_rooms_per_user`
+/// rooms, the least recently active forgotten first.
 #[derive(Default)]
 struct Tracker {
-    rooms: HashMap<RoomKey, (u64, u64)>,
+    rooms: HashMap<RoomKey, Told>,
 }
 
 impl Tracker {
     fn last(&self, room: &RoomKey) -> Option<u64> {
-        self.rooms.get(room).map(|&(id, _)| id)
+        self.rooms.get(room).and_then(|told| told.id)
+    }
+
+    fn last_change(&self, room: &RoomKey) -> Option<u64> {
+        self.rooms.get(room).and_then(|told| told.change)
     }
 
     /// Records `id` as delivered in `room`, at time `touched` (a counter); true when a
     /// room was forgotten to make space.
     fn set(&mut self, room: &RoomKey, id: u64, touched: u64, cap: usize) -> bool {
-        if let Some(entry) = self.rooms.get_mut(room) {
-            *entry = (id, touched);
-            return false;
-        }
-        let full = self.rooms.len() >= cap;
+        let (told, full) = self.entry(room, touched, cap);
+        told.id = Some(id);
+        full
+    }
+
+    /// Records that the user was told of `room`'s changes up to `change`; as
+    /// [`Tracker::set`].
+    fn set_change(&mut self, room: &RoomKey, change: u64, touched: u64, cap: usize) -> bool {
+        let (told, full) = self.entry(room, touched, cap);
+        told.change = Some(told.change.map_or(change, |last| last.max(change)));
+        full
+    }
+
+    fn entry(&mut self, room: &RoomKey, touched: u64, cap: usize) -> (&mut Told, bool) {
+        let full = !self.rooms.contains_key(room) && self.rooms.len() >= cap;
         if full {
             let oldest = self
                 .rooms
                 .iter()
-                .min_by_key(|(_, &(_, touched))| touched)
+                .min_by_key(|(_, told)| told.touched)
                 .map(|(room, _)| room.clone());
             if let Some(oldest) = oldest {
                 self.rooms.remove(&oldest);
             }
         }
-        self.rooms.insert(room.clone(), (id, touched));
-        full
+        let told = self.rooms.entry(room.clone()).or_default();
+        told.touched = touched;
+        (told, full)
     }
 }
 
@@ -524,6 +676,11 @@ impl Fanout {
                     Some(Job::Local { user, event }) => self.local(user, event).await,
                     Some(Job::Forward { user, notice }) => self.forward(&user, &notice).await,
                     Some(Job::Remote { user, payload }) => self.remote(&user, &payload).await,
+                    Some(Job::Advanced { user, changes }) => {
+                        self.told(&user, &changes).await;
+                        let notice = Notice::Advanced { changes: Span::all(&changes) };
+                        self.forward(&user, &notice).await;
+                    }
                     None => return,
                 },
             }
@@ -576,10 +733,19 @@ impl Fanout {
     async fn local(&mut self, user: String, event: Arc<Outbound>) {
         match event.new_message() {
             Some(new) => {
-                self.sent(&user, &new.announced, Delivery::Rendered(&event))
-                    .await
+                self.sent(
+                    &user,
+                    &new.announced,
+                    event.changes().spans(),
+                    Delivery::Rendered(&event),
+                )
+                .await
             }
-            None => self.hub.publish(&user, &event),
+            None => {
+                if self.told(&user, event.changes().spans()).await {
+                    self.hub.publish(&user, &event);
+                }
+            }
         }
         self.forward(&user, &Notice::of(&event)).await;
     }
@@ -610,7 +776,9 @@ impl Fanout {
                 room_id,
                 sender_id,
                 sender_name,
+                changes,
             } => {
+                let changes: Vec<RoomChange> = changes.into_iter().map(Span::into_change).collect();
                 let announced = Announced {
                     room: RoomKey { low, high },
                     message_id,
@@ -622,24 +790,43 @@ impl Fanout {
                         name: sender_name,
                     },
                 };
-                self.sent(user, &announced, Delivery::Notice(named)).await;
+                self.sent(user, &announced, &changes, Delivery::Notice(named))
+                    .await;
             }
             Notice::Erased => {
                 let closed = self.hub.disconnect_user(user);
                 tracing::info!(%user, closed, "user erased on another node: connections closed");
             }
-            Notice::Rendered { name, data } => {
-                match EVENT_NAMES.iter().find(|known| **known == name) {
-                    Some(name) => self.hub.publish(user, &Outbound::rendered(name, data)),
-                    None => tracing::warn!(%user, %name, "unknown event from NATS dropped"),
+            Notice::Rendered {
+                name,
+                data,
+                changes,
+            } => {
+                let Some(name) = EVENT_NAMES.iter().find(|known| **known == name) else {
+                    tracing::warn!(%user, %name, "unknown event from NATS dropped");
+                    return;
+                };
+                let changes: Vec<RoomChange> = changes.into_iter().map(Span::into_change).collect();
+                if self.told(user, &changes).await {
+                    self.hub.publish(user, &Outbound::rendered(name, data));
                 }
+            }
+            Notice::Advanced { changes } => {
+                let changes: Vec<RoomChange> = changes.into_iter().map(Span::into_change).collect();
+                self.told(user, &changes).await;
             }
         }
     }
 
     /// Delivers the `message:sent` of `announced` to `user` unless they had it, after any
     /// messages of the room they are missing.
-    async fn sent(&mut self, user: &str, announced: &Announced, delivery: Delivery<'_>) {
+    async fn sent(
+        &mut self,
+        user: &str,
+        announced: &Announced,
+        changes: &[RoomChange],
+        delivery: Delivery<'_>,
+    ) {
         let Some(local) = self.users.get(user) else {
             // Not connected here, or not yet known to this task: the hub has whoever is.
             if let Delivery::Rendered(event) = delivery {
@@ -648,11 +835,17 @@ impl Fanout {
             return;
         };
         let (room, id) = (&announced.room, announced.message_id);
+        if local.tracker.last(room).is_some_and(|last| id <= last) {
+            self.shared.stats.count(Repair::Duplicate);
+            return;
+        }
+        // Changes missed before this one first; that may deliver lost messages too.
+        self.told(user, changes).await;
+        let Some(local) = self.users.get(user) else {
+            return;
+        };
         let missing: Vec<u64> = match local.tracker.last(room) {
-            Some(last) if id <= last => {
-                self.shared.stats.count(Repair::Duplicate);
-                return;
-            }
+            Some(last) if id <= last => return,
             Some(last) => (last.max(id.saturating_sub(MAX_RECOVERED + 1)) + 1..id).collect(),
             // A room not seen since the user connected: what was sent since may be missing,
             // as far as the last snapshot reaches. Only for a notice from elsewhere: one
@@ -789,7 +982,7 @@ impl Fanout {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "NATS flush before catching up failed");
         }
-        let rooms: Vec<(String, RoomKey, u64)> = self
+        let rooms: Vec<(String, RoomKey, Told)> = self
             .users
             .iter()
             .flat_map(|(user, local)| {
@@ -797,34 +990,181 @@ impl Fanout {
                     .tracker
                     .rooms
                     .iter()
-                    .map(|(room, &(last, _))| (user.clone(), room.clone(), last))
+                    .map(|(room, &told)| (user.clone(), room.clone(), told))
             })
             .collect();
-        for (user, room, last) in rooms {
-            let latest = match self
-                .store
-                .messages_page(&room, &user, None, MAX_MESSAGES_LIMIT)
-                .await
-            {
-                Ok(page) => page.messages,
-                Err(e) => {
-                    tracing::warn!(%user, error = %e, "cannot catch up a room");
-                    continue;
-                }
-            };
-            let missing: Vec<u64> = latest
-                .iter()
-                .rev()
-                .map(|m| m.id)
-                .filter(|&id| id > last)
-                .collect();
-            for id in missing {
-                if self.deliver_from_store(&user, &room, id, None).await {
-                    self.shared.stats.count(Repair::Recovered);
-                }
+        for (user, room, told) in rooms {
+            if let Some(last) = told.id {
+                self.catch_up_messages(&user, &room, last).await;
+            }
+            if let Some(change) = told.change {
+                self.recover_changes(&user, &room, change, u64::MAX).await;
             }
         }
     }
+
+    /// Delivers what `room` has past message `last` for `user`.
+    async fn catch_up_messages(&mut self, user: &str, room: &RoomKey, last: u64) {
+        let latest = match self
+            .store
+            .messages_page(room, user, None, MAX_MESSAGES_LIMIT)
+            .await
+        {
+            Ok(page) => page.messages,
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "cannot catch up a room");
+                return;
+            }
+        };
+        let missing: Vec<u64> = latest
+            .iter()
+            .rev()
+            .map(|m| m.id)
+            .filter(|&id| id > last)
+            .collect();
+        for id in missing {
+            if self.deliver_from_store(user, room, id, None).await {
+                self.shared.stats.count(Repair::Recovered);
+            }
+        }
+    }
+
+    /// Checks the room changes an event reports against what `user` was told: false when
+    /// they were told of every one already (a duplicate). Otherwise delivers first what a
+    /// gap before a span missed, then records the spans as told.
+    async fn told(&mut self, user: &str, changes: &[RoomChange]) -> bool {
+        let Some(local) = self.users.get(user) else {
+            return true;
+        };
+        if changes.is_empty() {
+            return true;
+        }
+        let fresh = changes.iter().any(|c| {
+            local
+                .tracker
+                .last_change(&c.room)
+                .is_none_or(|last| c.last > last)
+        });
+        if !fresh {
+            self.shared.stats.count(Repair::DuplicateChange);
+            return false;
+        }
+        let gaps: Vec<(RoomKey, u64, u64)> = changes
+            .iter()
+            .filter_map(|c| {
+                let last = local.tracker.last_change(&c.room)?;
+                (c.first > last + 1).then(|| (c.room.clone(), last, c.first - 1))
+            })
+            .collect();
+        for (room, after, up_to) in gaps {
+            self.shared.stats.count(Repair::ChangeGap);
+            self.recover_changes(user, &room, after, up_to).await;
+        }
+        for c in changes {
+            self.touched += 1;
+            if let Some(local) = self.users.get_mut(user) {
+                if local
+                    .tracker
+                    .set_change(&c.room, c.last, self.touched, self.rooms_per_user)
+                {
+                    local.since_ms = now_millis();
+                }
+            }
+        }
+        true
+    }
+
+    /// Reads `room`'s changes after `after`, up to `up_to`, from the store and delivers
+    /// them to `user`: lost messages as `message:sent`, in id order, then each changed
+    /// message as the event its state calls for. Records how far it read.
+    async fn recover_changes(&mut self, user: &str, room: &RoomKey, after: u64, up_to: u64) {
+        let mut changed = Vec::new();
+        let mut position = after;
+        for _ in 0..MAX_CHANGE_PAGES {
+            let page = match self
+                .store
+                .changes(room, user, position, MAX_MESSAGES_LIMIT)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "cannot read the changes a user missed");
+                    return;
+                }
+            };
+            changed.extend(
+                page.messages
+                    .into_iter()
+                    .filter(|m| m.change > after && m.change <= up_to),
+            );
+            position = page.position;
+            if !page.more || position >= up_to {
+                break;
+            }
+        }
+        // In the order of the changes: a lost message as its `message:sent` (and any
+        // before it), then whatever else its state calls for.
+        for message in changed {
+            let last_id = self.users.get(user).and_then(|u| u.tracker.last(room));
+            if let Some(last) = last_id.filter(|&last| message.id > last) {
+                for id in last.max(message.id.saturating_sub(MAX_RECOVERED)) + 1..=message.id {
+                    if self.deliver_from_store(user, room, id, None).await {
+                        self.shared.stats.count(Repair::Recovered);
+                    }
+                }
+            }
+            for event in events_for(user, room, message) {
+                self.hub.publish(user, &event);
+                self.shared.stats.count(Repair::RecoveredChange);
+            }
+        }
+        self.touched += 1;
+        if let Some(local) = self.users.get_mut(user) {
+            let reached = position.min(up_to).max(after);
+            if local
+                .tracker
+                .set_change(room, reached, self.touched, self.rooms_per_user)
+            {
+                local.since_ms = now_millis();
+            }
+        }
+    }
+}
+
+/// The events a missed change of `message` calls for, for `user`, from the message as it
+/// is now: its update if it was edited or deleted, and to its sender its receipt. (Which
+/// of these the missed change was is not stored; one the client already had changes
+/// nothing there.)
+fn events_for(user: &str, room: &RoomKey, message: ChatMessage) -> Vec<Arc<Outbound>> {
+    let mut events = Vec::new();
+    let room_id = room.id();
+    if message.user_id == user && !room.is_self_room() {
+        let reader = room.partner_of(user).to_owned();
+        if let Some(seen) = message.seen_ms {
+            events.push(Outbound::new(ServerEvent::MessageSeen(vec![SeenReceipt {
+                message_id: message.id,
+                room_id: room_id.clone(),
+                seen_at: format_millis(seen),
+                user_id: reader,
+            }])));
+        } else if let Some(delivered) = message.delivered_ms {
+            events.push(Outbound::new(ServerEvent::MessageDelivered(vec![
+                DeliveredReceipt {
+                    user_id: reader,
+                    room_id: room_id.clone(),
+                    message_id: message.id,
+                    delivered_at: format_millis(delivered),
+                },
+            ])));
+        }
+    }
+    if message.edited_ms.is_some() || message.is_deleted() {
+        events.push(Outbound::new(ServerEvent::MessageUpdated {
+            room_id,
+            message,
+        }));
+    }
+    events
 }
 
 /// Feeds one user's NATS subscription into the fan-out queue until aborted.

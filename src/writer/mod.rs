@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::fanout::{Broker, Outbound};
+use crate::fanout::{Broker, Outbound, RoomChanges};
 use crate::metrics;
 use crate::protocol::server_event::ServerEvent;
 use crate::protocol::ChatError;
@@ -96,6 +96,31 @@ impl Context<'_> {
         self.effects.deliveries.push(Delivery {
             users,
             event: Outbound::new(event),
+            bystanders: Vec::new(),
+        });
+    }
+
+    /// Publishes `event`, which reports the room changes `changes`, to each of `users`
+    /// once the round is durable; the rooms' other members are told the changes happened
+    /// ([`Broker::advance`]).
+    pub fn publish_changes(
+        &mut self,
+        users: Vec<String>,
+        event: ServerEvent,
+        changes: RoomChanges,
+    ) {
+        let mut bystanders = Vec::new();
+        for span in changes.spans() {
+            for member in [&span.room.low, &span.room.high] {
+                if !users.contains(member) && !bystanders.contains(member) {
+                    bystanders.push(member.clone());
+                }
+            }
+        }
+        self.effects.deliveries.push(Delivery {
+            users,
+            event: Outbound::with_changes(event, changes),
+            bystanders,
         });
     }
 
@@ -154,6 +179,8 @@ struct Effects {
 struct Delivery {
     users: Vec<String>,
     event: Arc<Outbound>,
+    /// Members of the changed rooms who do not get the event.
+    bystanders: Vec<String>,
 }
 
 /// A queued command and its caller, erased so that one queue carries every command.
@@ -448,6 +475,9 @@ impl State {
         for delivery in effects.deliveries {
             for user in &delivery.users {
                 self.broker.publish(user, &delivery.event);
+            }
+            for user in &delivery.bystanders {
+                self.broker.advance(user, &delivery.event);
             }
         }
         for hook in effects.webhooks_queued {

@@ -30,6 +30,12 @@ impl TestPostgres {
     /// Creates and starts a new cluster; panics (failing the test) with PostgreSQL's own
     /// output when it cannot.
     pub fn start() -> TestPostgres {
+        Self::start_trying(free_port())
+    }
+
+    /// [`TestPostgres::start`] on `port` or, when another process holds it, on another
+    /// free port.
+    pub fn start_trying(port: u16) -> TestPostgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("chat-pg-")
@@ -40,10 +46,10 @@ impl TestPostgres {
         if run_as.is_some() {
             hand_to_postgres(dir.path());
         }
-        let pg = TestPostgres {
+        let mut pg = TestPostgres {
             dir,
             bin,
-            port: free_port(),
+            port,
             run_as,
         };
         let data = pg.data_dir();
@@ -63,8 +69,25 @@ impl TestPostgres {
                 "--no-sync",
             ],
         );
-        pg.start_again();
+        // The port was free when picked, but another process may bind it before the
+        // postmaster does: then it is tried again on another.
+        let mut attempts = 1;
+        loop {
+            match pg.try_start() {
+                Ok(()) => break,
+                Err(e) if attempts < BIND_ATTEMPTS && e.contains(IN_USE) => {
+                    attempts += 1;
+                    pg.port = free_port();
+                    let _ = std::fs::remove_file(pg.log_file());
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         pg
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `postgres://` URL of the test database.
@@ -79,13 +102,23 @@ impl TestPostgres {
     /// Starts the postmaster (again, after a stop or a crash: it recovers from its WAL)
     /// and waits until it accepts connections.
     pub fn start_again(&self) {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// [`TestPostgres::start_again`], with `pg_ctl`'s failure (and the server log) as
+    /// the error.
+    fn try_start(&self) -> Result<(), String> {
         let options = format!(
             "-k {} -p {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             self.dir.path().display(),
             self.port
         );
-        let log = self.dir.path().join("postgres.log");
-        self.run(
+        let log = self.log_file();
+        self.try_run(
             "pg_ctl",
             &[
                 "-D",
@@ -99,7 +132,7 @@ impl TestPostgres {
                 "60",
                 "start",
             ],
-        );
+        )?;
         // The first start creates the database the tests use.
         let created = self.psql_in(
             "postgres",
@@ -108,6 +141,7 @@ impl TestPostgres {
         if created.trim().is_empty() {
             self.psql_in("postgres", "CREATE DATABASE chat");
         }
+        Ok(())
     }
 
     /// Creates an empty database in this cluster and returns its `postgres://` URL, so
@@ -211,6 +245,12 @@ impl TestPostgres {
 
     /// Runs a PostgreSQL program (as `postgres` under root) and returns its stdout.
     fn run(&self, program: &str, args: &[&str]) -> String {
+        self.try_run(program, args)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`TestPostgres::run`], with a failure's output and the server log as the error.
+    fn try_run(&self, program: &str, args: &[&str]) -> Result<String, String> {
         let mut command = self.command(program);
         let out = command
             .args(args)
@@ -219,16 +259,15 @@ impl TestPostgres {
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         if !out.status.success() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
-            panic!(
+            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            return Err(format!(
                 "{program} {args:?} failed: {}\n{}\n{}\nserver log:\n{log}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            );
+            ));
         }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -269,6 +308,12 @@ fn bin_dir() -> PathBuf {
         .expect("no PostgreSQL found: install Debian's postgresql (scripts/test does)");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// How many ports a new cluster tries before giving up.
+const BIND_ATTEMPTS: u32 = 5;
+
+/// What the postmaster logs when another process took its port.
+const IN_USE: &str = "Address already in use";
 
 /// A port nothing listens on now (the postmaster binds it a moment later).
 fn free_port() -> u16 {
