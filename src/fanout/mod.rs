@@ -11,8 +11,9 @@
 //!   re-reads them from the store.
 //!
 //! An event is rendered once into an [`Outbound`] and the same `Arc` goes to every
-//! recipient: the plain dialect's frame is built lazily, once, and shared; for Socket.IO
-//! the JSON is checked once and shared, and socketioxide wraps it in a packet per socket.
+//! recipient: the plain dialect's frame is built with the event, its payload written
+//! straight into it, and shared; for Socket.IO the payload (a slice of that frame) is
+//! checked once and shared, and socketioxide wraps it in a packet per socket.
 
 pub mod hub;
 pub mod nats;
@@ -140,9 +141,10 @@ impl Outbound {
             _ => None,
         };
         let name = event.name();
+        let head = Self::frame_head(name);
         Arc::new(Outbound {
             name,
-            frame: Self::frame(name, &event.payload()),
+            frame: Utf8Bytes::from(event.render_between(&head, "}")),
             raw: OnceLock::new(),
             new_message,
             changes,
@@ -173,17 +175,17 @@ impl Outbound {
     /// `{"event":NAME,"data":DATA}`: the plain dialect's frame, which also holds the
     /// payload, so a queued event keeps one copy of it.
     fn frame(name: &str, data: &str) -> Utf8Bytes {
-        let mut frame = String::with_capacity(Self::frame_len(name, data));
-        frame.push_str("{\"event\":\"");
-        frame.push_str(name);
-        frame.push_str("\",\"data\":");
+        let head = Self::frame_head(name);
+        let mut frame = String::with_capacity(head.len() + data.len() + 1);
+        frame.push_str(&head);
         frame.push_str(data);
         frame.push('}');
         Utf8Bytes::from(frame)
     }
 
-    fn frame_len(name: &str, data: &str) -> usize {
-        r#"{"event":"","data":}"#.len() + name.len() + data.len()
+    /// The frame up to its payload: `{"event":NAME,"data":`.
+    fn frame_head(name: &str) -> String {
+        format!(r#"{{"event":"{name}","data":"#)
     }
 
     /// The payload as JSON text.
@@ -235,6 +237,28 @@ mod tests {
         );
         assert_eq!(event.raw_data().get(), r#"{"roomId":"a-b","userId":"c"}"#);
         assert!(std::ptr::eq(event.raw_data(), event.raw_data()));
+    }
+
+    #[test]
+    fn a_message_sent_is_framed_around_its_payload() {
+        let event = ServerEvent::MessageSent {
+            room_id: "a-b".into(),
+            user: SessionUser {
+                id: "a".into(),
+                name: "Ann".into(),
+            },
+            messages: r#"[{"id":2},{"id":1}]"#.into(),
+            announces: None,
+        };
+        let payload = event.render_between("", "");
+        let outbound = Outbound::new(event);
+        assert_eq!(
+            outbound.plain_frame().as_str(),
+            format!(r#"{{"event":"message:sent","data":{payload}}}"#)
+        );
+        assert_eq!(outbound.data(), payload);
+        let rendered = Outbound::rendered("message:sent", payload);
+        assert_eq!(rendered.plain_frame(), outbound.plain_frame());
     }
 
     #[test]

@@ -128,62 +128,79 @@ impl ServerEvent {
         }
     }
 
-    /// The payload as JSON text, rendered once for all recipients and both dialects.
-    pub fn payload(&self) -> String {
-        match self {
+    /// The payload as JSON text between `head` and `tail`, in one buffer of exactly their
+    /// size: rendered once for all recipients and both dialects, straight into the plain
+    /// frame (see `crate::fanout::Outbound`), so that a `message:sent`'s fifty messages are
+    /// copied once, not into a payload and then again into the frame.
+    pub fn render_between(&self, head: &str, tail: &str) -> String {
+        let json = match self {
             ServerEvent::MessageSent {
                 room_id,
                 user,
                 messages,
                 ..
             } => {
-                let mut out = String::with_capacity(
-                    messages.len() + room_id.len() + user.name.len() * 2 + 64,
-                );
-                out.push_str("{\"roomId\":");
-                out.push_str(&serde_json::to_string(room_id).expect("strings serialize"));
-                out.push_str(",\"user\":");
-                out.push_str(&serde_json::to_string(user).expect("users serialize"));
-                out.push_str(",\"messages\":");
-                out.push_str(messages);
-                out.push('}');
-                out
+                let room_id = serde_json::to_string(room_id).expect("strings serialize");
+                let user = serde_json::to_string(user).expect("users serialize");
+                return concat_exact(&[
+                    head,
+                    "{\"roomId\":",
+                    &room_id,
+                    ",\"user\":",
+                    &user,
+                    ",\"messages\":",
+                    messages,
+                    "}",
+                    tail,
+                ]);
             }
-            ServerEvent::MessageSeen(receipts) => {
-                serde_json::to_string(receipts).expect("receipts serialize")
-            }
-            ServerEvent::MessageDelivered(receipts) => {
-                serde_json::to_string(receipts).expect("receipts serialize")
-            }
+            ServerEvent::MessageSeen(receipts) => to_json(receipts),
+            ServerEvent::MessageDelivered(receipts) => to_json(receipts),
             ServerEvent::MessageUpdated { room_id, message } => {
-                serde_json::to_string(&UpdatedPayload { room_id, message })
-                    .expect("messages serialize")
+                to_json(&UpdatedPayload { room_id, message })
             }
             ServerEvent::Typing { room_id, user_id } => {
-                serde_json::to_string(&TypingPayload { room_id, user_id })
-                    .expect("strings serialize")
+                to_json(&TypingPayload { room_id, user_id })
             }
             ServerEvent::Blocked {
                 user_id,
                 blocked_at,
-            } => serde_json::to_string(&BlockPayload {
+            } => to_json(&BlockPayload {
                 user_id,
                 blocked_at: Some(blocked_at),
-            })
-            .expect("strings serialize"),
-            ServerEvent::Unblocked { user_id } => serde_json::to_string(&BlockPayload {
+            }),
+            ServerEvent::Unblocked { user_id } => to_json(&BlockPayload {
                 user_id,
                 blocked_at: None,
-            })
-            .expect("strings serialize"),
-        }
+            }),
+        };
+        concat_exact(&[head, &json, tail])
     }
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("event payloads serialize")
+}
+
+/// `parts` joined, in a buffer allocated once at exactly their length.
+fn concat_exact(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    impl ServerEvent {
+        fn payload(&self) -> String {
+            self.render_between("", "")
+        }
+    }
 
     fn parsed(event: &ServerEvent) -> Value {
         serde_json::from_str(&event.payload()).expect("payloads are JSON")
@@ -205,6 +222,33 @@ mod tests {
             event.payload(),
             r#"{"roomId":"b\"","user":{"id":"a","name":"Ann \"A\""},"messages":[{"id":2},{"id":1}]}"#
         );
+    }
+
+    #[test]
+    fn rendered_between_head_and_tail_in_one_buffer_of_exactly_their_size() {
+        let events = [
+            ServerEvent::MessageSent {
+                room_id: "b".into(),
+                user: SessionUser {
+                    id: "a".into(),
+                    name: "Ann".into(),
+                },
+                messages: format!("[{}]", r#"{"id":1}"#.repeat(100)),
+                announces: None,
+            },
+            ServerEvent::Typing {
+                room_id: "b".into(),
+                user_id: "a".into(),
+            },
+        ];
+        for event in events {
+            let framed = event.render_between("<head>", "<tail>");
+            let payload = event.render_between("", "");
+            assert_eq!(framed, format!("<head>{payload}<tail>"));
+            // No spare capacity: the frame becomes a shared buffer as it is, and what a
+            // queued event counts is what it holds.
+            assert_eq!(framed.capacity(), framed.len());
+        }
     }
 
     #[test]
