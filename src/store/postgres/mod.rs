@@ -6,7 +6,9 @@
 //! statement, so each sees one snapshot, as a redb read transaction does. The write side
 //! ([`WriteTxn`]) keeps the group-commit writer's model: one PostgreSQL transaction per
 //! round on one dedicated connection (`txn`), committed with `synchronous_commit = on`,
-//! so [`WriteTxn::commit`] returns once PostgreSQL has flushed the commit.
+//! so [`WriteTxn::commit`] returns once PostgreSQL has flushed the commit. A round's
+//! statements go out pipelined, a handful of round trips per round rather than one per
+//! statement (see `txn`).
 //!
 //! The writer is a plain OS thread and the write side is synchronous, while
 //! tokio-postgres is async. A client's futures only talk to its connection task over
@@ -25,6 +27,7 @@ mod schema;
 mod txn;
 
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -112,6 +115,9 @@ pub struct PgStore {
     /// The writer's connection between rounds; `None` until the first round, or after
     /// one failed.
     writer_conn: Arc<Mutex<Option<txn::Conn>>>,
+    /// Round trips the writer's connections made, for the tests that hold a round to a
+    /// constant number of them.
+    round_trips: Arc<AtomicU64>,
 }
 
 impl PgStore {
@@ -157,11 +163,18 @@ impl PgStore {
             config,
             io: Some(io),
             writer_conn: Arc::new(Mutex::new(None)),
+            round_trips: Arc::new(AtomicU64::new(0)),
         };
         let mut conn = store.connect()?;
         migrate(&mut conn)?;
         *store.writer_conn.lock().unwrap() = Some(conn);
         Ok(store)
+    }
+
+    /// Round trips the writer has made so far.
+    #[cfg(test)]
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn io(&self) -> &tokio::runtime::Handle {
@@ -185,7 +198,7 @@ impl PgStore {
         });
         let client = wait(task, CONNECT_TIMEOUT + Duration::from_secs(1))?
             .map_err(|e| backend(format!("PostgreSQL connection task failed: {e}")))??;
-        Ok(txn::Conn::new(client))
+        Ok(txn::Conn::new(client, self.round_trips.clone()))
     }
 
     /// A pooled connection for one read, within [`OP_TIMEOUT`].
@@ -674,18 +687,16 @@ fn outbox_event(r: &Row, at: usize) -> OutboxEvent {
 
 impl WriteStore for PgStore {
     fn begin(&self) -> Result<Box<dyn WriteTxn>> {
-        // A connection that failed (PostgreSQL restarted, a timeout) is not given back;
-        // the next round connects anew, which is how service resumes by itself.
+        // A connection that failed (PostgreSQL restarted, a timeout) is not given back,
+        // and one whose connection task saw it close is not reused: the next round
+        // connects anew, which is how service resumes by itself. The round's `BEGIN`
+        // goes out with its first statement (see `txn`).
         let held = self.writer_conn.lock().unwrap().take();
-        if let Some(conn) = held.filter(|c| !c.is_closed()) {
-            // A connection idle since the last round may have died with PostgreSQL
-            // meanwhile: a new one is tried before the round is given up.
-            if let Ok(round) = txn::Round::begin(conn, self.writer_conn.clone()) {
-                return Ok(Box::new(round));
-            }
-        }
-        let round = txn::Round::begin(self.connect()?, self.writer_conn.clone())?;
-        Ok(Box::new(round))
+        let conn = match held.filter(|c| !c.is_closed()) {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        Ok(Box::new(txn::Round::new(conn, self.writer_conn.clone())))
     }
 }
 

@@ -164,3 +164,120 @@ fn writes_fail_clearly_while_postgres_is_down_and_resume_when_it_is_back() {
     // The next round connects anew: nothing committed was lost, and ids go on.
     assert_eq!(append_round(&store, &[&ab], "a"), [2]);
 }
+
+/// A round of sends as the writer makes it: the rooms locked, then per send the block
+/// checks both ways and the append.
+fn send_round(store: &PgStore, rooms: &[RoomKey], per_room: usize) -> Result<Vec<u64>, StoreError> {
+    let mut txn = store.begin()?;
+    let locks: Vec<RoomLock<'_>> = rooms
+        .iter()
+        .map(|room| RoomLock { room, create: true })
+        .collect();
+    txn.lock_rooms(&locks)?;
+    let mut ids = Vec::new();
+    for _ in 0..per_room {
+        for room in rooms {
+            let sender = room.low.as_str();
+            let partner = room.partner_of(sender);
+            if txn.blocked_since(sender, partner)?.is_some()
+                || txn.blocked_since(partner, sender)?.is_some()
+            {
+                continue;
+            }
+            match txn.append(room, sender, "x", None, 1)? {
+                Appended::New(m) => ids.push(m.id),
+                Appended::Duplicate(m) => panic!("not a retry: {m:?}"),
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(ids)
+}
+
+#[test]
+fn a_round_of_sends_costs_two_round_trips_however_many_sends() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let rooms: Vec<RoomKey> = (0..10).map(|i| room(&format!("u{i}"), "z")).collect();
+    // The first round prepares the statements on the connection.
+    assert_eq!(send_round(&store, &rooms, 1).unwrap().len(), 10);
+    // A block made meanwhile by another node is seen by the next round's checks.
+    pg.psql("INSERT INTO blocks (blocker, blocked, since_ms) VALUES ('z', 'u3', 5)");
+    let before = store.round_trips();
+    let ids = send_round(&store, &rooms, 4).unwrap();
+    // BEGIN, the room locks and the block checks; then the 36 inserts, the room rows
+    // and COMMIT.
+    assert_eq!(store.round_trips() - before, 2);
+    assert_eq!(ids.len(), 9 * 4);
+    assert_eq!(
+        pg.psql(
+            "SELECT string_agg(r.low || ':' || r.last_id || ':' || \
+               (SELECT string_agg(id::text, ',' ORDER BY id) FROM messages WHERE room = r.num), \
+               ' ' ORDER BY r.low) FROM rooms r"
+        )
+        .trim(),
+        "u0:5:1,2,3,4,5 u1:5:1,2,3,4,5 u2:5:1,2,3,4,5 u3:1:1 u4:5:1,2,3,4,5 \
+         u5:5:1,2,3,4,5 u6:5:1,2,3,4,5 u7:5:1,2,3,4,5 u8:5:1,2,3,4,5 u9:5:1,2,3,4,5"
+    );
+}
+
+#[test]
+fn a_block_and_an_unblock_earlier_in_the_round_decide_its_later_sends() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let ab = room("a", "b");
+    let mut txn = store.begin().unwrap();
+    txn.lock_rooms(&[RoomLock {
+        room: &ab,
+        create: true,
+    }])
+    .unwrap();
+    assert_eq!(txn.blocked_since("b", "a").unwrap(), None);
+    txn.put_block("b", "a", 7).unwrap();
+    assert_eq!(txn.blocked_since("b", "a").unwrap(), Some(7));
+    assert!(txn.remove_block("b", "a").unwrap());
+    assert_eq!(txn.blocked_since("b", "a").unwrap(), None);
+    txn.put_block("b", "a", 9).unwrap();
+    txn.commit().unwrap();
+    let mut txn = store.begin().unwrap();
+    txn.lock_rooms(&[RoomLock {
+        room: &ab,
+        create: true,
+    }])
+    .unwrap();
+    assert_eq!(txn.blocked_since("b", "a").unwrap(), Some(9));
+    assert_eq!(txn.blocked_since("a", "b").unwrap(), None);
+}
+
+#[test]
+fn a_held_back_insert_that_fails_fails_the_round_and_keeps_nothing_of_it() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let (ab, cd) = (room("a", "b"), room("c", "d"));
+    assert_eq!(
+        send_round(&store, &[ab.clone(), cd.clone()], 1).unwrap(),
+        [1, 1]
+    );
+    // A row the room's counter does not know of: the round's message 2 in ab clashes.
+    pg.psql(
+        "INSERT INTO messages (room, id, user_id, message, sent_ms, change) \
+         SELECT num, 2, 'a', 'planted', 1, 99 FROM rooms WHERE low = 'a'",
+    );
+    let failed = send_round(&store, &[ab.clone(), cd.clone()], 1).expect_err("clashes");
+    assert!(
+        failed.to_string().contains("PostgreSQL") && failed.to_string().contains("duplicate key"),
+        "{failed}"
+    );
+    // Nothing of the round: not cd's message either, and no counter moved.
+    assert_eq!(
+        pg.psql(
+            "SELECT string_agg(r.low || ':' || r.last_id || ':' || \
+               (SELECT count(*) FROM messages WHERE room = r.num), ' ' ORDER BY r.low) \
+             FROM rooms r"
+        )
+        .trim(),
+        "a:1:2 c:1:1"
+    );
+    pg.psql("DELETE FROM messages WHERE message = 'planted'");
+    assert_eq!(send_round(&store, &[ab, cd], 1).unwrap(), [2, 2]);
+}

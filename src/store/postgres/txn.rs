@@ -10,9 +10,15 @@
 //! before COMMIT. No sequence is involved: a sequence hands out numbers that a rolled-back
 //! round never uses.
 //!
-//! **Exactly once.** The `clientMessageId` check runs under the same room lock, so two
-//! nodes cannot both store one key; the insert itself is `ON CONFLICT DO NOTHING` on the
-//! unique index, which makes the check and the insert one round trip.
+//! **Exactly once.** The `clientMessageId` lookup runs under the same room lock (and
+//! among the round's own new messages), so two nodes cannot both store one key; the
+//! unique index is the backstop, failing the round rather than storing a key twice.
+//!
+//! **Round trips.** A round's statements are pipelined (`Db`): `BEGIN` rides with the
+//! room locks and the block checks of its sends, new messages are held back and stored
+//! in one multi-row statement with the room rows and `COMMIT`. A round of sends without
+//! `clientMessageId` costs two round trips however many it holds; a send with one adds
+//! its lookup.
 //!
 //! **Deadlocks.** Two nodes whose rounds lock rooms A then B and B then A would deadlock.
 //! The writer hands the round every room its commands name ([`WriteTxn::lock_rooms`])
@@ -29,7 +35,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use futures_util::future::try_join_all;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
@@ -38,7 +49,7 @@ use super::{backend, limit_param, message_from, wait, OP_TIMEOUT};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{
     Appended, DeleteOutcome, EditOutcome, Erasure, Expired, OutboxEvent, ReceivedOutcome, Result,
-    RoomLock, SeenOutcome, StoreError, WriteTxn,
+    RoomLock, SeenOutcome, WriteTxn,
 };
 
 /// The message columns, in [`message_from`]'s order.
@@ -62,18 +73,30 @@ macro_rules! room_columns {
 const ERASE_CHUNK: i64 = 1024;
 
 /// A connection and its prepared statements (each statement is prepared once per
-/// connection, then only bound and executed: one round trip).
+/// connection, then only bound and executed).
 pub(super) struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    round_trips: Arc<AtomicU64>,
+}
+
+/// One statement of a pipeline: plain SQL (transaction control) or a kept-prepared query.
+enum Step<'a> {
+    Simple(&'static str),
+    Query(&'static str, &'a [&'a (dyn ToSql + Sync)]),
 }
 
 impl Conn {
-    pub(super) fn new(client: Client) -> Conn {
+    pub(super) fn new(client: Client, round_trips: Arc<AtomicU64>) -> Conn {
         Conn {
             client,
             statements: HashMap::new(),
+            round_trips,
         }
+    }
+
+    fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -82,6 +105,7 @@ impl Conn {
 
     /// Runs statements without parameters (transaction control, migrations).
     pub(super) fn batch(&mut self, sql: &str) -> Result<()> {
+        self.trip();
         Ok(wait(self.client.batch_execute(sql), OP_TIMEOUT)??)
     }
 
@@ -91,30 +115,87 @@ impl Conn {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
+        self.trip();
         Ok(wait(self.client.query(sql, params), OP_TIMEOUT)??)
     }
 
-    fn query(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        let statement = match self.statements.get(sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = wait(self.client.prepare(sql), OP_TIMEOUT)??;
-                self.statements.insert(sql, statement.clone());
-                statement
+    /// Sends `steps` together and waits for all their answers: one round trip, however
+    /// many steps. tokio-postgres writes a request when its future is first polled, and
+    /// `try_join_all` polls a handful of futures in order, so PostgreSQL runs them in
+    /// this order. Rows come back per step (none for a `Simple` one). After a failed
+    /// step PostgreSQL refuses the rest of the transaction, so the first error is the
+    /// one that counts.
+    fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>> {
+        let mut missing: Vec<&'static str> = Vec::new();
+        for step in steps {
+            if let Step::Query(sql, _) = step {
+                if !self.statements.contains_key(sql) && !missing.contains(sql) {
+                    missing.push(sql);
+                }
             }
-        };
-        Ok(wait(self.client.query(&statement, params), OP_TIMEOUT)??)
+        }
+        if !missing.is_empty() {
+            self.trip();
+            let prepared = wait(
+                try_join_all(missing.iter().map(|sql| self.client.prepare(sql))),
+                OP_TIMEOUT,
+            )??;
+            self.statements.extend(missing.into_iter().zip(prepared));
+        }
+        self.trip();
+        let client = &self.client;
+        let statements = &self.statements;
+        let requests = steps.iter().map(|step| -> Pending<'_> {
+            match *step {
+                Step::Simple(sql) => {
+                    Box::pin(async move { client.batch_execute(sql).await.map(|()| Vec::new()) })
+                }
+                Step::Query(sql, params) => Box::pin(client.query(&statements[sql], params)),
+            }
+        });
+        Ok(wait(try_join_all(requests), OP_TIMEOUT)??)
     }
 }
 
+/// A step's answer, still to come.
+type Pending<'a> =
+    Pin<Box<dyn Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>> + 'a>>;
+
+/// A new message of the round, not yet sent to PostgreSQL (see [`Db`]).
+struct NewMessage {
+    room: i64,
+    message: ChatMessage,
+}
+
+/// Stores a round's new messages in one statement. No `ON CONFLICT`: each was checked
+/// for a retry under its room's lock, so a clash with the unique index is a fault, and
+/// failing the round is the backstop.
+const INSERT_MESSAGES: &str = "INSERT INTO messages (room, id, user_id, message, sent_ms, \
+     client_message_id, change) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+                          $6::text[], $7::bigint[])";
+
 /// The round's connection; a failure marks the round failed.
+///
+/// Round trips, not PostgreSQL's work, are what a round waited on: so `BEGIN` is not
+/// sent alone but in front of the round's first statement, and the round's new messages
+/// are held back (`pending`) and stored in one multi-row statement sent in front of the
+/// next statement, or of the commit. Every statement sees the messages appended before
+/// it, as if each had been inserted at once. Holding them back is safe because nothing
+/// is acknowledged before the commit: a failed insert fails the round and every command
+/// of it. `pending` holds at most one round's sends (`writer.max_batch`).
 struct Db {
     conn: RefCell<Option<Conn>>,
     failed: Cell<bool>,
+    /// Whether `BEGIN` went out.
+    begun: Cell<bool>,
+    pending: RefCell<Vec<NewMessage>>,
 }
 
 impl Db {
-    fn q(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+    /// Runs `steps` in one round trip, behind `BEGIN` and the held-back messages if those
+    /// are still to be sent; the rows of `steps`, in their order.
+    fn run(&self, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>> {
         if self.failed.get() {
             return Err(backend(
                 "PostgreSQL: an earlier statement of this round failed; nothing of it is kept"
@@ -125,15 +206,94 @@ impl Db {
         let conn = conn
             .as_mut()
             .ok_or_else(|| backend("PostgreSQL: the round has no connection".into()))?;
-        let out = conn.query(sql, params);
-        if out.is_err() {
-            self.failed.set(true);
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let columns = InsertColumns::of(&pending);
+        let params = columns.params();
+        let mut all = Vec::with_capacity(steps.len() + 2);
+        if !self.begun.get() {
+            all.push(Step::Simple("BEGIN"));
         }
-        out
+        if !pending.is_empty() {
+            all.push(Step::Query(INSERT_MESSAGES, &params));
+        }
+        let before = all.len();
+        all.extend(steps.iter().map(|step| match *step {
+            Step::Simple(sql) => Step::Simple(sql),
+            Step::Query(sql, params) => Step::Query(sql, params),
+        }));
+        match conn.pipeline(&all) {
+            Ok(mut rows) => {
+                self.begun.set(true);
+                Ok(rows.split_off(before))
+            }
+            Err(e) => {
+                self.failed.set(true);
+                Err(e)
+            }
+        }
+    }
+
+    fn q(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let mut rows = self.run(&[Step::Query(sql, params)])?;
+        Ok(rows.pop().unwrap_or_default())
     }
 
     fn one(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
         Ok(self.q(sql, params)?.into_iter().next())
+    }
+
+    /// A message held back in this round under the sender's `clientMessageId`.
+    fn pending_retry(&self, room: i64, sender: &str, key: &str) -> Option<ChatMessage> {
+        self.pending
+            .borrow()
+            .iter()
+            .find(|p| {
+                p.room == room
+                    && p.message.user_id == sender
+                    && p.message.client_message_id.as_deref() == Some(key)
+            })
+            .map(|p| p.message.clone())
+    }
+}
+
+/// [`INSERT_MESSAGES`]' parameters: the held-back messages, column by column.
+struct InsertColumns<'a> {
+    rooms: Vec<i64>,
+    ids: Vec<i64>,
+    senders: Vec<&'a str>,
+    texts: Vec<&'a str>,
+    sent: Vec<i64>,
+    keys: Vec<Option<&'a str>>,
+    changes: Vec<i64>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn of(pending: &'a [NewMessage]) -> InsertColumns<'a> {
+        let m = |p: &'a NewMessage| &p.message;
+        InsertColumns {
+            rooms: pending.iter().map(|p| p.room).collect(),
+            ids: pending.iter().map(|p| m(p).id as i64).collect(),
+            senders: pending.iter().map(|p| m(p).user_id.as_str()).collect(),
+            texts: pending.iter().map(|p| m(p).message.as_str()).collect(),
+            sent: pending.iter().map(|p| m(p).sent_ms).collect(),
+            keys: pending
+                .iter()
+                .map(|p| m(p).client_message_id.as_deref())
+                .collect(),
+            changes: pending.iter().map(|p| m(p).change as i64).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.rooms,
+            &self.ids,
+            &self.senders,
+            &self.texts,
+            &self.sent,
+            &self.keys,
+            &self.changes,
+        ]
     }
 }
 
@@ -203,6 +363,10 @@ pub(super) struct Round {
     home: Arc<Mutex<Option<Conn>>>,
     /// The rooms locked so far, with their counters as this round changed them.
     rooms: HashMap<RoomKey, RoomRow>,
+    /// Blocks between the members of the rooms this round sends to, read with their
+    /// locks (`None`: no block), so a send's block check costs no round trip. At most
+    /// two per room of the round.
+    blocks: HashMap<(String, String), Option<i64>>,
 }
 
 const SELECT_ROOM: &str = concat!(
@@ -236,16 +400,19 @@ const UPDATE_MESSAGE: &str = "UPDATE messages SET message = $3, seen_ms = $4, \
      WHERE room = $1 AND id = $2";
 
 impl Round {
-    pub(super) fn begin(mut conn: Conn, home: Arc<Mutex<Option<Conn>>>) -> Result<Round> {
-        conn.batch("BEGIN")?;
-        Ok(Round {
+    /// A round on `conn`; its `BEGIN` goes out with its first statement.
+    pub(super) fn new(conn: Conn, home: Arc<Mutex<Option<Conn>>>) -> Round {
+        Round {
             db: Db {
                 conn: RefCell::new(Some(conn)),
                 failed: Cell::new(false),
+                begun: Cell::new(false),
+                pending: RefCell::new(Vec::new()),
             },
             home,
             rooms: HashMap::new(),
-        })
+            blocks: HashMap::new(),
+        }
     }
 
     /// Locks and loads the room unless this round has it; `create` makes a missing one.
@@ -325,36 +492,53 @@ impl Round {
         Ok(())
     }
 
-    /// Writes the changed room rows back, in one statement.
-    fn flush_rooms(&mut self) -> Result<()> {
+    /// Writes the changed room rows back and commits: the held-back messages, the room
+    /// rows (one statement) and `COMMIT` in one round trip.
+    fn flush_and_commit(&mut self) -> Result<()> {
         let dirty: Vec<&RoomRow> = self.rooms.values().filter(|r| r.dirty).collect();
-        if dirty.is_empty() {
-            return Ok(());
-        }
         let column = |f: fn(&RoomRow) -> i64| dirty.iter().map(|r| f(r)).collect::<Vec<i64>>();
+        let columns = [
+            column(|r| r.num),
+            column(|r| r.last_id),
+            column(|r| r.last_sent_ms),
+            column(|r| r.unread_low),
+            column(|r| r.unread_high),
+            column(|r| r.change),
+            column(|r| r.delivered_low),
+            column(|r| r.delivered_high),
+        ];
         let listed: Vec<bool> = dirty.iter().map(|r| r.listed).collect();
-        self.db.q(
-            "UPDATE rooms r SET last_id = v.last_id, last_sent_ms = v.last_sent_ms, \
-               unread_low = v.unread_low, unread_high = v.unread_high, change = v.change, \
-               delivered_low = v.delivered_low, delivered_high = v.delivered_high, \
-               listed = v.listed \
-             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
-                         $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bool[]) \
-               AS v(num, last_id, last_sent_ms, unread_low, unread_high, change, \
-                    delivered_low, delivered_high, listed) \
-             WHERE r.num = v.num",
-            &[
-                &column(|r| r.num),
-                &column(|r| r.last_id),
-                &column(|r| r.last_sent_ms),
-                &column(|r| r.unread_low),
-                &column(|r| r.unread_high),
-                &column(|r| r.change),
-                &column(|r| r.delivered_low),
-                &column(|r| r.delivered_high),
-                &listed,
-            ],
-        )?;
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &columns[0],
+            &columns[1],
+            &columns[2],
+            &columns[3],
+            &columns[4],
+            &columns[5],
+            &columns[6],
+            &columns[7],
+            &listed,
+        ];
+        let mut steps = Vec::with_capacity(2);
+        if !dirty.is_empty() {
+            steps.push(Step::Query(
+                "UPDATE rooms r SET last_id = v.last_id, last_sent_ms = v.last_sent_ms, \
+                   unread_low = v.unread_low, unread_high = v.unread_high, change = v.change, \
+                   delivered_low = v.delivered_low, delivered_high = v.delivered_high, \
+                   listed = v.listed \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                             $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
+                             $9::bool[]) \
+                   AS v(num, last_id, last_sent_ms, unread_low, unread_high, change, \
+                        delivered_low, delivered_high, listed) \
+                 WHERE r.num = v.num",
+                &params,
+            ));
+        }
+        if self.db.begun.get() || !self.db.pending.borrow().is_empty() || !steps.is_empty() {
+            steps.push(Step::Simple("COMMIT"));
+            self.db.run(&steps)?;
+        }
         Ok(())
     }
 
@@ -393,17 +577,53 @@ impl WriteTxn for Round {
         };
         // Rooms a send creates are made first, in the same order as the locks: a new row
         // is locked by its inserter, so this is taking those locks in order too.
-        let (lows, highs) = pairs(|r| r.create);
-        if !lows.is_empty() {
-            self.db.q(CREATE_ROOMS, &[&lows, &highs])?;
-        }
+        let (new_lows, new_highs) = pairs(|r| r.create);
         let (lows, highs) = pairs(|_| true);
         if lows.is_empty() {
             return Ok(());
         }
-        for row in self.db.q(LOCK_ROOMS, &[&lows, &highs])? {
-            let row = RoomRow::from(&row);
+        // The block checks of the sends, both ways, read once the locks are held (the
+        // statements run in order).
+        let mut blockers = Vec::new();
+        let mut blocked = Vec::new();
+        for r in todo.iter().filter(|r| r.create && !r.room.is_self_room()) {
+            let (low, high) = (r.room.low.as_str(), r.room.high.as_str());
+            blockers.extend([low, high]);
+            blocked.extend([high, low]);
+        }
+        let create: [&(dyn ToSql + Sync); 2] = [&new_lows, &new_highs];
+        let lock: [&(dyn ToSql + Sync); 2] = [&lows, &highs];
+        let check: [&(dyn ToSql + Sync); 2] = [&blockers, &blocked];
+        let mut steps = Vec::with_capacity(3);
+        if !new_lows.is_empty() {
+            steps.push(Step::Query(CREATE_ROOMS, &create));
+        }
+        steps.push(Step::Query(LOCK_ROOMS, &lock));
+        if !blockers.is_empty() {
+            steps.push(Step::Query(
+                "SELECT blocker, blocked, since_ms FROM blocks \
+                 WHERE (blocker, blocked) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                &check,
+            ));
+        }
+        let mut answers = self.db.run(&steps)?;
+        let found = if blockers.is_empty() {
+            Vec::new()
+        } else {
+            answers.pop().unwrap_or_default()
+        };
+        let locked = answers.pop().unwrap_or_default();
+        for row in &locked {
+            let row = RoomRow::from(row);
             self.rooms.insert(row.key(), row);
+        }
+        for (blocker, blocked) in blockers.iter().zip(&blocked) {
+            self.blocks
+                .insert(((*blocker).to_owned(), (*blocked).to_owned()), None);
+        }
+        for row in &found {
+            self.blocks
+                .insert((row.get(0), row.get(1)), Some(row.get(2)));
         }
         Ok(())
     }
@@ -417,6 +637,25 @@ impl WriteTxn for Round {
         now_ms: i64,
     ) -> Result<Appended> {
         self.load_room(room, true)?;
+        let num = self.rooms[room].num;
+        // Under the room's lock: a retry stored before, or earlier in this round.
+        if let Some(key) = client_message_id {
+            if let Some(earlier) = self.db.pending_retry(num, sender, key) {
+                return Ok(Appended::Duplicate(earlier));
+            }
+            let stored = self.db.one(
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE room = $1 AND user_id = $2 \
+                      AND client_message_id = $3"
+                ),
+                &[&num, &sender, &key],
+            )?;
+            if let Some(stored) = stored {
+                return Ok(Appended::Duplicate(message_from(&stored, 0)));
+            }
+        }
         let row = self.rooms.get_mut(room).expect("loaded");
         let message = ChatMessage {
             id: (row.last_id + 1) as u64,
@@ -427,48 +666,18 @@ impl WriteTxn for Round {
             change: (row.change + 1) as u64,
             ..ChatMessage::default()
         };
-        let (id, change) = (message.id as i64, message.change as i64);
-        // Under the room's lock: a key already stored is found here, by the unique index.
-        let inserted = self.db.one(
-            "INSERT INTO messages (room, id, user_id, message, sent_ms, client_message_id, \
-                                   change) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (room, user_id, client_message_id) \
-               WHERE client_message_id IS NOT NULL DO NOTHING \
-             RETURNING id",
-            &[
-                &row.num,
-                &id,
-                &sender,
-                &text,
-                &message.sent_ms,
-                &client_message_id,
-                &change,
-            ],
-        )?;
-        if inserted.is_none() {
-            let existing = self.db.one(
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE room = $1 AND user_id = $2 \
-                      AND client_message_id = $3"
-                ),
-                &[&row.num, &sender, &client_message_id],
-            )?;
-            let existing = existing.ok_or_else(|| {
-                StoreError::Corrupt("a clientMessageId conflict without its row".into())
-            })?;
-            return Ok(Appended::Duplicate(message_from(&existing, 0)));
-        }
         if !room.is_self_room() {
             *row.unread_mut(room.partner_of(sender)) += 1;
         }
-        row.last_id = id;
+        row.last_id = message.id as i64;
         row.last_sent_ms = message.sent_ms;
-        row.change = change;
+        row.change = message.change as i64;
         row.listed = true;
         row.dirty = true;
+        self.db.pending.borrow_mut().push(NewMessage {
+            room: num,
+            message: message.clone(),
+        });
         Ok(Appended::New(message))
     }
 
@@ -617,6 +826,10 @@ impl WriteTxn for Round {
     }
 
     fn blocked_since(&self, blocker: &str, blocked: &str) -> Result<Option<i64>> {
+        let pair = (blocker.to_owned(), blocked.to_owned());
+        if let Some(known) = self.blocks.get(&pair) {
+            return Ok(*known);
+        }
         Ok(self
             .db
             .one(
@@ -635,6 +848,10 @@ impl WriteTxn for Round {
     }
 
     fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<()> {
+        let pair = (blocker.to_owned(), blocked.to_owned());
+        if let Some(known) = self.blocks.get_mut(&pair) {
+            *known = Some(since_ms);
+        }
         self.db.q(
             "INSERT INTO blocks (blocker, blocked, since_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (blocker, blocked) DO UPDATE SET since_ms = EXCLUDED.since_ms",
@@ -644,6 +861,10 @@ impl WriteTxn for Round {
     }
 
     fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool> {
+        let pair = (blocker.to_owned(), blocked.to_owned());
+        if let Some(known) = self.blocks.get_mut(&pair) {
+            *known = None;
+        }
         Ok(self
             .db
             .one(
@@ -849,19 +1070,18 @@ impl WriteTxn for Round {
     }
 
     fn commit(mut self: Box<Self>) -> Result<()> {
-        self.flush_rooms()?;
         if self.db.failed.get() {
             return Err(backend(
                 "PostgreSQL: a statement of this round failed; the round was rolled back".into(),
             ));
         }
-        let mut conn = self
+        self.flush_and_commit()?;
+        let conn = self
             .db
             .conn
             .borrow_mut()
             .take()
             .expect("a round commits once");
-        conn.batch("COMMIT")?;
         *self.home.lock().unwrap() = Some(conn);
         Ok(())
     }
@@ -874,7 +1094,10 @@ impl Drop for Round {
         let Some(mut conn) = self.db.conn.borrow_mut().take() else {
             return;
         };
-        if !self.db.failed.get() && conn.batch("ROLLBACK").is_ok() {
+        if self.db.failed.get() {
+            return;
+        }
+        if !self.db.begun.get() || conn.batch("ROLLBACK").is_ok() {
             *self.home.lock().unwrap() = Some(conn);
         }
     }
