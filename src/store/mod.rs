@@ -238,7 +238,10 @@ pub trait WriteTxn {
     /// Takes, before the round's first command, the locks of the rooms its commands name,
     /// so that writers on several nodes lock rooms in one order and cannot deadlock. A
     /// backend with one writer (redb: one write transaction at a time) has nothing to do.
-    fn lock_rooms(&mut self, _rooms: &[RoomLock<'_>]) -> Result<()> {
+    /// `sends` are the idempotency keys of the round's sends, all in `rooms`: a backend
+    /// whose lookups cost a round trip each (PostgreSQL) looks them all up with the
+    /// locks, so that [`WriteTxn::append`] need not.
+    fn lock_rooms(&mut self, _rooms: &[RoomLock<'_>], _sends: &[ClientKey<'_>]) -> Result<()> {
         Ok(())
     }
 
@@ -320,9 +323,11 @@ pub trait WriteTxn {
     fn profile(&self, user: &str) -> Result<SessionUser>;
 
     /// Puts a webhook event in `hook`'s outbox, in the same commit as the write it
-    /// describes, and returns its `seq` (`event.seq` is ignored): increasing across
-    /// commits, so that the outbox is read in commit order.
-    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<u64>;
+    /// describes. Its `seq` (`event.seq` is ignored) is given by the store: increasing
+    /// across commits, so that the outbox is read in commit order, and in enqueue order
+    /// within one. It is not returned, so that a backend may hold the row back until its
+    /// next statement or the commit (PostgreSQL: no round trip per event).
+    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<()>;
 
     /// Takes a delivered event out of `hook`'s outbox; false when it was not there.
     fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool>;
@@ -378,6 +383,14 @@ pub struct RoomLock<'a> {
     /// The command stores a message, so the room is created if it has none yet. Other
     /// commands only lock a room that exists: bad input must not leave rows behind.
     pub create: bool,
+}
+
+/// A send's idempotency key, known before the round runs ([`WriteTxn::lock_rooms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKey<'a> {
+    pub room: &'a RoomKey,
+    pub sender: &'a str,
+    pub client_message_id: &'a str,
 }
 
 /// What erasing a user did.
