@@ -206,6 +206,13 @@ pub trait ReadStore: Send + Sync {
     /// When the user was last erased ([`WriteTxn::erase_user`]), in Unix ms; `None` for a
     /// user never erased.
     fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>>;
+
+    /// The hooks whose receiver answered 410 Gone, as recorded by
+    /// [`WriteTxn::webhook_gone`]. A store of one node records none: its server keeps
+    /// the state in memory, until it restarts.
+    fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// One step of a retention scan over the rooms.
@@ -365,6 +372,12 @@ pub trait WriteTxn {
 
     /// [`ReadStore::erased_at`], as this transaction sees it.
     fn erased_at(&self, user: &str) -> Result<Option<i64>>;
+
+    /// Records that `hook`'s receiver answered 410 Gone, for every node of a cluster
+    /// ([`ReadStore::webhooks_gone`]). A store of one node has nothing to do.
+    fn webhook_gone(&mut self, _hook: &str) -> Result<()> {
+        Ok(())
+    }
 
     /// Whether `user` has a connection on another live node of the cluster, for
     /// `offline_only` webhooks. A store of one node has no other: false.

@@ -1066,6 +1066,14 @@ impl WriteTxn for Round {
         Ok(events.len() as u64)
     }
 
+    fn webhook_gone(&mut self, hook: &str) -> Result<()> {
+        self.db.q(
+            "INSERT INTO webhook_gone (hook) VALUES ($1) ON CONFLICT (hook) DO NOTHING",
+            &[&hook],
+        )?;
+        Ok(())
+    }
+
     /// Listed by another node whose heartbeat is recent (`presence.rs`).
     fn online_elsewhere(&mut self, user: &str) -> Result<bool> {
         let expiry = super::presence::NODE_EXPIRY.as_secs_f64();
