@@ -24,6 +24,8 @@ pub struct LoadConfig {
     /// Whether each partner acknowledges every message it gets with `message:received`,
     /// as a client showing delivered ticks does: one more write per message.
     pub received: bool,
+    /// Whether each message carries a `clientMessageId` (its text, unique per sender).
+    pub client_message_ids: bool,
 }
 
 pub struct LoadResult {
@@ -128,11 +130,9 @@ async fn sender(
     let mut seq = 0u64;
     let mut in_flight = 0usize;
     let frame = |seq: u64| {
-        Message::text(client::message_frame(
-            &my_id,
-            &room,
-            &client::message_text(me, seq, 0),
-        ))
+        let text = client::message_text(me, seq, 0);
+        let key = config.client_message_ids.then_some(text.as_str());
+        Message::text(client::message_frame(&my_id, &room, &text, key))
     };
     for _ in 0..window {
         seq += 1;
