@@ -8,9 +8,12 @@
 //! or loses its session, the next node takes over and starts from what the store holds
 //! (the outbox is read from its start, and a sweep runs at once). Delivery stays at least
 //! once: an event posted by a node that died before taking it out of the outbox is posted
-//! again, with the same `id`, by the next one.
+//! again, with the same `id`, by the next one. A hook whose receiver answered 410 Gone to
+//! any node is read from the store before the holder posts, and every node keeps up with
+//! those hooks while it runs ([`webhook::follow_gone`]), so none posts or writes for them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -57,21 +60,43 @@ impl Duties {
     }
 }
 
+/// How long the new holder waits before reading the hooks that are gone again, after the
+/// store failed to say.
+const GONE_RETRY: Duration = Duration::from_secs(1);
+
 async fn run(work: Work, leader: Option<Leader>, mut stopped: oneshot::Receiver<()>) {
     metrics::cluster_duties(false);
+    let follower = leader
+        .as_ref()
+        .map(|_| webhook::follow_gone(work.hooks.clone(), work.store.clone()));
+    terms(&work, leader.as_ref(), &mut stopped).await;
+    if let Some(following) = follower {
+        following.abort();
+    }
+}
+
+/// Runs the duties whenever this node holds them, until `stopped`.
+async fn terms(work: &Work, leader: Option<&Leader>, stopped: &mut oneshot::Receiver<()>) {
     loop {
-        let mut term = match &leader {
+        let mut term = match leader {
             None => None,
             Some(leader) => {
                 let hooks = work.hooks.clone();
                 tokio::select! {
                     term = leader.campaign(Arc::new(move || hooks.wake_all())) => Some(term),
-                    _ = &mut stopped => return,
+                    _ = &mut *stopped => return,
                 }
             }
         };
         if term.is_some() {
             tracing::info!("cluster duties: this node now delivers webhooks and sweeps retention");
+            // Before posting: a hook gone (410) for the last holder stays gone.
+            while !webhook::learn_gone(&work.hooks, work.store.as_ref()).await {
+                tokio::select! {
+                    () = tokio::time::sleep(GONE_RETRY) => {}
+                    _ = &mut *stopped => return,
+                }
+            }
         }
         metrics::cluster_duties(true);
         let delivery = webhook::start(
@@ -84,7 +109,7 @@ async fn run(work: Work, leader: Option<Leader>, mut stopped: oneshot::Receiver<
             retention::spawn(work.store.clone(), work.writer.clone(), work.retention_days);
         let lost = tokio::select! {
             why = held_until_lost(&mut term) => Some(why),
-            _ = &mut stopped => None,
+            _ = &mut *stopped => None,
         };
         // Stopped before the lock is released (`term` dropped), so the next holder never
         // runs them alongside this node.

@@ -306,7 +306,9 @@ fn serve(config: Config) -> ExitCode {
                 node_name(&config, &listener),
                 hub.clone(),
                 config.cluster.presence_pending_users,
-            ) {
+            )
+            .await
+            {
                 Ok(board) => Some(board),
                 Err(e) => return fail(e),
             },

@@ -238,12 +238,21 @@ async fn erasing_a_user_on_one_node_closes_their_tabs_on_every_node() {
 
 /// Waits until `user` has `rows` rows in the shared presence table.
 fn wait_presence_rows(pg: &TestPostgres, user: &str, rows: &str) {
-    let deadline = Instant::now() + WAIT;
     let sql = format!("SELECT count(*) FROM presence WHERE user_id = '{user}'");
-    while pg.psql(&sql).trim() != rows {
+    wait_psql(pg, &sql, rows);
+}
+
+/// Waits until `sql` answers `expected`.
+fn wait_psql(pg: &TestPostgres, sql: &str, expected: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = pg.psql(sql);
+        if answer.trim() == expected {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "{user}: presence rows never {rows}"
+            "{sql}: {answer:?}, never {expected:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -277,4 +286,79 @@ async fn offline_only_webhooks_see_a_recipient_connected_to_another_node_as_onli
     let event = received[0].json();
     assert_eq!(event["data"]["message"]["id"], 2, "{event}");
     assert_eq!(event["data"]["recipientOnline"], false, "{event}");
+}
+
+#[tokio::test]
+async fn a_hook_gone_for_one_node_is_gone_for_the_cluster_until_the_cluster_restarts() {
+    let pg = TestPostgres::start();
+    let nats = NatsServer::start();
+    let receiver = Receiver::start(Mode::Status(410)).await;
+    let url = receiver.url();
+    let mut nodes = [
+        node(&pg, &nats, &hook_env(&url)),
+        node(&pg, &nats, &hook_env(&url)),
+    ];
+    let holder = duties_holder(&[&nodes[0], &nodes[1]]).await;
+    let other = 1 - holder;
+
+    // An event committed on the other node gets the 410 from the holder, which records
+    // the hook as gone with the event's dead letter.
+    let mut alice = nodes[other].connect("alice").await;
+    send(&mut alice, "alice-bob", "first").await;
+    receiver.wait_until("one attempt", |r| r.len() == 1).await;
+    wait_psql(&pg, "SELECT count(*) FROM webhook_gone", "1");
+    wait_psql(&pg, "SELECT count(*) FROM webhook_dead", "1");
+
+    // The other node learns it within a poll: its next message writes no event.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send(&mut alice, "alice-bob", "second").await;
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM webhook_outbox").trim(),
+        "0",
+        "an event was written for a gone hook"
+    );
+
+    // The holder dies with an event in the outbox (as one committed by a node that had
+    // not learnt it yet): the next holder does not post it, it dead-letters it.
+    nodes[holder].kill9();
+    receiver.set_mode(Mode::Status(200));
+    pg.psql(&format!(
+        "INSERT INTO webhook_outbox (hook, seq, recipient, id, created_ms, body) \
+         VALUES ('{url}', 1000, 'bob', 'evt_waiting', {}, '{{}}')",
+        now_millis()
+    ));
+    assert_eq!(duties_holder(&[&nodes[other]]).await, 0);
+    wait_psql(
+        &pg,
+        "SELECT string_agg(id || ': ' || reason, ', ') FROM webhook_dead \
+         WHERE id = 'evt_waiting'",
+        "evt_waiting: the hook answered 410 Gone; it is disabled",
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM webhook_outbox").trim(), "0");
+
+    // A node restarting while another runs joins the running cluster: still gone.
+    nodes[holder].restart();
+    let mut carol = nodes[holder].connect("carol").await;
+    send(&mut carol, "carol-dave", "after a node restarted").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pg.psql("SELECT count(*) FROM webhook_gone").trim(), "1");
+    assert_eq!(pg.psql("SELECT count(*) FROM webhook_outbox").trim(), "0");
+    assert_eq!(receiver.received().len(), 1, "posted to a gone hook");
+
+    // The cluster restarts (every node stopped, then one started): enabled again, as one
+    // server's hook is after a restart.
+    drop(carol);
+    nodes[holder].kill9();
+    nodes[other].kill9();
+    let fresh = node(&pg, &nats, &hook_env(&url));
+    assert_eq!(pg.psql("SELECT count(*) FROM webhook_gone").trim(), "0");
+    let mut erin = fresh.connect("erin").await;
+    send(&mut erin, "erin-frank", "after the cluster restarted").await;
+    let received = receiver
+        .wait_until("posted again", |r| {
+            r.iter().any(|r| r.answered == Some(200))
+        })
+        .await;
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(received[1].json()["data"]["recipient"]["id"], "frank");
 }

@@ -14,7 +14,7 @@ use crate::protocol::server_event::{Announced, ServerEvent};
 use crate::protocol::time::now_millis;
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
-use crate::store::{Appended, RoomLock, WriteTxn};
+use crate::store::{Appended, ClientKey, RoomLock, WriteTxn};
 use crate::webhook;
 use crate::writer::{outcome, Command, Context};
 
@@ -126,6 +126,16 @@ impl Command for AppendMessage {
             room: &self.room,
             create: true,
         });
+    }
+
+    fn client_keys<'a>(&'a self, out: &mut Vec<ClientKey<'a>>) {
+        if let Some(client_message_id) = &self.client_message_id {
+            out.push(ClientKey {
+                room: &self.room,
+                sender: &self.sender.id,
+                client_message_id,
+            });
+        }
     }
 
     fn apply(

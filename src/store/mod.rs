@@ -206,6 +206,13 @@ pub trait ReadStore: Send + Sync {
     /// When the user was last erased ([`WriteTxn::erase_user`]), in Unix ms; `None` for a
     /// user never erased.
     fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>>;
+
+    /// The hooks whose receiver answered 410 Gone, as recorded by
+    /// [`WriteTxn::webhook_gone`]. A store of one node records none: its server keeps
+    /// the state in memory, until it restarts.
+    fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// One step of a retention scan over the rooms.
@@ -238,7 +245,10 @@ pub trait WriteTxn {
     /// Takes, before the round's first command, the locks of the rooms its commands name,
     /// so that writers on several nodes lock rooms in one order and cannot deadlock. A
     /// backend with one writer (redb: one write transaction at a time) has nothing to do.
-    fn lock_rooms(&mut self, _rooms: &[RoomLock<'_>]) -> Result<()> {
+    /// `sends` are the idempotency keys of the round's sends, all in `rooms`: a backend
+    /// whose lookups cost a round trip each (PostgreSQL) looks them all up with the
+    /// locks, so that [`WriteTxn::append`] need not.
+    fn lock_rooms(&mut self, _rooms: &[RoomLock<'_>], _sends: &[ClientKey<'_>]) -> Result<()> {
         Ok(())
     }
 
@@ -320,9 +330,11 @@ pub trait WriteTxn {
     fn profile(&self, user: &str) -> Result<SessionUser>;
 
     /// Puts a webhook event in `hook`'s outbox, in the same commit as the write it
-    /// describes, and returns its `seq` (`event.seq` is ignored): increasing across
-    /// commits, so that the outbox is read in commit order.
-    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<u64>;
+    /// describes. Its `seq` (`event.seq` is ignored) is given by the store: increasing
+    /// across commits, so that the outbox is read in commit order, and in enqueue order
+    /// within one. It is not returned, so that a backend may hold the row back until its
+    /// next statement or the commit (PostgreSQL: no round trip per event).
+    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<()>;
 
     /// Takes a delivered event out of `hook`'s outbox; false when it was not there.
     fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool>;
@@ -361,6 +373,12 @@ pub trait WriteTxn {
     /// [`ReadStore::erased_at`], as this transaction sees it.
     fn erased_at(&self, user: &str) -> Result<Option<i64>>;
 
+    /// Records that `hook`'s receiver answered 410 Gone, for every node of a cluster
+    /// ([`ReadStore::webhooks_gone`]). A store of one node has nothing to do.
+    fn webhook_gone(&mut self, _hook: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether `user` has a connection on another live node of the cluster, for
     /// `offline_only` webhooks. A store of one node has no other: false.
     fn online_elsewhere(&mut self, _user: &str) -> Result<bool> {
@@ -378,6 +396,14 @@ pub struct RoomLock<'a> {
     /// The command stores a message, so the room is created if it has none yet. Other
     /// commands only lock a room that exists: bad input must not leave rows behind.
     pub create: bool,
+}
+
+/// A send's idempotency key, known before the round runs ([`WriteTxn::lock_rooms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKey<'a> {
+    pub room: &'a RoomKey,
+    pub sender: &'a str,
+    pub client_message_id: &'a str,
 }
 
 /// What erasing a user did.

@@ -127,8 +127,27 @@ struct HookTask {
 /// What became of one event.
 enum Outcome {
     Delivered,
-    /// Given up on, with why.
-    Dead(String),
+    /// Given up on, with why; `gone` when the receiver answered 410 Gone.
+    Dead {
+        reason: String,
+        gone: bool,
+    },
+}
+
+impl Outcome {
+    fn dead(reason: String) -> Outcome {
+        Outcome::Dead {
+            reason,
+            gone: false,
+        }
+    }
+
+    fn gone() -> Outcome {
+        Outcome::Dead {
+            reason: "the hook answered 410 Gone; it is disabled".into(),
+            gone: true,
+        }
+    }
 }
 
 impl HookTask {
@@ -203,10 +222,11 @@ impl HookTask {
                 hook: url.clone(),
                 seq: event.seq,
             },
-            Outcome::Dead(reason) => Finish::GiveUp {
+            Outcome::Dead { reason, gone } => Finish::GiveUp {
                 hook: url.clone(),
                 seq: event.seq,
                 reason: reason.clone(),
+                gone: *gone,
             },
         };
         match outcome(self.writer.submit(finish).await).await {
@@ -216,7 +236,7 @@ impl HookTask {
                     Outcome::Delivered => {
                         metrics::webhook_delivered(elapsed_since(event.created_ms))
                     }
-                    Outcome::Dead(reason) => {
+                    Outcome::Dead { reason, .. } => {
                         tracing::error!(
                             hook = %url, id = %event.id, recipient = %event.recipient, %reason,
                             "webhook event moved to the dead letters"
@@ -245,7 +265,7 @@ impl HookTask {
         let max_backoff = Duration::from_secs(config.max_backoff_secs);
         loop {
             if hook.is_disabled() {
-                return Outcome::Dead("the hook answered 410 Gone; it is disabled".into());
+                return Outcome::gone();
             }
             let failure = match self.attempt(event).await {
                 Ok(status) if status.is_success() => return Outcome::Delivered,
@@ -253,11 +273,11 @@ impl HookTask {
                     if hook.disable() {
                         tracing::error!(
                             hook = %config.url,
-                            "webhook answered 410 Gone: disabled until restart; its events \
-                             go to the dead letters"
+                            "webhook answered 410 Gone: disabled until restart (in cluster \
+                             mode, of the cluster); its events go to the dead letters"
                         );
                     }
-                    return Outcome::Dead("the hook answered 410 Gone; it is disabled".into());
+                    return Outcome::gone();
                 }
                 Ok(status) if status.is_redirection() => {
                     format!("answered {status}; redirects are not followed")
@@ -268,7 +288,7 @@ impl HookTask {
             metrics::webhook_failed();
             let left = give_up_at - now_millis();
             if left <= 0 {
-                return Outcome::Dead(format!(
+                return Outcome::dead(format!(
                     "not delivered within {} s; last attempt: {failure}",
                     config.give_up_after_secs
                 ));

@@ -16,6 +16,11 @@
 //! - **One node posts** ([`crate::duties`]): in cluster mode every node writes into the
 //!   one outbox, and only the holder of the duties lock posts it; a commit on any node
 //!   wakes it through a PostgreSQL notification.
+//! - **A 410 is the cluster's** (in cluster mode): the dead letter of the event that got
+//!   it records the hook as gone in PostgreSQL, every node reads that record every
+//!   [`GONE_POLL`] (so its writer stops writing the hook's events) and a node taking the
+//!   duties reads it before it posts, so no node posts to that hook again until the
+//!   cluster restarts, as one server does not until it restarts.
 //! - **At least once**: an event is removed only after a 2xx; a crash in between posts it
 //!   again after the restart, with the same `id`, which receivers use to drop duplicates.
 //! - **Signed** (`sign.rs`): HMAC-SHA256 over `"{timestamp}.{body}"`, the Stripe scheme,
@@ -26,11 +31,15 @@ mod outbox;
 mod sign;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::config::{WebhookConfig, WebhookEvent};
 use crate::metrics;
+use crate::store::ReadStore;
 
 pub use deliver::{count, start, Delivery};
 pub use outbox::{
@@ -48,8 +57,8 @@ pub struct Hooks {
 /// One hook and what delivery has learnt about it.
 pub struct Hook {
     pub config: WebhookConfig,
-    /// Set once the receiver answered 410 Gone: nothing more is written or posted for this
-    /// hook until the server restarts.
+    /// Set once the receiver answered 410 Gone (in cluster mode: to any node): nothing
+    /// more is written or posted for this hook until the server (the cluster) restarts.
     disabled: AtomicBool,
     /// Wakes the hook's delivery task when a commit put events in its outbox.
     wake: Notify,
@@ -109,6 +118,50 @@ impl Hooks {
     fn all(&self) -> &[Hook] {
         &self.hooks
     }
+}
+
+/// How often a node of a cluster reads which hooks are gone.
+pub const GONE_POLL: Duration = Duration::from_secs(2);
+
+/// Disables the hooks the store records as gone (a 410 on any node of the cluster); false
+/// when the store could not say.
+pub async fn learn_gone(hooks: &Hooks, store: &dyn ReadStore) -> bool {
+    if hooks.hooks.is_empty() {
+        return true;
+    }
+    match store.webhooks_gone().await {
+        Ok(gone) => {
+            for url in gone {
+                if let Some(index) = hooks.index_of(&url) {
+                    if hooks.get(index).disable() {
+                        tracing::error!(
+                            hook = %url,
+                            "webhook answered 410 Gone to another node: disabled until the \
+                             cluster restarts; its events go to the dead letters"
+                        );
+                    }
+                }
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read which webhooks answered 410 Gone");
+            false
+        }
+    }
+}
+
+/// Cluster mode: every [`GONE_POLL`], disables the hooks another node found gone, so that
+/// this node's writer stops writing their events too.
+pub fn follow_gone(hooks: Arc<Hooks>, store: Arc<dyn ReadStore>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(GONE_POLL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            learn_gone(&hooks, store.as_ref()).await;
+        }
+    })
 }
 
 impl Hook {

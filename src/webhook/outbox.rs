@@ -213,7 +213,8 @@ impl Command for RetryDeadLetters {
         if cx.hooks().get(index).is_disabled() {
             return Err(ChatError::bad_request(
                 "this webhook answered 410 Gone and is disabled until the server restarts; \
-                 its events would go straight back to the dead letters",
+                 (in cluster mode: until the cluster restarts); its events would go straight \
+                 back to the dead letters",
             ));
         }
         let moved = txn
@@ -227,7 +228,8 @@ impl Command for RetryDeadLetters {
 }
 
 /// Takes a delivered event (`Delivered`) or one given up on (`GiveUp`) out of a hook's
-/// outbox. Answers whether the row was still there.
+/// outbox. Answers whether the row was still there. A `GiveUp` for a 410 (`gone`) also
+/// records the hook as gone, in the same commit, for the other nodes of a cluster.
 pub(super) enum Finish {
     Delivered {
         hook: String,
@@ -237,6 +239,7 @@ pub(super) enum Finish {
         hook: String,
         seq: u64,
         reason: String,
+        gone: bool,
     },
 }
 
@@ -246,7 +249,15 @@ impl Command for Finish {
     fn apply(self, txn: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<bool, ChatError> {
         match self {
             Finish::Delivered { hook, seq } => txn.remove_webhook(&hook, seq),
-            Finish::GiveUp { hook, seq, reason } => {
+            Finish::GiveUp {
+                hook,
+                seq,
+                reason,
+                gone,
+            } => {
+                if gone {
+                    txn.webhook_gone(&hook).map_err(ChatError::internal)?;
+                }
                 txn.dead_letter_webhook(&hook, seq, &reason, now_millis())
             }
         }

@@ -38,7 +38,7 @@ use crate::metrics;
 use crate::protocol::server_event::ServerEvent;
 use crate::protocol::ChatError;
 use crate::snapshot::{CacheStats, RecentCache};
-use crate::store::{RoomLock, StoreError, WriteStore, WriteTxn};
+use crate::store::{ClientKey, RoomLock, StoreError, WriteStore, WriteTxn};
 use crate::webhook::Hooks;
 
 /// One write, applied in a round's transaction and answered once the round is durable.
@@ -61,6 +61,10 @@ pub trait Command: Send + 'static {
     /// The rooms this command writes to, known before it runs, for
     /// [`WriteTxn::lock_rooms`].
     fn rooms<'a>(&'a self, _out: &mut Vec<RoomLock<'a>>) {}
+
+    /// The idempotency keys of the sends this command makes, in rooms it names in
+    /// [`Command::rooms`], for [`WriteTxn::lock_rooms`].
+    fn client_keys<'a>(&'a self, _out: &mut Vec<ClientKey<'a>>) {}
 }
 
 /// Work that commands of one round leave to be applied once, after the round's last
@@ -188,6 +192,9 @@ trait Queued: Send {
     /// The command's [`Command::rooms`].
     fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>);
 
+    /// The command's [`Command::client_keys`].
+    fn client_keys<'a>(&'a self, out: &mut Vec<ClientKey<'a>>);
+
     /// Applies the command, keeping its answer for [`Queued::answer`].
     fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>);
 
@@ -230,6 +237,12 @@ impl<C: Command, R: Reply<C::Output>> Queued for Job<C, R> {
     fn rooms<'a>(&'a self, out: &mut Vec<RoomLock<'a>>) {
         if let Some(command) = &self.command {
             command.rooms(out);
+        }
+    }
+
+    fn client_keys<'a>(&'a self, out: &mut Vec<ClientKey<'a>>) {
+        if let Some(command) = &self.command {
+            command.client_keys(out);
         }
     }
 
@@ -421,9 +434,10 @@ impl State {
         let (hooks, broker) = (&*self.hooks, &*self.broker);
         let mut round_ends = Vec::new();
         let committed = self.store.begin().and_then(|mut txn| {
-            let mut rooms = Vec::new();
+            let (mut rooms, mut sends) = (Vec::new(), Vec::new());
             for job in &jobs {
                 job.rooms(&mut rooms);
+                job.client_keys(&mut sends);
             }
             if !rooms.is_empty() {
                 // Once each, creating it if any command of the round stores a message.
@@ -435,7 +449,7 @@ impl State {
                     ))
                 });
                 rooms.dedup_by(|later, first| later.room == first.room);
-                txn.lock_rooms(&rooms)?;
+                txn.lock_rooms(&rooms, &sends)?;
             }
             let mut cx = Context {
                 cache,
@@ -627,7 +641,7 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
-        fn enqueue_webhook(&mut self, _: &str, _: &OutboxEvent) -> store::Result<u64> {
+        fn enqueue_webhook(&mut self, _: &str, _: &OutboxEvent) -> store::Result<()> {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 

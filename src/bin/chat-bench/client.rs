@@ -36,9 +36,18 @@ pub fn room_of(i: usize) -> String {
 }
 
 /// A `message` frame without ack: the reply that matters is the `message:sent` event.
-pub fn message_frame(user_id: &str, room_id: &str, text: &str) -> String {
+/// With `client_message_id`, the server checks the send for a retry.
+pub fn message_frame(
+    user_id: &str,
+    room_id: &str,
+    text: &str,
+    client_message_id: Option<&str>,
+) -> String {
+    let key = client_message_id
+        .map(|key| format!(r#","clientMessageId":"{key}""#))
+        .unwrap_or_default();
     format!(
-        r#"{{"event":"message","data":{{"userId":"{user_id}","roomId":"{room_id}","message":"{text}"}}}}"#
+        r#"{{"event":"message","data":{{"userId":"{user_id}","roomId":"{room_id}","message":"{text}"{key}}}}}"#
     )
 }
 
@@ -233,6 +242,19 @@ mod tests {
         assert_eq!(room_of(9), "u000008-u000009");
         assert_eq!(source_address(0), Ipv4Addr::new(127, 0, 0, 1));
         assert_eq!(source_address(25_000), Ipv4Addr::new(127, 0, 0, 2));
+    }
+
+    #[test]
+    fn a_message_frame_carries_its_client_message_id_when_asked() {
+        let plain: serde_json::Value =
+            serde_json::from_str(&message_frame("a", "a-b", "s1:2:0", None)).unwrap();
+        assert_eq!(plain["data"]["message"], "s1:2:0");
+        assert!(plain["data"].get("clientMessageId").is_none(), "{plain}");
+        let keyed: serde_json::Value =
+            serde_json::from_str(&message_frame("a", "a-b", "s1:2:0", Some("s1:2:0"))).unwrap();
+        assert_eq!(keyed["event"], "message");
+        assert_eq!(keyed["data"]["clientMessageId"], "s1:2:0");
+        assert_eq!(keyed["data"]["userId"], "a");
     }
 
     #[test]

@@ -220,7 +220,7 @@ async fn connection(
                 let Some(intended_us) = intended else { return };
                 seq += 1;
                 let text = client::message_text(me, seq, intended_us);
-                let frame = client::message_frame(&my_id, &room, &text);
+                let frame = client::message_frame(&my_id, &room, &text, None);
                 if sink.send(Message::text(frame)).await.is_err() {
                     return;
                 }

@@ -120,6 +120,10 @@ struct Opts {
     /// client showing delivered ticks does.
     #[arg(long)]
     received: bool,
+    /// Throughput: each message carries a `clientMessageId`, as the web client's do (the
+    /// server then checks each for a retry).
+    #[arg(long)]
+    client_message_ids: bool,
     /// Throughput: seconds before counting starts.
     #[arg(long, default_value_t = 2.0)]
     warmup_secs: f64,
@@ -453,6 +457,7 @@ fn throughput_on(
         warmup: Duration::from_secs_f64(opts.warmup_secs),
         duration: Duration::from_secs_f64(opts.duration_secs),
         received: opts.received,
+        client_message_ids: opts.client_message_ids,
     };
     let (mut rates, mut details, mut frames) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu = CpuRuns::default();
@@ -502,10 +507,11 @@ fn throughput_on(
         spread.text(0),
         opts.users,
         opts.window,
-        if opts.received {
-            ", message:received on"
-        } else {
-            ""
+        match (opts.received, opts.client_message_ids) {
+            (false, false) => "",
+            (true, false) => ", message:received on",
+            (false, true) => ", clientMessageIds on",
+            (true, true) => ", message:received and clientMessageIds on",
         },
         frame,
         cpu.text(opts.nodes.filter(|_| relay.is_none())),
@@ -518,6 +524,7 @@ fn throughput_on(
         "users": opts.users,
         "window": opts.window,
         "received": opts.received,
+        "client_message_ids": opts.client_message_ids,
         "duration_secs": opts.duration_secs,
         "details": details,
     });

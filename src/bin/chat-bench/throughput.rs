@@ -24,6 +24,10 @@ pub struct LoadConfig {
     /// Whether each partner acknowledges every message it gets with `message:received`,
     /// as a client showing delivered ticks does: one more write per message.
     pub received: bool,
+    /// Whether each message carries a `clientMessageId`: its text (unique per sender)
+    /// after the run's start time, so that a later run on the same database is not taken
+    /// for retries.
+    pub client_message_ids: bool,
 }
 
 pub struct LoadResult {
@@ -83,10 +87,18 @@ pub async fn run(
         first_other: Mutex::new(None),
     });
     let stop = Arc::new(AtomicBool::new(false));
+    let run_id = config.client_message_ids.then(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    });
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| tokio::spawn(sender(i, ws, config, counters.clone(), stop.clone())))
+        .map(|(i, ws)| {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            tokio::spawn(sender(i, ws, config, run_id, counters, stop))
+        })
         .collect();
 
     tokio::time::sleep(config.warmup).await;
@@ -115,10 +127,13 @@ pub async fn run(
 /// How long a connection keeps draining after the stop before it gives up.
 const DRAIN: Duration = Duration::from_secs(3);
 
+/// `run_id`: the run's start time, in front of each message's `clientMessageId`; none
+/// without them.
 async fn sender(
     me: usize,
     mut ws: Ws,
     config: LoadConfig,
+    run_id: Option<u128>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 ) {
@@ -128,11 +143,9 @@ async fn sender(
     let mut seq = 0u64;
     let mut in_flight = 0usize;
     let frame = |seq: u64| {
-        Message::text(client::message_frame(
-            &my_id,
-            &room,
-            &client::message_text(me, seq, 0),
-        ))
+        let text = client::message_text(me, seq, 0);
+        let key = run_id.map(|run| format!("{run:x}.{text}"));
+        Message::text(client::message_frame(&my_id, &room, &text, key.as_deref()))
     };
     for _ in 0..window {
         seq += 1;

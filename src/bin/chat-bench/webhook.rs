@@ -165,7 +165,7 @@ async fn fill(addr: SocketAddr, auth: &Auth, users: usize, messages: usize) -> R
         let room = client::room_of(i);
         tasks.push(tokio::spawn(async move {
             for seq in 0..share {
-                let frame = client::message_frame(&id, &room, &format!("w{seq}"));
+                let frame = client::message_frame(&id, &room, &format!("w{seq}"), None);
                 sink.send(Message::text(frame))
                     .await
                     .map_err(|e| e.to_string())?;

@@ -673,6 +673,15 @@ impl ReadStore for PgStore {
             Ok(row.map(|r| r.get(0)))
         }))
     }
+
+    fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
+        Box::pin(self.read(|c| async move {
+            let rows = c
+                .query("SELECT hook FROM webhook_gone ORDER BY hook", &[])
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        }))
+    }
 }
 
 fn outbox_event(r: &Row, at: usize) -> OutboxEvent {

@@ -10,6 +10,14 @@
 //! starting (or reconnecting to PostgreSQL) rewrites its whole list, which clears what a
 //! previous run under the same name left.
 //!
+//! The presence session also says the node is alive to the others: it holds the nodes
+//! lock ([`NODES_LOCK`]) shared for as long as it lives, and PostgreSQL frees it the
+//! moment the session ends (`kill -9` included). A node that starts and can take that
+//! lock exclusively is the only one: the cluster starts afresh, so it clears what lasts
+//! only as long as a run of the cluster (hooks disabled by a 410, schema migration 3,
+//! as one server's last until it restarts). It does so before it serves or takes the
+//! duties.
+//!
 //! Changes wait in a set, one entry per user, until the task writes them (milliseconds,
 //! unless PostgreSQL is down); past `cluster.presence_pending_users` the set is dropped
 //! and the next write rewrites the node's whole list from the hub instead.
@@ -20,7 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, NoTls};
 
 use super::{backend, CONNECT_TIMEOUT};
 use crate::fanout::hub::{Hub, Presence};
@@ -34,6 +42,9 @@ pub const NODE_EXPIRY: Duration = Duration::from_secs(15);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait before trying again after PostgreSQL failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// The advisory lock key every live node holds shared (the migrations and the duties use
+/// others).
+const NODES_LOCK: i64 = 7_235_361_813_413_870_919;
 
 /// This process's node name, once its board started: the writer's question leaves this
 /// node's rows out (its hub answers for them, and is never behind them). One per process,
@@ -83,9 +94,9 @@ impl Presence for Watcher {
 }
 
 impl PresenceBoard {
-    /// Starts writing the presence of `hub`'s users, as node `node`, into the database at
-    /// `url` (`cluster.postgres_url`).
-    pub fn start(url: &str, node: String, hub: Arc<Hub>, pending_cap: usize) -> Result<Self> {
+    /// Joins the cluster (see the module docs) and starts writing the presence of `hub`'s
+    /// users, as node `node`, into the database at `url` (`cluster.postgres_url`).
+    pub async fn start(url: &str, node: String, hub: Arc<Hub>, pending_cap: usize) -> Result<Self> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| backend(format!("cluster.postgres_url is not a PostgreSQL URL: {e}")))?;
@@ -101,8 +112,13 @@ impl PresenceBoard {
         if THIS_NODE.set(node.clone()).is_err() {
             return Err(backend("a process writes the presence of one node".into()));
         }
+        let (client, connection) = connect(&config).await?;
+        if let Err(e) = join(&client).await {
+            connection.abort();
+            return Err(e.into());
+        }
         hub.watch_presence(Arc::new(Watcher(shared.clone())));
-        let task = tokio::spawn(run(config, node, hub, shared));
+        let task = tokio::spawn(run(config, node, hub, shared, Some((client, connection))));
         Ok(PresenceBoard { task })
     }
 }
@@ -113,13 +129,78 @@ impl Drop for PresenceBoard {
     }
 }
 
-async fn run(config: tokio_postgres::Config, node: String, hub: Arc<Hub>, shared: Arc<Shared>) {
+/// A session and the task driving its connection.
+type Session = (Client, JoinHandle<()>);
+
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> std::result::Result<Session, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, connection))
+}
+
+/// A node's first presence session: clears the cluster's run-long state if no other node
+/// is alive, then holds the nodes lock shared.
+async fn join(client: &Client) -> std::result::Result<(), tokio_postgres::Error> {
+    let alone: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&NODES_LOCK])
+        .await?
+        .get(0);
+    if alone {
+        let enabled = client.execute("DELETE FROM webhook_gone", &[]).await?;
+        if enabled > 0 {
+            tracing::info!(
+                hooks = enabled,
+                "cluster start: hooks disabled by a 410 during the last run are enabled again"
+            );
+        }
+    }
+    client
+        .query_one("SELECT pg_advisory_lock_shared($1)", &[&NODES_LOCK])
+        .await?;
+    if alone {
+        client
+            .query_one("SELECT pg_advisory_unlock($1)", &[&NODES_LOCK])
+            .await?;
+    }
+    Ok(())
+}
+
+/// A later session, after PostgreSQL failed: the node was alive all along, so it only
+/// takes the nodes lock again.
+async fn rejoin(
+    config: &tokio_postgres::Config,
+) -> std::result::Result<Session, tokio_postgres::Error> {
+    let (client, connection) = connect(config).await?;
+    match client
+        .query_one("SELECT pg_advisory_lock_shared($1)", &[&NODES_LOCK])
+        .await
+    {
+        Ok(_) => Ok((client, connection)),
+        Err(e) => {
+            connection.abort();
+            Err(e)
+        }
+    }
+}
+
+async fn run(
+    config: tokio_postgres::Config,
+    node: String,
+    hub: Arc<Hub>,
+    shared: Arc<Shared>,
+    mut joined: Option<Session>,
+) {
     loop {
-        match config.connect(NoTls).await {
+        let session = match joined.take() {
+            Some(session) => Ok(session),
+            None => rejoin(&config).await,
+        };
+        match session {
             Ok((mut client, connection)) => {
-                let connection = tokio::spawn(async move {
-                    let _ = connection.await;
-                });
                 let e = serve(&mut client, &node, &hub, &shared).await;
                 tracing::warn!(error = %e, "cluster presence: PostgreSQL failed; reconnecting");
                 connection.abort();

@@ -136,6 +136,17 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX presence_node ON presence (node);
     "#,
+    // 3: hooks whose receiver answered 410 Gone, so that no node writes or posts their
+    // events, whichever node got the 410 and whichever holds the duties later. Written
+    // with the dead letter of the event that got it; emptied when the cluster starts
+    // afresh (`presence.rs`), as one server's 410 lasts until it restarts. One row per
+    // configured hook at most: a reference table on a sharded PostgreSQL.
+    r#"
+    CREATE TABLE webhook_gone (
+        hook text PRIMARY KEY,
+        gone_at timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
 ];
 
 /// The version this binary brings a database to.

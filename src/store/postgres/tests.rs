@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::PgStore;
 use crate::model::RoomKey;
 use crate::store::suite::{store_suite, Fixture};
-use crate::store::{Appended, RoomLock, StoreError, WriteStore};
+use crate::store::{Appended, ClientKey, OutboxEvent, RoomLock, StoreError, WriteStore};
 
 #[path = "../../../tests/common/postgres.rs"]
 mod testdb;
@@ -42,7 +42,7 @@ fn append_round(store: &PgStore, rooms: &[&RoomKey], sender: &str) -> Vec<u64> {
         .iter()
         .map(|room| RoomLock { room, create: true })
         .collect();
-    txn.lock_rooms(&locks).unwrap();
+    txn.lock_rooms(&locks, &[]).unwrap();
     let mut ids = Vec::new();
     for room in rooms {
         match txn.append(room, sender, "x", None, 1).unwrap() {
@@ -168,30 +168,75 @@ fn writes_fail_clearly_while_postgres_is_down_and_resume_when_it_is_back() {
 /// A round of sends as the writer makes it: the rooms locked, then per send the block
 /// checks both ways and the append.
 fn send_round(store: &PgStore, rooms: &[RoomKey], per_room: usize) -> Result<Vec<u64>, StoreError> {
+    let sends = keyed_round(store, rooms, per_room, |_, _| None, false)?;
+    Ok(sends
+        .into_iter()
+        .map(|(id, duplicate)| {
+            assert!(!duplicate, "not a retry: {id}");
+            id
+        })
+        .collect())
+}
+
+/// [`send_round`] with a `clientMessageId` per send (`key(turn, room index)`), named to
+/// the round's `lock_rooms` as the writer names them, and with a webhook event per new
+/// message if `events`: (id, whether it was a retry) per send not blocked.
+fn keyed_round(
+    store: &PgStore,
+    rooms: &[RoomKey],
+    per_room: usize,
+    key: impl Fn(usize, usize) -> Option<String>,
+    events: bool,
+) -> Result<Vec<(u64, bool)>, StoreError> {
     let mut txn = store.begin()?;
     let locks: Vec<RoomLock<'_>> = rooms
         .iter()
         .map(|room| RoomLock { room, create: true })
         .collect();
-    txn.lock_rooms(&locks)?;
-    let mut ids = Vec::new();
-    for _ in 0..per_room {
-        for room in rooms {
-            let sender = room.low.as_str();
-            let partner = room.partner_of(sender);
-            if txn.blocked_since(sender, partner)?.is_some()
-                || txn.blocked_since(partner, sender)?.is_some()
-            {
-                continue;
+    let keys: Vec<(usize, Option<String>)> = (0..per_room)
+        .flat_map(|turn| (0..rooms.len()).map(move |at| (turn, at)))
+        .map(|(turn, at)| (at, key(turn, at)))
+        .collect();
+    let named: Vec<ClientKey<'_>> = keys
+        .iter()
+        .filter_map(|(at, key)| {
+            Some(ClientKey {
+                room: &rooms[*at],
+                sender: &rooms[*at].low,
+                client_message_id: key.as_deref()?,
+            })
+        })
+        .collect();
+    txn.lock_rooms(&locks, &named)?;
+    let mut sends = Vec::new();
+    for (at, key) in &keys {
+        let room = &rooms[*at];
+        let sender = room.low.as_str();
+        let partner = room.partner_of(sender);
+        if txn.blocked_since(sender, partner)?.is_some()
+            || txn.blocked_since(partner, sender)?.is_some()
+        {
+            continue;
+        }
+        match txn.append(room, sender, "x", key.as_deref(), 1)? {
+            Appended::New(m) => {
+                if events {
+                    let event = OutboxEvent {
+                        seq: 0,
+                        recipient: partner.to_owned(),
+                        id: format!("{}:{}", room.id(), m.id),
+                        created_ms: 1,
+                        body: "{}".into(),
+                    };
+                    txn.enqueue_webhook("http://hook.example", &event)?;
+                }
+                sends.push((m.id, false));
             }
-            match txn.append(room, sender, "x", None, 1)? {
-                Appended::New(m) => ids.push(m.id),
-                Appended::Duplicate(m) => panic!("not a retry: {m:?}"),
-            }
+            Appended::Duplicate(m) => sends.push((m.id, true)),
         }
     }
     txn.commit()?;
-    Ok(ids)
+    Ok(sends)
 }
 
 #[test]
@@ -227,10 +272,13 @@ fn a_block_and_an_unblock_earlier_in_the_round_decide_its_later_sends() {
     let store = PgStore::open(&pg.url(), 2).unwrap();
     let ab = room("a", "b");
     let mut txn = store.begin().unwrap();
-    txn.lock_rooms(&[RoomLock {
-        room: &ab,
-        create: true,
-    }])
+    txn.lock_rooms(
+        &[RoomLock {
+            room: &ab,
+            create: true,
+        }],
+        &[],
+    )
     .unwrap();
     assert_eq!(txn.blocked_since("b", "a").unwrap(), None);
     txn.put_block("b", "a", 7).unwrap();
@@ -240,10 +288,13 @@ fn a_block_and_an_unblock_earlier_in_the_round_decide_its_later_sends() {
     txn.put_block("b", "a", 9).unwrap();
     txn.commit().unwrap();
     let mut txn = store.begin().unwrap();
-    txn.lock_rooms(&[RoomLock {
-        room: &ab,
-        create: true,
-    }])
+    txn.lock_rooms(
+        &[RoomLock {
+            room: &ab,
+            create: true,
+        }],
+        &[],
+    )
     .unwrap();
     assert_eq!(txn.blocked_since("b", "a").unwrap(), Some(9));
     assert_eq!(txn.blocked_since("a", "b").unwrap(), None);
@@ -280,4 +331,116 @@ fn a_held_back_insert_that_fails_fails_the_round_and_keeps_nothing_of_it() {
     );
     pg.psql("DELETE FROM messages WHERE message = 'planted'");
     assert_eq!(send_round(&store, &[ab, cd], 1).unwrap(), [2, 2]);
+}
+
+#[test]
+fn a_round_of_sends_with_client_message_ids_costs_two_round_trips_however_many_sends() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let rooms: Vec<RoomKey> = (0..10).map(|i| room(&format!("u{i}"), "z")).collect();
+    let key = |turn: usize, at: usize| Some(format!("k{turn}-{at}"));
+    // The first round prepares the statements; it stores turn 0's keys.
+    assert_eq!(
+        keyed_round(&store, &rooms, 1, key, false).unwrap().len(),
+        10
+    );
+    let before = store.round_trips();
+    // 50 sends, the last two turns sending the first two's keys again: 30 new, 20
+    // retries of this round's own sends.
+    let again = |turn: usize, at: usize| key(turn.min(3) - usize::from(turn == 4), at);
+    let sends = keyed_round(&store, &rooms, 5, |turn, at| again(turn + 1, at), false).unwrap();
+    // BEGIN, the room locks, the block checks and the 50 key lookups; then the 30
+    // inserts, the room rows and COMMIT.
+    assert_eq!(store.round_trips() - before, 2);
+    assert_eq!(sends.len(), 50);
+    assert_eq!(sends.iter().filter(|(_, retry)| *retry).count(), 20);
+    let room0: Vec<(u64, bool)> = sends.iter().step_by(10).copied().collect();
+    assert_eq!(
+        room0,
+        [(2, false), (3, false), (4, false), (3, true), (4, true)]
+    );
+    // A retry of a send stored in an earlier round answers it: one more round trip per
+    // retry, to read it as it is now (the first one also prepares that read).
+    assert_eq!(
+        keyed_round(&store, &rooms[..1], 1, key, false).unwrap(),
+        [(1, true)]
+    );
+    let before = store.round_trips();
+    let retried = keyed_round(&store, &rooms[..2], 1, key, false).unwrap();
+    assert_eq!(retried, [(1, true), (1, true)]);
+    assert_eq!(store.round_trips() - before, 2 + 2);
+    assert_eq!(
+        pg.psql("SELECT count(*), count(DISTINCT (room, client_message_id)) FROM messages")
+            .trim(),
+        "40|40"
+    );
+}
+
+#[test]
+fn a_key_named_to_the_round_and_stored_meanwhile_by_another_node_is_a_retry() {
+    let pg = TestPostgres::start();
+    let (one, two) = (
+        PgStore::open(&pg.url(), 2).unwrap(),
+        PgStore::open(&pg.url(), 2).unwrap(),
+    );
+    let ab = room("a", "b");
+    // Node two holds the room's lock while it stores the key; node one's round, named
+    // the same key, waits for the lock and then must find it, not store it again.
+    let mut held = two.begin().unwrap();
+    held.lock_rooms(
+        &[RoomLock {
+            room: &ab,
+            create: true,
+        }],
+        &[],
+    )
+    .unwrap();
+    assert!(matches!(
+        held.append(&ab, "a", "x", Some("k"), 1).unwrap(),
+        Appended::New(_)
+    ));
+    let racing = std::thread::spawn(move || {
+        keyed_round(&one, &[room("a", "b")], 1, |_, _| Some("k".into()), false).unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    held.commit().unwrap();
+    assert_eq!(racing.join().unwrap(), [(1, true)]);
+    assert_eq!(pg.psql("SELECT count(*) FROM messages").trim(), "1");
+}
+
+#[test]
+fn a_round_s_webhook_events_ride_with_its_commit_in_order() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let rooms: Vec<RoomKey> = (0..10).map(|i| room(&format!("u{i}"), "z")).collect();
+    keyed_round(&store, &rooms, 1, |_, _| None, true).unwrap();
+    let before = store.round_trips();
+    keyed_round(&store, &rooms, 3, |_, _| None, true).unwrap();
+    // 30 events: no round trip of their own.
+    assert_eq!(store.round_trips() - before, 2);
+    // Seqs 1..40 in enqueue order, with no gap.
+    let order = pg.psql(
+        "SELECT string_agg(seq::text || '=' || id, ',' ORDER BY seq) FROM webhook_outbox \
+         WHERE id LIKE 'u0-z:%' OR id LIKE 'u9-z:%'",
+    );
+    assert_eq!(
+        order.trim(),
+        "1=u0-z:1,10=u9-z:1,11=u0-z:2,20=u9-z:2,21=u0-z:3,30=u9-z:3,31=u0-z:4,40=u9-z:4"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*), max(seq) FROM webhook_outbox")
+            .trim(),
+        "40|40"
+    );
+    // A round that fails keeps none of its events.
+    pg.psql(
+        "INSERT INTO messages (room, id, user_id, message, sent_ms, change) \
+         SELECT num, 5, 'u0', 'planted', 1, 99 FROM rooms WHERE low = 'u0'",
+    );
+    keyed_round(&store, &rooms, 1, |_, _| None, true).expect_err("clashes");
+    assert_eq!(
+        pg.psql("SELECT count(*), max(seq) FROM webhook_outbox")
+            .trim(),
+        "40|40"
+    );
 }

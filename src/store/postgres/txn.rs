@@ -15,10 +15,12 @@
 //! unique index is the backstop, failing the round rather than storing a key twice.
 //!
 //! **Round trips.** A round's statements are pipelined (`Db`): `BEGIN` rides with the
-//! room locks and the block checks of its sends, new messages are held back and stored
-//! in one multi-row statement with the room rows and `COMMIT`. A round of sends without
-//! `clientMessageId` costs two round trips however many it holds; a send with one adds
-//! its lookup.
+//! room locks, the block checks of its sends and the lookup of all their
+//! `clientMessageId`s (one statement, after the locks); new messages and webhook events
+//! are held back and stored in one multi-row statement each, with the room rows and
+//! `COMMIT`. A round of sends costs two round trips however many it holds, with or
+//! without `clientMessageId`s; a retry (a key found) adds one, to read the stored
+//! message as it is now.
 //!
 //! **Deadlocks.** Two nodes whose rounds lock rooms A then B and B then A would deadlock.
 //! The writer hands the round every room its commands name ([`WriteTxn::lock_rooms`])
@@ -48,8 +50,8 @@ use tokio_postgres::{Client, Row, Statement};
 use super::{backend, limit_param, message_from, wait, OP_TIMEOUT};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{
-    Appended, DeleteOutcome, EditOutcome, Erasure, Expired, OutboxEvent, ReceivedOutcome, Result,
-    RoomLock, SeenOutcome, WriteTxn,
+    Appended, ClientKey, DeleteOutcome, EditOutcome, Erasure, Expired, OutboxEvent,
+    ReceivedOutcome, Result, RoomLock, SeenOutcome, WriteTxn,
 };
 
 /// The message columns, in [`message_from`]'s order.
@@ -175,21 +177,36 @@ const INSERT_MESSAGES: &str = "INSERT INTO messages (room, id, user_id, message,
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
                           $6::text[], $7::bigint[])";
 
+/// Stores a round's held-back webhook events in one statement, with seqs taken in
+/// their order from the one seq row; its lock, held to the commit, makes seqs follow
+/// commit order across nodes. `$6` is the number of events.
+const INSERT_OUTBOX: &str = "WITH s AS (INSERT INTO webhook_seq (last) VALUES ($6) \
+       ON CONFLICT (one) DO UPDATE SET last = webhook_seq.last + $6 RETURNING last) \
+     INSERT INTO webhook_outbox (hook, seq, recipient, id, created_ms, body) \
+     SELECT v.hook, s.last - $6 + v.n, v.recipient, v.id, v.created_ms, v.body \
+     FROM s, unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
+       WITH ORDINALITY AS v(hook, recipient, id, created_ms, body, n)";
+
 /// The round's connection; a failure marks the round failed.
 ///
 /// Round trips, not PostgreSQL's work, are what a round waited on: so `BEGIN` is not
 /// sent alone but in front of the round's first statement, and the round's new messages
-/// are held back (`pending`) and stored in one multi-row statement sent in front of the
-/// next statement, or of the commit. Every statement sees the messages appended before
-/// it, as if each had been inserted at once. Holding them back is safe because nothing
-/// is acknowledged before the commit: a failed insert fails the round and every command
-/// of it. `pending` holds at most one round's sends (`writer.max_batch`).
+/// (`pending`) and webhook events (`outbox`) are held back and stored in one multi-row
+/// statement each, sent in front of the next statement, or of the commit. Every
+/// statement sees the rows written before it, as if each had been inserted at once.
+/// Holding them back is safe because nothing is acknowledged before the commit: a failed
+/// insert fails the round and every command of it, and an event commits with what it
+/// describes or not at all. `pending` holds at most one round's sends
+/// (`writer.max_batch`); `outbox` one event per send and hook, or one dead-letter retry
+/// (at most 500).
 struct Db {
     conn: RefCell<Option<Conn>>,
     failed: Cell<bool>,
     /// Whether `BEGIN` went out.
     begun: Cell<bool>,
     pending: RefCell<Vec<NewMessage>>,
+    /// Held-back webhook events, with their hooks.
+    outbox: RefCell<Vec<(String, OutboxEvent)>>,
 }
 
 impl Db {
@@ -209,12 +226,18 @@ impl Db {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         let columns = InsertColumns::of(&pending);
         let params = columns.params();
-        let mut all = Vec::with_capacity(steps.len() + 2);
+        let outbox = std::mem::take(&mut *self.outbox.borrow_mut());
+        let events = OutboxColumns::of(&outbox);
+        let event_params = events.params();
+        let mut all = Vec::with_capacity(steps.len() + 3);
         if !self.begun.get() {
             all.push(Step::Simple("BEGIN"));
         }
         if !pending.is_empty() {
             all.push(Step::Query(INSERT_MESSAGES, &params));
+        }
+        if !outbox.is_empty() {
+            all.push(Step::Query(INSERT_OUTBOX, &event_params));
         }
         let before = all.len();
         all.extend(steps.iter().map(|step| match *step {
@@ -297,6 +320,40 @@ impl<'a> InsertColumns<'a> {
     }
 }
 
+/// [`INSERT_OUTBOX`]' parameters: the held-back events, column by column.
+struct OutboxColumns<'a> {
+    hooks: Vec<&'a str>,
+    recipients: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    created: Vec<i64>,
+    bodies: Vec<&'a str>,
+    count: i64,
+}
+
+impl<'a> OutboxColumns<'a> {
+    fn of(outbox: &'a [(String, OutboxEvent)]) -> OutboxColumns<'a> {
+        OutboxColumns {
+            hooks: outbox.iter().map(|(hook, _)| hook.as_str()).collect(),
+            recipients: outbox.iter().map(|(_, e)| e.recipient.as_str()).collect(),
+            ids: outbox.iter().map(|(_, e)| e.id.as_str()).collect(),
+            created: outbox.iter().map(|(_, e)| e.created_ms).collect(),
+            bodies: outbox.iter().map(|(_, e)| e.body.as_str()).collect(),
+            count: outbox.len() as i64,
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.hooks,
+            &self.recipients,
+            &self.ids,
+            &self.created,
+            &self.bodies,
+            &self.count,
+        ]
+    }
+}
+
 /// A room's row, locked for the round; written back before COMMIT when `dirty`.
 #[derive(Debug, Clone)]
 struct RoomRow {
@@ -367,6 +424,11 @@ pub(super) struct Round {
     /// locks (`None`: no block), so a send's block check costs no round trip. At most
     /// two per room of the round.
     blocks: HashMap<(String, String), Option<i64>>,
+    /// The sends' idempotency keys, by (room number, sender, `clientMessageId`): the id
+    /// of the message stored under it when the locks were taken, or `None`; then each
+    /// key this round stored. So a send's lookup costs no round trip. At most one per
+    /// send of the round.
+    retries: HashMap<(i64, String, String), Option<u64>>,
 }
 
 const SELECT_ROOM: &str = concat!(
@@ -383,6 +445,13 @@ const INSERT_ROOM: &str = concat!(
 const CREATE_ROOMS: &str = "INSERT INTO rooms (low, high) \
      SELECT * FROM unnest($1::text[], $2::text[]) AS v(low, high) \
      ORDER BY v.low COLLATE \"C\", v.high COLLATE \"C\" ON CONFLICT (low, high) DO NOTHING";
+/// The messages stored under the sends' idempotency keys, run after [`LOCK_ROOMS`] so
+/// that it reads under the locks.
+const FIND_RETRIES: &str = "SELECT m.room, m.user_id, m.client_message_id, m.id \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(low, high, sender, key) \
+     JOIN rooms r ON r.low = k.low AND r.high = k.high \
+     JOIN messages m ON m.room = r.num AND m.user_id = k.sender \
+                    AND m.client_message_id = k.key";
 /// Locks rooms in one order on every node: by the pair, bytewise.
 const LOCK_ROOMS: &str = concat!(
     "SELECT ",
@@ -408,10 +477,12 @@ impl Round {
                 failed: Cell::new(false),
                 begun: Cell::new(false),
                 pending: RefCell::new(Vec::new()),
+                outbox: RefCell::new(Vec::new()),
             },
             home,
             rooms: HashMap::new(),
             blocks: HashMap::new(),
+            retries: HashMap::new(),
         }
     }
 
@@ -535,36 +606,55 @@ impl Round {
                 &params,
             ));
         }
-        if self.db.begun.get() || !self.db.pending.borrow().is_empty() || !steps.is_empty() {
+        if self.db.begun.get()
+            || !self.db.pending.borrow().is_empty()
+            || !self.db.outbox.borrow().is_empty()
+            || !steps.is_empty()
+        {
             steps.push(Step::Simple("COMMIT"));
             self.db.run(&steps)?;
         }
         Ok(())
     }
 
-    fn enqueue(&self, hook: &str, event: &OutboxEvent) -> Result<u64> {
-        let row = self.db.one(
-            "WITH s AS (INSERT INTO webhook_seq (last) VALUES (1) \
-                        ON CONFLICT (one) DO UPDATE SET last = webhook_seq.last + 1 \
-                        RETURNING last) \
-             INSERT INTO webhook_outbox (hook, seq, recipient, id, created_ms, body) \
-             SELECT $1, s.last, $2, $3, $4, $5 FROM s RETURNING seq",
-            &[
-                &hook,
-                &event.recipient,
-                &event.id,
-                &event.created_ms,
-                &event.body,
-            ],
+    /// Holds a webhook event back until the round's next statement ([`Db`]).
+    fn enqueue(&self, hook: &str, event: &OutboxEvent) {
+        self.db
+            .outbox
+            .borrow_mut()
+            .push((hook.to_owned(), event.clone()));
+    }
+
+    /// The message `sender` stored in the room under `key` before this send, in its
+    /// current state. Known from [`WriteTxn::lock_rooms`] when the writer named the key
+    /// (no round trip unless it is a retry, whose message is read again: this round may
+    /// have changed it since, or erased the key, or expired it); else looked up now.
+    fn stored_retry(&self, num: i64, sender: &str, key: &str) -> Result<Option<ChatMessage>> {
+        match self.retries.get(&(num, sender.to_owned(), key.to_owned())) {
+            Some(None) => return Ok(None),
+            Some(Some(id)) => {
+                if let Some(message) = self.message(num, *id)? {
+                    if message.client_message_id.as_deref() == Some(key) {
+                        return Ok(Some(message));
+                    }
+                }
+            }
+            None => {}
+        }
+        let stored = self.db.one(
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE room = $1 AND user_id = $2 AND client_message_id = $3"
+            ),
+            &[&num, &sender, &key],
         )?;
-        let row =
-            row.ok_or_else(|| backend("PostgreSQL: the outbox insert returned no seq".into()))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(stored.map(|r| message_from(&r, 0)))
     }
 }
 
 impl WriteTxn for Round {
-    fn lock_rooms(&mut self, rooms: &[RoomLock<'_>]) -> Result<()> {
+    fn lock_rooms(&mut self, rooms: &[RoomLock<'_>], sends: &[ClientKey<'_>]) -> Result<()> {
         let todo: Vec<&RoomLock<'_>> = rooms
             .iter()
             .filter(|r| !self.rooms.contains_key(r.room))
@@ -579,7 +669,7 @@ impl WriteTxn for Round {
         // is locked by its inserter, so this is taking those locks in order too.
         let (new_lows, new_highs) = pairs(|r| r.create);
         let (lows, highs) = pairs(|_| true);
-        if lows.is_empty() {
+        if lows.is_empty() && sends.is_empty() {
             return Ok(());
         }
         // The block checks of the sends, both ways, read once the locks are held (the
@@ -591,14 +681,22 @@ impl WriteTxn for Round {
             blockers.extend([low, high]);
             blocked.extend([high, low]);
         }
+        // The sends' idempotency keys, looked up once the locks are held.
+        let key_lows: Vec<&str> = sends.iter().map(|k| k.room.low.as_str()).collect();
+        let key_highs: Vec<&str> = sends.iter().map(|k| k.room.high.as_str()).collect();
+        let key_senders: Vec<&str> = sends.iter().map(|k| k.sender).collect();
+        let key_ids: Vec<&str> = sends.iter().map(|k| k.client_message_id).collect();
         let create: [&(dyn ToSql + Sync); 2] = [&new_lows, &new_highs];
         let lock: [&(dyn ToSql + Sync); 2] = [&lows, &highs];
         let check: [&(dyn ToSql + Sync); 2] = [&blockers, &blocked];
-        let mut steps = Vec::with_capacity(3);
+        let find: [&(dyn ToSql + Sync); 4] = [&key_lows, &key_highs, &key_senders, &key_ids];
+        let mut steps = Vec::with_capacity(4);
         if !new_lows.is_empty() {
             steps.push(Step::Query(CREATE_ROOMS, &create));
         }
-        steps.push(Step::Query(LOCK_ROOMS, &lock));
+        if !lows.is_empty() {
+            steps.push(Step::Query(LOCK_ROOMS, &lock));
+        }
         if !blockers.is_empty() {
             steps.push(Step::Query(
                 "SELECT blocker, blocked, since_ms FROM blocks \
@@ -606,16 +704,47 @@ impl WriteTxn for Round {
                 &check,
             ));
         }
+        if !sends.is_empty() {
+            steps.push(Step::Query(FIND_RETRIES, &find));
+        }
         let mut answers = self.db.run(&steps)?;
+        let stored = if sends.is_empty() {
+            Vec::new()
+        } else {
+            answers.pop().unwrap_or_default()
+        };
         let found = if blockers.is_empty() {
             Vec::new()
         } else {
             answers.pop().unwrap_or_default()
         };
-        let locked = answers.pop().unwrap_or_default();
+        let locked = if lows.is_empty() {
+            Vec::new()
+        } else {
+            answers.pop().unwrap_or_default()
+        };
         for row in &locked {
             let row = RoomRow::from(row);
             self.rooms.insert(row.key(), row);
+        }
+        // A key whose room is not locked (none can be: the writer names every send's
+        // room) is looked up by its send instead.
+        for send in sends {
+            if let Some(room) = self.rooms.get(send.room) {
+                self.retries.insert(
+                    (
+                        room.num,
+                        send.sender.to_owned(),
+                        send.client_message_id.to_owned(),
+                    ),
+                    None,
+                );
+            }
+        }
+        for row in &stored {
+            let id = row.get::<_, i64>(3) as u64;
+            self.retries
+                .insert((row.get(0), row.get(1), row.get(2)), Some(id));
         }
         for (blocker, blocked) in blockers.iter().zip(&blocked) {
             self.blocks
@@ -643,17 +772,8 @@ impl WriteTxn for Round {
             if let Some(earlier) = self.db.pending_retry(num, sender, key) {
                 return Ok(Appended::Duplicate(earlier));
             }
-            let stored = self.db.one(
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE room = $1 AND user_id = $2 \
-                      AND client_message_id = $3"
-                ),
-                &[&num, &sender, &key],
-            )?;
-            if let Some(stored) = stored {
-                return Ok(Appended::Duplicate(message_from(&stored, 0)));
+            if let Some(stored) = self.stored_retry(num, sender, key)? {
+                return Ok(Appended::Duplicate(stored));
             }
         }
         let row = self.rooms.get_mut(room).expect("loaded");
@@ -674,6 +794,11 @@ impl WriteTxn for Round {
         row.change = message.change as i64;
         row.listed = true;
         row.dirty = true;
+        if let Some(key) = client_message_id {
+            // Once held-back messages went out, `pending_retry` no longer finds it.
+            self.retries
+                .insert((num, sender.to_owned(), key.to_owned()), Some(message.id));
+        }
         self.db.pending.borrow_mut().push(NewMessage {
             room: num,
             message: message.clone(),
@@ -884,8 +1009,9 @@ impl WriteTxn for Round {
         })
     }
 
-    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<u64> {
-        self.enqueue(hook, event)
+    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<()> {
+        self.enqueue(hook, event);
+        Ok(())
     }
 
     fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool> {
@@ -935,9 +1061,17 @@ impl WriteTxn for Round {
                 created_ms: now_ms,
                 ..event.clone()
             };
-            self.enqueue(hook, &event)?;
+            self.enqueue(hook, &event);
         }
         Ok(events.len() as u64)
+    }
+
+    fn webhook_gone(&mut self, hook: &str) -> Result<()> {
+        self.db.q(
+            "INSERT INTO webhook_gone (hook) VALUES ($1) ON CONFLICT (hook) DO NOTHING",
+            &[&hook],
+        )?;
+        Ok(())
     }
 
     /// Listed by another node whose heartbeat is recent (`presence.rs`).
@@ -1013,7 +1147,7 @@ impl WriteTxn for Round {
                 create: false,
             })
             .collect();
-        self.lock_rooms(&locks)?;
+        self.lock_rooms(&locks, &[])?;
         let mut erasure = Erasure::default();
         for room in &rooms {
             let Some(row) = self.rooms.get_mut(room) else {

@@ -268,7 +268,7 @@ impl WriteTxn for Batch {
         profile_in(&self.txn.open_table(PROFILES)?, user)
     }
 
-    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<u64> {
+    fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<()> {
         outbox::enqueue(&self.txn, hook, event)
     }
 

@@ -51,7 +51,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-pub(super) fn enqueue(txn: &WriteTransaction, hook: &str, event: &OutboxEvent) -> Result<u64> {
+pub(super) fn enqueue(txn: &WriteTransaction, hook: &str, event: &OutboxEvent) -> Result<()> {
     let seq = {
         let mut meta = txn.open_table(META)?;
         let seq = meta.get("next_webhook_seq")?.map_or(1, |g| g.value());
@@ -66,7 +66,7 @@ pub(super) fn enqueue(txn: &WriteTransaction, hook: &str, event: &OutboxEvent) -
     };
     txn.open_table(WEBHOOK_OUTBOX)?
         .insert((hook, seq), records::encode(&record).as_slice())?;
-    Ok(seq)
+    Ok(())
 }
 
 pub(super) fn remove(txn: &WriteTransaction, hook: &str, seq: u64) -> Result<bool> {
