@@ -60,14 +60,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes the store as JSON lines to stdout; the counts go to stderr.
+/// Writes the store as JSON lines to stdout; the counts go to stderr. In cluster mode the
+/// store is the PostgreSQL database, read while the nodes run.
 fn export(config: &Config, user: Option<&str>) -> ExitCode {
-    let store = match ReadOnlyStore::open(&config.data_dir) {
-        Ok(store) => store,
-        Err(e) => return fail(format_args!("cannot open the store: {e}")),
-    };
     let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    match ops::export::write_dump(&store, user, out) {
+    let written = match &config.cluster.postgres_url {
+        Some(url) => match PgStore::open(url, 1) {
+            Ok(store) => ops::export::write_dump(&store, user, out),
+            Err(e) => return fail(format_args!("cannot open the PostgreSQL store: {e}")),
+        },
+        None => match ReadOnlyStore::open(&config.data_dir) {
+            Ok(store) => ops::export::write_dump(&store, user, out),
+            Err(e) => return fail(format_args!("cannot open the store: {e}")),
+        },
+    };
+    match written {
         Ok(n) => {
             eprintln!(
                 "exported {} profiles, {} blocks, {} erased users, {} rooms, {} messages",
@@ -180,19 +187,21 @@ fn erase_user(config: &Config, user_id: &str) -> ExitCode {
     }
 }
 
-/// The offline commands work on the redb file in the data directory; in cluster mode the
-/// data is in PostgreSQL, whose own tools do this. Erasing a user still works, online,
-/// through `DELETE /admin/users/{id}` on any node.
+/// The offline commands that work on the redb file in the data directory; in cluster mode
+/// the data is in PostgreSQL, whose own tools do this. `export` reads either store.
+/// Erasing a user still works, online, through `DELETE /admin/users/{id}` on any node.
 fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
     let (config, name) = match command {
-        Command::Export { config, .. } => (config, "export"),
         Command::Import { config } => (config, "import"),
         Command::Backup(config) => (config, "backup"),
         Command::Restore { config, .. } => (config, "restore"),
         Command::Verify(config) => (config, "verify"),
         Command::Compact(config) => (config, "compact"),
         Command::EraseUser { config, .. } => (config, "erase-user"),
-        Command::Serve(_) | Command::Token { .. } | Command::AdminToken(_) => return None,
+        Command::Serve(_)
+        | Command::Token { .. }
+        | Command::AdminToken(_)
+        | Command::Export { .. } => return None,
     };
     config.cluster.postgres_url.as_ref().map(|_| {
         format!(

@@ -5,10 +5,10 @@
 //! user's rooms and own blocks only, and bad input or a non-empty directory is refused
 //! with nothing stored.
 //!
-//! In cluster mode there is nothing of this to run: both commands and `GET /admin/export`
-//! work on redb's file, which a PostgreSQL node does not have, so they refuse and name
-//! `pg_dump` (the online refusal is in `tests/cluster_store.rs`). PostgreSQL's own tools
-//! are the export there; a JSON-lines dump of a PostgreSQL store is not built.
+//! Cluster mode (issue 17): the same scenario on the embedded store and on PostgreSQL
+//! exports the same lines, online and with `chat-server export` reading the database while
+//! a node runs. These tests start their own PostgreSQL, so this file runs in the embedded
+//! pass of `scripts/test` only.
 
 mod common;
 
@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::dump::{chat_server, dump_of, export, header, import, message, room};
+use common::postgres::TestPostgres;
 use common::{http_request, raw_request, Server};
 use serde_json::{json, Value};
 
@@ -608,24 +609,115 @@ async fn the_online_export_refuses_a_bad_query_and_streams_a_user_never_seen_as_
 }
 
 #[test]
-fn in_cluster_mode_export_and_import_refuse_naming_pg_dump_and_touch_nothing() {
+fn in_cluster_mode_import_refuses_naming_pg_dump_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    for command in ["export", "import"] {
-        let out = chat_server()
-            .args([command, "--data", data])
-            // Refused from the configuration alone: nothing is connected to.
-            .env(
-                "CHAT_CLUSTER_POSTGRES_URL",
-                "postgres://chat@127.0.0.1:1/chat",
-            )
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{command} succeeded");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("pg_dump"), "{command}: {stderr}");
-        assert!(out.stdout.is_empty(), "{command} wrote a dump");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let out = chat_server()
+        .args(["import", "--data", data])
+        // Refused from the configuration alone: nothing is connected to.
+        .env(
+            "CHAT_CLUSTER_POSTGRES_URL",
+            "postgres://chat@127.0.0.1:1/chat",
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "import succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pg_dump"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// The dump's lines with every time replaced by `"<time>"`: two runs of one scenario
+/// differ in their clocks only.
+fn timeless(dump: &[u8]) -> Vec<Value> {
+    const TIMES: [&str; 9] = [
+        "exportedAt",
+        "seenAt",
+        "lastSentAt",
+        "sentAt",
+        "deliveredAt",
+        "editedAt",
+        "deletedAt",
+        "since",
+        "erasedAt",
+    ];
+    let mut lines = lines(dump);
+    for line in &mut lines {
+        for field in TIMES {
+            if let Some(time) = line.get_mut(field).filter(|t| t.is_string()) {
+                *time = json!("<time>");
+            }
+        }
     }
+    lines
+}
+
+/// A server in cluster mode on `pg`'s database.
+fn start_cluster(pg: &TestPostgres) -> Server {
+    Server::start_with(&[
+        ("CHAT_ADMIN_SECRET", ADMIN),
+        ("CHAT_CLUSTER_POSTGRES_URL", &pg.url()),
+    ])
+}
+
+/// `chat-server export [--user ID]` in cluster mode, on the database at `url`.
+fn exported_from_postgres(url: &str, user: Option<&str>) -> std::process::Output {
+    let mut cmd = chat_server();
+    cmd.arg("export").env("CHAT_CLUSTER_POSTGRES_URL", url);
+    if let Some(user) = user {
+        cmd.args(["--user", user]);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test]
+async fn the_same_scenario_exports_the_same_lines_from_the_embedded_store_and_postgres() {
+    let pg = TestPostgres::start();
+    let embedded = start();
+    let cluster = start_cluster(&pg);
+    generate(&embedded).await;
+    generate(&cluster).await;
+    for query in ["", "?user=bob", "?user=a", "?user=dave", "?user=nobody"] {
+        let (status, from_redb) = exported_online(&embedded, query).await;
+        assert_eq!(status, 200, "{query}");
+        let (status, from_postgres) = exported_online(&cluster, query).await;
+        assert_eq!(status, 200, "{query}");
+        let (redb_lines, postgres_lines) = (timeless(&from_redb), timeless(&from_postgres));
+        for (a, b) in redb_lines.iter().zip(&postgres_lines) {
+            assert_eq!(a, b, "{query}: embedded, then PostgreSQL");
+        }
+        assert_eq!(redb_lines.len(), postgres_lines.len(), "{query}");
+        if query.is_empty() {
+            let all = lines(&from_postgres);
+            let count = |kind: &str| all.iter().filter(|l| l["type"] == kind).count();
+            assert_eq!(
+                [count("profile"), count("block"), count("erased")],
+                [2, 2, 1]
+            );
+            assert_eq!([count("room"), count("message")], [7, 16]);
+        }
+        // `chat-server export` reads the database while the node runs: the same dump.
+        let user = query.strip_prefix("?user=");
+        let out = exported_from_postgres(&pg.url(), user);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_dump(&from_postgres, &out.stdout, &format!("export {query}"));
+    }
+}
+
+#[test]
+fn export_in_cluster_mode_fails_clearly_when_postgres_is_unreachable() {
+    let out = exported_from_postgres("postgres://chat@127.0.0.1:1/chat", None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open the PostgreSQL store"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "a dump was written");
 }

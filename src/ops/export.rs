@@ -11,7 +11,7 @@ use std::io::Write;
 
 use super::{Line, DUMP_FORMAT, DUMP_VERSION};
 use crate::protocol::time::{format_millis, now_millis};
-use crate::store::redb::{Item, Walk};
+use crate::store::dump::{Item, Walk};
 use crate::store::StoreError;
 
 /// Why an export stopped.

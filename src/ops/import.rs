@@ -18,7 +18,8 @@ use super::{Line, DUMP_FORMAT, DUMP_VERSION, OLDEST_DUMP_VERSION};
 use crate::model::{canonical_room_id, ChatMessage, RoomKey, SessionUser};
 use crate::protocol::room::is_valid_user_id;
 use crate::protocol::time::parse_rfc3339_millis;
-use crate::store::redb::{Loader, Put, RoomState};
+use crate::store::dump::RoomState;
+use crate::store::redb::{Loader, Put};
 use crate::store::StoreError;
 
 /// Longest line accepted: a message line with the largest text, escaped, fits many times.

@@ -16,8 +16,10 @@
 //!
 //! Backends: [`redb`] (embedded, the default) and [`postgres`] (cluster mode, several
 //! nodes on one database). `suite` is the behaviour every backend must show, written once
-//! against these traits, and run against both.
+//! against these traits, and run against both. [`dump`] is what export and backup read
+//! from either backend, so a dump is the same lines whichever store it came from.
 
+pub mod dump;
 pub mod postgres;
 pub mod redb;
 #[cfg(test)]

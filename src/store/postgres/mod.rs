@@ -21,6 +21,7 @@
 //! connection that failed or timed out is dropped and made anew by the next round, so
 //! service resumes by itself once PostgreSQL is back.
 
+mod dump;
 mod leader;
 mod presence;
 mod schema;
@@ -186,6 +187,13 @@ impl PgStore {
 
     /// A new connection whose task runs on the store's runtime.
     fn connect(&self) -> Result<txn::Conn> {
+        Ok(txn::Conn::new(self.client()?, self.round_trips.clone()))
+    }
+
+    /// A new client of its own (not the pool's), its connection task on the store's
+    /// runtime: for a long transaction (an export's walk, an import) that must not hold a
+    /// pooled connection the requests need.
+    fn client(&self) -> Result<tokio_postgres::Client> {
         let config = self.config.clone();
         let task = self.io().spawn(async move {
             let (client, connection) = config.connect(NoTls).await?;
@@ -196,9 +204,8 @@ impl PgStore {
             });
             Ok::<_, tokio_postgres::Error>(client)
         });
-        let client = wait(task, CONNECT_TIMEOUT + Duration::from_secs(1))?
-            .map_err(|e| backend(format!("PostgreSQL connection task failed: {e}")))??;
-        Ok(txn::Conn::new(client, self.round_trips.clone()))
+        Ok(wait(task, CONNECT_TIMEOUT + Duration::from_secs(1))?
+            .map_err(|e| backend(format!("PostgreSQL connection task failed: {e}")))??)
     }
 
     /// A pooled connection for one read, within [`OP_TIMEOUT`].
@@ -728,12 +735,13 @@ impl Maintenance for PgStore {
             .map_err(|e| backend(format!("PostgreSQL size query failed: {e}")))?
     }
 
+    /// The dump from one `REPEATABLE READ` snapshot (`dump`), while the nodes go on.
     fn export_dump(
         &self,
-        _user: Option<&str>,
-        _out: &mut dyn std::io::Write,
+        user: Option<&str>,
+        out: &mut dyn std::io::Write,
     ) -> std::result::Result<crate::ops::export::Exported, crate::ops::export::ExportError> {
-        Err(backend(USE_PG_DUMP.into()).into())
+        crate::ops::export::write_dump(self, user, out)
     }
 }
 

@@ -20,56 +20,12 @@ use super::{
     MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS, WEBHOOK_DEAD, WEBHOOK_OUTBOX,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::store::dump::{Item, RoomState, Walk};
 use crate::store::{Result, StoreError};
-
-/// A room as a dump carries it: its pair and the counters that are not derived from its
-/// messages (after retention, the newest id may belong to a message that is gone).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomState {
-    pub key: RoomKey,
-    /// Id of the newest message ever stored; the next one gets `last_id + 1`.
-    pub last_id: u64,
-    /// `sentAt` of that message.
-    pub last_sent_ms: i64,
-    /// Messages from `high` that `low` has not seen.
-    pub unread_low: u64,
-    /// Messages from `low` that `high` has not seen.
-    pub unread_high: u64,
-    /// The room's change counter.
-    pub change: u64,
-    /// The highest id `low` acknowledged receiving.
-    pub delivered_low: u64,
-    /// The same for `high`.
-    pub delivered_high: u64,
-}
-
-/// One thing a walk hands out: profiles, blocks and erasures first, then each room before
-/// its messages, which come in id order.
-pub enum Item<'a> {
-    Profile(&'a SessionUser),
-    /// Blocker, blocked, since (ms).
-    Block(&'a str, &'a str, i64),
-    /// An erased user and when (ms).
-    Erased(&'a str, i64),
-    Room(&'a RoomState),
-    Message(&'a RoomState, &'a ChatMessage),
-}
 
 /// Messages (and other rows) written between two commits of an import: enough to keep
 /// commits few, few enough that a batch's dirty pages stay a few MiB.
 const LOAD_BATCH: usize = 10_000;
-
-/// A store that can be walked: the server's own (for an export while it runs) or one
-/// opened read-only.
-pub trait Walk {
-    /// Walks the store (or only `user`'s profile, own blocks, erasure and rooms) in one read
-    /// transaction, handing each item to `each`; the first error stops the walk.
-    fn walk<E: From<StoreError>>(
-        &self,
-        user: Option<&str>,
-        each: impl FnMut(Item<'_>) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E>;
-}
 
 impl Walk for RedbStore {
     fn walk<E: From<StoreError>>(
