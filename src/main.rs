@@ -129,19 +129,32 @@ fn restore(config: &Config, backup: &std::path::Path, force: bool) -> ExitCode {
     }
 }
 
-/// Builds a new store from JSON lines on stdin; the counts go to stderr.
+/// Builds a new store from JSON lines on stdin; the counts go to stderr. In cluster mode
+/// the new store is the PostgreSQL database, which must be empty.
 fn import(config: &Config) -> ExitCode {
     let input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
-    match ops::import::import(&config.data_dir, input) {
+    let (imported, into) = match &config.cluster.postgres_url {
+        Some(url) => {
+            let store = match PgStore::open(url, 1) {
+                Ok(store) => store,
+                Err(e) => return fail(format_args!("cannot open the PostgreSQL store: {e}")),
+            };
+            let loaded = match store.loader() {
+                Ok(loader) => ops::import::load(loader, input),
+                Err(e) => return fail(format_args!("import refused, nothing stored: {e}")),
+            };
+            (loaded, "the PostgreSQL database".to_owned())
+        }
+        None => (
+            ops::import::import(&config.data_dir, input),
+            config.data_dir.display().to_string(),
+        ),
+    };
+    match imported {
         Ok(n) => {
             eprintln!(
-                "imported {} profiles, {} blocks, {} erased users, {} rooms, {} messages into {}",
-                n.profiles,
-                n.blocks,
-                n.erased,
-                n.rooms,
-                n.messages,
-                config.data_dir.display()
+                "imported {} profiles, {} blocks, {} erased users, {} rooms, {} messages into {into}",
+                n.profiles, n.blocks, n.erased, n.rooms, n.messages,
             );
             ExitCode::SUCCESS
         }
@@ -188,11 +201,11 @@ fn erase_user(config: &Config, user_id: &str) -> ExitCode {
 }
 
 /// The offline commands that work on the redb file in the data directory; in cluster mode
-/// the data is in PostgreSQL, whose own tools do this. `export` reads either store.
+/// the data is in PostgreSQL, whose own tools do this. `export` and `import` work on
+/// either store.
 /// Erasing a user still works, online, through `DELETE /admin/users/{id}` on any node.
 fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
     let (config, name) = match command {
-        Command::Import { config } => (config, "import"),
         Command::Backup(config) => (config, "backup"),
         Command::Restore { config, .. } => (config, "restore"),
         Command::Verify(config) => (config, "verify"),
@@ -201,7 +214,8 @@ fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
         Command::Serve(_)
         | Command::Token { .. }
         | Command::AdminToken(_)
-        | Command::Export { .. } => return None,
+        | Command::Export { .. }
+        | Command::Import { .. } => return None,
     };
     config.cluster.postgres_url.as_ref().map(|_| {
         format!(

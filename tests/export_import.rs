@@ -7,8 +7,11 @@
 //!
 //! Cluster mode (issue 17): the same scenario on the embedded store and on PostgreSQL
 //! exports the same lines, online and with `chat-server export` reading the database while
-//! a node runs. These tests start their own PostgreSQL, so this file runs in the embedded
-//! pass of `scripts/test` only.
+//! a node runs; a dump moves from either store to the other and back unchanged; an import
+//! into PostgreSQL refuses what the embedded import refuses, and a database that is not
+//! empty, storing nothing; an export taken while sends go on is one consistent moment.
+//! These tests start their own PostgreSQL, so this file runs in the embedded pass of
+//! `scripts/test` only.
 
 mod common;
 
@@ -608,27 +611,6 @@ async fn the_online_export_refuses_a_bad_query_and_streams_a_user_never_seen_as_
     );
 }
 
-#[test]
-fn in_cluster_mode_import_refuses_naming_pg_dump_and_touches_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let out = chat_server()
-        .args(["import", "--data", data])
-        // Refused from the configuration alone: nothing is connected to.
-        .env(
-            "CHAT_CLUSTER_POSTGRES_URL",
-            "postgres://chat@127.0.0.1:1/chat",
-        )
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "import succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("pg_dump"), "{stderr}");
-    assert!(out.stdout.is_empty());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-}
-
 /// The dump's lines with every time replaced by `"<time>"`: two runs of one scenario
 /// differ in their clocks only.
 fn timeless(dump: &[u8]) -> Vec<Value> {
@@ -720,4 +702,293 @@ fn export_in_cluster_mode_fails_clearly_when_postgres_is_unreachable() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "a dump was written");
+}
+
+/// `chat-server import` in cluster mode, into the database at `url`, with `input` on stdin.
+fn import_into_postgres(url: &str, input: &[u8]) -> std::process::Output {
+    let mut child = chat_server()
+        .arg("import")
+        .env("CHAT_CLUSTER_POSTGRES_URL", url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refused import may stop reading early; the pipe closing then is expected.
+    let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
+    child.wait_with_output().unwrap()
+}
+
+fn succeeded(out: &std::process::Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.clone()
+}
+
+#[tokio::test]
+async fn a_dump_moves_from_the_embedded_store_to_postgres_and_back_unchanged() {
+    let pg = TestPostgres::start();
+    let mut original = start();
+    let dave_token = generate(&original).await;
+    let before = views(&original).await;
+    assert!(original.terminate());
+    let first = exported(original.data_dir(), None);
+
+    let out = import_into_postgres(&pg.url(), &first);
+    succeeded(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("imported 2 profiles, 2 blocks, 1 erased users, 7 rooms, 16 messages"),
+        "{stderr}"
+    );
+    let second = succeeded(&exported_from_postgres(&pg.url(), None));
+    assert_same_dump(&first, &second, "embedded, then PostgreSQL");
+    let back = tempfile::tempdir().unwrap();
+    succeeded(&import(back.path(), &second));
+    assert_same_dump(&first, &exported(back.path(), None), "and back to embedded");
+
+    // A node on the imported database serves what the embedded server served.
+    let node = start_cluster(&pg);
+    assert_eq!(views(&node).await, before);
+    let (status, _) = node.get("/api/rooms", Some(&dave_token)).await;
+    assert_eq!(status, 401, "the erased user's old token is still refused");
+    let mut alice = node.connect("alice").await;
+    let retry = alice
+        .request("message", send("alice", "alice-bob", "retried", "a2"))
+        .await;
+    assert_eq!(
+        (&retry["message"]["id"], &retry["message"]["message"]),
+        (&json!(2), &json!("hi 2")),
+        "{retry}"
+    );
+    let next = alice
+        .request("message", send("alice", "alice-bob", "new", "a6"))
+        .await;
+    assert_eq!(next["message"]["id"], 9, "{next}");
+    // A room made after the import is numbered past the imported ones: it walks last.
+    let reply = alice.send_message("alice-erin", "a new room").await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let (_, now) = exported_online(&node, "").await;
+    let rooms: Vec<String> = lines(&now)
+        .iter()
+        .filter(|l| l["type"] == "room")
+        .map(|l| l["roomId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rooms.len(), 8);
+    assert_eq!(rooms.last().unwrap(), "alice-erin");
+}
+
+#[tokio::test]
+async fn a_dump_moves_from_postgres_to_the_embedded_store_and_back_unchanged() {
+    let pg = TestPostgres::start();
+    let mut node = start_cluster(&pg);
+    generate(&node).await;
+    let before = views(&node).await;
+    let (status, online) = exported_online(&node, "").await;
+    assert_eq!(status, 200);
+    assert!(node.terminate());
+    let first = succeeded(&exported_from_postgres(&pg.url(), None));
+    assert_same_dump(&online, &first, "online and offline, PostgreSQL");
+
+    let target = tempfile::tempdir().unwrap();
+    succeeded(&import(target.path(), &first));
+    assert_same_dump(
+        &first,
+        &exported(target.path(), None),
+        "PostgreSQL, then embedded",
+    );
+    let embedded = Server::start_in(target, &[("CHAT_ADMIN_SECRET", ADMIN)]);
+    assert_eq!(views(&embedded).await, before);
+
+    let again = pg.create_database("again");
+    succeeded(&import_into_postgres(&again, &first));
+    assert_same_dump(
+        &first,
+        &succeeded(&exported_from_postgres(&again, None)),
+        "and into another PostgreSQL database",
+    );
+}
+
+/// An import into the database at `url` that must be refused naming `line` and saying
+/// `says`, leaving the database empty.
+fn refused_by_postgres(url: &str, input: &[u8], line: Option<usize>, says: &str) {
+    let out = import_into_postgres(url, input);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    if let Some(line) = line {
+        assert!(stderr.contains(&format!("line {line}: ")), "{stderr}");
+    }
+    assert!(stderr.contains(says), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let left = lines(&succeeded(&exported_from_postgres(url, None)));
+    assert_eq!(left.len(), 1, "stored: {left:?}");
+}
+
+#[test]
+fn an_import_into_postgres_refuses_bad_input_and_a_non_empty_database_storing_nothing() {
+    let pg = TestPostgres::start();
+    let url = pg.url();
+    let t = "2026-01-01T00:00:00.000Z";
+    let ab = ["alice", "bob"];
+    let mut header2 = header();
+    header2["version"] = json!(2);
+    let good = [
+        header2,
+        json!({"type": "profile", "userId": "alice", "name": "Alice"}),
+        json!({"type": "block", "blocker": "bob", "blocked": "alice", "since": t}),
+        json!({"type": "erased", "userId": "carol", "erasedAt": t}),
+        room(ab, 2, t, [0, 2]),
+        message(ab, 1, "alice", t),
+        message(ab, 2, "alice", t),
+    ];
+
+    let mut gap = good.to_vec();
+    gap[6] = message(ab, 3, "alice", t);
+    refused_by_postgres(&url, &dump_of(&gap), Some(7), "ids must be consecutive");
+    let mut malformed = dump_of(&good);
+    malformed.extend_from_slice(b"{\"type\": \"message\", \"id\": \n");
+    refused_by_postgres(&url, &malformed, Some(8), "not a dump line");
+    let mut unread = good.to_vec();
+    unread[4] = room(ab, 2, t, [0, 1]);
+    refused_by_postgres(&url, &dump_of(&unread), Some(5), "unseen");
+    refused_by_postgres(&url, b"", None, "empty");
+
+    // What only the database being built can tell: the same row twice.
+    let mut twice = good.to_vec();
+    twice[5]["clientMessageId"] = json!("k");
+    twice[6]["clientMessageId"] = json!("k");
+    refused_by_postgres(
+        &url,
+        &dump_of(&twice),
+        Some(7),
+        "already used clientMessageId \"k\"",
+    );
+    let mut room_line = room(ab, 2, t, [0, 2]);
+    room_line["change"] = json!(3);
+    let mut shared = good.to_vec();
+    shared[4] = room_line;
+    shared[5]["change"] = json!(3);
+    shared[6]["change"] = json!(3);
+    refused_by_postgres(
+        &url,
+        &dump_of(&shared),
+        Some(7),
+        "change 3 is held by another message",
+    );
+    let mut again = good.to_vec();
+    again.insert(2, good[1].clone());
+    refused_by_postgres(
+        &url,
+        &dump_of(&again),
+        Some(3),
+        "a second profile for \"alice\"",
+    );
+    let mut again = good.to_vec();
+    again.insert(3, good[2].clone());
+    refused_by_postgres(&url, &dump_of(&again), Some(4), "a second block");
+    let mut again = good.to_vec();
+    again.insert(4, good[3].clone());
+    refused_by_postgres(&url, &dump_of(&again), Some(5), "a second erasure");
+    let mut again = good.to_vec();
+    again.extend_from_slice(&good[4..]);
+    refused_by_postgres(
+        &url,
+        &dump_of(&again),
+        Some(8),
+        "room alice-bob appears twice",
+    );
+    // A clash with a row of an earlier batch (1,000 rows a batch) is found all the same.
+    let mut many = vec![good[0].clone()];
+    for i in 0..1500 {
+        many.push(json!({"type": "profile", "userId": format!("u{i:04}"), "name": "U"}));
+    }
+    many.push(json!({"type": "profile", "userId": "u0003", "name": "again"}));
+    refused_by_postgres(
+        &url,
+        &dump_of(&many),
+        Some(1502),
+        "a second profile for \"u0003\"",
+    );
+    // The embedded store takes any u64; PostgreSQL's bigint does not, and says so.
+    let huge = [good[0].clone(), room(ab, 1 << 63, t, [0, 0])];
+    refused_by_postgres(&url, &dump_of(&huge), Some(2), "past PostgreSQL's bigint");
+
+    // The good dump loads; a second load into the now non-empty database is refused.
+    let out = import_into_postgres(&url, &dump_of(&good));
+    succeeded(&out);
+    let stored = succeeded(&exported_from_postgres(&url, None));
+    let out = import_into_postgres(&url, &dump_of(&good));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not empty (1 rooms, 1 profiles, 1 blocks, 1 erased users)"),
+        "{stderr}"
+    );
+    assert_same_dump(
+        &stored,
+        &succeeded(&exported_from_postgres(&url, None)),
+        "the refused import changed the database",
+    );
+}
+
+#[tokio::test]
+async fn a_postgres_export_taken_while_sends_go_on_is_one_consistent_moment() {
+    let pg = TestPostgres::start();
+    let node = start_cluster(&pg);
+    // Rooms of more than one page (500 rows), so that a room is read in several statements.
+    let mut alice = node.connect("alice").await;
+    for i in 0..1200 {
+        let room = if i % 2 == 0 {
+            "alice-bob"
+        } else {
+            "alice-carol"
+        };
+        assert_eq!(alice.send_message(room, "fill").await["ok"], true);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for (user, room) in [
+        ("bob", "alice-bob"),
+        ("carol", "alice-carol"),
+        ("alice", "alice-bob"),
+    ] {
+        let mut client = node.connect(user).await;
+        let stop = stop.clone();
+        senders.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(client.send_message(room, "during").await["ok"], true);
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let mut messages = Vec::new();
+    for _ in 0..4 {
+        let (status, dump) = exported_online(&node, "").await;
+        assert_eq!(status, 200);
+        // The embedded import checks every room against its messages: last id, last
+        // sentAt, unread counts. A dump read across moments fails them.
+        let dir = tempfile::tempdir().unwrap();
+        succeeded(&import(dir.path(), &dump));
+        messages.push(
+            lines(&dump)
+                .iter()
+                .filter(|l| l["type"] == "message")
+                .count(),
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut during = 0;
+    for sender in senders {
+        during += sender.await.unwrap();
+    }
+    assert!(during > 0);
+    assert!(
+        messages.windows(2).any(|w| w[1] > w[0]),
+        "sends went on between the exports: {messages:?}"
+    );
 }

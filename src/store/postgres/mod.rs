@@ -45,6 +45,7 @@ use crate::model::{
     SessionUser,
 };
 
+pub use dump::PgLoader;
 pub use leader::{Leader, OnOutbox, Term};
 pub use presence::PresenceBoard;
 pub use schema::VERSION as SCHEMA_VERSION;

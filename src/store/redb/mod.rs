@@ -41,7 +41,7 @@ mod outbox;
 mod records;
 mod verify;
 
-pub use dump::{Loader, OpenError, Put, ReadOnlyStore};
+pub use dump::{Loader, OpenError, ReadOnlyStore};
 
 use std::path::{Path, PathBuf};
 
