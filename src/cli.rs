@@ -160,7 +160,8 @@ enum Sub {
     AdminToken(AdminArgs),
     /// Take a backup through the running server's admin API and print its report.
     Backup(BackupArgs),
-    /// Install a backup file as the store of the data dir (stopped server; verified first).
+    /// Install a backup file as the store of the data dir (stopped server; verified first);
+    /// in cluster mode, load a backup dump into the empty PostgreSQL database.
     Restore(RestoreArgs),
     /// Check the store of the data dir (stopped server); exit status 0 when it is sound.
     Verify(SharedArgs),
@@ -218,7 +219,7 @@ impl BackupArgs {
 
 #[derive(Args, Debug)]
 struct RestoreArgs {
-    /// The backup file (a chat-*.redb from the backups directory)
+    /// The backup file (a chat-*.redb from the backups directory; chat-*.jsonl in cluster mode)
     backup: PathBuf,
     /// Replace the store of a data dir that is not empty
     #[arg(long)]

@@ -708,18 +708,30 @@ impl WriteStore for PgStore {
     }
 }
 
-/// What to do instead, for the redb file operations that have no meaning here.
-const USE_PG_DUMP: &str = "cluster mode stores in PostgreSQL: back up, verify and copy it \
-                           with PostgreSQL's own tools (pg_dump, pg_basebackup), not \
-                           chat-server's";
-
 impl Maintenance for PgStore {
-    fn without_file_operations(&self) -> Option<&'static str> {
-        Some(USE_PG_DUMP)
-    }
-
-    fn backup_into(&self, _dest: &std::path::Path, _buffer_bytes: usize) -> Result<StoreCounts> {
-        Err(backend(USE_PG_DUMP.into()))
+    /// A dump of the whole database (`chat-server restore` loads it into an empty one),
+    /// from one `REPEATABLE READ` snapshot: the backup of a database operators do not
+    /// back up with PostgreSQL's own tools, or a copy to move to an embedded server.
+    fn backup_into(&self, dest: &std::path::Path, _buffer_bytes: usize) -> Result<StoreCounts> {
+        use crate::ops::export::{write_dump, ExportError};
+        let io = |e: std::io::Error| backend(format!("cannot write {}: {e}", dest.display()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        let written = write_dump(self, None, &mut out).map_err(|e| match e {
+            ExportError::Store(e) => e,
+            ExportError::Write(e) => io(e),
+        })?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        Ok(StoreCounts {
+            rooms: written.rooms,
+            messages: written.messages,
+            highest_message_id: written.highest_message_id,
+        })
     }
 
     /// The database's size on disk, as PostgreSQL counts it.
