@@ -22,7 +22,7 @@ use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::dump::{Item, Load, LoadError, RoomState, Taken, Walk};
 use crate::store::{Result, StoreError};
 
-/// Rows read per statement: a few hundred KiB of messages at most.
+/// Rows read per statement, and so held at a time: 500 messages at most.
 const PAGE: i64 = 500;
 
 /// How long the walk's transaction may wait on its consumer between two pages.
