@@ -32,7 +32,8 @@ pub enum Command {
         /// How long the token is valid from now.
         ttl: Duration,
     },
-    /// Write the store in `config.data_dir` as JSON lines to stdout.
+    /// Write the store (`config.data_dir`'s, or in cluster mode the PostgreSQL database)
+    /// as JSON lines to stdout.
     Export {
         config: Config,
         /// Only this user's profile, rooms and messages (a data-access request).
@@ -149,7 +150,8 @@ enum Sub {
     Serve(ServeArgs),
     /// Print a token for USER_ID signed with the server's secret.
     Token(TokenArgs),
-    /// Write the store as JSON lines to stdout (offline: the server must be stopped).
+    /// Write the store as JSON lines to stdout (the embedded store: with the server
+    /// stopped; cluster mode: from PostgreSQL, while the nodes run).
     Export(ExportArgs),
     /// Build a new store in an empty data directory from JSON lines on stdin.
     Import(ImportArgs),
@@ -158,7 +160,8 @@ enum Sub {
     AdminToken(AdminArgs),
     /// Take a backup through the running server's admin API and print its report.
     Backup(BackupArgs),
-    /// Install a backup file as the store of the data dir (stopped server; verified first).
+    /// Install a backup file as the store of the data dir (stopped server; verified first);
+    /// in cluster mode, load a backup dump into the empty PostgreSQL database.
     Restore(RestoreArgs),
     /// Check the store of the data dir (stopped server); exit status 0 when it is sound.
     Verify(SharedArgs),
@@ -216,7 +219,7 @@ impl BackupArgs {
 
 #[derive(Args, Debug)]
 struct RestoreArgs {
-    /// The backup file (a chat-*.redb from the backups directory)
+    /// The backup file (a chat-*.redb from the backups directory; chat-*.jsonl in cluster mode)
     backup: PathBuf,
     /// Replace the store of a data dir that is not empty
     #[arg(long)]

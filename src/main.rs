@@ -60,14 +60,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes the store as JSON lines to stdout; the counts go to stderr.
+/// Writes the store as JSON lines to stdout; the counts go to stderr. In cluster mode the
+/// store is the PostgreSQL database, read while the nodes run.
 fn export(config: &Config, user: Option<&str>) -> ExitCode {
-    let store = match ReadOnlyStore::open(&config.data_dir) {
-        Ok(store) => store,
-        Err(e) => return fail(format_args!("cannot open the store: {e}")),
-    };
     let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    match ops::export::write_dump(&store, user, out) {
+    let written = match &config.cluster.postgres_url {
+        Some(url) => match PgStore::open(url, 1) {
+            Ok(store) => ops::export::write_dump(&store, user, out),
+            Err(e) => return fail(format_args!("cannot open the PostgreSQL store: {e}")),
+        },
+        None => match ReadOnlyStore::open(&config.data_dir) {
+            Ok(store) => ops::export::write_dump(&store, user, out),
+            Err(e) => return fail(format_args!("cannot open the store: {e}")),
+        },
+    };
+    match written {
         Ok(n) => {
             eprintln!(
                 "exported {} profiles, {} blocks, {} erased users, {} rooms, {} messages",
@@ -111,6 +118,9 @@ fn backup(config: &Config) -> ExitCode {
 }
 
 fn restore(config: &Config, backup: &std::path::Path, force: bool) -> ExitCode {
+    if let Some(url) = &config.cluster.postgres_url {
+        return restore_into_postgres(url, backup, force);
+    }
     match offline::restore(backup, &config.data_dir, force) {
         Ok(found) => print_line(&format!(
             "restored {} into {}: {}",
@@ -122,19 +132,71 @@ fn restore(config: &Config, backup: &std::path::Path, force: bool) -> ExitCode {
     }
 }
 
-/// Builds a new store from JSON lines on stdin; the counts go to stderr.
+/// Cluster mode's restore: loads a backup (a dump, `chat-*.jsonl`) into the empty
+/// database, as `import` does; the load's line checks are its verification.
+fn restore_into_postgres(url: &str, backup: &std::path::Path, force: bool) -> ExitCode {
+    if force {
+        return fail(
+            "--force replaces the embedded store's file; in cluster mode restore loads into an \
+             empty database only (empty or recreate it with PostgreSQL's tools first)",
+        );
+    }
+    let input = match std::fs::File::open(backup) {
+        Ok(file) => std::io::BufReader::with_capacity(1 << 16, file),
+        Err(e) => return fail(format_args!("cannot read {}: {e}", backup.display())),
+    };
+    let store = match PgStore::open(url, 1) {
+        Ok(store) => store,
+        Err(e) => return fail(format_args!("cannot open the PostgreSQL store: {e}")),
+    };
+    let loaded = match store.loader() {
+        Ok(loader) => ops::import::load(loader, input),
+        Err(e) => return fail(format_args!("restore refused, nothing stored: {e}")),
+    };
+    match loaded {
+        Ok(n) => print_line(&format!(
+            "restored {} into the PostgreSQL database: {} profiles, {} blocks, {} erased \
+             users, {} rooms, {} messages",
+            backup.display(),
+            n.profiles,
+            n.blocks,
+            n.erased,
+            n.rooms,
+            n.messages
+        )),
+        Err(e) => fail(format_args!(
+            "restore refused, nothing stored: {}: {e}",
+            backup.display()
+        )),
+    }
+}
+
+/// Builds a new store from JSON lines on stdin; the counts go to stderr. In cluster mode
+/// the new store is the PostgreSQL database, which must be empty.
 fn import(config: &Config) -> ExitCode {
     let input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
-    match ops::import::import(&config.data_dir, input) {
+    let (imported, into) = match &config.cluster.postgres_url {
+        Some(url) => {
+            let store = match PgStore::open(url, 1) {
+                Ok(store) => store,
+                Err(e) => return fail(format_args!("cannot open the PostgreSQL store: {e}")),
+            };
+            let loaded = match store.loader() {
+                Ok(loader) => ops::import::load(loader, input),
+                Err(e) => return fail(format_args!("import refused, nothing stored: {e}")),
+            };
+            (loaded, "the PostgreSQL database".to_owned())
+        }
+        None => (
+            ops::import::import(&config.data_dir, input),
+            config.data_dir.display().to_string(),
+        ),
+    };
+    match imported {
         Ok(n) => {
             eprintln!(
-                "imported {} profiles, {} blocks, {} erased users, {} rooms, {} messages into {}",
-                n.profiles,
-                n.blocks,
-                n.erased,
-                n.rooms,
-                n.messages,
-                config.data_dir.display()
+                "imported {} profiles, {} blocks, {} erased users, {} rooms, {} messages into {into}",
+                n.profiles, n.blocks, n.erased, n.rooms, n.messages,
             );
             ExitCode::SUCCESS
         }
@@ -180,25 +242,29 @@ fn erase_user(config: &Config, user_id: &str) -> ExitCode {
     }
 }
 
-/// The offline commands work on the redb file in the data directory; in cluster mode the
-/// data is in PostgreSQL, whose own tools do this. Erasing a user still works, online,
-/// through `DELETE /admin/users/{id}` on any node.
+/// The offline commands that work on the redb file in the data directory; in cluster mode
+/// the data is in PostgreSQL, whose own tools do this. `export`, `import`, `backup` and
+/// `restore` work on either store.
+/// Erasing a user still works, online, through `DELETE /admin/users/{id}` on any node.
 fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
     let (config, name) = match command {
-        Command::Export { config, .. } => (config, "export"),
-        Command::Import { config } => (config, "import"),
-        Command::Backup(config) => (config, "backup"),
-        Command::Restore { config, .. } => (config, "restore"),
         Command::Verify(config) => (config, "verify"),
         Command::Compact(config) => (config, "compact"),
         Command::EraseUser { config, .. } => (config, "erase-user"),
-        Command::Serve(_) | Command::Token { .. } | Command::AdminToken(_) => return None,
+        Command::Serve(_)
+        | Command::Token { .. }
+        | Command::AdminToken(_)
+        | Command::Export { .. }
+        | Command::Import { .. }
+        | Command::Backup(_)
+        | Command::Restore { .. } => return None,
     };
     config.cluster.postgres_url.as_ref().map(|_| {
         format!(
             "`{name}` works on the embedded store's file, but cluster.postgres_url is set: \
-             the data is in PostgreSQL; use pg_dump / pg_restore (and the admin API's \
-             `DELETE /admin/users/{{id}}` on a running node)"
+             the data is in PostgreSQL, whose own tools check and compact it (amcheck, \
+             VACUUM); erase a user with the admin API's `DELETE /admin/users/{{id}}` on a \
+             running node"
         )
     })
 }

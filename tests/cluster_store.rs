@@ -1,5 +1,6 @@
 //! Cluster mode's store: the real binary with `cluster.postgres_url` set, on a throwaway
-//! PostgreSQL (`common::postgres`), one or two nodes sharing it.
+//! PostgreSQL (`common::postgres`), one or two nodes sharing it; and its backups (dumps,
+//! kept like the embedded store's, restored into an empty database).
 
 mod common;
 
@@ -256,28 +257,261 @@ async fn a_snapshot_shows_what_another_node_changed_in_the_room() {
     assert_eq!(sent["messages"][1]["message"], "two, edited", "{sent}");
 }
 
+const ADMIN: &str = "cluster-admin-secret-for-the-test";
+
+/// `chat-server ARGS` in cluster mode on the database at `url`.
+fn chat_server_on(url: &str, args: &[&str]) -> std::process::Output {
+    common::dump::chat_server()
+        .args(args)
+        .env("CHAT_CLUSTER_POSTGRES_URL", url)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `chat-server backup` against `server`: the report it printed.
+fn backup(server: &Server) -> Value {
+    let out = common::dump::chat_server()
+        .args(["backup", "--bind", &server.addr.to_string()])
+        .args(["--admin-secret", ADMIN])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "backup: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+/// `chat-server export` of the database at `url`.
+fn export(url: &str) -> Vec<u8> {
+    let out = chat_server_on(url, &["export"]);
+    assert!(out.status.success(), "export: {}", text(&out.stderr));
+    out.stdout
+}
+
+/// Two dumps hold the same lines but for the header's `exportedAt`.
+fn assert_same_dump(a: &[u8], b: &[u8], what: &str) {
+    let (a, b) = (text(a), text(b));
+    let (head_a, rest_a) = a.split_once('\n').unwrap();
+    let (head_b, rest_b) = b.split_once('\n').unwrap();
+    assert!(
+        rest_a == rest_b,
+        "{what}: the dumps differ\n{rest_a}\n---\n{rest_b}"
+    );
+    let mut head_a: Value = serde_json::from_str(head_a).unwrap();
+    let mut head_b: Value = serde_json::from_str(head_b).unwrap();
+    head_a.as_object_mut().unwrap().remove("exportedAt");
+    head_b.as_object_mut().unwrap().remove("exportedAt");
+    assert_eq!(head_a, head_b, "{what}");
+}
+
 #[tokio::test]
-async fn the_admin_api_refuses_file_backups_and_dumps_before_answering_anything_else() {
+async fn a_backup_is_a_dump_kept_like_the_embedded_ones_and_restores_into_an_empty_database() {
     let pg = TestPostgres::start();
-    let admin = "cluster-admin-secret-for-the-test";
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("kept");
     let server = Server::start_with(&[
         ("CHAT_CLUSTER_POSTGRES_URL", &pg.url()),
-        ("CHAT_ADMIN_SECRET", admin),
+        ("CHAT_ADMIN_SECRET", ADMIN),
+        ("CHAT_BACKUP_KEEP", "2"),
+        ("CHAT_BACKUP_DIR", backups.to_str().unwrap()),
     ]);
-    for (method, path) in [
-        ("POST", "/admin/backup"),
-        ("GET", "/admin/export"),
-        ("GET", "/admin/export?user=alice"),
-    ] {
-        let (status, body) = common::http_request(server.addr, method, path, Some(admin)).await;
-        assert_eq!(status, 501, "{method} {path}: {body}");
-        assert_eq!(body["error"]["code"], "not_supported", "{body}");
-        let why = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(why.contains("pg_dump"), "{method} {path}: {body}");
-    }
-    // The refusal is about the operation, not the caller: without the secret it is 401.
     let (status, _) = common::http_request(server.addr, "POST", "/admin/backup", None).await;
-    assert_eq!(status, 401);
+    assert_eq!(status, 401, "the admin secret is needed");
+    let mut alice = server.connect("alice").await;
+    let mut names: Vec<String> = Vec::new();
+    let mut newest = String::new();
+    for round in 0..3u64 {
+        send(&mut alice, "alice-bob", &format!("before backup {round}")).await;
+        let report = backup(&server);
+        assert_eq!(
+            (
+                &report["rooms"],
+                &report["messages"],
+                &report["highestMessageId"]
+            ),
+            (&json!(1), &json!(round + 1), &json!(round + 1)),
+            "{report}"
+        );
+        let name = report["name"].as_str().unwrap().to_owned();
+        assert!(
+            name.starts_with("chat-2") && name.ends_with("Z.jsonl"),
+            "{name}"
+        );
+        let expected: Vec<&String> = if round == 2 { vec![&names[0]] } else { vec![] };
+        assert_eq!(report["deleted"], json!(expected), "{report}");
+        newest = report["path"].as_str().unwrap().to_owned();
+        let bytes = std::fs::metadata(&newest).unwrap().len();
+        assert_eq!(report["bytes"], bytes, "{report}");
+        names.push(name);
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, names[1..], "backup.keep = 2");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backups).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+    // The backup is the dump of its moment: nothing was sent since, so the export now is
+    // the same lines.
+    let backed_up = std::fs::read(&newest).unwrap();
+    assert_same_dump(&backed_up, &export(&pg.url()), "the backup and the export");
+
+    // Restored into a new database: the same lines, and a node on it serves them.
+    let restored = pg.create_database("restored");
+    let out = chat_server_on(&restored, &["restore", &newest]);
+    assert!(out.status.success(), "restore: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "into the PostgreSQL database: 0 profiles, 0 blocks, 0 \
+                                    erased users, 1 rooms, 3 messages"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_same_dump(&backed_up, &export(&restored), "the restored database");
+    let node = Server::start_with(&[("CHAT_CLUSTER_POSTGRES_URL", &restored)]);
+    let mut bob = node.connect("bob").await;
+    let texts: Vec<&str> = vec!["before backup 2", "before backup 1", "before backup 0"];
+    let page = history(&mut bob, "alice-bob").await;
+    let shown: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, texts);
+
+    // Into a database that holds data, or with --force: refused, nothing changes.
+    let out = chat_server_on(&restored, &["restore", &newest]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = chat_server_on(&restored, &["restore", &newest, "--force"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_same_dump(&backed_up, &export(&restored), "after the refused restores");
+
+    // A damaged backup (cut mid-line) is refused naming the line; nothing is stored.
+    let damaged_file = dir.path().join("damaged.jsonl");
+    std::fs::write(&damaged_file, &backed_up[..backed_up.len() - 10]).unwrap();
+    let damaged = pg.create_database("damaged");
+    let out = chat_server_on(&damaged, &["restore", damaged_file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let last = text(&backed_up).lines().count();
+    assert!(
+        stderr.contains(&format!("line {last}: not a dump line")),
+        "{stderr}"
+    );
+    assert_eq!(
+        text(&export(&damaged)).lines().count(),
+        1,
+        "nothing restored"
+    );
+}
+
+#[tokio::test]
+async fn a_backup_under_load_holds_every_message_acknowledged_before_it() {
+    let pg = TestPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&[
+        ("CHAT_CLUSTER_POSTGRES_URL", &pg.url()),
+        ("CHAT_ADMIN_SECRET", ADMIN),
+        ("CHAT_BACKUP_DIR", dir.path().to_str().unwrap()),
+    ]);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for (user, room) in [("alice", "alice-bob"), ("carol", "bob-carol")] {
+        let mut client = server.connect(user).await;
+        let (acked, stop) = (acked.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = format!("{user} {n}");
+                let ack = client.send_message(room, &text).await;
+                assert_eq!(ack["ok"], true, "{ack}");
+                acked.lock().unwrap().push(text);
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: Vec<String> = acked.lock().unwrap().clone();
+    let report = tokio::task::spawn_blocking({
+        let server_addr = server.addr;
+        move || {
+            let out = common::dump::chat_server()
+                .args(["backup", "--bind", &server_addr.to_string()])
+                .args(["--admin-secret", ADMIN])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "backup: {}", text(&out.stderr));
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let total = acked.lock().unwrap().len();
+    assert!(total > before.len(), "sends went on during the backup");
+    let dump = std::fs::read_to_string(report["path"].as_str().unwrap()).unwrap();
+    let in_backup: std::collections::HashSet<String> = dump
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["type"] == "message")
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(report["messages"], in_backup.len(), "{report}");
+    for text in &before {
+        assert!(
+            in_backup.contains(text),
+            "{text:?} was acknowledged before the backup"
+        );
+    }
+    // One moment: the backup restores (the load checks every room against its messages).
+    let restored = pg.create_database("restored");
+    let out = chat_server_on(&restored, &["restore", report["path"].as_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out.stderr));
+}
+
+#[test]
+fn the_embedded_store_file_commands_refuse_in_cluster_mode_and_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [
+        vec!["verify", "--data", data],
+        vec!["compact", "--data", data],
+        vec!["erase-user", "alice", "--data", data],
+    ] {
+        // Refused from the configuration alone: nothing is connected to.
+        let out = chat_server_on("postgres://chat@127.0.0.1:1/chat", &args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("cluster.postgres_url is set")
+                && stderr.contains("DELETE /admin/users"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
 
 #[test]

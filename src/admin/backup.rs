@@ -1,12 +1,14 @@
 //! `POST /admin/backup`: a consistent copy of the store, taken while the server runs.
 //!
 //! The copy itself is the store's ([`crate::store::Maintenance::backup_into`]: one read
-//! transaction, so it never holds the writer). This file decides where it goes and how it
-//! becomes a backup: written under a temporary name, fsync'd, renamed into place and the
-//! directory fsync'd, so a file named `chat-*.redb` is always complete, even after a
-//! crash mid-backup. Then only the newest `backup.keep` are kept. One backup runs at a
-//! time; a second request waits for the first. The copy runs on a blocking thread, so the
-//! runtime keeps serving sends meanwhile.
+//! transaction, so it never holds the writer): a redb file, or in cluster mode a dump of
+//! the PostgreSQL database (`chat-*.jsonl`, which `chat-server restore` loads into an
+//! empty database). This file decides where it goes and how it becomes a backup: written
+//! under a temporary name, fsync'd, renamed into place and the directory fsync'd, so a
+//! file named `chat-*.redb` (or `.jsonl`) is always complete, even after a crash
+//! mid-backup. Then only the newest `backup.keep` are kept. One backup runs at a time; a
+//! second request waits for the first. The copy runs on a blocking thread, so the runtime
+//! keeps serving sends meanwhile.
 
 use std::fs;
 use std::io;
@@ -25,10 +27,13 @@ use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::{ChatError, ErrorCode};
 use crate::store::{Maintenance, StoreCounts};
 
-/// File names of backups: this prefix, a UTC time, this suffix. The time is fixed-width,
-/// so names sort oldest first.
+/// File names of backups: this prefix, a UTC time, the suffix of the store's kind. The
+/// time is fixed-width, so names sort oldest first.
 const PREFIX: &str = "chat-";
-const SUFFIX: &str = ".redb";
+/// A copy of the embedded store's file.
+const REDB_SUFFIX: &str = ".redb";
+/// A dump, cluster mode's backup.
+const DUMP_SUFFIX: &str = ".jsonl";
 
 /// The backups directory and its rules.
 pub struct Backups {
@@ -36,6 +41,8 @@ pub struct Backups {
     dir: PathBuf,
     /// How many are kept (`backup.keep`).
     keep: usize,
+    /// The backups' file suffix: [`REDB_SUFFIX`], or [`DUMP_SUFFIX`] in cluster mode.
+    suffix: &'static str,
     /// Memory a backup may use for its copy (`memory.backup_buffer_bytes`).
     buffer_bytes: usize,
     /// Held for the whole of a backup: two at once would only compete for the disk.
@@ -69,6 +76,10 @@ impl Backups {
         Backups {
             dir: config.backup_dir(),
             keep: config.backup.keep,
+            suffix: match config.cluster.postgres_url {
+                Some(_) => DUMP_SUFFIX,
+                None => REDB_SUFFIX,
+            },
             buffer_bytes: config.memory.backup_buffer_bytes,
             running: Arc::new(Mutex::new(())),
         }
@@ -77,9 +88,6 @@ impl Backups {
 
 /// Takes a backup and answers with its [`BackupReport`].
 pub async fn take(app: Arc<App>, backups: Arc<Backups>) -> AdminReply {
-    if let Some(why) = app.maintenance.without_file_operations() {
-        return Err(ChatError::new(ErrorCode::NotSupported, why));
-    }
     let running = backups.running.clone().lock_owned().await;
     let store = app.maintenance.clone();
     let blocking = tokio::task::spawn_blocking(move || {
@@ -115,7 +123,7 @@ fn write_backup(store: &dyn Maintenance, backups: &Backups) -> io::Result<Backup
     let dir = &backups.dir;
     create_private_dir(dir)?;
     let started = Instant::now();
-    let name = fresh_name(dir);
+    let name = fresh_name(dir, backups.suffix);
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let counts = match copy_into(store, &tmp, backups.buffer_bytes) {
@@ -129,7 +137,7 @@ fn write_backup(store: &dyn Maintenance, backups: &Backups) -> io::Result<Backup
     fs::File::open(dir)?.sync_all()?;
     let took_ms = started.elapsed().as_millis() as u64;
     let bytes = fs::metadata(&path)?.len();
-    let deleted = prune(dir, backups.keep)?;
+    let deleted = prune(dir, backups.keep, backups.suffix)?;
     Ok(BackupReport {
         name,
         path: path.display().to_string(),
@@ -152,15 +160,15 @@ fn copy_into(store: &dyn Maintenance, tmp: &Path, buffer_bytes: usize) -> io::Re
     Ok(counts)
 }
 
-/// `chat-20261130T130501.123Z.redb`, for now; a name already taken (two backups in one
-/// millisecond) waits for the next millisecond.
-fn fresh_name(dir: &Path) -> String {
+/// `chat-20261130T130501.123Z.redb` (or `.jsonl`), for now; a name already taken (two
+/// backups in one millisecond) waits for the next millisecond.
+fn fresh_name(dir: &Path, suffix: &str) -> String {
     loop {
         let stamp: String = format_millis(now_millis())
             .chars()
             .filter(|c| *c != '-' && *c != ':')
             .collect();
-        let name = format!("{PREFIX}{stamp}{SUFFIX}");
+        let name = format!("{PREFIX}{stamp}{suffix}");
         if !dir.join(&name).exists() {
             return name;
         }
@@ -168,19 +176,19 @@ fn fresh_name(dir: &Path) -> String {
     }
 }
 
-/// Backups in `dir`, oldest first.
-pub fn list(dir: &Path) -> io::Result<Vec<String>> {
+/// Backups (files ending in `suffix`) in `dir`, oldest first.
+pub fn list(dir: &Path, suffix: &str) -> io::Result<Vec<String>> {
     let mut names: Vec<String> = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with(PREFIX) && name.ends_with(SUFFIX))
+        .filter(|name| name.starts_with(PREFIX) && name.ends_with(suffix))
         .collect();
     names.sort();
     Ok(names)
 }
 
-/// Deletes the oldest backups beyond `keep`; returns their names.
-fn prune(dir: &Path, keep: usize) -> io::Result<Vec<String>> {
-    let names = list(dir)?;
+/// Deletes the oldest backups (of `suffix`) beyond `keep`; returns their names.
+fn prune(dir: &Path, keep: usize, suffix: &str) -> io::Result<Vec<String>> {
+    let names = list(dir, suffix)?;
     let excess = names.len().saturating_sub(keep);
     let mut deleted = Vec::with_capacity(excess);
     for name in names.into_iter().take(excess) {
@@ -209,7 +217,7 @@ mod tests {
     #[test]
     fn names_sort_oldest_first_and_prune_keeps_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let a = fresh_name(dir.path());
+        let a = fresh_name(dir.path(), REDB_SUFFIX);
         assert!(a.starts_with("chat-2") && a.ends_with("Z.redb"), "{a}");
         assert_eq!(a.len(), "chat-20261130T130501.123Z.redb".len(), "{a}");
         for name in [
@@ -218,15 +226,21 @@ mod tests {
             &a,
             "other.redb",
             ".chat-20260101T000000.000Z.redb.tmp",
+            "chat-20230101T000000.000Z.jsonl",
         ] {
             fs::write(dir.path().join(name), b"x").unwrap();
         }
-        let deleted = prune(dir.path(), 2).unwrap();
+        let deleted = prune(dir.path(), 2, REDB_SUFFIX).unwrap();
         assert_eq!(deleted, ["chat-20240101T000000.000Z.redb"]);
         assert_eq!(
-            list(dir.path()).unwrap(),
+            list(dir.path(), REDB_SUFFIX).unwrap(),
             ["chat-20250101T000000.000Z.redb".to_owned(), a]
         );
         assert!(dir.path().join("other.redb").exists());
+        // Backups of the other kind are not counted, nor deleted.
+        assert_eq!(
+            list(dir.path(), DUMP_SUFFIX).unwrap(),
+            ["chat-20230101T000000.000Z.jsonl"]
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! `GET /admin/export[?user=ID]`: `chat-server export` from a running server.
 //!
 //! The dump is the offline one, byte for byte but for the header's time: the same
-//! [`write_dump`](crate::ops::export::write_dump) walks one read transaction, so the dump
-//! is one consistent moment while sends go on. The walk is synchronous and may take
+//! [`write_dump`](crate::ops::export::write_dump) walks one read transaction (in cluster
+//! mode, one `REPEATABLE READ` PostgreSQL transaction), so the dump is one consistent
+//! moment while sends go on. The walk is synchronous and may take
 //! minutes, so it runs on a blocking thread and hands the response body 64 KiB chunks
 //! through a channel of `memory.export_buffer_bytes`: a client that reads slowly makes the
 //! walk wait, never the memory grow. A client that goes away closes the channel and the
@@ -21,7 +22,7 @@ use super::AdminReply;
 use crate::app::App;
 use crate::http::query::{query_pairs, query_param};
 use crate::protocol::room::is_valid_user_id;
-use crate::protocol::{ChatError, ErrorCode};
+use crate::protocol::ChatError;
 
 /// Bytes of dump lines gathered before they are handed to the response body.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -45,9 +46,6 @@ pub async fn export(app: Arc<App>, query: String) -> AdminReply {
             }
         })
         .transpose()?;
-    if let Some(why) = app.maintenance.without_file_operations() {
-        return Err(ChatError::new(ErrorCode::NotSupported, why));
-    }
     let capacity = (app.config.memory.export_buffer_bytes / CHUNK_BYTES).max(1);
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(capacity);
     let store = app.maintenance.clone();

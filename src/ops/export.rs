@@ -11,7 +11,7 @@ use std::io::Write;
 
 use super::{Line, DUMP_FORMAT, DUMP_VERSION};
 use crate::protocol::time::{format_millis, now_millis};
-use crate::store::redb::{Item, Walk};
+use crate::store::dump::{Item, Walk};
 use crate::store::StoreError;
 
 /// Why an export stopped.
@@ -48,6 +48,8 @@ pub struct Exported {
     pub erased: u64,
     pub rooms: u64,
     pub messages: u64,
+    /// The highest id of any message written.
+    pub highest_message_id: u64,
 }
 
 /// Writes the whole store, or only `user`'s profile, the blocks they made, their erasure,
@@ -104,6 +106,7 @@ pub fn write_dump(
             }
             Item::Message(room, message) => {
                 counts.messages += 1;
+                counts.highest_message_id = counts.highest_message_id.max(message.id);
                 Line::Message {
                     room_id: room.key.id(),
                     pair: [room.key.low.clone(), room.key.high.clone()],

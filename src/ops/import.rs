@@ -1,15 +1,18 @@
-//! `chat-server import`: a dump (see [`super`]) into a new store in an empty directory.
+//! `chat-server import`: a dump (see [`super`]) into a new store in an empty directory,
+//! or, in cluster mode, into an empty PostgreSQL database ([`load`] into any
+//! [`Load`]).
 //!
-//! Every line is checked before it is stored, and the store is built in a temporary file
-//! that takes the store's name only once the last line was accepted: bad input leaves
-//! the directory as it was, and the error names the line. The checks are the store's
+//! Every line is checked before it is stored, and the store becomes visible only once
+//! the last line was accepted (redb: a temporary file renamed into place; PostgreSQL: one
+//! transaction): bad input leaves the directory or database as it was, and the error
+//! names the line. The checks are the store's
 //! invariants: ids in a room are consecutive and end at its last id, `sentAt` never goes
 //! back, a receipt, delivery, edit or deletion is never before its message, a deleted
 //! message has no text, the unread counts are the partner's unseen messages, the delivered
 //! marks are within the room's ids, a `clientMessageId` is used once per sender and room,
 //! and a change-log position is held by one message of a room and is within the room's
 //! change counter. What is held at any time is one line and the current room's counters
-//! (uniqueness is checked against the store being built).
+//! (uniqueness is checked against the store being built), plus the target's batch.
 
 use std::io::{BufRead, Read};
 use std::path::Path;
@@ -18,8 +21,8 @@ use super::{Line, DUMP_FORMAT, DUMP_VERSION, OLDEST_DUMP_VERSION};
 use crate::model::{canonical_room_id, ChatMessage, RoomKey, SessionUser};
 use crate::protocol::room::is_valid_user_id;
 use crate::protocol::time::parse_rfc3339_millis;
-use crate::store::redb::{Loader, Put, RoomState};
-use crate::store::StoreError;
+use crate::store::dump::{Load, LoadError, RoomState, Taken};
+use crate::store::redb::Loader;
 
 /// Longest line accepted: a message line with the largest text, escaped, fits many times.
 const MAX_LINE_BYTES: u64 = 1 << 20;
@@ -73,18 +76,56 @@ pub fn import(data_dir: &Path, input: impl BufRead) -> Result<Imported, ImportEr
         )));
     }
     let loader = Loader::create(data_dir).map_err(|e| general(format!("storage: {e}")))?;
+    load(loader, input)
+}
+
+/// Checks the dump read from `input` line by line and loads it into `target` (a new
+/// store, empty until [`Load::finish`]); on the first fault, `target` is dropped unfinished
+/// and keeps nothing.
+pub fn load(target: impl Load, input: impl BufRead) -> Result<Imported, ImportError> {
     let mut import = Import {
-        loader,
+        target,
         counts: Imported::default(),
         room: None,
         line: 0,
     };
     import.run(input)?;
-    let Import { loader, counts, .. } = import;
-    loader
-        .finish()
-        .map_err(|e| general(format!("storage: {e}")))?;
+    let Import { target, counts, .. } = import;
+    target.finish().map_err(|e| refusal(e, None))?;
     Ok(counts)
+}
+
+/// A load's refusal as the import reports it: a clash names its line, a storage failure
+/// the line being read (`at`), if any.
+fn refusal(e: LoadError, at: Option<usize>) -> ImportError {
+    match e {
+        LoadError::Store(e) => ImportError {
+            line: at,
+            message: format!("storage: {e}"),
+        },
+        LoadError::Taken { line, taken } => ImportError {
+            line: Some(line),
+            message: match taken {
+                Taken::Profile(user) => format!("a second profile for {user:?}"),
+                Taken::Block { blocker, blocked } => {
+                    format!("a second block of {blocked:?} by {blocker:?}")
+                }
+                Taken::Erased(user) => format!("a second erasure of {user:?}"),
+                Taken::Room(room_id) => format!("room {room_id} appears twice"),
+                Taken::ClientId {
+                    room_id,
+                    user_id,
+                    client_message_id,
+                } => format!(
+                    "{user_id:?} already used clientMessageId {client_message_id:?} in room \
+                     {room_id}"
+                ),
+                Taken::Change { room_id, change } => {
+                    format!("change {change} is held by another message of room {room_id}")
+                }
+            },
+        },
+    }
 }
 
 /// The room whose messages are being read, and what its messages showed so far.
@@ -99,15 +140,15 @@ struct OpenRoom {
     unseen: [u64; 2],
 }
 
-struct Import {
-    loader: Loader,
+struct Import<L> {
+    target: L,
     counts: Imported,
     room: Option<OpenRoom>,
     /// The line being read, 1-based.
     line: usize,
 }
 
-impl Import {
+impl<L: Load> Import<L> {
     fn run(&mut self, mut input: impl BufRead) -> Result<(), ImportError> {
         let mut buf = Vec::new();
         loop {
@@ -160,9 +201,7 @@ impl Import {
             Line::Profile { user_id, name } => {
                 self.user_id(&user_id)?;
                 let profile = SessionUser { id: user_id, name };
-                if !self.store(|l| l.put_profile(&profile))? {
-                    return Err(self.error(format!("a second profile for {:?}", profile.id)));
-                }
+                self.load(|l, line| l.profile(line, &profile))?;
                 self.counts.profiles += 1;
                 Ok(())
             }
@@ -177,18 +216,14 @@ impl Import {
                     return Err(self.error(format!("{blocker:?} blocks themselves")));
                 }
                 let since_ms = self.time("since", &since)?;
-                if !self.store(|l| l.put_block(&blocker, &blocked, since_ms))? {
-                    return Err(self.error(format!("a second block of {blocked:?} by {blocker:?}")));
-                }
+                self.load(|l, line| l.block(line, &blocker, &blocked, since_ms))?;
                 self.counts.blocks += 1;
                 Ok(())
             }
             Line::Erased { user_id, erased_at } => {
                 self.user_id(&user_id)?;
                 let at_ms = self.time("erasedAt", &erased_at)?;
-                if !self.store(|l| l.put_erased(&user_id, at_ms))? {
-                    return Err(self.error(format!("a second erasure of {user_id:?}")));
-                }
+                self.load(|l, line| l.erased(line, &user_id, at_ms))?;
                 self.counts.erased += 1;
                 Ok(())
             }
@@ -225,9 +260,7 @@ impl Import {
                     delivered_low: delivered[0],
                     delivered_high: delivered[1],
                 };
-                if !self.store(|l| l.begin_room(&state))? {
-                    return Err(self.error(format!("room {room_id} appears twice")));
-                }
+                self.load(|l, line| l.room(line, &state))?;
                 self.counts.rooms += 1;
                 self.room = Some(OpenRoom {
                     state,
@@ -271,22 +304,7 @@ impl Import {
                         change,
                     },
                 )?;
-                match self.store(|l| l.put_message(&message))? {
-                    Put::Stored => {}
-                    Put::ClientIdTaken => {
-                        return Err(self.error(format!(
-                            "{:?} already used clientMessageId {:?} in room {room_id}",
-                            message.user_id,
-                            message.client_message_id.as_deref().unwrap_or_default()
-                        )))
-                    }
-                    Put::ChangeTaken => {
-                        return Err(self.error(format!(
-                            "change {} is held by another message of room {room_id}",
-                            message.change
-                        )))
-                    }
-                }
+                self.load(|l, line| l.message(line, &message))?;
                 self.counts.messages += 1;
                 Ok(())
             }
@@ -459,11 +477,12 @@ impl Import {
         value.map(|v| self.time(field, &v)).transpose()
     }
 
-    fn store<T>(
+    fn load(
         &mut self,
-        write: impl FnOnce(&mut Loader) -> Result<T, StoreError>,
-    ) -> Result<T, ImportError> {
-        write(&mut self.loader).map_err(|e| self.error(format!("storage: {e}")))
+        write: impl FnOnce(&mut L, usize) -> Result<(), LoadError>,
+    ) -> Result<(), ImportError> {
+        let line = self.line;
+        write(&mut self.target, line).map_err(|e| refusal(e, Some(line)))
     }
 
     fn error(&self, message: String) -> ImportError {

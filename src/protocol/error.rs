@@ -27,13 +27,11 @@ pub enum ErrorCode {
     Blocked,
     /// A block past `limits.max_blocks_per_user`.
     TooManyBlocks,
-    /// An admin operation the store in use cannot do (a backup file in cluster mode).
-    NotSupported,
 }
 
 impl ErrorCode {
     /// Every code, for whatever must list them all (the metrics seed a series per code).
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownEvent,
         ErrorCode::InvalidRoom,
@@ -49,7 +47,6 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Blocked,
         ErrorCode::TooManyBlocks,
-        ErrorCode::NotSupported,
     ];
 
     /// The code as it travels on the wire.
@@ -70,7 +67,6 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Blocked => "blocked",
             ErrorCode::TooManyBlocks => "too_many_blocks",
-            ErrorCode::NotSupported => "not_supported",
         }
     }
 
@@ -91,7 +87,6 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::NotSupported => 501,
         }
     }
 }

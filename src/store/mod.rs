@@ -16,8 +16,10 @@
 //!
 //! Backends: [`redb`] (embedded, the default) and [`postgres`] (cluster mode, several
 //! nodes on one database). `suite` is the behaviour every backend must show, written once
-//! against these traits, and run against both.
+//! against these traits, and run against both. [`dump`] is what export and backup read
+//! from either backend, so a dump is the same lines whichever store it came from.
 
+pub mod dump;
 pub mod postgres;
 pub mod redb;
 #[cfg(test)]
@@ -440,17 +442,11 @@ pub enum SeenOutcome {
 /// Whole-store operations for the admin API (`crate::admin`). Each reads the whole store,
 /// so callers run it on a blocking thread, never on the runtime.
 pub trait Maintenance: Send + Sync {
-    /// Why this store takes no backup file and writes no dump itself (cluster mode's
-    /// PostgreSQL: the database's own tools do), or `None` when it does. The admin API
-    /// asks first, so it can refuse before it starts an answer.
-    fn without_file_operations(&self) -> Option<&'static str> {
-        None
-    }
-
-    /// Copies every table, as of one moment (one read transaction), into a new store file
-    /// at `dest`, which must not exist; the file is complete and fsync'd on return. Writes
-    /// go on meanwhile: a read transaction never holds up the writer. The copy holds at
-    /// most about `buffer_bytes` of it in memory at a time.
+    /// Copies every table, as of one moment (one read transaction), into a new file at
+    /// `dest`, which must not exist; the file is complete and fsync'd on return. Writes
+    /// go on meanwhile: a read transaction never holds up the writer. The embedded store
+    /// writes a store file, which holds at most about `buffer_bytes` of it in memory at a
+    /// time; PostgreSQL writes a dump, one page of rows at a time.
     fn backup_into(&self, dest: &Path, buffer_bytes: usize) -> Result<StoreCounts>;
 
     /// Bytes the store's file takes on disk.

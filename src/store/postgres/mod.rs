@@ -21,6 +21,7 @@
 //! connection that failed or timed out is dropped and made anew by the next round, so
 //! service resumes by itself once PostgreSQL is back.
 
+mod dump;
 mod leader;
 mod presence;
 mod schema;
@@ -44,6 +45,7 @@ use crate::model::{
     SessionUser,
 };
 
+pub use dump::PgLoader;
 pub use leader::{Leader, OnOutbox, Term};
 pub use presence::PresenceBoard;
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -186,6 +188,13 @@ impl PgStore {
 
     /// A new connection whose task runs on the store's runtime.
     fn connect(&self) -> Result<txn::Conn> {
+        Ok(txn::Conn::new(self.client()?, self.round_trips.clone()))
+    }
+
+    /// A new client of its own (not the pool's), its connection task on the store's
+    /// runtime: for a long transaction (an export's walk, an import) that must not hold a
+    /// pooled connection the requests need.
+    fn client(&self) -> Result<tokio_postgres::Client> {
         let config = self.config.clone();
         let task = self.io().spawn(async move {
             let (client, connection) = config.connect(NoTls).await?;
@@ -196,9 +205,8 @@ impl PgStore {
             });
             Ok::<_, tokio_postgres::Error>(client)
         });
-        let client = wait(task, CONNECT_TIMEOUT + Duration::from_secs(1))?
-            .map_err(|e| backend(format!("PostgreSQL connection task failed: {e}")))??;
-        Ok(txn::Conn::new(client, self.round_trips.clone()))
+        Ok(wait(task, CONNECT_TIMEOUT + Duration::from_secs(1))?
+            .map_err(|e| backend(format!("PostgreSQL connection task failed: {e}")))??)
     }
 
     /// A pooled connection for one read, within [`OP_TIMEOUT`].
@@ -709,18 +717,30 @@ impl WriteStore for PgStore {
     }
 }
 
-/// What to do instead, for the redb file operations that have no meaning here.
-const USE_PG_DUMP: &str = "cluster mode stores in PostgreSQL: back up, verify and copy it \
-                           with PostgreSQL's own tools (pg_dump, pg_basebackup), not \
-                           chat-server's";
-
 impl Maintenance for PgStore {
-    fn without_file_operations(&self) -> Option<&'static str> {
-        Some(USE_PG_DUMP)
-    }
-
-    fn backup_into(&self, _dest: &std::path::Path, _buffer_bytes: usize) -> Result<StoreCounts> {
-        Err(backend(USE_PG_DUMP.into()))
+    /// A dump of the whole database (`chat-server restore` loads it into an empty one),
+    /// from one `REPEATABLE READ` snapshot: the backup of a database operators do not
+    /// back up with PostgreSQL's own tools, or a copy to move to an embedded server.
+    fn backup_into(&self, dest: &std::path::Path, _buffer_bytes: usize) -> Result<StoreCounts> {
+        use crate::ops::export::{write_dump, ExportError};
+        let io = |e: std::io::Error| backend(format!("cannot write {}: {e}", dest.display()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        let written = write_dump(self, None, &mut out).map_err(|e| match e {
+            ExportError::Store(e) => e,
+            ExportError::Write(e) => io(e),
+        })?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        Ok(StoreCounts {
+            rooms: written.rooms,
+            messages: written.messages,
+            highest_message_id: written.highest_message_id,
+        })
     }
 
     /// The database's size on disk, as PostgreSQL counts it.
@@ -737,12 +757,13 @@ impl Maintenance for PgStore {
             .map_err(|e| backend(format!("PostgreSQL size query failed: {e}")))?
     }
 
+    /// The dump from one `REPEATABLE READ` snapshot (`dump`), while the nodes go on.
     fn export_dump(
         &self,
-        _user: Option<&str>,
-        _out: &mut dyn std::io::Write,
+        user: Option<&str>,
+        out: &mut dyn std::io::Write,
     ) -> std::result::Result<crate::ops::export::Exported, crate::ops::export::ExportError> {
-        Err(backend(USE_PG_DUMP.into()).into())
+        crate::ops::export::write_dump(self, user, out)
     }
 }
 

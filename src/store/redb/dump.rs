@@ -20,56 +20,12 @@ use super::{
     MESSAGES, META, PROFILES, ROOMS, ROOM_NUMS, WEBHOOK_DEAD, WEBHOOK_OUTBOX,
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::store::dump::{Item, Load, LoadError, RoomState, Taken, Walk};
 use crate::store::{Result, StoreError};
-
-/// A room as a dump carries it: its pair and the counters that are not derived from its
-/// messages (after retention, the newest id may belong to a message that is gone).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomState {
-    pub key: RoomKey,
-    /// Id of the newest message ever stored; the next one gets `last_id + 1`.
-    pub last_id: u64,
-    /// `sentAt` of that message.
-    pub last_sent_ms: i64,
-    /// Messages from `high` that `low` has not seen.
-    pub unread_low: u64,
-    /// Messages from `low` that `high` has not seen.
-    pub unread_high: u64,
-    /// The room's change counter.
-    pub change: u64,
-    /// The highest id `low` acknowledged receiving.
-    pub delivered_low: u64,
-    /// The same for `high`.
-    pub delivered_high: u64,
-}
-
-/// One thing a walk hands out: profiles, blocks and erasures first, then each room before
-/// its messages, which come in id order.
-pub enum Item<'a> {
-    Profile(&'a SessionUser),
-    /// Blocker, blocked, since (ms).
-    Block(&'a str, &'a str, i64),
-    /// An erased user and when (ms).
-    Erased(&'a str, i64),
-    Room(&'a RoomState),
-    Message(&'a RoomState, &'a ChatMessage),
-}
 
 /// Messages (and other rows) written between two commits of an import: enough to keep
 /// commits few, few enough that a batch's dirty pages stay a few MiB.
 const LOAD_BATCH: usize = 10_000;
-
-/// A store that can be walked: the server's own (for an export while it runs) or one
-/// opened read-only.
-pub trait Walk {
-    /// Walks the store (or only `user`'s profile, own blocks, erasure and rooms) in one read
-    /// transaction, handing each item to `each`; the first error stops the walk.
-    fn walk<E: From<StoreError>>(
-        &self,
-        user: Option<&str>,
-        each: impl FnMut(Item<'_>) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E>;
-}
 
 impl Walk for RedbStore {
     fn walk<E: From<StoreError>>(
@@ -249,7 +205,7 @@ fn walk<E: From<StoreError>>(
 
 /// What [`Loader::put_message`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
+enum Put {
     Stored,
     /// The sender already used this `clientMessageId` in the room.
     ClientIdTaken,
@@ -258,7 +214,7 @@ pub enum Put {
 }
 
 /// Builds a new store file from a walk's items, committing every [`LOAD_BATCH`] rows.
-/// Nothing is visible under the store's name until [`Loader::finish`] renames it there;
+/// Nothing is visible under the store's name until [`Load::finish`] renames it there;
 /// dropping the loader before that deletes the file.
 pub struct Loader {
     /// Taken by `finish`.
@@ -309,7 +265,7 @@ impl Loader {
     }
 
     /// Stores a profile; `false` when this user already has one.
-    pub fn put_profile(&mut self, user: &SessionUser) -> Result<bool> {
+    fn put_profile(&mut self, user: &SessionUser) -> Result<bool> {
         let txn = self.txn()?;
         let mut profiles = txn.open_table(PROFILES)?;
         if profiles.get(user.id.as_str())?.is_some() {
@@ -323,7 +279,7 @@ impl Loader {
 
     /// Stores a room, which the next messages belong to; `false` when the pair already
     /// has one.
-    pub fn begin_room(&mut self, room: &RoomState) -> Result<bool> {
+    fn begin_room(&mut self, room: &RoomState) -> Result<bool> {
         let num = self.next_num;
         let txn = self.txn()?;
         let mut nums = txn.open_table(ROOM_NUMS)?;
@@ -356,7 +312,7 @@ impl Loader {
 
     /// Stores that `blocker` blocks `blocked` since `since_ms`; `false` when that block
     /// is already stored.
-    pub fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<bool> {
+    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<bool> {
         let txn = self.txn()?;
         let mut blocks = txn.open_table(BLOCKS)?;
         if blocks.get((blocker, blocked))?.is_some() {
@@ -370,7 +326,7 @@ impl Loader {
 
     /// Stores that `user` was erased at `at_ms`; `false` when that user's erasure is
     /// already stored.
-    pub fn put_erased(&mut self, user: &str, at_ms: i64) -> Result<bool> {
+    fn put_erased(&mut self, user: &str, at_ms: i64) -> Result<bool> {
         let txn = self.txn()?;
         let mut erased = txn.open_table(ERASED)?;
         if erased.get(user)?.is_some() {
@@ -386,7 +342,7 @@ impl Loader {
     /// change-log row, and the room's inbox rows once its newest message arrives. Refuses
     /// (storing nothing) a `clientMessageId` its sender already used in this room, or a
     /// change-log position another message of the room holds.
-    pub fn put_message(&mut self, message: &ChatMessage) -> Result<Put> {
+    fn put_message(&mut self, message: &ChatMessage) -> Result<Put> {
         let (num, last_id) = match &self.current {
             Some((num, room)) => (*num, room.last_id),
             None => return Err(StoreError::Corrupt("a message before any room".into())),
@@ -432,7 +388,7 @@ impl Loader {
     }
 
     /// Commits the rest durably and puts the file in place under the store's name.
-    pub fn finish(mut self) -> Result<()> {
+    fn finish_file(mut self) -> Result<()> {
         let next = self.next_num;
         self.txn()?
             .open_table(META)?
@@ -488,6 +444,89 @@ impl Loader {
             self.pending = 0;
         }
         Ok(())
+    }
+}
+
+/// Each clash is found as its item arrives: the loader looks it up in the file it builds.
+impl Load for Loader {
+    fn profile(&mut self, line: usize, user: &SessionUser) -> std::result::Result<(), LoadError> {
+        taken_if(!self.put_profile(user)?, line, || {
+            Taken::Profile(user.id.clone())
+        })
+    }
+
+    fn block(
+        &mut self,
+        line: usize,
+        blocker: &str,
+        blocked: &str,
+        since_ms: i64,
+    ) -> std::result::Result<(), LoadError> {
+        taken_if(!self.put_block(blocker, blocked, since_ms)?, line, || {
+            Taken::Block {
+                blocker: blocker.to_owned(),
+                blocked: blocked.to_owned(),
+            }
+        })
+    }
+
+    fn erased(
+        &mut self,
+        line: usize,
+        user: &str,
+        at_ms: i64,
+    ) -> std::result::Result<(), LoadError> {
+        taken_if(!self.put_erased(user, at_ms)?, line, || {
+            Taken::Erased(user.to_owned())
+        })
+    }
+
+    fn room(&mut self, line: usize, room: &RoomState) -> std::result::Result<(), LoadError> {
+        taken_if(!self.begin_room(room)?, line, || Taken::Room(room.key.id()))
+    }
+
+    fn message(
+        &mut self,
+        line: usize,
+        message: &ChatMessage,
+    ) -> std::result::Result<(), LoadError> {
+        let put = self.put_message(message)?;
+        let room_id = || {
+            self.current
+                .as_ref()
+                .map_or_else(String::new, |(_, room)| room.key.id())
+        };
+        let taken = match put {
+            Put::Stored => return Ok(()),
+            Put::ClientIdTaken => Taken::ClientId {
+                room_id: room_id(),
+                user_id: message.user_id.clone(),
+                client_message_id: message.client_message_id.clone().unwrap_or_default(),
+            },
+            Put::ChangeTaken => Taken::Change {
+                room_id: room_id(),
+                change: message.change,
+            },
+        };
+        Err(LoadError::Taken { line, taken })
+    }
+
+    fn finish(self) -> std::result::Result<(), LoadError> {
+        Ok(self.finish_file()?)
+    }
+}
+
+fn taken_if(
+    taken: bool,
+    line: usize,
+    what: impl FnOnce() -> Taken,
+) -> std::result::Result<(), LoadError> {
+    match taken {
+        true => Err(LoadError::Taken {
+            line,
+            taken: what(),
+        }),
+        false => Ok(()),
     }
 }
 

@@ -41,7 +41,7 @@ mod outbox;
 mod records;
 mod verify;
 
-pub use dump::{Item, Loader, OpenError, Put, ReadOnlyStore, RoomState, Walk};
+pub use dump::{Loader, OpenError, ReadOnlyStore};
 
 use std::path::{Path, PathBuf};
 
