@@ -45,15 +45,17 @@ impl Node {
     /// A node on `store`, fanning out over the NATS server at `nats_url` (or, without one,
     /// only to its own connections).
     async fn start(store: &Arc<RedbStore>, nats_url: Option<&str>, name: &str) -> Node {
-        Node::start_reading(store, nats_url, name, store.clone()).await
+        Node::start_reading(store, nats_url, name, store.clone(), 4096).await
     }
 
-    /// The same, its fan-out reading from `reads` rather than `store`.
+    /// The same, its fan-out reading from `reads` rather than `store`, each of its tasks
+    /// holding `queue_events` of this node's events.
     async fn start_reading(
         store: &Arc<RedbStore>,
         nats_url: Option<&str>,
         name: &str,
         reads: Arc<dyn ReadStore>,
+        queue_events: usize,
     ) -> Node {
         let mut config = Config::default();
         // The load test sends faster than a person.
@@ -65,7 +67,7 @@ impl Node {
                 let options = NatsOptions {
                     url: url.to_owned(),
                     node_name: name.to_owned(),
-                    queue_events: 4096,
+                    queue_events,
                     fanout_tasks: 4,
                     subscription_messages: 1024,
                     tracked_rooms_per_user: 16,
@@ -723,7 +725,7 @@ async fn a_read_held_for_one_user_does_not_hold_up_another_users_messages() {
     let (_dir, store) = shared_store();
     let held = Arc::new(Held::new(store.clone(), RoomKey::new("alice", "bob")));
     let a = Node::start(&store, Some(&nats.url()), "a").await;
-    let b = Node::start_reading(&store, Some(&nats.url()), "b", held.clone()).await;
+    let b = Node::start_reading(&store, Some(&nats.url()), "b", held.clone(), 4096).await;
     // Carol is owned by another fan-out task than bob on node b (the test nodes have 4).
     let carol = ["carol", "dave", "erin", "frank", "grace"]
         .into_iter()
@@ -750,6 +752,51 @@ async fn a_read_held_for_one_user_does_not_hold_up_another_users_messages() {
     held.release();
     let sent = next_sent(&mut bob).await;
     assert_eq!(sent["messages"][0]["message"], "for bob");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn events_dropped_from_a_full_queue_are_caught_up_room_by_room_once_it_empties() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let held = Arc::new(Held::new(store.clone(), RoomKey::new("alice", "bob")));
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    // Each task of node b holds one event of its node's own.
+    let b = Node::start_reading(&store, Some(&nats.url()), "b", held.clone(), 1).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    let mut carol = b.connect("carol").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(2).await;
+
+    // Bob's task waits on a read; meanwhile his own sends fill its queue and the rest of
+    // their events to him are dropped.
+    alice.send_message("alice-bob", "for bob").await;
+    held.wait_held().await;
+    for n in 1..=5 {
+        bob.send_message("bob-carol", &format!("{n}")).await;
+    }
+    for n in 1..=5 {
+        let expected: Vec<u64> = (1..=n).rev().collect();
+        assert_eq!(snapshot_ids(&next_sent(&mut carol).await), expected);
+    }
+    let stats = b.nats().stats();
+    assert_eq!(stats.dropped(), 4);
+    held.release();
+    // Once the queue is empty, the room is caught up with one read: every message once,
+    // in order, and no catch-up of every room.
+    assert_eq!(
+        next_sent(&mut bob).await["messages"][0]["message"],
+        "for bob"
+    );
+    for n in 1..=5 {
+        let expected: Vec<u64> = (1..=n).rev().collect();
+        assert_eq!(snapshot_ids(&next_sent(&mut bob).await), expected);
+    }
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!((stats.recovered(), stats.resyncs()), (4, 0));
+    assert_eq!(stats.reads(), 2);
     a.stop().await;
     b.stop().await;
 }

@@ -93,9 +93,10 @@ pub struct ClusterConfig {
     /// `cluster.node_name`), unique per node; `None` is the host name and the port,
     /// unique per machine.
     pub node_name: Option<String>,
-    /// Events waiting for the fan-out tasks, over all of them (key `cluster.queue_events`);
-    /// past it, events published here are dropped and the node catches up from the
-    /// store, and NATS holds what it brings.
+    /// Events published here waiting for each fan-out task (key `cluster.queue_events`);
+    /// past it, they are dropped and their rooms caught up from the store. What NATS
+    /// brings waits in a queue of `queue_events / fanout_tasks` per task, and past it in
+    /// NATS.
     pub queue_events: usize,
     /// Tasks the fan-out work is shared over, each owning the users whose id hashes to it
     /// (key `cluster.fanout_tasks`): how many store reads for other nodes' messages may

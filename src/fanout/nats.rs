@@ -52,14 +52,20 @@
 //! committed them, while one user's store read does not hold up the others'. The tasks
 //! read the store over the pool, several reads in flight.
 //!
-//! Each task has two bounded queues, each `cluster.queue_events / cluster.fanout_tasks`
-//! long. The writer's publishes go to the first without waiting; full, an event is
-//! dropped and the task catches up from the store. What NATS brings goes to the second,
-//! and a subscription's forwarder waits while it is full: the excess stays in NATS's
-//! buffers (`cluster.subscription_messages` per user, then a slow consumer, caught up as
-//! any loss) rather than in ours. The task serves its own node's events first, so what
-//! the writer publishes is dropped only when the node cannot keep up with its own
-//! commits.
+//! Each task has two bounded queues. The writer's publishes go to the first
+//! (`cluster.queue_events` long) without waiting. What NATS brings goes to the second
+//! (`cluster.queue_events / cluster.fanout_tasks` long), and a subscription's forwarder
+//! waits while it is full: the excess stays in NATS's buffers
+//! (`cluster.subscription_messages` per user, then a slow consumer, caught up as any
+//! loss) rather than in ours. The task serves its own node's events first, so what the
+//! writer publishes is dropped only when the node cannot keep up with its own commits.
+//!
+//! A dropped event is repaired without making things worse: the task notes its user and
+//! rooms, and catches those rooms up (one read each) once its queue is empty. Until then
+//! the next event of such a room shows the gap and repairs it. Catching up every room at
+//! once, while the queue is still full, cost more reads than the events it replaced,
+//! and made the task drop more. Only past as many noted rooms as the queue is long are
+//! all of the task's remembered rooms caught up (still once its queue is empty).
 //!
 //! A `message:sent` from another node costs one read of the room, and reads are shared:
 //! a task takes what its queues hold at once (up to [`BATCH`] jobs) and, for each user
@@ -122,7 +128,8 @@ pub struct NatsOptions {
     pub url: String,
     /// This node's name, on its NATS connection and in its logs.
     pub node_name: String,
-    /// Events waiting for the fan-out tasks, over all of them (`cluster.queue_events`).
+    /// Events published here waiting for each fan-out task (`cluster.queue_events`); what
+    /// NATS brings waits in a queue of this over `fanout_tasks`.
     pub queue_events: usize,
     /// Tasks the fan-out work is shared over, by user (`cluster.fanout_tasks`).
     pub fanout_tasks: usize,
@@ -271,6 +278,33 @@ enum Job {
     },
 }
 
+impl Job {
+    /// The rooms whose events of a user connected here this job carries: what catching
+    /// up repairs when it is dropped. A notice for another node (`Forward`) is repaired
+    /// there, by the gap the next one shows.
+    fn rooms(&self) -> Vec<RoomKey> {
+        let changes = match self {
+            Job::Local { event, .. } => {
+                let mut rooms: Vec<RoomKey> = event
+                    .changes()
+                    .spans()
+                    .iter()
+                    .map(|c| c.room.clone())
+                    .collect();
+                if let Some(new) = event.new_message() {
+                    if !rooms.contains(&new.announced.room) {
+                        rooms.push(new.announced.room.clone());
+                    }
+                }
+                return rooms;
+            }
+            Job::Advanced { changes, .. } => changes,
+            Job::Forward { .. } | Job::Remote { .. } => return Vec::new(),
+        };
+        changes.iter().map(|c| c.room.clone()).collect()
+    }
+}
+
 /// What the broker's handles and the tasks share.
 struct Shared {
     /// One per fan-out task.
@@ -283,9 +317,14 @@ struct Shared {
 struct Signals {
     /// Its users whose first connection opened or last one closed since the task looked.
     changed: Mutex<HashSet<String>>,
-    /// Set when its events may have been lost: NATS reconnected, a slow consumer, a full
-    /// queue.
+    /// Set when its events may have been lost: NATS reconnected, a slow consumer.
     lost: AtomicBool,
+    /// The rooms of its users whose events its full queue dropped, to catch up once the
+    /// queue is empty; at most the queue's length, past which `overflowed` is set.
+    dropped: Mutex<HashSet<(String, RoomKey)>>,
+    /// More rooms had events dropped than `dropped` holds: once the queue is empty, every
+    /// remembered room is caught up too.
+    overflowed: AtomicBool,
     wake: Notify,
 }
 
@@ -314,6 +353,23 @@ impl Signals {
         let fresh = !self.lost.swap(true, Ordering::AcqRel);
         self.wake.notify_one();
         fresh
+    }
+
+    /// Notes that an event of `user` reporting `rooms` was dropped; true when that calls
+    /// for catching up every room (`dropped` is full) and it was not called for already.
+    fn dropped(&self, user: &str, rooms: Vec<RoomKey>, bound: usize) -> bool {
+        let mut dropped = self.dropped.lock().expect("dropped lock poisoned");
+        for room in rooms {
+            let key = (user.to_owned(), room);
+            if dropped.contains(&key) {
+                continue;
+            }
+            if dropped.len() >= bound {
+                return !self.overflowed.swap(true, Ordering::AcqRel);
+            }
+            dropped.insert(key);
+        }
+        false
     }
 }
 
@@ -407,7 +463,8 @@ impl ClusterStats {
     }
 
     /// Times the remembered rooms were caught up from the store: every one after a NATS
-    /// reconnect or slow consumer, one fan-out task's after its queue was full.
+    /// reconnect or slow consumer, one fan-out task's after too many rooms had events
+    /// dropped.
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(Ordering::Relaxed)
     }
@@ -451,6 +508,8 @@ pub struct NatsBroker {
     client: async_nats::Client,
     /// Each task's queue for what is published here.
     queues: Vec<mpsc::Sender<Job>>,
+    /// How many rooms of dropped events each task remembers (its queue's length).
+    dropped_rooms: usize,
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -520,12 +579,12 @@ impl NatsBroker {
             .await
             .map_err(NatsError::Connect)?;
         metrics::cluster_started(&Repair::ALL.map(Repair::kind));
-        let capacity = options.queue_events.div_ceil(tasks).max(1);
+        let capacity = options.queue_events.max(1);
         let mut queues = Vec::with_capacity(tasks);
         let mut handles = Vec::with_capacity(tasks);
         for index in 0..tasks {
             let (local, local_jobs) = mpsc::channel(capacity);
-            let (remote, remote_jobs) = mpsc::channel(capacity);
+            let (remote, remote_jobs) = mpsc::channel(capacity.div_ceil(tasks));
             let task = Fanout {
                 index,
                 client: client.clone(),
@@ -548,18 +607,20 @@ impl NatsBroker {
             hub,
             client,
             queues,
+            dropped_rooms: capacity,
             shared,
             tasks: Mutex::new(handles),
         }))
     }
 
     /// Queues `job` for the task that owns `user`; full, drops it and has that task catch
-    /// up from the store.
+    /// up its rooms from the store once the queue is empty again.
     fn enqueue(&self, user: &str, job: Job) {
         let task = shard_of(user, self.queues.len());
-        if self.queues[task].try_send(job).is_err() {
+        if let Err(full) = self.queues[task].try_send(job) {
             self.shared.stats.count(Repair::Dropped);
-            if self.shared.signals[task].lose() {
+            let rooms = full.into_inner().rooms();
+            if self.shared.signals[task].dropped(user, rooms, self.dropped_rooms) {
                 self.shared.stats.count(Repair::CatchUp);
             }
         }
@@ -835,6 +896,32 @@ impl Fanout {
             }
             self.pages.clear();
             self.wanted.clear();
+            // Dropped events are caught up once their queue is empty: meanwhile the next
+            // event of each room shows its gap, and catching up while the queue is full
+            // would only drop more.
+            if local.is_empty() {
+                self.catch_up_dropped(signals).await;
+                self.pages.clear();
+            }
+        }
+    }
+
+    /// Catches up the rooms whose events were dropped from the full queue, one read each
+    /// (and every remembered room if there were more than it noted).
+    async fn catch_up_dropped(&mut self, signals: &Signals) {
+        let dropped = std::mem::take(&mut *signals.dropped.lock().expect("dropped lock"));
+        if signals.overflowed.swap(false, Ordering::AcqRel) {
+            self.resync().await;
+        }
+        for (user, room) in dropped {
+            let Some(local) = self.users.get(&user) else {
+                continue;
+            };
+            let told = local.tracker.rooms.get(&room).copied().unwrap_or_default();
+            self.catch_up_messages(&user, &room, told.id).await;
+            if let Some(change) = told.change {
+                self.recover_changes(&user, &room, change, u64::MAX).await;
+            }
         }
     }
 
@@ -1234,8 +1321,8 @@ impl Fanout {
             })
             .collect();
         for (user, room, told) in rooms {
-            if let Some(last) = told.id {
-                self.catch_up_messages(&user, &room, last).await;
+            if told.id.is_some() {
+                self.catch_up_messages(&user, &room, told.id).await;
             }
             if let Some(change) = told.change {
                 self.recover_changes(&user, &room, change, u64::MAX).await;
@@ -1243,9 +1330,13 @@ impl Fanout {
         }
     }
 
-    /// Delivers what `room` has past message `last` for `user`, from one read: the
-    /// latest snapshot's messages and the snapshot of each.
-    async fn catch_up_messages(&mut self, user: &str, room: &RoomKey, last: u64) {
+    /// Delivers what `room` has past message `last` for `user` (without one, what was
+    /// sent since the user came), from one read: the latest snapshot's messages and the
+    /// snapshot of each.
+    async fn catch_up_messages(&mut self, user: &str, room: &RoomKey, last: Option<u64>) {
+        let Some(since_ms) = self.users.get(user).map(|local| local.since_ms) else {
+            return;
+        };
         let page = match self
             .read(
                 user,
@@ -1266,8 +1357,8 @@ impl Fanout {
             .iter()
             .take(MAX_MESSAGES_LIMIT)
             .rev()
+            .filter(|m| last.map_or(m.sent_ms >= since_ms, |last| m.id > last))
             .map(|m| m.id)
-            .filter(|&id| id > last)
             .collect();
         self.pages.insert((user.to_owned(), room.clone()), page);
         for id in missing {
