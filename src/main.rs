@@ -487,6 +487,7 @@ async fn cluster_broker(
         url: url.clone(),
         node_name: node_name.clone(),
         queue_events: config.cluster.queue_events,
+        fanout_tasks: config.cluster.fanout_tasks,
         subscription_messages: config.cluster.subscription_messages,
         tracked_rooms_per_user: config.cluster.tracked_rooms_per_user,
     };

@@ -46,6 +46,7 @@ const STORE_FILE: &str = "chat_store_file_bytes";
 
 // Cluster mode's fan-out (issue 17).
 const CLUSTER_REPAIRS: &str = "chat_cluster_repairs_total";
+const CLUSTER_READS: &str = "chat_cluster_reads_total";
 
 // The cluster-wide duties: one node at a time delivers webhooks and sweeps retention.
 const DUTIES: &str = "chat_duties_running";
@@ -360,11 +361,23 @@ pub fn cluster_started(kinds: &[&'static str]) {
     for &kind in kinds {
         counter!(CLUSTER_REPAIRS, "kind" => kind).absolute(0);
     }
+    describe_counter!(
+        CLUSTER_READS,
+        "Cluster fan-out reads of a room from the store, each building one or more \
+         message:sent events: notices from other nodes, gaps, catch-ups."
+    );
+    counter!(CLUSTER_READS).absolute(0);
 }
 
 /// The cluster fan-out repaired one thing of `kind`.
 pub fn cluster_repair(kind: &'static str) {
     counter!(CLUSTER_REPAIRS, "kind" => kind).increment(1);
+}
+
+/// The cluster fan-out read a room from the store to build `message:sent` events (a
+/// notice from another node, a gap, a catch-up).
+pub fn cluster_read() {
+    counter!(CLUSTER_READS).increment(1);
 }
 
 /// An error reply with `code` went to a client.

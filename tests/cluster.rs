@@ -16,7 +16,14 @@ use chat_server::config::Config;
 use chat_server::fanout::hub::Hub;
 use chat_server::fanout::nats::{NatsBroker, NatsOptions};
 use chat_server::fanout::Broker;
+use chat_server::model::{
+    BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
+    SessionUser,
+};
 use chat_server::store::redb::RedbStore;
+use chat_server::store::{
+    DeadLetter, ExpiryScan, MarkState, OutboxEvent, Read, ReadStore, WebhookCounts,
+};
 use chat_server::webhook::Hooks;
 use chat_server::writer::{Writer, WriterConfig, WriterThread};
 use common::nats::{NatsCluster, NatsServer};
@@ -38,6 +45,18 @@ impl Node {
     /// A node on `store`, fanning out over the NATS server at `nats_url` (or, without one,
     /// only to its own connections).
     async fn start(store: &Arc<RedbStore>, nats_url: Option<&str>, name: &str) -> Node {
+        Node::start_reading(store, nats_url, name, store.clone(), 4096).await
+    }
+
+    /// The same, its fan-out reading from `reads` rather than `store`, each of its tasks
+    /// holding `queue_events` of this node's events.
+    async fn start_reading(
+        store: &Arc<RedbStore>,
+        nats_url: Option<&str>,
+        name: &str,
+        reads: Arc<dyn ReadStore>,
+        queue_events: usize,
+    ) -> Node {
         let mut config = Config::default();
         // The load test sends faster than a person.
         config.limits.send_rate_per_sec = 1000.0;
@@ -48,12 +67,13 @@ impl Node {
                 let options = NatsOptions {
                     url: url.to_owned(),
                     node_name: name.to_owned(),
-                    queue_events: 4096,
+                    queue_events,
+                    fanout_tasks: 4,
                     subscription_messages: 1024,
                     tracked_rooms_per_user: 16,
                 };
                 Some(
-                    NatsBroker::connect(options, hub.clone(), store.clone())
+                    NatsBroker::connect(options, hub.clone(), reads)
                         .await
                         .expect("connect to nats-server"),
                 )
@@ -658,4 +678,268 @@ async fn lost_receipts_edits_and_deletes_are_recovered_from_the_store_in_order()
     );
     silent.stop().await;
     c.stop().await;
+}
+
+#[tokio::test]
+async fn a_gap_of_several_lost_messages_costs_one_read_of_the_store() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (alice, bob) = (&mut c.alice, &mut c.bob);
+    let mut alice_silent = silent.connect("alice").await;
+    alice.send_message("alice-bob", "one").await;
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [1]);
+    // Node b built bob's event from one read; node a had alice's rendered.
+    assert_eq!(
+        (c.a.nats().stats().reads(), c.b.nats().stats().reads()),
+        (0, 1)
+    );
+
+    for n in 2..=6 {
+        alice_silent
+            .send_message("alice-bob", &format!("{n}, lost"))
+            .await;
+        next_sent(&mut alice_silent).await;
+    }
+    alice.send_message("alice-bob", "seven").await;
+    // Five lost messages, each with its own snapshot, then the new one, in order.
+    for n in 2..=7 {
+        let expected: Vec<u64> = (1..=n).rev().collect();
+        assert_eq!(snapshot_ids(&next_sent(bob).await), expected);
+        assert_eq!(snapshot_ids(&next_sent(alice).await), expected);
+    }
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(c.b.nats().stats().recovered(), 5);
+    assert_eq!(c.a.nats().stats().recovered(), 5);
+    // One read of the room served all six on node b (the five and the notice), and all
+    // five on node a (whose own message came rendered): not one read per message.
+    assert_eq!(c.b.nats().stats().reads(), 2);
+    assert_eq!(c.a.nats().stats().reads(), 1);
+    silent.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_held_for_one_user_does_not_hold_up_another_users_messages() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let held = Arc::new(Held::new(store.clone(), RoomKey::new("alice", "bob")));
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    let b = Node::start_reading(&store, Some(&nats.url()), "b", held.clone(), 4096).await;
+    // Carol is owned by another fan-out task than bob on node b (the test nodes have 4).
+    let carol = ["carol", "dave", "erin", "frank", "grace"]
+        .into_iter()
+        .find(|name| {
+            chat_server::fanout::nats::shard_of(name, 4)
+                != chat_server::fanout::nats::shard_of("bob", 4)
+        })
+        .expect("a user on another task");
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    let mut carol_client = b.connect(carol).await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(2).await;
+
+    alice.send_message("alice-bob", "for bob").await;
+    held.wait_held().await;
+    // Bob's event waits for its read; carol's comes meanwhile.
+    alice
+        .send_message(&format!("alice-{carol}"), "for carol")
+        .await;
+    let sent = next_sent(&mut carol_client).await;
+    assert_eq!(sent["messages"][0]["message"], "for carol");
+    bob.expect_silence(Duration::from_millis(200)).await;
+    held.release();
+    let sent = next_sent(&mut bob).await;
+    assert_eq!(sent["messages"][0]["message"], "for bob");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn events_dropped_from_a_full_queue_are_caught_up_room_by_room_once_it_empties() {
+    let nats = NatsServer::start();
+    let (_dir, store) = shared_store();
+    let held = Arc::new(Held::new(store.clone(), RoomKey::new("alice", "bob")));
+    let a = Node::start(&store, Some(&nats.url()), "a").await;
+    // Each task of node b holds one event of its node's own.
+    let b = Node::start_reading(&store, Some(&nats.url()), "b", held.clone(), 1).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    let mut carol = b.connect("carol").await;
+    a.wait_subscribed(1).await;
+    b.wait_subscribed(2).await;
+
+    // Bob's task waits on a read; meanwhile his own sends fill its queue and the rest of
+    // their events to him are dropped.
+    alice.send_message("alice-bob", "for bob").await;
+    held.wait_held().await;
+    for n in 1..=5 {
+        bob.send_message("bob-carol", &format!("{n}")).await;
+    }
+    for n in 1..=5 {
+        let expected: Vec<u64> = (1..=n).rev().collect();
+        assert_eq!(snapshot_ids(&next_sent(&mut carol).await), expected);
+    }
+    let stats = b.nats().stats();
+    assert_eq!(stats.dropped(), 4);
+    held.release();
+    // Once the queue is empty, the room is caught up with one read: every message once,
+    // in order, and no catch-up of every room.
+    assert_eq!(
+        next_sent(&mut bob).await["messages"][0]["message"],
+        "for bob"
+    );
+    for n in 1..=5 {
+        let expected: Vec<u64> = (1..=n).rev().collect();
+        assert_eq!(snapshot_ids(&next_sent(&mut bob).await), expected);
+    }
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!((stats.recovered(), stats.resyncs()), (4, 0));
+    assert_eq!(stats.reads(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The store, with reads of one room's messages held until released: a slow read.
+struct Held {
+    inner: Arc<RedbStore>,
+    room: RoomKey,
+    open: tokio::sync::watch::Sender<bool>,
+    reached: tokio::sync::Notify,
+}
+
+impl Held {
+    fn new(inner: Arc<RedbStore>, room: RoomKey) -> Held {
+        Held {
+            inner,
+            room,
+            open: tokio::sync::watch::channel(false).0,
+            reached: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits until a read of the room is being held.
+    async fn wait_held(&self) {
+        tokio::time::timeout(WAIT, self.reached.notified())
+            .await
+            .expect("no read of the held room");
+    }
+
+    fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl ReadStore for Held {
+    fn find_by_client_id<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        sender: &'a str,
+        client_message_id: &'a str,
+    ) -> Read<'a, Option<ChatMessage>> {
+        self.inner
+            .find_by_client_id(room, sender, client_message_id)
+    }
+
+    fn messages_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Read<'a, HistoryPage> {
+        Box::pin(async move {
+            if *room == self.room {
+                let mut open = self.open.subscribe();
+                self.reached.notify_one();
+                let _ = open.wait_for(|open| *open).await;
+            }
+            self.inner.messages_page(room, viewer, before, limit).await
+        })
+    }
+
+    fn messages_after<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> Read<'a, HistoryPage> {
+        self.inner.messages_after(room, viewer, after, limit)
+    }
+
+    fn changes<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> Read<'a, ChangesPage> {
+        self.inner.changes(room, viewer, since, limit)
+    }
+
+    fn inbox_page<'a>(
+        &'a self,
+        user: &'a str,
+        after: Option<&'a InboxCursor>,
+        limit: usize,
+    ) -> Read<'a, Vec<InboxRoom>> {
+        self.inner.inbox_page(user, after, limit)
+    }
+
+    fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser> {
+        self.inner.profile(user)
+    }
+
+    fn blocks<'a>(&'a self, blocker: &'a str) -> Read<'a, Vec<BlockedUser>> {
+        self.inner.blocks(blocker)
+    }
+
+    fn delivered_mark<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        reader: &'a str,
+    ) -> Read<'a, Option<MarkState>> {
+        self.inner.delivered_mark(room, reader)
+    }
+
+    fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool> {
+        self.inner.blocked_between(a, b)
+    }
+
+    fn webhook_outbox<'a>(
+        &'a self,
+        hook: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'a, Vec<OutboxEvent>> {
+        self.inner.webhook_outbox(hook, after, limit)
+    }
+
+    fn webhook_dead_letters<'a>(
+        &'a self,
+        hook: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'a, Vec<DeadLetter>> {
+        self.inner.webhook_dead_letters(hook, after, limit)
+    }
+
+    fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts> {
+        self.inner.webhook_counts(hook)
+    }
+
+    fn rooms_to_expire(
+        &self,
+        cutoff_ms: i64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Read<'_, ExpiryScan> {
+        self.inner.rooms_to_expire(cutoff_ms, after, limit)
+    }
+
+    fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>> {
+        self.inner.erased_at(user)
+    }
 }

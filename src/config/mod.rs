@@ -93,9 +93,15 @@ pub struct ClusterConfig {
     /// `cluster.node_name`), unique per node; `None` is the host name and the port,
     /// unique per machine.
     pub node_name: Option<String>,
-    /// Events waiting for the fan-out task (key `cluster.queue_events`); past it, events
-    /// are dropped and the node catches up from the store.
+    /// Events published here waiting for each fan-out task (key `cluster.queue_events`);
+    /// past it, they are dropped and their rooms caught up from the store. What NATS
+    /// brings waits in a queue of `queue_events / fanout_tasks` per task, and past it in
+    /// NATS.
     pub queue_events: usize,
+    /// Tasks the fan-out work is shared over, each owning the users whose id hashes to it
+    /// (key `cluster.fanout_tasks`): how many store reads for other nodes' messages may
+    /// be in flight at once.
+    pub fanout_tasks: usize,
     /// Messages each local user's NATS subscription buffers (key
     /// `cluster.subscription_messages`); past it NATS reports a slow consumer, and the
     /// node catches up from the store.
@@ -116,6 +122,7 @@ impl Default for ClusterConfig {
             nats_url: None,
             node_name: None,
             queue_events: 8192,
+            fanout_tasks: 8,
             subscription_messages: 1024,
             tracked_rooms_per_user: 256,
             presence_pending_users: 65_536,

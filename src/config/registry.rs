@@ -362,6 +362,9 @@ const KEYS: &[Key] = &[
     key!("cluster.queue_events", positive_int, |c| c
         .cluster
         .queue_events),
+    key!("cluster.fanout_tasks", positive_int, |c| c
+        .cluster
+        .fanout_tasks),
     key!("cluster.subscription_messages", positive_int, |c| c
         .cluster
         .subscription_messages),

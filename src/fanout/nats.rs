@@ -44,17 +44,42 @@
 //! store, up to the announced id. Every other event is carried as rendered (a receipt list,
 //! one edited message, a typing notice).
 //!
-//! One task per node does the work in order: what the writer publishes here (locally
-//! committed events) and what NATS brings go through the same queue and the same tracker,
-//! so a user's `message:sent` events of one room reach their connections in id order
-//! whichever node committed them.
+//! The order that matters is per user and room, not per node, so the work is shared over
+//! several tasks (`cluster.fanout_tasks`), each owning the users whose id hashes to it
+//! ([`shard_of`]): everything for one user (what the writer publishes here, what NATS
+//! brings, their subscription and tracker) goes through the same task, so a user's
+//! `message:sent` events of one room reach their connections in id order whichever node
+//! committed them, while one user's store read does not hold up the others'. The tasks
+//! read the store over the pool, several reads in flight.
+//!
+//! Each task has two bounded queues. The writer's publishes go to the first
+//! (`cluster.queue_events` long) without waiting. What NATS brings goes to the second
+//! (`cluster.queue_events / cluster.fanout_tasks` long), and a subscription's forwarder
+//! waits while it is full: the excess stays in NATS's buffers
+//! (`cluster.subscription_messages` per user, then a slow consumer, caught up as any
+//! loss) rather than in ours. The task serves its own node's events first, so what the
+//! writer publishes is dropped only when the node cannot keep up with its own commits.
+//!
+//! A dropped event is repaired without making things worse: the task notes its user and
+//! rooms, and catches those rooms up (one read each) once its queue is empty. Until then
+//! the next event of such a room shows the gap and repairs it. Catching up every room at
+//! once, while the queue is still full, cost more reads than the events it replaced,
+//! and made the task drop more. Only past as many noted rooms as the queue is long are
+//! all of the task's remembered rooms caught up (still once its queue is empty).
+//!
+//! A `message:sent` from another node costs one read of the room, and reads are shared:
+//! a task takes what its queues hold at once (up to [`BATCH`] jobs) and, for each user
+//! and room, reads the room once up to the highest id announced in it, `50 + k - 1`
+//! messages, which holds the snapshot of each of the `k` messages in between ([`Page`]).
+//! A gap and a catch-up are one such read per room too, not one per message. A page lives
+//! for one turn of the task (one batch), so a snapshot is as fresh as the events queued
+//! with it.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
@@ -89,6 +114,13 @@ const MAX_RECOVERED: u64 = MAX_MESSAGES_LIMIT as u64;
 /// `changes` read, as after a long disconnection.
 const MAX_CHANGE_PAGES: usize = 20;
 
+/// Most jobs a fan-out task takes from a queue at once, whose reads it shares.
+pub const BATCH: usize = 64;
+
+/// Most ids past the one needed that one read of a room fetches ahead for the batch:
+/// a read stays within `MAX_MESSAGES_LIMIT + READ_AHEAD` messages.
+const READ_AHEAD: u64 = 2 * BATCH as u64;
+
 /// How to reach NATS and how much the node may hold for it.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
@@ -96,8 +128,11 @@ pub struct NatsOptions {
     pub url: String,
     /// This node's name, on its NATS connection and in its logs.
     pub node_name: String,
-    /// Events waiting for the fan-out task (`cluster.queue_events`).
+    /// Events published here waiting for each fan-out task (`cluster.queue_events`); what
+    /// NATS brings waits in a queue of this over `fanout_tasks`.
     pub queue_events: usize,
+    /// Tasks the fan-out work is shared over, by user (`cluster.fanout_tasks`).
+    pub fanout_tasks: usize,
     /// Messages buffered per user subscription (`cluster.subscription_messages`).
     pub subscription_messages: usize,
     /// Rooms remembered per local user (`cluster.tracked_rooms_per_user`).
@@ -233,8 +268,9 @@ enum Job {
     /// The same for a user not connected here: only what NATS carries, so that a queued
     /// `message:sent` does not hold its snapshot.
     Forward { user: String, notice: Notice },
-    /// A notice from NATS for a user connected here.
-    Remote { user: String, payload: Bytes },
+    /// A notice from NATS for a user connected here, decoded by its subscription's
+    /// forwarder.
+    Remote { user: String, notice: Notice },
     /// Room changes committed here that a user connected here got no event for.
     Advanced {
         user: String,
@@ -242,14 +278,107 @@ enum Job {
     },
 }
 
-/// What the broker's handles and the task share.
+impl Job {
+    /// The rooms whose events of a user connected here this job carries: what catching
+    /// up repairs when it is dropped. A notice for another node (`Forward`) is repaired
+    /// there, by the gap the next one shows.
+    fn rooms(&self) -> Vec<RoomKey> {
+        let changes = match self {
+            Job::Local { event, .. } => {
+                let mut rooms: Vec<RoomKey> = event
+                    .changes()
+                    .spans()
+                    .iter()
+                    .map(|c| c.room.clone())
+                    .collect();
+                if let Some(new) = event.new_message() {
+                    if !rooms.contains(&new.announced.room) {
+                        rooms.push(new.announced.room.clone());
+                    }
+                }
+                return rooms;
+            }
+            Job::Advanced { changes, .. } => changes,
+            Job::Forward { .. } | Job::Remote { .. } => return Vec::new(),
+        };
+        changes.iter().map(|c| c.room.clone()).collect()
+    }
+}
+
+/// What the broker's handles and the tasks share.
 struct Shared {
-    /// Users whose first connection opened or last one closed since the task looked.
-    changed: Mutex<HashSet<String>>,
-    /// Set when events may have been lost: NATS reconnected, a slow consumer, a full queue.
-    lost: AtomicBool,
-    wake: Notify,
+    /// One per fan-out task.
+    signals: Vec<Signals>,
     stats: ClusterStats,
+}
+
+/// What wakes one fan-out task besides its queues.
+#[derive(Default)]
+struct Signals {
+    /// Its users whose first connection opened or last one closed since the task looked.
+    changed: Mutex<HashSet<String>>,
+    /// Set when its events may have been lost: NATS reconnected, a slow consumer.
+    lost: AtomicBool,
+    /// The rooms of its users whose events its full queue dropped, to catch up once the
+    /// queue is empty; at most the queue's length, past which `overflowed` is set.
+    dropped: Mutex<HashSet<(String, RoomKey)>>,
+    /// More rooms had events dropped than `dropped` holds: once the queue is empty, every
+    /// remembered room is caught up too.
+    overflowed: AtomicBool,
+    wake: Notify,
+}
+
+impl Shared {
+    /// The signals of the task that owns `user`.
+    fn of(&self, user: &str) -> &Signals {
+        &self.signals[shard_of(user, self.signals.len())]
+    }
+
+    /// Anything may have been lost, for every task: one catch-up of every remembered
+    /// room, counted once.
+    fn lose_all(&self) {
+        let mut fresh = false;
+        for signals in &self.signals {
+            fresh |= signals.lose();
+        }
+        if fresh {
+            self.stats.count(Repair::CatchUp);
+        }
+    }
+}
+
+impl Signals {
+    /// Has the task catch up; false when it was going to already.
+    fn lose(&self) -> bool {
+        let fresh = !self.lost.swap(true, Ordering::AcqRel);
+        self.wake.notify_one();
+        fresh
+    }
+
+    /// Notes that an event of `user` reporting `rooms` was dropped; true when that calls
+    /// for catching up every room (`dropped` is full) and it was not called for already.
+    fn dropped(&self, user: &str, rooms: Vec<RoomKey>, bound: usize) -> bool {
+        let mut dropped = self.dropped.lock().expect("dropped lock poisoned");
+        for room in rooms {
+            let key = (user.to_owned(), room);
+            if dropped.contains(&key) {
+                continue;
+            }
+            if dropped.len() >= bound {
+                return !self.overflowed.swap(true, Ordering::AcqRel);
+            }
+            dropped.insert(key);
+        }
+        false
+    }
+}
+
+/// Which of `tasks` fan-out tasks owns `user`: FNV-1a of the id, the same on every run.
+pub fn shard_of(user: &str, tasks: usize) -> usize {
+    let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % tasks.max(1) as u64) as usize
 }
 
 /// What the cluster fan-out has had to repair so far.
@@ -263,6 +392,7 @@ pub struct ClusterStats {
     recovered_changes: AtomicU64,
     duplicate_changes: AtomicU64,
     change_gaps: AtomicU64,
+    reads: AtomicU64,
 }
 
 /// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
@@ -332,7 +462,9 @@ impl ClusterStats {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Times every remembered room was caught up from the store.
+    /// Times the remembered rooms were caught up from the store: every one after a NATS
+    /// reconnect or slow consumer, one fan-out task's after too many rooms had events
+    /// dropped.
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(Ordering::Relaxed)
     }
@@ -352,6 +484,17 @@ impl ClusterStats {
         self.change_gaps.load(Ordering::Relaxed)
     }
 
+    /// Reads of the store for `message:sent` events: notices from other nodes, gaps and
+    /// catch-ups.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn count_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        metrics::cluster_read();
+    }
+
     /// Users whose subject this node listens to, once the NATS server has the subscription.
     pub fn subscribed(&self) -> u64 {
         self.subscribed.load(Ordering::Relaxed)
@@ -361,11 +504,14 @@ impl ClusterStats {
 /// Publishes to NATS and to the local hub; see the module docs.
 pub struct NatsBroker {
     hub: Arc<Hub>,
-    /// For the notices published outside the fan-out task (an erasure).
+    /// For the notices published outside the fan-out tasks (an erasure).
     client: async_nats::Client,
-    queue: mpsc::Sender<Job>,
+    /// Each task's queue for what is published here.
+    queues: Vec<mpsc::Sender<Job>>,
+    /// How many rooms of dropped events each task remembers (its queue's length).
+    dropped_rooms: usize,
     shared: Arc<Shared>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The hub's [`Presence`] watcher: notes the user for the task.
@@ -373,17 +519,18 @@ struct Watcher(Arc<Shared>);
 
 impl Presence for Watcher {
     fn changed(&self, user: &str) {
-        self.0
+        let signals = self.0.of(user);
+        signals
             .changed
             .lock()
             .expect("presence lock poisoned")
             .insert(user.to_owned());
-        self.0.wake.notify_one();
+        signals.wake.notify_one();
     }
 }
 
 impl NatsBroker {
-    /// Connects to NATS and starts the fan-out task, which feeds `hub` and reads gaps from
+    /// Connects to NATS and starts the fan-out tasks, which feed `hub` and read from
     /// `store`. Fails when no NATS server answers; once connected, the client reconnects
     /// by itself for as long as it takes.
     pub async fn connect(
@@ -391,10 +538,9 @@ impl NatsBroker {
         hub: Arc<Hub>,
         store: Arc<dyn ReadStore>,
     ) -> Result<Arc<NatsBroker>, NatsError> {
+        let tasks = options.fanout_tasks.max(1);
         let shared = Arc::new(Shared {
-            changed: Mutex::default(),
-            lost: AtomicBool::new(false),
-            wake: Notify::new(),
+            signals: (0..tasks).map(|_| Signals::default()).collect(),
             stats: ClusterStats::default(),
         });
         let events = Arc::clone(&shared);
@@ -423,8 +569,7 @@ impl NatsBroker {
                         && connected_before.swap(true, Ordering::AcqRel);
                     if reconnected || matches!(event, async_nats::Event::SlowConsumer(_)) {
                         tracing::warn!(%node, %event, "NATS: catching up from the store");
-                        shared.lost.store(true, Ordering::Release);
-                        shared.wake.notify_one();
+                        shared.lose_all();
                     } else {
                         tracing::info!(%node, %event, "NATS");
                     }
@@ -434,26 +579,51 @@ impl NatsBroker {
             .await
             .map_err(NatsError::Connect)?;
         metrics::cluster_started(&Repair::ALL.map(Repair::kind));
-        let (queue, jobs) = mpsc::channel(options.queue_events);
+        let capacity = options.queue_events.max(1);
+        let mut queues = Vec::with_capacity(tasks);
+        let mut handles = Vec::with_capacity(tasks);
+        for index in 0..tasks {
+            let (local, local_jobs) = mpsc::channel(capacity);
+            let (remote, remote_jobs) = mpsc::channel(capacity.div_ceil(tasks));
+            let task = Fanout {
+                index,
+                client: client.clone(),
+                hub: Arc::clone(&hub),
+                store: Arc::clone(&store),
+                shared: Arc::clone(&shared),
+                remote,
+                users: HashMap::new(),
+                rooms_per_user: options.tracked_rooms_per_user,
+                touched: 0,
+                subscribed: 0,
+                pages: HashMap::new(),
+                wanted: HashMap::new(),
+            };
+            handles.push(tokio::spawn(task.run(local_jobs, remote_jobs)));
+            queues.push(local);
+        }
         hub.watch_presence(Arc::new(Watcher(Arc::clone(&shared))));
-        let task = Fanout {
-            client: client.clone(),
-            hub: Arc::clone(&hub),
-            store,
-            shared: Arc::clone(&shared),
-            queue: queue.clone(),
-            users: HashMap::new(),
-            rooms_per_user: options.tracked_rooms_per_user,
-            touched: 0,
-        };
-        let task = tokio::spawn(task.run(jobs));
         Ok(Arc::new(NatsBroker {
             hub,
             client,
-            queue,
+            queues,
+            dropped_rooms: capacity,
             shared,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(handles),
         }))
+    }
+
+    /// Queues `job` for the task that owns `user`; full, drops it and has that task catch
+    /// up its rooms from the store once the queue is empty again.
+    fn enqueue(&self, user: &str, job: Job) {
+        let task = shard_of(user, self.queues.len());
+        if let Err(full) = self.queues[task].try_send(job) {
+            self.shared.stats.count(Repair::Dropped);
+            let rooms = full.into_inner().rooms();
+            if self.shared.signals[task].dropped(user, rooms, self.dropped_rooms) {
+                self.shared.stats.count(Repair::CatchUp);
+            }
+        }
     }
 
     /// What the fan-out has repaired so far.
@@ -461,35 +631,31 @@ impl NatsBroker {
         &self.shared.stats
     }
 
-    /// Stops the fan-out task; its subscriptions end with it.
+    /// Stops the fan-out tasks; their subscriptions end with them.
     pub fn stop(&self) {
-        if let Some(task) = self.task.lock().expect("task lock poisoned").take() {
+        for task in self.tasks.lock().expect("task lock poisoned").drain(..) {
             task.abort();
         }
     }
 }
 
 impl Broker for NatsBroker {
-    /// Queues `event` for the fan-out task, which delivers it here and publishes it to
-    /// NATS. A full queue drops it and has the node catch up from the store.
+    /// Queues `event` for the user's fan-out task, which delivers it here and publishes it
+    /// to NATS. A full queue drops it and has the task catch up from the store.
     fn publish(&self, user: &str, event: &Arc<Outbound>) {
-        let user = user.to_owned();
-        let job = if self.hub.is_online(&user) {
+        let owned = user.to_owned();
+        let job = if self.hub.is_online(user) {
             Job::Local {
-                user,
+                user: owned,
                 event: Arc::clone(event),
             }
         } else {
             Job::Forward {
-                user,
+                user: owned,
                 notice: Notice::of(event),
             }
         };
-        if self.queue.try_send(job).is_err() {
-            self.shared.stats.count(Repair::Dropped);
-            self.shared.lost.store(true, Ordering::Release);
-            self.shared.wake.notify_one();
-        }
+        self.enqueue(user, job);
     }
 
     /// Whether the user has a connection on this node: other nodes are not asked.
@@ -524,25 +690,21 @@ impl Broker for NatsBroker {
         if event.changes().is_empty() {
             return;
         }
-        let user = user.to_owned();
-        let job = if self.hub.is_online(&user) {
+        let owned = user.to_owned();
+        let job = if self.hub.is_online(user) {
             Job::Advanced {
-                user,
+                user: owned,
                 changes: event.changes().spans().to_vec(),
             }
         } else {
             Job::Forward {
-                user,
+                user: owned,
                 notice: Notice::Advanced {
                     changes: Span::all(event.changes().spans()),
                 },
             }
         };
-        if self.queue.try_send(job).is_err() {
-            self.shared.stats.count(Repair::Dropped);
-            self.shared.lost.store(true, Ordering::Release);
-            self.shared.wake.notify_one();
-        }
+        self.enqueue(user, job);
     }
 }
 
@@ -647,49 +809,181 @@ impl Tracker {
     }
 }
 
-/// The fan-out task's state.
+/// A room's messages as one read gave them to one user, newest first: the snapshots of
+/// several `message:sent` events (see the module docs).
+struct Page {
+    partner: SessionUser,
+    messages: Vec<ChatMessage>,
+    /// The highest id it could hold (the bound it was read below, less one).
+    top: u64,
+    /// It holds every message of the room up to `top`: it came back shorter than asked.
+    whole: bool,
+}
+
+impl Page {
+    /// Whether it answers for message `id`: holds it or shows it is gone, with the 49
+    /// before it (or all there are).
+    fn covers(&self, id: u64) -> bool {
+        if id > self.top {
+            return false;
+        }
+        match self.messages.iter().position(|m| m.id <= id) {
+            Some(at) => self.whole || self.messages.len() - at >= MAX_MESSAGES_LIMIT,
+            None => self.whole,
+        }
+    }
+
+    /// Message `id`'s snapshot: it and the ones before it, as many as a `message:sent`
+    /// carries; `None` when it is gone. Only for an id the page [`covers`](Page::covers).
+    fn snapshot_of(&self, id: u64) -> Option<&[ChatMessage]> {
+        let at = self.messages.iter().position(|m| m.id == id)?;
+        let end = (at + MAX_MESSAGES_LIMIT).min(self.messages.len());
+        Some(&self.messages[at..end])
+    }
+}
+
+/// One fan-out task's state: the users of this node that hash to it.
 struct Fanout {
+    /// Which task this is, for [`shard_of`].
+    index: usize,
     client: async_nats::Client,
     hub: Arc<Hub>,
     store: Arc<dyn ReadStore>,
     shared: Arc<Shared>,
     /// For the forwarding tasks of new subscriptions.
-    queue: mpsc::Sender<Job>,
+    remote: mpsc::Sender<Job>,
     users: HashMap<String, LocalUser>,
     rooms_per_user: usize,
     /// Orders tracker entries by recency.
     touched: u64,
+    /// Its users whose subject NATS has, counted in [`ClusterStats::subscribed`].
+    subscribed: u64,
+    /// Rooms read in this turn, per user and room: at most one per job of the turn.
+    pages: HashMap<(String, RoomKey), Page>,
+    /// The highest id this turn's jobs will want of each user's room: how far a read
+    /// reads ahead.
+    wanted: HashMap<(String, RoomKey), u64>,
 }
 
 impl Fanout {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    async fn run(mut self, mut local: mpsc::Receiver<Job>, mut remote: mpsc::Receiver<Job>) {
+        let signals = Arc::clone(&self.shared);
+        let signals = &signals.signals[self.index];
+        let (mut mine, mut brought) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
         loop {
+            // Its own node's events first: those are dropped when their queue is full, what
+            // NATS brings waits in NATS.
             tokio::select! {
                 biased;
-                () = self.shared.wake.notified() => {
-                    self.update_subscriptions().await;
-                    if self.shared.lost.swap(false, Ordering::AcqRel) {
+                () = signals.wake.notified() => {
+                    self.update_subscriptions(signals).await;
+                    if signals.lost.swap(false, Ordering::AcqRel) {
                         self.resync().await;
                     }
                 }
-                job = jobs.recv() => match job {
-                    Some(Job::Local { user, event }) => self.local(user, event).await,
-                    Some(Job::Forward { user, notice }) => self.forward(&user, &notice).await,
-                    Some(Job::Remote { user, payload }) => self.remote(&user, &payload).await,
-                    Some(Job::Advanced { user, changes }) => {
-                        self.told(&user, &changes).await;
-                        let notice = Notice::Advanced { changes: Span::all(&changes) };
-                        self.forward(&user, &notice).await;
+                n = local.recv_many(&mut mine, BATCH) => {
+                    if n == 0 {
+                        return;
                     }
-                    None => return,
-                },
+                    self.turn(&mut mine).await;
+                }
+                n = remote.recv_many(&mut brought, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    self.turn(&mut brought).await;
+                }
+            }
+            self.pages.clear();
+            self.wanted.clear();
+            // Dropped events are caught up once their queue is empty: meanwhile the next
+            // event of each room shows its gap, and catching up while the queue is full
+            // would only drop more.
+            if local.is_empty() {
+                self.catch_up_dropped(signals).await;
+                self.pages.clear();
             }
         }
     }
 
+    /// Catches up the rooms whose events were dropped from the full queue, one read each
+    /// (and every remembered room if there were more than it noted).
+    async fn catch_up_dropped(&mut self, signals: &Signals) {
+        let dropped = std::mem::take(&mut *signals.dropped.lock().expect("dropped lock"));
+        if signals.overflowed.swap(false, Ordering::AcqRel) {
+            self.resync().await;
+        }
+        for (user, room) in dropped {
+            let Some(local) = self.users.get(&user) else {
+                continue;
+            };
+            let told = local.tracker.rooms.get(&room).copied().unwrap_or_default();
+            self.catch_up_messages(&user, &room, told.id).await;
+            if let Some(change) = told.change {
+                self.recover_changes(&user, &room, change, u64::MAX).await;
+            }
+        }
+    }
+
+    /// Does `jobs` in order, sharing the reads of their `message:sent` events.
+    async fn turn(&mut self, jobs: &mut Vec<Job>) {
+        for job in jobs.iter() {
+            let wanted = match job {
+                Job::Local { user, event } => event
+                    .new_message()
+                    .map(|new| (user, &new.announced.room, new.announced.message_id)),
+                Job::Remote {
+                    user,
+                    notice:
+                        Notice::Sent {
+                            low,
+                            high,
+                            message_id,
+                            ..
+                        },
+                } => {
+                    let room = RoomKey {
+                        low: low.clone(),
+                        high: high.clone(),
+                    };
+                    self.want(user, &room, *message_id);
+                    None
+                }
+                Job::Remote { .. } => None,
+                Job::Forward { .. } | Job::Advanced { .. } => None,
+            };
+            if let Some((user, room, id)) = wanted {
+                self.want(user, room, id);
+            }
+        }
+        for job in jobs.drain(..) {
+            match job {
+                Job::Local { user, event } => self.local(user, event).await,
+                Job::Forward { user, notice } => self.forward(&user, &notice).await,
+                Job::Remote { user, notice } => self.remote(&user, notice).await,
+                Job::Advanced { user, changes } => {
+                    self.told(&user, &changes).await;
+                    let notice = Notice::Advanced {
+                        changes: Span::all(&changes),
+                    };
+                    self.forward(&user, &notice).await;
+                }
+            }
+        }
+    }
+
+    /// Notes that `user` will want message `id` of `room` in this turn.
+    fn want(&mut self, user: &str, room: &RoomKey, id: u64) {
+        let wanted = self
+            .wanted
+            .entry((user.to_owned(), room.clone()))
+            .or_insert(id);
+        *wanted = (*wanted).max(id);
+    }
+
     /// Subscribes to the users who came, unsubscribes from those who left.
-    async fn update_subscriptions(&mut self) {
-        let changed = std::mem::take(&mut *self.shared.changed.lock().expect("presence lock"));
+    async fn update_subscriptions(&mut self, signals: &Signals) {
+        let changed = std::mem::take(&mut *signals.changed.lock().expect("presence lock"));
         if changed.is_empty() {
             return;
         }
@@ -700,7 +994,7 @@ impl Fanout {
                     Ok(subscriber) => Some(tokio::spawn(forward(
                         user.clone(),
                         subscriber,
-                        self.queue.clone(),
+                        self.remote.clone(),
                     ))),
                     Err(e) => {
                         tracing::error!(%user, error = %e, "cannot subscribe on NATS");
@@ -721,11 +1015,14 @@ impl Fanout {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "NATS flush after subscribing failed");
         }
-        let subscribed = self.users.values().filter(|u| u.forward.is_some()).count();
-        self.shared
-            .stats
-            .subscribed
-            .store(subscribed as u64, Ordering::Relaxed);
+        let subscribed = self.users.values().filter(|u| u.forward.is_some()).count() as u64;
+        let total = &self.shared.stats.subscribed;
+        if subscribed >= self.subscribed {
+            total.fetch_add(subscribed - self.subscribed, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.subscribed - subscribed, Ordering::Relaxed);
+        }
+        self.subscribed = subscribed;
     }
 
     /// An event published here: delivered to the user's connections here (in id order
@@ -760,14 +1057,7 @@ impl Fanout {
     }
 
     /// A notice from another node.
-    async fn remote(&mut self, user: &str, payload: &[u8]) {
-        let notice: Notice = match postcard::from_bytes(payload) {
-            Ok(notice) => notice,
-            Err(e) => {
-                tracing::warn!(%user, error = %e, "undecodable NATS message dropped");
-                return;
-            }
-        };
+    async fn remote(&mut self, user: &str, notice: Notice) {
         match notice {
             Notice::Sent {
                 low,
@@ -844,14 +1134,16 @@ impl Fanout {
         let Some(local) = self.users.get(user) else {
             return;
         };
-        let missing: Vec<u64> = match local.tracker.last(room) {
+        let (last, since_ms) = (local.tracker.last(room), local.since_ms);
+        self.want(user, room, id);
+        let missing: Vec<u64> = match last {
             Some(last) if id <= last => return,
             Some(last) => (last.max(id.saturating_sub(MAX_RECOVERED + 1)) + 1..id).collect(),
             // A room not seen since the user connected: what was sent since may be missing,
             // as far as the last snapshot reaches. Only for a notice from elsewhere: one
             // committed here was published here, in order.
             None if matches!(delivery, Delivery::Notice(_)) => {
-                match self.messages_since(user, room, id, local.since_ms).await {
+                match self.messages_since(user, room, id, since_ms).await {
                     Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!(%user, error = %e, "cannot read what a user missed");
@@ -880,30 +1172,64 @@ impl Fanout {
     /// Ids below `id` in the room sent at or after `since_ms`, oldest first, within the
     /// latest snapshot's reach.
     async fn messages_since(
-        &self,
+        &mut self,
         user: &str,
         room: &RoomKey,
         id: u64,
         since_ms: i64,
     ) -> Result<Vec<u64>, StoreError> {
-        let page = self
-            .store
-            .messages_page(room, user, Some(id), MAX_MESSAGES_LIMIT)
-            .await?;
+        let low = id.saturating_sub(MAX_RECOVERED).max(1);
+        let page = self.page(user, room, low).await?;
         Ok(page
             .messages
             .iter()
             .rev()
-            .filter(|m| m.sent_ms >= since_ms)
+            .filter(|m| m.id >= low && m.id < id && m.sent_ms >= since_ms)
             .map(|m| m.id)
             .collect())
     }
 
-    /// Builds message `id`'s `message:sent` from the store (the room's latest messages up
-    /// to it, as they are now) and delivers it; false when it is gone (retention, an
-    /// erasure) or the store failed. `named` is how its announcement named the room and
-    /// the sender; a recovered message, which has none, gets the canonical room id and the
-    /// sender's stored profile.
+    /// The page of `room` as `user` sees it that holds message `id`'s snapshot: this
+    /// turn's, or one read now up to the highest id the turn wants (see [`Page`]).
+    async fn page(&mut self, user: &str, room: &RoomKey, id: u64) -> Result<&Page, StoreError> {
+        let key = (user.to_owned(), room.clone());
+        if !self.pages.get(&key).is_some_and(|page| page.covers(id)) {
+            let wanted = self.wanted.get(&key).copied().unwrap_or(id);
+            let top = wanted.clamp(id, id.saturating_add(READ_AHEAD));
+            let limit = MAX_MESSAGES_LIMIT + (top - id) as usize;
+            let page = self.read(user, room, Some(top), limit).await?;
+            self.pages.insert(key.clone(), page);
+        }
+        Ok(&self.pages[&key])
+    }
+
+    /// Reads up to `limit` messages of `room` as `user` sees them, up to id `top` (or the
+    /// latest).
+    async fn read(
+        &self,
+        user: &str,
+        room: &RoomKey,
+        top: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.shared.stats.count_read();
+        let read = self
+            .store
+            .messages_page(room, user, top.map(|top| top.saturating_add(1)), limit)
+            .await?;
+        Ok(Page {
+            top: top.unwrap_or_else(|| read.messages.first().map_or(0, |m| m.id)),
+            whole: read.messages.len() < limit,
+            partner: read.partner,
+            messages: read.messages,
+        })
+    }
+
+    /// Builds message `id`'s `message:sent` (the room's latest messages up to it, as they
+    /// are now) and delivers it; false when it is gone (retention, an erasure) or the
+    /// store failed. `named` is how its announcement named the room and the sender; a
+    /// recovered message, which has none, gets the canonical room id and the sender's
+    /// stored profile.
     async fn deliver_from_store(
         &mut self,
         user: &str,
@@ -926,34 +1252,36 @@ impl Fanout {
     }
 
     async fn sent_event(
-        &self,
+        &mut self,
         user: &str,
         room: &RoomKey,
         id: u64,
         named: Option<Named>,
     ) -> Result<Option<Arc<Outbound>>, StoreError> {
-        let page = self
-            .store
-            .messages_page(room, user, Some(id + 1), MAX_MESSAGES_LIMIT)
-            .await?;
-        let Some(message) = page.messages.first().filter(|m| m.id == id) else {
+        let page = self.page(user, room, id).await?;
+        let Some(messages) = page.snapshot_of(id) else {
             return Ok(None);
         };
+        let messages_json = snapshot(messages);
+        let sender_id = &messages[0].user_id;
         let named = match named {
             Some(named) => named,
-            None => Named {
+            None if *sender_id == page.partner.id => Named {
                 room_id: room.id(),
-                sender: if message.user_id == page.partner.id {
-                    page.partner.clone()
-                } else {
-                    self.store.profile(&message.user_id).await?
-                },
+                sender: page.partner.clone(),
             },
+            None => {
+                let sender_id = sender_id.clone();
+                Named {
+                    room_id: room.id(),
+                    sender: self.store.profile(&sender_id).await?,
+                }
+            }
         };
         Ok(Some(Outbound::new(ServerEvent::MessageSent {
             room_id: named.room_id,
             user: named.sender,
-            messages: snapshot(&page.messages),
+            messages: messages_json,
             announces: Some(Announced {
                 room: room.clone(),
                 message_id: id,
@@ -978,7 +1306,6 @@ impl Fanout {
     /// published from now on is missed), then delivers what each remembered room has past
     /// its last delivered id.
     async fn resync(&mut self) {
-        self.shared.stats.count(Repair::CatchUp);
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "NATS flush before catching up failed");
         }
@@ -994,8 +1321,8 @@ impl Fanout {
             })
             .collect();
         for (user, room, told) in rooms {
-            if let Some(last) = told.id {
-                self.catch_up_messages(&user, &room, last).await;
+            if told.id.is_some() {
+                self.catch_up_messages(&user, &room, told.id).await;
             }
             if let Some(change) = told.change {
                 self.recover_changes(&user, &room, change, u64::MAX).await;
@@ -1003,25 +1330,37 @@ impl Fanout {
         }
     }
 
-    /// Delivers what `room` has past message `last` for `user`.
-    async fn catch_up_messages(&mut self, user: &str, room: &RoomKey, last: u64) {
-        let latest = match self
-            .store
-            .messages_page(room, user, None, MAX_MESSAGES_LIMIT)
+    /// Delivers what `room` has past message `last` for `user` (without one, what was
+    /// sent since the user came), from one read: the latest snapshot's messages and the
+    /// snapshot of each.
+    async fn catch_up_messages(&mut self, user: &str, room: &RoomKey, last: Option<u64>) {
+        let Some(since_ms) = self.users.get(user).map(|local| local.since_ms) else {
+            return;
+        };
+        let page = match self
+            .read(
+                user,
+                room,
+                None,
+                MAX_MESSAGES_LIMIT + MAX_RECOVERED as usize,
+            )
             .await
         {
-            Ok(page) => page.messages,
+            Ok(page) => page,
             Err(e) => {
                 tracing::warn!(%user, error = %e, "cannot catch up a room");
                 return;
             }
         };
-        let missing: Vec<u64> = latest
+        let missing: Vec<u64> = page
+            .messages
             .iter()
+            .take(MAX_MESSAGES_LIMIT)
             .rev()
+            .filter(|m| last.map_or(m.sent_ms >= since_ms, |last| m.id > last))
             .map(|m| m.id)
-            .filter(|&id| id > last)
             .collect();
+        self.pages.insert((user.to_owned(), room.clone()), page);
         for id in missing {
             if self.deliver_from_store(user, room, id, None).await {
                 self.shared.stats.count(Repair::Recovered);
@@ -1103,7 +1442,10 @@ impl Fanout {
             }
         }
         // In the order of the changes: a lost message as its `message:sent` (and any
-        // before it), then whatever else its state calls for.
+        // before it), then whatever else its state calls for. One read serves them all.
+        if let Some(highest) = changed.iter().map(|m| m.id).max() {
+            self.want(user, room, highest);
+        }
         for message in changed {
             let last_id = self.users.get(user).and_then(|u| u.tracker.last(room));
             if let Some(last) = last_id.filter(|&last| message.id > last) {
@@ -1167,12 +1509,20 @@ fn events_for(user: &str, room: &RoomKey, message: ChatMessage) -> Vec<Arc<Outbo
     events
 }
 
-/// Feeds one user's NATS subscription into the fan-out queue until aborted.
+/// Feeds one user's NATS subscription into their task's queue until aborted, waiting
+/// while it is full: meanwhile NATS buffers what comes (see the module docs).
 async fn forward(user: String, mut subscriber: async_nats::Subscriber, queue: mpsc::Sender<Job>) {
     while let Some(message) = subscriber.next().await {
+        let notice = match postcard::from_bytes(&message.payload) {
+            Ok(notice) => notice,
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "undecodable NATS message dropped");
+                continue;
+            }
+        };
         let job = Job::Remote {
             user: user.clone(),
-            payload: message.payload,
+            notice,
         };
         if queue.send(job).await.is_err() {
             return;

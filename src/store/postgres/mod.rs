@@ -318,9 +318,13 @@ fn limit_param(limit: usize) -> i64 {
 }
 
 async fn profile_of(client: &deadpool_postgres::Client, user: &str) -> Result<SessionUser> {
-    let row = client
-        .query_opt("SELECT name FROM profiles WHERE user_id = $1", &[&user])
+    // Prepared once per connection: every history page and every message a receiving
+    // node builds asks for a profile, and an unnamed statement costs a round trip and a
+    // parse each time.
+    let statement = client
+        .prepare_cached("SELECT name FROM profiles WHERE user_id = $1")
         .await?;
+    let row = client.query_opt(&statement, &[&user]).await?;
     Ok(SessionUser {
         id: user.to_owned(),
         name: row.map_or_else(|| user.to_owned(), |r| r.get(0)),
@@ -343,9 +347,15 @@ async fn page_query(
     );
     let (rows, partner) = futures_util::future::try_join(
         async {
+            // Prepared once per connection, as in `profile_of`: a receiving node in
+            // cluster mode reads a page for other nodes' messages.
+            let statement = client.prepare_cached(&sql).await?;
             Ok::<_, StoreError>(
                 client
-                    .query(&sql, &[&room.low, &room.high, &bound, &limit_param(limit)])
+                    .query(
+                        &statement,
+                        &[&room.low, &room.high, &bound, &limit_param(limit)],
+                    )
                     .await?,
             )
         },
