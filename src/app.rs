@@ -141,6 +141,7 @@ mod tests {
         let writer_config = WriterConfig {
             recent_cache_bytes: 1 << 20,
             max_batch: 16,
+            mark_hint_rooms: 1024,
         };
         let thread = Writer::spawn(
             store.clone(),

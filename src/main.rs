@@ -396,6 +396,12 @@ fn serve(config: Config) -> ExitCode {
             WriterConfig {
                 recent_cache_bytes: config.memory.recent_cache_bytes,
                 max_batch: config.storage.max_batch,
+                // Off in cluster mode: other nodes change the same rooms (`writer::hints`).
+                mark_hint_rooms: if config.cluster.postgres_url.is_some() {
+                    0
+                } else {
+                    config.memory.mark_hint_rooms
+                },
             },
         );
         webhook::count(&hooks, store.read.as_ref()).await;

@@ -115,6 +115,7 @@ impl Command for Expire {
             .map_err(ChatError::internal)?;
         if expired.deleted > 0 {
             cx.cache().forget(&self.room);
+            cx.hint_forget(&self.room);
         }
         Ok(expired)
     }
@@ -173,6 +174,7 @@ mod tests {
             WriterConfig {
                 recent_cache_bytes: 1 << 20,
                 max_batch: 16,
+                mark_hint_rooms: 1024,
             },
         );
         let writer = thread.writer();

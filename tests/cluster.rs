@@ -92,6 +92,7 @@ impl Node {
             WriterConfig {
                 recent_cache_bytes: 0,
                 max_batch: 64,
+                mark_hint_rooms: 0,
             },
         );
         let chat = Chat::new(

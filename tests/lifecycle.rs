@@ -178,6 +178,44 @@ async fn an_ack_less_mark_notifies_the_sender_and_is_durable() {
     assert_eq!(stored[2]["deliveredAt"], delivered[0]["deliveredAt"]);
 }
 
+/// The handler checks a mark against the writer's hints (the room's newest id and the
+/// reader's mark as of the last commit) before the store: the answers stay the same. A
+/// stale mark is answered without a write, an id past the newest is refused, and a
+/// message marked as soon as it arrives is known.
+#[tokio::test]
+async fn marks_checked_from_the_writers_hints_answer_as_the_store_would() {
+    let server = Server::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    for text in ["a", "b", "c"] {
+        send(&mut alice, "alice-bob", text, &mut [&mut bob]).await;
+    }
+    let ok = json!({ "ok": true, "rejected": [] });
+    let receipt_ids = |receipts: Value| -> Vec<u64> {
+        receipts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["messageId"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(received(&mut bob, "alice-bob", 3).await, ok);
+    let receipts = alice.recv_event("message:delivered").await;
+    assert_eq!(receipt_ids(receipts), [1, 2, 3]);
+
+    assert_eq!(received(&mut bob, "alice-bob", 2).await, ok);
+    alice.expect_silence(QUIET).await;
+    let past = received(&mut bob, "alice-bob", 4).await;
+    assert_eq!(past["rejected"][0]["code"], "not_found", "{past}");
+
+    send(&mut alice, "alice-bob", "d", &mut [&mut bob]).await;
+    assert_eq!(received(&mut bob, "alice-bob", 4).await, ok);
+    let receipts = alice.recv_event("message:delivered").await;
+    assert_eq!(receipt_ids(receipts), [4]);
+    let stored = history(&mut alice, "alice-bob").await;
+    assert!(stored.iter().all(|m| m["deliveredAt"].is_string()));
+}
+
 #[tokio::test]
 async fn received_rejects_bad_items_and_keeps_the_good_ones() {
     let server = Server::start();

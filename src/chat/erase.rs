@@ -94,6 +94,7 @@ impl Command for EraseUser {
             .map_err(ChatError::internal)?;
         for room in &erasure.rooms {
             cx.cache().forget(room);
+            cx.hint_forget(room);
         }
         let erased_at = txn
             .erased_at(&self.user)

@@ -10,7 +10,9 @@
 //! often as messages, and only the highest of a reader's marks in a room counts. So a
 //! mark is written as few times as that allows:
 //! - the handler reads the reader's mark first: a mark at or below it, or naming no
-//!   message, is answered without a write;
+//!   message, is answered without a write. It reads it from the writer's
+//!   [`crate::writer::MarkHints`] (each room's newest id and marks as of the last commit),
+//!   and from the store only when those do not know the id;
 //! - a mark of a (reader, room) whose earlier mark still waits in the writer's queue
 //!   raises that one instead of queueing its own ([`QueuedMarks`]), and is answered when
 //!   it is durable;
@@ -80,8 +82,18 @@ impl Chat {
                     continue;
                 }
             };
-            // Read-only, so a repeated or stale mark costs no write and no queue slot.
-            match self.store.delivered_mark(&mark.room, &user.id).await {
+            // Read-only, so a repeated or stale mark costs no write and no queue slot; from
+            // the writer's hints when they know the id, else from the store.
+            let hinted = self
+                .writer
+                .mark_hints()
+                .get(&mark.room, &user.id)
+                .filter(|state| mark.message_id <= state.last_id);
+            let state = match hinted {
+                Some(state) => Ok(Some(state)),
+                None => self.store.delivered_mark(&mark.room, &user.id).await,
+            };
+            match state {
                 Ok(Some(state)) if mark.message_id <= state.last_id => {
                     if mark.message_id > state.mark {
                         moving.push(mark);
@@ -354,6 +366,12 @@ impl Delivered {
         now: i64,
     ) -> store::Result<ReceivedOutcome> {
         let outcome = txn.mark_received(room, reader, up_to, now)?;
+        if matches!(
+            outcome,
+            ReceivedOutcome::Moved(_) | ReceivedOutcome::Unchanged
+        ) {
+            cx.hint_delivered(room, reader, up_to);
+        }
         if let ReceivedOutcome::Moved(messages) = &outcome {
             for message in messages {
                 cx.cache().update(room, message);
@@ -513,6 +531,7 @@ mod tests {
         let config = WriterConfig {
             recent_cache_bytes: 1 << 20,
             max_batch: 64,
+            mark_hint_rooms: 1024,
         };
         let thread = Writer::spawn(
             store.clone(),
@@ -580,6 +599,10 @@ mod tests {
         assert_eq!(ids, [1, 2, 3, 4]);
         assert!(events[0].iter().all(|(_, at)| *at == events[0][0].1));
         assert!(delivered_to(&recorder, "bob").is_empty());
+        // The moved marks are hinted for the handler, each member's own.
+        let hints = writer.mark_hints();
+        assert_eq!(hints.get(&room, "bob").map(|h| h.mark), Some(4));
+        assert_eq!(hints.get(&room, "alice").map(|h| h.mark), Some(5));
 
         // At or below the mark again: nothing written, nobody told.
         outcome(writer.submit(marks("bob", &[4, 2])).await)

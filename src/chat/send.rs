@@ -162,6 +162,7 @@ impl Command for AppendMessage {
                     .record_new(&self.room, &message, load)
                     .map_err(ChatError::internal)?;
                 cx.stored_message();
+                cx.hint_stored(&self.room, message.id);
                 webhook::message_created(txn, cx, &self.room, &message, &self.sender)
                     .map_err(ChatError::internal)?;
                 let mut users = vec![self.room.low.clone()];

@@ -220,6 +220,9 @@ pub struct MemoryConfig {
     /// What an online export (`GET /admin/export`) holds in memory: dump lines read from
     /// the store but not yet sent to the client.
     pub export_buffer_bytes: usize,
+    /// Rooms whose newest id and delivered marks the writer keeps for the
+    /// `message:received` handler (`writer::MarkHints`); a miss reads the store.
+    pub mark_hint_rooms: usize,
 }
 
 /// One webhook: where events are posted, how they are signed, which ones, and how long
@@ -395,6 +398,7 @@ impl Default for MemoryConfig {
 
             backup_buffer_bytes: 16 * 1024 * 1024,
             export_buffer_bytes: 1024 * 1024,
+            mark_hint_rooms: 50_000,
         }
     }
 }

@@ -324,6 +324,10 @@ const KEYS: &[Key] = &[
     key!("memory.webhook_window_events", positive_int, |c| c
         .memory
         .webhook_window_events),
+    // Delivered-mark hints (issue 16).
+    key!("memory.mark_hint_rooms", positive_int, |c| c
+        .memory
+        .mark_hint_rooms),
     key!("cors.allowed_origins", origins, |c| c.cors.allowed_origins),
     // Retention (issue 14).
     key!("retention.max_age_days", retention_days, |c| c

@@ -25,6 +25,12 @@
 //! [`RoundEnd`] of the round instead, which gathers them and applies them once, after the
 //! round's last command and before its commit. That work is part of the round: if it
 //! fails, the round fails as a failed commit does.
+//!
+//! Once a round is durable, and before its events go out, the writer raises its
+//! [`MarkHints`]: each room's newest id and delivered marks, which the `message:received`
+//! handler reads instead of the store (`hints`).
+
+mod hints;
 
 use std::any::{Any, TypeId};
 use std::sync::Arc;
@@ -35,11 +41,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fanout::{Broker, Outbound, RoomChanges};
 use crate::metrics;
+use crate::model::RoomKey;
 use crate::protocol::server_event::ServerEvent;
 use crate::protocol::ChatError;
 use crate::snapshot::{CacheStats, RecentCache};
 use crate::store::{ClientKey, RoomLock, StoreError, WriteStore, WriteTxn};
 use crate::webhook::Hooks;
+
+use hints::Hint;
+pub use hints::MarkHints;
 
 /// One write, applied in a round's transaction and answered once the round is durable.
 pub trait Command: Send + 'static {
@@ -93,6 +103,29 @@ impl Context<'_> {
     /// The latest-50 cache, which only the writer thread touches.
     pub fn cache(&mut self) -> &mut RecentCache {
         self.cache
+    }
+
+    /// Message `id` of `room` is stored, once the round is durable ([`MarkHints`]).
+    pub fn hint_stored(&mut self, room: &RoomKey, id: u64) {
+        self.effects.hints.push(Hint::Stored {
+            room: room.clone(),
+            id,
+        });
+    }
+
+    /// `reader`'s delivered mark in `room` is at least `up_to`, once the round is durable.
+    pub fn hint_delivered(&mut self, room: &RoomKey, reader: &str, up_to: u64) {
+        self.effects.hints.push(Hint::Delivered {
+            room: room.clone(),
+            reader: reader.to_owned(),
+            up_to,
+        });
+    }
+
+    /// `room` lost messages (retention, an erasure): its hints are dropped, so that a
+    /// mark there is checked against the store again.
+    pub fn hint_forget(&mut self, room: &RoomKey) {
+        self.effects.hints.push(Hint::Forget(room.clone()));
     }
 
     /// Publishes `event` to each of `users` once the round is durable.
@@ -177,6 +210,7 @@ struct Effects {
     new_messages: u64,
     /// The hook of each webhook event written this round.
     webhooks_queued: Vec<usize>,
+    hints: Vec<Hint>,
 }
 
 /// An event to publish once the round is durable.
@@ -248,11 +282,16 @@ impl<C: Command, R: Reply<C::Output>> Queued for Job<C, R> {
 
     fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) {
         let command = self.command.take().expect("a job is applied once");
-        let (deliveries, new_messages) = (cx.effects.deliveries.len(), cx.effects.new_messages);
+        let (deliveries, new_messages, hints) = (
+            cx.effects.deliveries.len(),
+            cx.effects.new_messages,
+            cx.effects.hints.len(),
+        );
         let result = command.apply(txn, cx);
         if result.is_err() {
             cx.effects.deliveries.truncate(deliveries);
             cx.effects.new_messages = new_messages;
+            cx.effects.hints.truncate(hints);
         }
         self.result = Some(result);
     }
@@ -283,6 +322,7 @@ pub struct Writer {
     tx: mpsc::Sender<Request>,
     /// The size of the writer thread's latest-50 cache, for `/metrics`.
     recent_cache: Arc<CacheStats>,
+    mark_hints: Arc<MarkHints>,
 }
 
 /// Owns the writer thread; [`WriterThread::shutdown`] drains it.
@@ -298,6 +338,8 @@ pub struct WriterConfig {
     pub recent_cache_bytes: usize,
     /// Most commands applied in one transaction.
     pub max_batch: usize,
+    /// Rooms whose ids and marks [`MarkHints`] keeps (`memory.mark_hint_rooms`); 0 for none.
+    pub mark_hint_rooms: usize,
 }
 
 impl Writer {
@@ -311,6 +353,8 @@ impl Writer {
         let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
         let cache = RecentCache::new(config.recent_cache_bytes);
         let recent_cache = cache.stats();
+        let mark_hints = Arc::new(MarkHints::new(config.mark_hint_rooms));
+        let hints = Arc::clone(&mark_hints);
         let thread = std::thread::Builder::new()
             .name("chat-writer".into())
             .spawn(move || {
@@ -319,12 +363,17 @@ impl Writer {
                     broker,
                     hooks,
                     cache,
+                    hints,
                 };
                 state.run(rx, config.max_batch.max(1));
             })
             .expect("spawn the writer thread");
         WriterThread {
-            writer: Writer { tx, recent_cache },
+            writer: Writer {
+                tx,
+                recent_cache,
+                mark_hints,
+            },
             thread,
         }
     }
@@ -365,6 +414,11 @@ impl Writer {
     pub fn recent_cache(&self) -> &CacheStats {
         &self.recent_cache
     }
+
+    /// What the writer knows of each room's ids and marks, as of its last commit.
+    pub fn mark_hints(&self) -> &MarkHints {
+        &self.mark_hints
+    }
 }
 
 /// Waits for a writer reply, mapping a vanished writer to `internal`.
@@ -395,6 +449,7 @@ struct State {
     /// Read by commands that write webhook events; woken after each commit.
     hooks: Arc<Hooks>,
     cache: RecentCache,
+    hints: Arc<MarkHints>,
 }
 
 impl State {
@@ -486,6 +541,8 @@ impl State {
         let durable_at = Instant::now();
         // Recorded before anyone hears of the commit, so a scrape after an ack sees it.
         metrics::committed(jobs.len(), effects.new_messages);
+        // Before the events: a reader marks a message as soon as it has it.
+        self.hints.apply(effects.hints);
         for delivery in effects.deliveries {
             for user in &delivery.users {
                 self.broker.publish(user, &delivery.event);
@@ -678,7 +735,8 @@ mod tests {
         }
     }
 
-    /// Publishes a typing event in `room` to `user`, then answers `room`, or fails.
+    /// Publishes a typing event in `room` to `user` and hints message 1 of the room
+    /// (`user`, `room`) stored, then answers `room`, or fails.
     struct Emit {
         user: &'static str,
         room: &'static str,
@@ -700,6 +758,7 @@ mod tests {
                     user_id: "w".into(),
                 },
             );
+            cx.hint_stored(&RoomKey::new(self.user, self.room), 1);
             if self.fail {
                 return Err(ChatError::bad_request("this command fails"));
             }
@@ -733,6 +792,7 @@ mod tests {
         let config = WriterConfig {
             recent_cache_bytes: 1 << 20,
             max_batch: 16,
+            mark_hint_rooms: 1024,
         };
         let recorder = Arc::new(Recorder(Arc::clone(&log)));
         let thread = Writer::spawn(store, recorder, Arc::new(Hooks::none()), config);
@@ -741,6 +801,14 @@ mod tests {
 
     fn emit(user: &'static str, room: &'static str, fail: bool) -> Emit {
         Emit { user, room, fail }
+    }
+
+    /// Whether the writer's hints know the room an [`Emit`] hinted.
+    fn hinted(writer: &Writer, user: &str, room: &str) -> bool {
+        writer
+            .mark_hints()
+            .get(&RoomKey::new(user, room), user)
+            .is_some()
     }
 
     #[tokio::test]
@@ -766,6 +834,9 @@ mod tests {
         let refused = outcome(failed).await.unwrap_err();
         assert_eq!(refused.code, ErrorCode::BadRequest);
         assert_eq!(outcome(last).await.unwrap(), "r3");
+        // Hints are raised with the commit, and never by a command that failed.
+        assert!(hinted(&writer, "a", "r1") && hinted(&writer, "c", "r3"));
+        assert!(!hinted(&writer, "b", "r2"));
         thread.shutdown().await;
 
         assert_eq!(
@@ -775,7 +846,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_commit_publishes_nothing_and_answers_internal() {
+    async fn a_failed_commit_publishes_nothing_hints_nothing_and_answers_internal() {
         let (thread, log) = start(true);
         let writer = thread.writer();
         let answers = [
@@ -785,6 +856,8 @@ mod tests {
         for answer in answers {
             assert_eq!(outcome(answer).await.unwrap_err().code, ErrorCode::Internal);
         }
+        // A hint ahead of the store would refuse valid marks or drop new ones as stale.
+        assert!(!hinted(&writer, "a", "r1") && !hinted(&writer, "b", "r2"));
         thread.shutdown().await;
         assert!(log.lock().unwrap().is_empty());
     }
