@@ -228,6 +228,34 @@ async fn sends_fail_clearly_while_postgres_is_down_and_service_resumes_by_itself
 }
 
 #[tokio::test]
+async fn a_scrape_answers_while_postgres_hangs() {
+    let pg = TestPostgres::start();
+    let server = node(&pg);
+    let mut alice = server.connect("alice").await;
+    assert_eq!(send(&mut alice, "alice-bob", "before").await["id"], 1);
+    let size = common::metrics::value(
+        &common::metrics::scrape(&server).await,
+        "chat_store_file_bytes",
+    );
+    assert!(size > 0.0, "{size}");
+
+    pg.freeze();
+    // The store-size query waits up to 10 s for a hung database; the scrape gives it 1 s
+    // and answers with the rest, the gauge at its last value.
+    let started = Instant::now();
+    let samples = common::metrics::scrape(&server).await;
+    let took = started.elapsed();
+    pg.thaw();
+    assert!(took < Duration::from_secs(3), "the scrape took {took:?}");
+    assert_eq!(common::metrics::value(&samples, "chat_users_online"), 1.0);
+    assert_eq!(
+        common::metrics::value(&samples, "chat_store_file_bytes"),
+        size
+    );
+    assert_eq!(send(&mut alice, "alice-bob", "after").await["id"], 2);
+}
+
+#[tokio::test]
 async fn a_snapshot_shows_what_another_node_changed_in_the_room() {
     let pg = TestPostgres::start();
     let (a, b) = (node(&pg), node(&pg));

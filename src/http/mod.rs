@@ -11,6 +11,7 @@ pub mod query;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use hyper::{Request, StatusCode};
@@ -107,7 +108,7 @@ pub fn routes(
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_app.clone())
-        .map(|app: Arc<App>| {
+        .then(|app: Arc<App>| async move {
             let hub = app.chat.hub();
             metrics::hub_state(
                 hub.users_online(),
@@ -118,10 +119,7 @@ pub fn routes(
             let cache = app.chat.writer().recent_cache();
             metrics::recent_cache_state(cache.rooms(), cache.bytes(), cache.evictions());
             metrics::process_state(app.config.memory.redb_cache_bytes);
-            match app.maintenance.file_bytes() {
-                Ok(bytes) => metrics::store_state(bytes),
-                Err(e) => tracing::warn!(error = %e, "cannot read the store's file size"),
-            }
+            store_size(&app).await;
             warp::reply::with_header(
                 metrics::render(),
                 "content-type",
@@ -219,6 +217,25 @@ pub fn routes(
 /// `GET /api/blocks` (the caller's block list), `PUT /api/blocks/{userId}` (block) and
 /// `DELETE /api/blocks/{userId}` (unblock), answered like the `blocks`, `block` and
 /// `unblock` events' ack replies.
+/// Longest a scrape waits for the store's size (in cluster mode a PostgreSQL query).
+const STORE_SIZE_WAIT: Duration = Duration::from_secs(1);
+
+/// Updates `chat_store_file_bytes`, off the runtime's threads and for at most
+/// [`STORE_SIZE_WAIT`]: a scrape must answer while the database is slow or down (that is
+/// when the other metrics matter most), so a late size leaves the gauge at its last value.
+async fn store_size(app: &App) {
+    let maintenance = Arc::clone(&app.maintenance);
+    let size = tokio::task::spawn_blocking(move || maintenance.file_bytes());
+    match tokio::time::timeout(STORE_SIZE_WAIT, size).await {
+        Ok(Ok(Ok(bytes))) => metrics::store_state(bytes),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "cannot read the store's file size"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the store's size task failed"),
+        Err(_) => tracing::warn!(
+            "the store's size took over {STORE_SIZE_WAIT:?}: chat_store_file_bytes keeps its last value"
+        ),
+    }
+}
+
 fn blocks_routes(
     with_app: impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone + Send + Sync + 'static,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
@@ -285,7 +302,7 @@ pub fn cors_layer(config: &CorsConfig) -> CorsLayer {
             hyper::Method::DELETE,
         ])
         .allow_headers([AUTHORIZATION, hyper::header::CONTENT_TYPE])
-        .max_age(std::time::Duration::from_secs(3600))
+        .max_age(Duration::from_secs(3600))
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct Server {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// The server's own nats-server, with `CHAT_TEST_STORE=nats`.
+    _nats: Option<nats::NatsServer>,
 }
 
 impl Server {
@@ -63,13 +65,14 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        store_under_test(&mut env);
+        let nats = store_under_test(&mut env);
         let (child, addr) = spawn(dir.path(), &env);
         Server {
             child: Some(child),
             addr,
             dir,
             env,
+            _nats: nats,
         }
     }
 
@@ -688,18 +691,25 @@ pub mod nats;
 // ---- The same tests against cluster mode's store (issue 17) ----
 
 /// The environment variable that picks the store every `Server` runs on: unset or
-/// `redb` for the embedded store, `postgres` for cluster mode's PostgreSQL store.
+/// `redb` for the embedded store, `postgres` for cluster mode's PostgreSQL store with the
+/// in-process fan-out (one node), `nats` for PostgreSQL with the NATS fan-out (one node
+/// of a cluster: every event goes through the fan-out tasks that serve a cluster).
 pub const TEST_STORE: &str = "CHAT_TEST_STORE";
 
-/// Whether this run's servers store in PostgreSQL (`CHAT_TEST_STORE=postgres`). Tests
-/// about the embedded store itself (its files, backups, crash trials) check this and
-/// return, saying why.
+/// Whether this run's servers store in PostgreSQL (`CHAT_TEST_STORE=postgres` or `nats`).
+/// Tests about the embedded store itself (its files, backups, crash trials) check this
+/// and return, saying why.
 pub fn cluster_mode() -> bool {
     match std::env::var(TEST_STORE).as_deref() {
         Err(_) | Ok("redb") => false,
-        Ok("postgres") => true,
-        Ok(other) => panic!("{TEST_STORE}={other:?}: expected \"redb\" or \"postgres\""),
+        Ok("postgres") | Ok("nats") => true,
+        Ok(other) => panic!("{TEST_STORE}={other:?}: expected \"redb\", \"postgres\" or \"nats\""),
     }
+}
+
+/// Whether this run's servers also fan out over NATS (`CHAT_TEST_STORE=nats`).
+pub fn nats_mode() -> bool {
+    std::env::var(TEST_STORE).as_deref() == Ok("nats")
 }
 
 /// The setting that puts a server in cluster mode, on this PostgreSQL database.
@@ -716,15 +726,23 @@ static TEST_CLUSTER: std::sync::LazyLock<postgres::TestPostgres> = std::sync::La
 /// In cluster mode, gives a new server a fresh database of its own (tests stay
 /// independent); the URL goes into the server's saved environment, so `restart`,
 /// `restart_same_port` and a start after `kill9` find the same data. A test that
-/// already names a database (the cluster tests) keeps it.
-fn store_under_test(env: &mut Vec<(String, String)>) {
+/// already names a database (the cluster tests) keeps it. With `nats`, the server also
+/// gets a nats-server of its own (NATS subjects are per user, so servers of different
+/// tests sharing one would hear each other's users), returned to live as long as it.
+fn store_under_test(env: &mut Vec<(String, String)>) -> Option<nats::NatsServer> {
     if !cluster_mode() || env.iter().any(|(k, _)| k == URL) {
-        return;
+        return None;
     }
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let url = TEST_CLUSTER.create_database(&format!("server_{n}"));
     env.push((URL.to_owned(), url));
+    if !nats_mode() {
+        return None;
+    }
+    let nats = nats::NatsServer::start();
+    env.push(("CHAT_CLUSTER_NATS_URL".to_owned(), nats.url()));
+    Some(nats)
 }
 
 impl Server {

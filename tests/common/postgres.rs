@@ -202,6 +202,45 @@ impl TestPostgres {
         );
     }
 
+    /// SIGSTOP to the postmaster and every backend: the database hangs, as a machine that
+    /// stopped answering, where a stopped server would refuse connections at once.
+    pub fn freeze(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`TestPostgres::freeze`].
+    pub fn thaw(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
+    fn signal_all(&self, signal: libc::c_int) {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("a running postmaster");
+        let postmaster: libc::pid_t = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The parent pid is the second field after the command's closing parenthesis.
+            let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+            let parent = after_name
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory preconditions; these are this test's own processes.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     /// Runs SQL in the test database through `psql` and returns its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         self.psql_in(USER, sql)
