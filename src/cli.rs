@@ -55,7 +55,8 @@ pub enum Command {
         /// Replace the store of a data directory that is not empty.
         force: bool,
     },
-    /// Check the store of `config.data_dir`, offline.
+    /// Check the store of `config.data_dir`, offline, or in cluster mode the PostgreSQL
+    /// database.
     Verify(Config),
     /// Compact the store of `config.data_dir`, offline.
     Compact(Config),
@@ -163,7 +164,8 @@ enum Sub {
     /// Install a backup file as the store of the data dir (stopped server; verified first);
     /// in cluster mode, load a backup dump into the empty PostgreSQL database.
     Restore(RestoreArgs),
-    /// Check the store of the data dir (stopped server); exit status 0 when it is sound.
+    /// Check the store of the data dir (stopped server), or in cluster mode the PostgreSQL
+    /// database (nodes running); exit status 0 when it is sound.
     Verify(SharedArgs),
     /// Compact the store of the data dir (stopped server) and print its size before/after.
     Compact(SharedArgs),

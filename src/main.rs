@@ -204,18 +204,24 @@ fn import(config: &Config) -> ExitCode {
     }
 }
 
+/// Verifies the store: the redb file (server stopped) or, in cluster mode, the PostgreSQL
+/// database while the nodes run.
 fn verify(config: &Config) -> ExitCode {
-    match offline::verify(&config.data_dir) {
+    let verified = match &config.cluster.postgres_url {
+        Some(url) => PgStore::open(url, 1)
+            .and_then(|store| store.verify())
+            .map_err(|e| format!("cannot verify the PostgreSQL store: {e}")),
+        None => offline::verify(&config.data_dir)
+            .map_err(|e| format!("cannot verify {}: {e}", config.data_dir.display())),
+    };
+    match verified {
         Ok(found) if found.ok() => print_line(&format!("ok: {}", offline::describe(&found))),
         Ok(found) => fail(format_args!(
             "{} problems: {}",
             found.problem_count,
             offline::describe(&found)
         )),
-        Err(e) => fail(format_args!(
-            "cannot verify {}: {e}",
-            config.data_dir.display()
-        )),
+        Err(e) => fail(e),
     }
 }
 
@@ -243,15 +249,15 @@ fn erase_user(config: &Config, user_id: &str) -> ExitCode {
 }
 
 /// The offline commands that work on the redb file in the data directory; in cluster mode
-/// the data is in PostgreSQL, whose own tools do this. `export`, `import`, `backup` and
-/// `restore` work on either store.
+/// the data is in PostgreSQL, whose own tools do this. `export`, `import`, `backup`,
+/// `restore` and `verify` work on either store.
 /// Erasing a user still works, online, through `DELETE /admin/users/{id}` on any node.
 fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
     let (config, name) = match command {
-        Command::Verify(config) => (config, "verify"),
         Command::Compact(config) => (config, "compact"),
         Command::EraseUser { config, .. } => (config, "erase-user"),
         Command::Serve(_)
+        | Command::Verify(_)
         | Command::Token { .. }
         | Command::AdminToken(_)
         | Command::Export { .. }
@@ -262,8 +268,7 @@ fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
     config.cluster.postgres_url.as_ref().map(|_| {
         format!(
             "`{name}` works on the embedded store's file, but cluster.postgres_url is set: \
-             the data is in PostgreSQL, whose own tools check and compact it (amcheck, \
-             VACUUM); erase a user with the admin API's `DELETE /admin/users/{{id}}` on a \
+             the data is in PostgreSQL, which reclaims its own space (VACUUM); erase a user with the admin API's `DELETE /admin/users/{{id}}` on a \
              running node"
         )
     })

@@ -525,7 +525,6 @@ fn the_embedded_store_file_commands_refuse_in_cluster_mode_and_touch_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     for args in [
-        vec!["verify", "--data", data],
         vec!["compact", "--data", data],
         vec!["erase-user", "alice", "--data", data],
     ] {
@@ -539,6 +538,89 @@ fn the_embedded_store_file_commands_refuse_in_cluster_mode_and_touch_nothing() {
             "{args:?}: {stderr}"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
+
+#[tokio::test]
+async fn verify_checks_the_database_while_a_node_runs_and_reports_as_the_embedded_store() {
+    let pg = TestPostgres::start();
+    let server = node(&pg);
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    for text in ["one", "two", "three"] {
+        send(&mut alice, "alice-bob", text).await;
+    }
+    let keyed = json!({ "userId": "bob", "roomId": "alice-bob", "message": "four",
+                        "clientMessageId": "k1" });
+    assert_eq!(bob.request("message", keyed).await["ok"], true);
+    send(&mut alice, "alice-carol", "hi carol").await;
+    let read = bob
+        .request(
+            "message:read",
+            json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 1,
+                     "seenDate": "2026-01-01T00:00:00Z" }]),
+        )
+        .await;
+    assert_eq!(read["rejected"], json!([]), "{read}");
+    let edited = alice
+        .request(
+            "message:edit",
+            json!({ "roomId": "alice-bob", "messageId": 2, "message": "two, edited" }),
+        )
+        .await;
+    assert_eq!(edited["ok"], true, "{edited}");
+
+    // Sound, while the node runs.
+    let out = chat_server_on(&pg.url(), &["verify"]);
+    assert!(out.status.success(), "verify: {}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.starts_with("ok: 2 rooms, 5 messages, 1 clientMessageId index rows, 4 inbox rows"),
+        "{report}"
+    );
+
+    // The same chat in the embedded store reads the same.
+    let dir = tempfile::tempdir().unwrap();
+    let imported = common::dump::import(dir.path(), &export(&pg.url()));
+    assert!(
+        imported.status.success(),
+        "import: {}",
+        text(&imported.stderr)
+    );
+    let embedded = common::dump::chat_server()
+        .args(["verify", "--data", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(embedded.status.success(), "{}", text(&embedded.stderr));
+    assert_eq!(text(&embedded.stdout), report);
+
+    // Damage that only the chat's bookkeeping shows: a message gone from the middle of a
+    // room, an unread count off, a room time that is not its newest message's.
+    pg.psql(
+        "DELETE FROM messages WHERE id = 2 AND room = \
+           (SELECT num FROM rooms WHERE low = 'alice' AND high = 'bob');
+         UPDATE rooms SET unread_high = unread_high + 5, last_sent_ms = last_sent_ms - 1 \
+           WHERE low = 'alice' AND high = 'carol';",
+    );
+    let out = chat_server_on(&pg.url(), &["verify"]);
+    assert!(
+        !out.status.success(),
+        "damage passed: {}",
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    for expected in [
+        "4 problems",
+        "(alice, bob): ids 1..4 hold 3 messages: a gap",
+        // Message 2 was bob's to read.
+        "(alice, bob): unread counts are (1, 2) but unseen messages (1, 1)",
+        "(alice, carol): its time is not its last message's",
+        "(alice, carol): unread counts are (0, 6) but unseen messages (0, 1)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing from {stderr}"
+        );
     }
 }
 

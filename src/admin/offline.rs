@@ -7,7 +7,8 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::store::redb::{self, Verified, DB_FILE};
+use crate::store::redb::{self, DB_FILE};
+use crate::store::verified::Verified;
 use crate::store::StoreError;
 
 /// Why a command could not do its work.

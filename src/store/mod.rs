@@ -24,6 +24,7 @@ pub mod postgres;
 pub mod redb;
 #[cfg(test)]
 mod suite;
+pub mod verified;
 
 use std::future::Future;
 use std::path::Path;

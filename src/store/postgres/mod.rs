@@ -26,6 +26,7 @@ mod leader;
 mod presence;
 mod schema;
 mod txn;
+mod verify;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;

@@ -58,7 +58,7 @@ use crate::model::{
 use records::RoomRecord;
 
 pub use backup::compact;
-pub use verify::{verify, Verified};
+pub use verify::verify;
 
 /// The on-disk format this binary writes. A store with a higher number is refused.
 ///

@@ -1,5 +1,6 @@
 use super::*;
 use crate::store::suite::{store_suite, Fixture};
+use crate::store::verified::Verified;
 use crate::store::Appended;
 use crate::store::WriteStore;
 

@@ -21,48 +21,8 @@ use super::{
     ROOMS, ROOM_NUMS,
 };
 use crate::model::RoomKey;
+use crate::store::verified::Verified;
 use crate::store::{Result, StoreError};
-
-/// Problems listed in full; past this many only their number is kept, so that a badly
-/// damaged store gives a readable report (and bounded memory).
-const MAX_LISTED: usize = 20;
-
-/// What a verification found.
-#[derive(Debug, Default)]
-pub struct Verified {
-    /// Rooms.
-    pub rooms: u64,
-    /// Messages.
-    pub messages: u64,
-    /// `clientMessageId` index rows.
-    pub client_ids: u64,
-    /// Inbox rows (one per room and participant).
-    pub inbox_rows: u64,
-    /// Remembered profiles.
-    pub profiles: u64,
-    /// Erased users.
-    pub erased_users: u64,
-    /// `changes` rows (one per message changed since format 2).
-    pub change_rows: u64,
-    /// The first problems found, in the order found.
-    pub problems: Vec<String>,
-    /// Problems found in all, listed or not.
-    pub problem_count: u64,
-}
-
-impl Verified {
-    /// No problem was found.
-    pub fn ok(&self) -> bool {
-        self.problem_count == 0
-    }
-
-    fn problem(&mut self, what: String) {
-        self.problem_count += 1;
-        if self.problems.len() < MAX_LISTED {
-            self.problems.push(what);
-        }
-    }
-}
 
 /// Verifies the store file `db_file`, opened read-only: a server holding it makes this
 /// fail with redb's "already open" error rather than read a file being written.
