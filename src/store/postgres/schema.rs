@@ -10,9 +10,10 @@
 //! is `rooms.num` = `messages.room`. Every hot statement names one room (a send, a page of
 //! history, a receipt), so on a sharded PostgreSQL (Citus) the two tables would be
 //! co-located by it and each statement would touch one shard; `rooms`' `(low, high)`
-//! lookup and the per-user tables (`profiles`, `blocks`, `erased`) are small and would be
-//! reference tables. Room numbers come from an identity column: they need not be gap-free
-//! (only message ids within a room must be, and those come from the locked room row).
+//! lookup and the per-user tables (`profiles`, `blocks`, `block_counters`, `erased`) are
+//! small and would be reference tables. Room numbers come from an identity column: they
+//! need not be gap-free (only message ids within a room must be, and those come from the
+//! locked room row; a blocker's block changes, from the locked `block_counters` row).
 //!
 //! Text that is sorted (user ids, room ids) is `COLLATE "C"`: bytewise, as the protocol
 //! orders ids, whatever the database's default collation.
