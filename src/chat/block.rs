@@ -18,7 +18,7 @@ use crate::protocol::server_event::ServerEvent;
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
-use crate::store::WriteTxn;
+use crate::store::{Lifted, WriteTxn};
 use crate::writer::{outcome, Command, Context};
 
 impl Chat {
@@ -157,14 +157,16 @@ impl Command for BlockUser {
             ));
         }
         let now = now_millis();
-        txn.put_block(&self.blocker, &self.blocked, now)
+        let change = txn
+            .put_block(&self.blocker, &self.blocked, now)
             .map_err(ChatError::internal)?;
-        cx.publish(
-            vec![self.blocker],
+        cx.publish_block(
+            self.blocker,
             ServerEvent::Blocked {
                 user_id: self.blocked,
                 blocked_at: format_millis(now),
             },
+            change,
         );
         Ok(now)
     }
@@ -181,15 +183,16 @@ impl Command for UnblockUser {
     type Output = ();
 
     fn apply(self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>) -> Result<(), ChatError> {
-        let removed = txn
-            .remove_block(&self.blocker, &self.blocked)
+        let lifted = txn
+            .remove_block(&self.blocker, &self.blocked, now_millis())
             .map_err(ChatError::internal)?;
-        if removed {
-            cx.publish(
-                vec![self.blocker],
+        if let Lifted::Lifted { change } = lifted {
+            cx.publish_block(
+                self.blocker,
                 ServerEvent::Unblocked {
                     user_id: self.blocked,
                 },
+                change,
             );
         }
         Ok(())

@@ -104,6 +104,9 @@ pub struct Outbound {
     /// The room changes this event reports; empty for typing and blocks, which change no
     /// room. What a broker between processes checks for lost events.
     changes: RoomChanges,
+    /// For a `block` or `unblock`: the blocker's change number it reports, where the
+    /// store numbers them; what a broker between processes checks for lost ones.
+    block_change: Option<u64>,
 }
 
 /// A new message as a `message:sent` announces it, without the room's snapshot.
@@ -148,7 +151,16 @@ impl Outbound {
             raw: OnceLock::new(),
             new_message,
             changes,
+            block_change: None,
         })
+    }
+
+    /// Renders `event`, a `block` or `unblock` that took the blocker's change number
+    /// `change`.
+    pub fn with_block_change(event: ServerEvent, change: Option<u64>) -> Arc<Outbound> {
+        let mut outbound = Self::with_changes(event, RoomChanges::default());
+        Arc::get_mut(&mut outbound).expect("just made").block_change = change;
+        outbound
     }
 
     /// An event rendered elsewhere (another node), as its name and payload.
@@ -159,12 +171,18 @@ impl Outbound {
             raw: OnceLock::new(),
             new_message: None,
             changes: RoomChanges::default(),
+            block_change: None,
         })
     }
 
     /// The room changes this event reports.
     pub fn changes(&self) -> &RoomChanges {
         &self.changes
+    }
+
+    /// The blocker's change number a `block` or `unblock` reports, if the store gave one.
+    pub fn block_change(&self) -> Option<u64> {
+        self.block_change
     }
 
     /// The new message a `message:sent` announces; `None` for every other event.

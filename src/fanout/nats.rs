@@ -36,8 +36,22 @@
 //! Telling the reader of a receipt costs one small NATS message per receipt event; without
 //! it every receipt would leave a hole that costs a read of the store.
 //!
-//! Typing is best-effort, and so are `block` and `unblock`, which change no room: a tab
-//! that misses one sees it in its next `blocks` read.
+//! `block` and `unblock` change no room, so they have a counter of their own: the store
+//! numbers each blocker's block changes gap-free, and the event carries its number
+//! ([`Notice::Block`]). The node remembers per local user the last one it told them of
+//! ([`LocalUser::block_change`]): a number at or below it is a duplicate, dropped; one past
+//! the next is a gap, and the rows changed in between are read from the store
+//! (`block_changes`) and delivered first, each as the event its pair's row now says
+//! (`block` with the standing block's time, or `unblock` for a tombstone). A reconnect or
+//! a slow consumer catches up every local user the same way, one read for many users; a
+//! dropped event here, its user once the queue is empty. For a user it knows no number of
+//! yet (none told since they came), the node reads the rows changed since the user came
+//! (`since_ms`, less [`BLOCK_CLOCK_MARGIN_MS`]): that time is this node's clock and a
+//! row's is its writer's, so node clocks are assumed to agree within the margin. Both
+//! reads prefer a repeated event to a lost one: a `block` with the same `blockedAt`, or an
+//! `unblock` of someone not blocked, changes nothing for a client.
+//!
+//! Typing is best-effort.
 //!
 //! NATS messages stay small: a `message:sent` carries the new message's room, id and
 //! sender, never the room's 50-message snapshot; the receiving node reads that from its
@@ -92,7 +106,7 @@ use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::server_event::{Announced, DeliveredReceipt, SeenReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis};
-use crate::store::{ReadStore, StoreError};
+use crate::store::{BlockCursor, BlockFrom, ReadStore, StoreError};
 
 /// Every event name a node may receive as rendered, to keep the `&'static str` that
 /// [`Outbound`] holds.
@@ -191,6 +205,13 @@ enum Notice {
     Advanced { changes: Vec<Span> },
     /// The user was erased: every node closes their connections.
     Erased,
+    /// A `block` or `unblock` to the blocker, as rendered, with the blocker's change
+    /// number it took.
+    Block {
+        name: String,
+        data: String,
+        change: u64,
+    },
 }
 
 /// A [`RoomChange`] on the wire.
@@ -230,6 +251,13 @@ impl Span {
 impl Notice {
     /// What NATS carries of `event`.
     fn of(event: &Outbound) -> Notice {
+        if let Some(change) = event.block_change() {
+            return Notice::Block {
+                name: event.name.to_owned(),
+                data: event.data().to_owned(),
+                change,
+            };
+        }
         match event.new_message() {
             Some(new) => Notice::Sent {
                 low: new.announced.room.low.clone(),
@@ -279,6 +307,15 @@ enum Job {
 }
 
 impl Job {
+    /// The blocker a `block` or `unblock` committed here is for, when they are connected
+    /// here: what catching up repairs when it is dropped.
+    fn block_of(&self) -> Option<&str> {
+        match self {
+            Job::Local { user, event } if event.block_change().is_some() => Some(user),
+            _ => None,
+        }
+    }
+
     /// The rooms whose events of a user connected here this job carries: what catching
     /// up repairs when it is dropped. A notice for another node (`Forward`) is repaired
     /// there, by the gap the next one shows.
@@ -325,6 +362,9 @@ struct Signals {
     /// More rooms had events dropped than `dropped` holds: once the queue is empty, every
     /// remembered room is caught up too.
     overflowed: AtomicBool,
+    /// Its users whose `block` or `unblock` its full queue dropped, to catch up with the
+    /// rooms; at most the queue's length too, past which `overflowed` is set.
+    dropped_blocks: Mutex<HashSet<String>>,
     wake: Notify,
 }
 
@@ -353,6 +393,16 @@ impl Signals {
         let fresh = !self.lost.swap(true, Ordering::AcqRel);
         self.wake.notify_one();
         fresh
+    }
+
+    /// Notes that `user`'s `block` or `unblock` was dropped; like [`Signals::dropped`].
+    fn dropped_block(&self, user: &str, bound: usize) -> bool {
+        let mut dropped = self.dropped_blocks.lock().expect("dropped lock poisoned");
+        if dropped.len() >= bound && !dropped.contains(user) {
+            return !self.overflowed.swap(true, Ordering::AcqRel);
+        }
+        dropped.insert(user.to_owned());
+        false
     }
 
     /// Notes that an event of `user` reporting `rooms` was dropped; true when that calls
@@ -393,6 +443,9 @@ pub struct ClusterStats {
     duplicate_changes: AtomicU64,
     change_gaps: AtomicU64,
     reads: AtomicU64,
+    recovered_blocks: AtomicU64,
+    duplicate_blocks: AtomicU64,
+    block_gaps: AtomicU64,
 }
 
 /// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
@@ -405,10 +458,13 @@ enum Repair {
     RecoveredChange,
     DuplicateChange,
     ChangeGap,
+    RecoveredBlock,
+    DuplicateBlock,
+    BlockGap,
 }
 
 impl Repair {
-    const ALL: [Repair; 7] = [
+    const ALL: [Repair; 10] = [
         Repair::Recovered,
         Repair::Duplicate,
         Repair::Dropped,
@@ -416,6 +472,9 @@ impl Repair {
         Repair::RecoveredChange,
         Repair::DuplicateChange,
         Repair::ChangeGap,
+        Repair::RecoveredBlock,
+        Repair::DuplicateBlock,
+        Repair::BlockGap,
     ];
 
     /// Its `kind` label.
@@ -428,6 +487,9 @@ impl Repair {
             Repair::RecoveredChange => "recovered_change",
             Repair::DuplicateChange => "duplicate_change",
             Repair::ChangeGap => "change_gap",
+            Repair::RecoveredBlock => "recovered_block",
+            Repair::DuplicateBlock => "duplicate_block",
+            Repair::BlockGap => "block_gap",
         }
     }
 }
@@ -442,6 +504,9 @@ impl ClusterStats {
             Repair::RecoveredChange => &self.recovered_changes,
             Repair::DuplicateChange => &self.duplicate_changes,
             Repair::ChangeGap => &self.change_gaps,
+            Repair::RecoveredBlock => &self.recovered_blocks,
+            Repair::DuplicateBlock => &self.duplicate_blocks,
+            Repair::BlockGap => &self.block_gaps,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::cluster_repair(repair.kind());
@@ -482,6 +547,21 @@ impl ClusterStats {
     /// Holes found in a user's changes of a room, each read from the store.
     pub fn change_gaps(&self) -> u64 {
         self.change_gaps.load(Ordering::Relaxed)
+    }
+
+    /// `block` and `unblock` events delivered from the store because theirs never came.
+    pub fn recovered_blocks(&self) -> u64 {
+        self.recovered_blocks.load(Ordering::Relaxed)
+    }
+
+    /// `block` and `unblock` events dropped because the blocker had them.
+    pub fn duplicate_blocks(&self) -> u64 {
+        self.duplicate_blocks.load(Ordering::Relaxed)
+    }
+
+    /// Holes found in a blocker's block changes, each read from the store.
+    pub fn block_gaps(&self) -> u64 {
+        self.block_gaps.load(Ordering::Relaxed)
     }
 
     /// Reads of the store for `message:sent` events: notices from other nodes, gaps and
@@ -619,8 +699,13 @@ impl NatsBroker {
         let task = shard_of(user, self.queues.len());
         if let Err(full) = self.queues[task].try_send(job) {
             self.shared.stats.count(Repair::Dropped);
-            let rooms = full.into_inner().rooms();
-            if self.shared.signals[task].dropped(user, rooms, self.dropped_rooms) {
+            let job = full.into_inner();
+            let signals = &self.shared.signals[task];
+            let overflowed = match job.block_of() {
+                Some(blocker) => signals.dropped_block(blocker, self.dropped_rooms),
+                None => signals.dropped(user, job.rooms(), self.dropped_rooms),
+            };
+            if overflowed {
                 self.shared.stats.count(Repair::CatchUp);
             }
         }
@@ -737,6 +822,8 @@ struct LocalUser {
     /// messages of an untracked room sent since then may be ones they have not had.
     since_ms: i64,
     tracker: Tracker,
+    /// The last of the user's block changes they were told of (`block`, `unblock`).
+    block_change: Option<u64>,
 }
 
 impl Drop for LocalUser {
@@ -909,6 +996,7 @@ impl Fanout {
     /// Catches up the rooms whose events were dropped from the full queue, one read each
     /// (and every remembered room if there were more than it noted).
     async fn catch_up_dropped(&mut self, signals: &Signals) {
+        self.catch_up_dropped_blocks(signals).await;
         let dropped = std::mem::take(&mut *signals.dropped.lock().expect("dropped lock"));
         if signals.overflowed.swap(false, Ordering::AcqRel) {
             self.resync().await;
@@ -1005,6 +1093,7 @@ impl Fanout {
                     forward,
                     since_ms: now_millis(),
                     tracker: Tracker::default(),
+                    block_change: None,
                 };
                 self.users.insert(user, local);
             } else if !online {
@@ -1028,6 +1117,13 @@ impl Fanout {
     /// An event published here: delivered to the user's connections here (in id order
     /// for a new message), then published for their connections elsewhere.
     async fn local(&mut self, user: String, event: Arc<Outbound>) {
+        if let Some(change) = event.block_change() {
+            if self.told_block(&user, change).await {
+                self.hub.publish(&user, &event);
+            }
+            self.forward(&user, &Notice::of(&event)).await;
+            return;
+        }
         match event.new_message() {
             Some(new) => {
                 self.sent(
@@ -1104,6 +1200,9 @@ impl Fanout {
             Notice::Advanced { changes } => {
                 let changes: Vec<RoomChange> = changes.into_iter().map(Span::into_change).collect();
                 self.told(user, &changes).await;
+            }
+            Notice::Block { name, data, change } => {
+                self.remote_block(user, &name, data, change).await
             }
         }
     }
@@ -1328,6 +1427,7 @@ impl Fanout {
                 self.recover_changes(&user, &room, change, u64::MAX).await;
             }
         }
+        self.catch_up_blocks(None).await;
     }
 
     /// Delivers what `room` has past message `last` for `user` (without one, what was
@@ -1473,6 +1573,127 @@ impl Fanout {
     }
 }
 
+/// How far before a user's `since_ms` a read looks for the block changes of a user whose
+/// last change number this node does not know: node clocks are assumed to agree within
+/// this (NTP keeps servers within milliseconds of each other). A change stamped by a
+/// clock further behind is missed until the tab's next `blocks` read; looking further
+/// back only repeats events the tab may have had, which is harmless.
+const BLOCK_CLOCK_MARGIN_MS: i64 = 5_000;
+
+/// Most users whose block changes one read of the store asks for.
+const BLOCK_READ_USERS: usize = 256;
+
+/// `block` and `unblock`: the blocker's changes, numbered gap-free by the store, are
+/// checked and repaired as a room's changes are (see the module docs).
+impl Fanout {
+    /// A `block` or `unblock` from another node: delivered unless the user had it, after
+    /// the changes before it they are missing.
+    async fn remote_block(&mut self, user: &str, name: &str, data: String, change: u64) {
+        let Some(name) = EVENT_NAMES.iter().find(|known| **known == name) else {
+            tracing::warn!(%user, %name, "unknown event from NATS dropped");
+            return;
+        };
+        if self.told_block(user, change).await {
+            self.hub.publish(user, &Outbound::rendered(name, data));
+        }
+    }
+
+    /// Checks block change `change` of `user` against the last one they were told of:
+    /// false for a duplicate. Otherwise delivers first, from the store, what came before
+    /// it that they missed (a gap; knowing no change of theirs yet, the changes made since
+    /// they came), then records it as told.
+    async fn told_block(&mut self, user: &str, change: u64) -> bool {
+        let Some(local) = self.users.get(user) else {
+            return true;
+        };
+        let from = match local.block_change {
+            Some(last) if change <= last => {
+                self.shared.stats.count(Repair::DuplicateBlock);
+                return false;
+            }
+            Some(last) if change > last + 1 => {
+                self.shared.stats.count(Repair::BlockGap);
+                Some(BlockFrom::After(last))
+            }
+            Some(_) => None,
+            // Blocks are rare: one read, the first time, costs little.
+            None => Some(BlockFrom::Since(local.since_ms - BLOCK_CLOCK_MARGIN_MS)),
+        };
+        if let Some(from) = from {
+            let cursor = [BlockCursor {
+                blocker: user.to_owned(),
+                from,
+            }];
+            self.deliver_blocks(&cursor, change).await;
+        }
+        self.told_block_change(user, change);
+        true
+    }
+
+    fn told_block_change(&mut self, user: &str, change: u64) {
+        if let Some(local) = self.users.get_mut(user) {
+            local.block_change = Some(local.block_change.map_or(change, |last| last.max(change)));
+        }
+    }
+
+    /// Reads the block changes `cursors` ask for and delivers those below change `below`
+    /// to their blockers, in order, each as the event its pair's state now calls for:
+    /// `block` with the standing block's time, or `unblock`. A pair that changed again
+    /// later is left to the later change's event.
+    async fn deliver_blocks(&mut self, cursors: &[BlockCursor], below: u64) {
+        let rows = match self.store.block_changes(cursors).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the block changes users missed");
+                return;
+            }
+        };
+        for row in rows.into_iter().filter(|row| row.change < below) {
+            let event = match row.since_ms {
+                Some(since_ms) => ServerEvent::Blocked {
+                    user_id: row.blocked,
+                    blocked_at: format_millis(since_ms),
+                },
+                None => ServerEvent::Unblocked {
+                    user_id: row.blocked,
+                },
+            };
+            self.hub.publish(&row.blocker, &Outbound::new(event));
+            self.shared.stats.count(Repair::RecoveredBlock);
+            self.told_block_change(&row.blocker, row.change);
+        }
+    }
+
+    /// After a possible loss: delivers to every user connected here (or to those in
+    /// `only`) the block changes past the last one they were told of, or knowing none,
+    /// those made since they came.
+    async fn catch_up_blocks(&mut self, only: Option<HashSet<String>>) {
+        let cursors: Vec<BlockCursor> = self
+            .users
+            .iter()
+            .filter(|(user, _)| only.as_ref().is_none_or(|only| only.contains(*user)))
+            .map(|(user, local)| BlockCursor {
+                blocker: user.clone(),
+                from: match local.block_change {
+                    Some(last) => BlockFrom::After(last),
+                    None => BlockFrom::Since(local.since_ms - BLOCK_CLOCK_MARGIN_MS),
+                },
+            })
+            .collect();
+        for chunk in cursors.chunks(BLOCK_READ_USERS) {
+            self.deliver_blocks(chunk, u64::MAX).await;
+        }
+    }
+
+    /// Catches up the users whose `block` or `unblock` the full queue dropped.
+    async fn catch_up_dropped_blocks(&mut self, signals: &Signals) {
+        let dropped = std::mem::take(&mut *signals.dropped_blocks.lock().expect("dropped lock"));
+        if !dropped.is_empty() {
+            self.catch_up_blocks(Some(dropped)).await;
+        }
+    }
+}
+
 /// The events a missed change of `message` calls for, for `user`, from the message as it
 /// is now: its update if it was edited or deleted, and to its sender its receipt. (Which
 /// of these the missed change was is not stored; one the client already had changes
@@ -1566,6 +1787,38 @@ mod tests {
         assert_eq!(tracker.last(&room("c")), None);
         assert_eq!(tracker.last(&room("d")), Some(1));
         assert_eq!(tracker.rooms.len(), 2);
+    }
+
+    #[test]
+    fn a_block_event_crosses_with_its_change_number_and_dropped_ones_are_bounded() {
+        let event = Outbound::with_block_change(
+            ServerEvent::Unblocked {
+                user_id: "b".into(),
+            },
+            Some(7),
+        );
+        match Notice::of(&event) {
+            Notice::Block { name, data, change } => {
+                assert_eq!(
+                    (name.as_str(), data.as_str(), change),
+                    ("unblock", r#"{"userId":"b"}"#, 7)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let job = Job::Local {
+            user: "a".into(),
+            event,
+        };
+        assert_eq!(job.block_of(), Some("a"));
+        // Past the bound, every user is caught up instead, called for once.
+        let signals = Signals::default();
+        assert!(!signals.dropped_block("a", 2));
+        assert!(!signals.dropped_block("a", 2));
+        assert!(!signals.dropped_block("b", 2));
+        assert!(signals.dropped_block("c", 2));
+        assert!(!signals.dropped_block("d", 2));
+        assert_eq!(signals.dropped_blocks.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -216,6 +216,52 @@ pub trait ReadStore: Send + Sync {
     fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
+
+    /// For each blocker, the pairs whose block changed past their cursor, by blocker and
+    /// then in the order of the changes, each as it is now: what a node reads to say
+    /// again a `block` or `unblock` that cluster fan-out lost. A store of one node numbers
+    /// no block changes (its events never leave the process): none.
+    fn block_changes<'a>(&'a self, _blockers: &'a [BlockCursor]) -> Read<'a, Vec<BlockChange>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// Where a read of one blocker's block changes starts ([`ReadStore::block_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockCursor {
+    pub blocker: String,
+    pub from: BlockFrom,
+}
+
+/// The block changes a read wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFrom {
+    /// Those past this change number.
+    After(u64),
+    /// Those made at or after this time (Unix ms), by the clock of the node that made
+    /// them: for a reader that knows no change number yet.
+    Since(i64),
+}
+
+/// One pair's block as its latest change left it ([`ReadStore::block_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockChange {
+    pub blocker: String,
+    pub blocked: String,
+    /// Since when the block stands; `None` once it was lifted.
+    pub since_ms: Option<i64>,
+    /// The blocker's change number that left it so.
+    pub change: u64,
+}
+
+/// What lifting a block did ([`WriteTxn::remove_block`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifted {
+    /// The pair had no standing block; nothing changed.
+    NotBlocked,
+    /// The block was lifted, taking this change number of the blocker in a store that
+    /// numbers them (`None` in one that does not).
+    Lifted { change: Option<u64> },
 }
 
 /// One step of a retention scan over the rooms.
@@ -323,10 +369,12 @@ pub trait WriteTxn {
     fn count_blocks(&self, blocker: &str) -> Result<usize>;
 
     /// Records that `blocker` blocks `blocked` from `since_ms` (replacing any earlier row).
-    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<()>;
+    /// Returns the blocker's change number it took, in a store that numbers them
+    /// (PostgreSQL, see [`ReadStore::block_changes`]); `None` in one that does not.
+    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<Option<u64>>;
 
-    /// Lifts a block; returns whether there was one.
-    fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool>;
+    /// Lifts a block at `now_ms`; says whether there was one.
+    fn remove_block(&mut self, blocker: &str, blocked: &str, now_ms: i64) -> Result<Lifted>;
 
     /// The profile remembered for a user as this transaction sees it; a user never seen
     /// is named by their id.

@@ -368,9 +368,20 @@ pub async fn blocks_are_per_direction_listed_in_id_order_and_mask_unread<F: Fixt
     assert!(!store.inbox_page("b", None, 10).await.unwrap()[0].blocked);
 
     let mut txn = store.begin().unwrap();
-    assert!(txn.remove_block("a", "b").unwrap());
-    assert!(!txn.remove_block("a", "b").unwrap());
+    assert!(matches!(
+        txn.remove_block("a", "b", 40).unwrap(),
+        Lifted::Lifted { .. }
+    ));
+    assert_eq!(txn.remove_block("a", "b", 41).unwrap(), Lifted::NotBlocked);
+    // A lifted block counts for nothing, in this transaction and after.
+    assert_eq!(txn.blocked_since("a", "b").unwrap(), None);
+    assert_eq!(txn.count_blocks("a").unwrap(), 1);
     txn.commit().unwrap();
+    assert!(!store.inbox_page("a", None, 10).await.unwrap()[0].blocked);
+    let txn = store.begin().unwrap();
+    assert_eq!(txn.blocked_since("a", "b").unwrap(), None);
+    assert_eq!(txn.count_blocks("a").unwrap(), 1);
+    drop(txn);
     // The stored count was kept: both messages are still unseen.
     assert_eq!(unread(&store, "a", "a-b").await, 2);
     assert!(!store.blocked_between("a", "b").await.unwrap());

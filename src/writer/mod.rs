@@ -161,6 +161,17 @@ impl Context<'_> {
         });
     }
 
+    /// Publishes `event`, a `block` or `unblock`, to `blocker`'s connections once the
+    /// round is durable; `change` is the blocker's change number it took, where the store
+    /// numbers them, so that cluster fan-out can tell a lost one.
+    pub fn publish_block(&mut self, blocker: String, event: ServerEvent, change: Option<u64>) {
+        self.effects.deliveries.push(Delivery {
+            users: vec![blocker],
+            event: Outbound::with_block_change(event, change),
+            bystanders: Vec::new(),
+        });
+    }
+
     /// Counts a new message in `chat_messages_stored_total` once the round is durable.
     pub fn stored_message(&mut self) {
         self.effects.new_messages += 1;
@@ -686,11 +697,11 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
-        fn put_block(&mut self, _: &str, _: &str, _: i64) -> store::Result<()> {
+        fn put_block(&mut self, _: &str, _: &str, _: i64) -> store::Result<Option<u64>> {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
-        fn remove_block(&mut self, _: &str, _: &str) -> store::Result<bool> {
+        fn remove_block(&mut self, _: &str, _: &str, _: i64) -> store::Result<store::Lifted> {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 

@@ -34,8 +34,11 @@ const IDLE_LIMIT: &str = "10min";
 const PROFILES: &str = "SELECT user_id, name FROM profiles \
      WHERE ($1::text IS NULL OR user_id = $1) AND user_id > $2 ORDER BY user_id LIMIT $3";
 /// A user's export holds the blocks they made, not who blocks them (the blocker's data).
+/// A lifted block's tombstone is no block: a dump holds standing blocks only, and a load
+/// numbers them afresh.
 const BLOCKS: &str = "SELECT blocker, blocked, since_ms FROM blocks \
      WHERE ($1::text IS NULL OR blocker = $1) AND (blocker, blocked) > ($2, $3) \
+     AND since_ms IS NOT NULL \
      ORDER BY blocker, blocked LIMIT $4";
 const ERASED: &str = "SELECT user_id, at_ms FROM erased \
      WHERE ($1::text IS NULL OR user_id = $1) AND user_id > $2 ORDER BY user_id LIMIT $3";
@@ -204,9 +207,11 @@ const LOAD_BATCH: usize = 1000;
 
 const INSERT_PROFILES: &str = "INSERT INTO profiles (user_id, name) \
      SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING RETURNING user_id";
-const INSERT_BLOCKS: &str = "INSERT INTO blocks (blocker, blocked, since_ms) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING \
-     RETURNING blocker, blocked";
+/// Each block gets minus its line as a change number, unique until the load's `finish`
+/// numbers them 1.. per blocker (`number_blocks`).
+const INSERT_BLOCKS: &str = "INSERT INTO blocks (blocker, blocked, since_ms, change, changed_ms) \
+     SELECT b, d, s, -n, s FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+     AS v(b, d, s, n) ON CONFLICT DO NOTHING RETURNING blocker, blocked";
 const INSERT_ERASED: &str = "INSERT INTO erased (user_id, at_ms) \
      SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING RETURNING user_id";
 /// Rooms keep the numbers the load gives them (1, 2, … in dump order, so a re-export
@@ -279,7 +284,7 @@ impl PgStore {
         let client = self.client()?;
         run(client.batch_execute(&format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{IDLE_LIMIT}'; \
-             LOCK TABLE rooms, messages, profiles, blocks, erased IN EXCLUSIVE MODE"
+             LOCK TABLE rooms, messages, profiles, blocks, block_counters, erased IN EXCLUSIVE MODE"
         )))?;
         let held = run(client.query_one(
             "SELECT (SELECT count(*) FROM rooms), (SELECT count(*) FROM profiles), \
@@ -357,7 +362,8 @@ impl PgLoader<'_> {
             let blockers: Vec<&str> = self.blocks.iter().map(|b| b.1.as_str()).collect();
             let blocked: Vec<&str> = self.blocks.iter().map(|b| b.2.as_str()).collect();
             let since: Vec<i64> = self.blocks.iter().map(|b| b.3).collect();
-            let stored = run(client.query(&st.blocks, &[&blockers, &blocked, &since]))?;
+            let lines: Vec<i64> = self.blocks.iter().map(|b| b.0 as i64).collect();
+            let stored = run(client.query(&st.blocks, &[&blockers, &blocked, &since, &lines]))?;
             let stored = stored
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
@@ -560,6 +566,7 @@ impl Load for PgLoader<'_> {
                 &[&self.rooms_loaded],
             ))?;
         }
+        run(self.client.batch_execute(super::schema::number_blocks!()))?;
         // Synchronous commit (the store's sessions): durable once this returns.
         run(self.client.batch_execute("COMMIT"))?;
         Ok(())

@@ -38,8 +38,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    DeadLetter, ExpiryScan, Maintenance, MarkState, OutboxEvent, Read, ReadStore, Result,
-    StoreCounts, StoreError, WebhookCounts, WriteStore, WriteTxn,
+    BlockChange, BlockCursor, BlockFrom, DeadLetter, ExpiryScan, Maintenance, MarkState,
+    OutboxEvent, Read, ReadStore, Result, StoreCounts, StoreError, WebhookCounts, WriteStore,
+    WriteTxn,
 };
 use crate::model::{
     BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
@@ -487,6 +488,7 @@ impl ReadStore for PgStore {
                                WHERE room = mine.num AND id = mine.last_id) m ON true \
                  LEFT JOIN profiles p ON p.user_id = mine.partner \
                  LEFT JOIN blocks b ON b.blocker = $1 AND b.blocked = mine.partner \
+                                   AND b.since_ms IS NOT NULL \
                  WHERE $2::bigint IS NULL OR mine.last_sent_ms < $2 \
                     OR (mine.last_sent_ms = $2 AND (mine.room_id, mine.num) > ($3 COLLATE \"C\", $4)) \
                  ORDER BY mine.last_sent_ms DESC, mine.room_id, mine.num \
@@ -533,7 +535,7 @@ impl ReadStore for PgStore {
                 .query(
                     "SELECT b.blocked, b.since_ms, p.name FROM blocks b \
                      LEFT JOIN profiles p ON p.user_id = b.blocked \
-                     WHERE b.blocker = $1 ORDER BY b.blocked",
+                     WHERE b.blocker = $1 AND b.since_ms IS NOT NULL ORDER BY b.blocked",
                     &[&blocker],
                 )
                 .await?;
@@ -578,12 +580,52 @@ impl ReadStore for PgStore {
         Box::pin(self.read(move |c| async move {
             let row = c
                 .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM blocks WHERE (blocker = $1 AND blocked = $2) \
-                     OR (blocker = $2 AND blocked = $1))",
+                    "SELECT EXISTS (SELECT 1 FROM blocks WHERE since_ms IS NOT NULL \
+                     AND ((blocker = $1 AND blocked = $2) OR (blocker = $2 AND blocked = $1)))",
                     &[&a, &b],
                 )
                 .await?;
             Ok(row.get(0))
+        }))
+    }
+
+    fn block_changes<'a>(&'a self, blockers: &'a [BlockCursor]) -> Read<'a, Vec<BlockChange>> {
+        Box::pin(self.read(move |c| async move {
+            let users: Vec<&str> = blockers.iter().map(|b| b.blocker.as_str()).collect();
+            let after: Vec<Option<i64>> = blockers
+                .iter()
+                .map(|b| match b.from {
+                    BlockFrom::After(change) => Some(id_param(change)),
+                    BlockFrom::Since(_) => None,
+                })
+                .collect();
+            let since: Vec<Option<i64>> = blockers
+                .iter()
+                .map(|b| match b.from {
+                    BlockFrom::After(_) => None,
+                    BlockFrom::Since(ms) => Some(ms),
+                })
+                .collect();
+            // A NULL compares as neither: each blocker's rows by the one cursor it has.
+            let rows = c
+                .query(
+                    "SELECT b.blocker, b.blocked, b.since_ms, b.change \
+                     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(blocker, after, since) \
+                     JOIN blocks b ON b.blocker = w.blocker \
+                      AND (b.change > w.after OR b.changed_ms >= w.since) \
+                     ORDER BY b.blocker, b.change",
+                    &[&users, &after, &since],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| BlockChange {
+                    blocker: r.get(0),
+                    blocked: r.get(1),
+                    since_ms: r.get(2),
+                    change: r.get::<_, i64>(3) as u64,
+                })
+                .collect())
         }))
     }
 

@@ -10,12 +10,31 @@
 //! is `rooms.num` = `messages.room`. Every hot statement names one room (a send, a page of
 //! history, a receipt), so on a sharded PostgreSQL (Citus) the two tables would be
 //! co-located by it and each statement would touch one shard; `rooms`' `(low, high)`
-//! lookup and the per-user tables (`profiles`, `blocks`, `erased`) are small and would be
-//! reference tables. Room numbers come from an identity column: they need not be gap-free
-//! (only message ids within a room must be, and those come from the locked room row).
+//! lookup and the per-user tables (`profiles`, `blocks`, `block_counters`, `erased`) are
+//! small and would be reference tables. Room numbers come from an identity column: they
+//! need not be gap-free (only message ids within a room must be, and those come from the
+//! locked room row; a blocker's block changes, from the locked `block_counters` row).
 //!
 //! Text that is sorted (user ids, room ids) is `COLLATE "C"`: bytewise, as the protocol
 //! orders ids, whatever the database's default collation.
+
+/// Numbers every block row 1.. per blocker, in the order the blocks were made, and sets
+/// each blocker's counter to the last: migration 4 and an import (which loads blocks
+/// without numbers) end with it.
+macro_rules! number_blocks {
+    () => {
+        "
+    UPDATE blocks b SET change = n.change, changed_ms = b.since_ms FROM (
+        SELECT blocker, blocked,
+               row_number() OVER (PARTITION BY blocker ORDER BY since_ms, blocked) AS change
+        FROM blocks
+    ) n WHERE b.blocker = n.blocker AND b.blocked = n.blocked;
+    INSERT INTO block_counters (blocker, last)
+        SELECT blocker, max(change) FROM blocks GROUP BY blocker;
+    "
+    };
+}
+pub(super) use number_blocks;
 
 /// The migrations, in order: the database is at version `n` once the first `n` ran.
 pub const MIGRATIONS: &[&str] = &[
@@ -147,6 +166,32 @@ pub const MIGRATIONS: &[&str] = &[
         gone_at timestamptz NOT NULL DEFAULT now()
     );
     "#,
+    // 4: a blocker's block changes are numbered, so that a node can tell a `block` or
+    // `unblock` event that NATS lost and say it again (`fanout::nats`). `block_counters`
+    // holds each blocker's last change number, taken under its row lock by the round that
+    // blocks or unblocks: gap-free, as a room's ids. A row of `blocks` says the pair's
+    // latest state and the change that set it: `since_ms` NULL is a lifted block, a
+    // tombstone kept so that a repair can say `unblock`; every reader of blocks skips
+    // tombstones. `changed_ms` is when that change was made, for a node that knows no
+    // change number of the blocker yet. Existing blocks are numbered 1.. per blocker in
+    // the order they were made. Per-user tables: reference tables on a sharded PostgreSQL.
+    concat!(
+        r#"
+    ALTER TABLE blocks ALTER COLUMN since_ms DROP NOT NULL,
+        ADD COLUMN change bigint NOT NULL DEFAULT 0,
+        ADD COLUMN changed_ms bigint NOT NULL DEFAULT 0;
+    ALTER TABLE blocks ALTER COLUMN change DROP DEFAULT,
+        ALTER COLUMN changed_ms DROP DEFAULT;
+    CREATE TABLE block_counters (
+        blocker text COLLATE "C" PRIMARY KEY,
+        last bigint NOT NULL
+    );
+    "#,
+        number_blocks!(),
+        r#"
+    CREATE UNIQUE INDEX blocks_changes ON blocks (blocker, change);
+    "#
+    ),
 ];
 
 /// The version this binary brings a database to.

@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use super::PgStore;
 use crate::model::RoomKey;
+use crate::store::dump::Load;
 use crate::store::suite::{store_suite, Fixture};
-use crate::store::{Appended, ClientKey, OutboxEvent, RoomLock, StoreError, WriteStore};
+use crate::store::{
+    Appended, BlockCursor, BlockFrom, ClientKey, Lifted, Maintenance, OutboxEvent, ReadStore,
+    RoomLock, StoreError, WriteStore,
+};
 
 #[path = "../../../tests/common/postgres.rs"]
 mod testdb;
@@ -247,7 +251,10 @@ fn a_round_of_sends_costs_two_round_trips_however_many_sends() {
     // The first round prepares the statements on the connection.
     assert_eq!(send_round(&store, &rooms, 1).unwrap().len(), 10);
     // A block made meanwhile by another node is seen by the next round's checks.
-    pg.psql("INSERT INTO blocks (blocker, blocked, since_ms) VALUES ('z', 'u3', 5)");
+    pg.psql(
+        "INSERT INTO blocks (blocker, blocked, since_ms, change, changed_ms) \
+         VALUES ('z', 'u3', 5, 1, 5)",
+    );
     let before = store.round_trips();
     let ids = send_round(&store, &rooms, 4).unwrap();
     // BEGIN, the room locks and the block checks; then the 36 inserts, the room rows
@@ -283,7 +290,10 @@ fn a_block_and_an_unblock_earlier_in_the_round_decide_its_later_sends() {
     assert_eq!(txn.blocked_since("b", "a").unwrap(), None);
     txn.put_block("b", "a", 7).unwrap();
     assert_eq!(txn.blocked_since("b", "a").unwrap(), Some(7));
-    assert!(txn.remove_block("b", "a").unwrap());
+    assert!(matches!(
+        txn.remove_block("b", "a", 8).unwrap(),
+        Lifted::Lifted { change: Some(2) }
+    ));
     assert_eq!(txn.blocked_since("b", "a").unwrap(), None);
     txn.put_block("b", "a", 9).unwrap();
     txn.commit().unwrap();
@@ -443,4 +453,214 @@ fn a_round_s_webhook_events_ride_with_its_commit_in_order() {
             .trim(),
         "40|40"
     );
+}
+
+/// A blocker's block changes, as a node reading past `after` sees them: (blocked,
+/// standing, change).
+async fn changes_after(store: &PgStore, blocker: &str, after: u64) -> Vec<(String, bool, u64)> {
+    let cursor = [BlockCursor {
+        blocker: blocker.to_owned(),
+        from: BlockFrom::After(after),
+    }];
+    store
+        .block_changes(&cursor)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            assert_eq!(c.blocker, blocker);
+            (c.blocked, c.since_ms.is_some(), c.change)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn block_changes_are_numbered_per_blocker_and_a_lifted_block_leaves_a_tombstone() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    // A block round costs what it did before the numbering: the look-up, the count and
+    // the write, then the commit; an unblock its write and the commit. (Measured once
+    // the writer's connection has its statements prepared.)
+    let mut txn = store.begin().unwrap();
+    txn.blocked_since("w", "x").unwrap();
+    txn.count_blocks("w").unwrap();
+    txn.put_block("w", "x", 1).unwrap();
+    txn.remove_block("w", "x", 1).unwrap();
+    txn.commit().unwrap();
+    let before = store.round_trips();
+    let mut txn = store.begin().unwrap();
+    assert_eq!(txn.blocked_since("a", "b").unwrap(), None);
+    assert_eq!(txn.count_blocks("a").unwrap(), 0);
+    assert_eq!(txn.put_block("a", "b", 10).unwrap(), Some(1));
+    txn.commit().unwrap();
+    assert_eq!(store.round_trips() - before, 4);
+    let before = store.round_trips();
+    let mut txn = store.begin().unwrap();
+    assert_eq!(
+        txn.remove_block("a", "b", 11).unwrap(),
+        Lifted::Lifted { change: Some(2) }
+    );
+    txn.commit().unwrap();
+    assert_eq!(store.round_trips() - before, 2);
+
+    let mut txn = store.begin().unwrap();
+    // Lifting what is not blocked takes no number; another blocker counts on their own.
+    assert_eq!(txn.remove_block("a", "b", 12).unwrap(), Lifted::NotBlocked);
+    assert_eq!(
+        txn.remove_block("a", "zed", 12).unwrap(),
+        Lifted::NotBlocked
+    );
+    assert_eq!(txn.put_block("a", "c", 13).unwrap(), Some(3));
+    assert_eq!(txn.put_block("q", "a", 13).unwrap(), Some(1));
+    assert_eq!(txn.put_block("a", "b", 14).unwrap(), Some(4));
+    txn.commit().unwrap();
+    // The tombstone of b was replaced by the new block: one row per pair, its latest.
+    assert_eq!(
+        changes_after(&store, "a", 0).await,
+        [("c".to_owned(), true, 3), ("b".to_owned(), true, 4)]
+    );
+    let mut txn = store.begin().unwrap();
+    assert!(matches!(
+        txn.remove_block("a", "c", 15).unwrap(),
+        Lifted::Lifted { change: Some(5) }
+    ));
+    txn.commit().unwrap();
+    assert_eq!(
+        changes_after(&store, "a", 3).await,
+        [("b".to_owned(), true, 4), ("c".to_owned(), false, 5)]
+    );
+    // By time, for a node that knows no number: the changes made at or after it.
+    let since = [BlockCursor {
+        blocker: "a".into(),
+        from: BlockFrom::Since(14),
+    }];
+    let by_time: Vec<u64> = store
+        .block_changes(&since)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.change)
+        .collect();
+    assert_eq!(by_time, [4, 5]);
+
+    // The tombstone is no block to any reader: the list, the check, the count, the
+    // inbox, an export.
+    assert_eq!(store.blocks("a").await.unwrap().len(), 1);
+    assert!(!store.blocked_between("a", "c").await.unwrap());
+    assert!(!store.blocked_between("c", "a").await.unwrap());
+    let txn = store.begin().unwrap();
+    assert_eq!(txn.blocked_since("a", "c").unwrap(), None);
+    assert_eq!(txn.count_blocks("a").unwrap(), 1);
+    drop(txn);
+    let mut dump = Vec::new();
+    let exported = store.export_dump(None, &mut dump).unwrap();
+    assert_eq!(exported.blocks, 2, "a blocks b, q blocks a");
+    let dump = String::from_utf8(dump).unwrap();
+    assert!(!dump.contains(r#""c""#), "{dump}");
+}
+
+#[test]
+fn two_nodes_blocking_for_one_blocker_at_once_number_the_changes_gap_free() {
+    let pg = TestPostgres::start();
+    let nodes = [
+        Arc::new(PgStore::open(&pg.url(), 2).unwrap()),
+        Arc::new(PgStore::open(&pg.url(), 2).unwrap()),
+    ];
+    let threads: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, store)| {
+            let store = Arc::clone(store);
+            std::thread::spawn(move || {
+                let mut taken = Vec::new();
+                for i in 0..20i64 {
+                    let mut txn = store.begin().unwrap();
+                    let blocked = format!("u{}", i % 5);
+                    // Each node blocks and lifts the same few users: every change counts.
+                    if (i as usize / 5 + n).is_multiple_of(2) {
+                        taken.extend(txn.put_block("a", &blocked, i).unwrap());
+                    } else if let Lifted::Lifted { change } =
+                        txn.remove_block("a", &blocked, i).unwrap()
+                    {
+                        taken.extend(change);
+                    }
+                    txn.commit().unwrap();
+                }
+                taken
+            })
+        })
+        .collect();
+    let mut taken: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    taken.sort_unstable();
+    let expected: Vec<u64> = (1..=taken.len() as u64).collect();
+    assert_eq!(taken, expected);
+    assert_eq!(
+        pg.psql("SELECT last FROM block_counters WHERE blocker = 'a'")
+            .trim(),
+        taken.len().to_string()
+    );
+}
+
+#[tokio::test]
+async fn a_database_at_migration_3_with_blocks_migrates_and_numbers_them() {
+    let pg = TestPostgres::start();
+    let mut sql = String::from(super::schema::PREPARE);
+    for migration in &super::schema::MIGRATIONS[..3] {
+        sql.push_str(migration);
+    }
+    sql.push_str(
+        "INSERT INTO schema_version (version) VALUES (3); \
+         INSERT INTO blocks (blocker, blocked, since_ms) \
+         VALUES ('a', 'c', 20), ('a', 'b', 10), ('z', 'a', 5);",
+    );
+    pg.psql(&sql);
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    assert_eq!(pg.psql("SELECT version FROM schema_version").trim(), "4");
+    let list: Vec<(String, i64)> = store
+        .blocks("a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.user.id, b.since_ms))
+        .collect();
+    assert_eq!(list, [("b".to_owned(), 10), ("c".to_owned(), 20)]);
+    assert!(store.blocked_between("a", "z").await.unwrap());
+    // Numbered in the order they were made; the next change goes on from there.
+    assert_eq!(
+        changes_after(&store, "a", 0).await,
+        [("b".to_owned(), true, 1), ("c".to_owned(), true, 2)]
+    );
+    assert_eq!(
+        changes_after(&store, "z", 0).await,
+        [("a".to_owned(), true, 1)]
+    );
+    let mut txn = store.begin().unwrap();
+    assert_eq!(
+        txn.remove_block("a", "b", 30).unwrap(),
+        Lifted::Lifted { change: Some(3) }
+    );
+    assert_eq!(txn.put_block("z", "b", 30).unwrap(), Some(2));
+    txn.commit().unwrap();
+}
+
+#[tokio::test]
+async fn an_import_numbers_its_blocks_and_the_next_change_goes_on_from_there() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let mut load = store.loader().unwrap();
+    load.block(1, "a", "c", 20).unwrap();
+    load.block(2, "a", "b", 10).unwrap();
+    load.block(3, "z", "a", 5).unwrap();
+    load.finish().unwrap();
+    assert_eq!(
+        changes_after(&store, "a", 0).await,
+        [("b".to_owned(), true, 1), ("c".to_owned(), true, 2)]
+    );
+    let mut txn = store.begin().unwrap();
+    assert_eq!(txn.put_block("a", "d", 30).unwrap(), Some(3));
+    assert_eq!(txn.put_block("z", "d", 30).unwrap(), Some(2));
+    txn.commit().unwrap();
 }

@@ -22,6 +22,12 @@
 //! without `clientMessageId`s; a retry (a key found) adds one, to read the stored
 //! message as it is now.
 //!
+//! **Block changes.** A blocker's blocks and unblocks are numbered gap-free like a room's
+//! ids: the round takes the blocker's `block_counters` row lock and `last + 1` in the
+//! statement that writes the pair's row (an unblock leaves a tombstone row that says
+//! so), so the numbering costs no round trip of its own. Both take the counter's lock
+//! before the pair's row.
+//!
 //! **Deadlocks.** Two nodes whose rounds lock rooms A then B and B then A would deadlock.
 //! The writer hands the round every room its commands name ([`WriteTxn::lock_rooms`])
 //! before the first command runs: the rooms a send creates are inserted, then all are
@@ -50,7 +56,7 @@ use tokio_postgres::{Client, Row, Statement};
 use super::{backend, limit_param, message_from, wait, OP_TIMEOUT};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{
-    Appended, ClientKey, DeleteOutcome, EditOutcome, Erasure, Expired, OutboxEvent,
+    Appended, ClientKey, DeleteOutcome, EditOutcome, Erasure, Expired, Lifted, OutboxEvent,
     ReceivedOutcome, Result, RoomLock, SeenOutcome, WriteTxn,
 };
 
@@ -464,6 +470,30 @@ const SELECT_MESSAGE: &str = concat!(
     message_columns!(),
     " FROM messages WHERE room = $1 AND id = $2"
 );
+/// Records a block: takes the blocker's next change number under its counter's row lock
+/// (made for their first block) and writes the pair's row with it, in one statement.
+const PUT_BLOCK: &str = "WITH counter AS ( \
+         INSERT INTO block_counters AS c (blocker, last) VALUES ($1, 1) \
+         ON CONFLICT (blocker) DO UPDATE SET last = c.last + 1 RETURNING last) \
+     INSERT INTO blocks (blocker, blocked, since_ms, change, changed_ms) \
+     SELECT $1::text, $2::text, $3::bigint, last, $3::bigint FROM counter \
+     ON CONFLICT (blocker, blocked) DO UPDATE SET since_ms = EXCLUDED.since_ms, \
+         change = EXCLUDED.change, changed_ms = EXCLUDED.changed_ms \
+     RETURNING change";
+/// Takes the blocker's counter lock before [`LIFT_BLOCK`] looks at the pair, so that the
+/// look sees every lift committed before (READ COMMITTED: a new snapshot per statement),
+/// and in the order [`PUT_BLOCK`] takes its locks. A blocker without a counter blocks
+/// no one.
+const LOCK_BLOCK_COUNTER: &str = "SELECT 1 FROM block_counters WHERE blocker = $1 FOR UPDATE";
+/// Lifts a standing block: the next change number, and the pair's row becomes a
+/// tombstone (`since_ms` NULL) that says so. Nothing when the pair has no standing block.
+const LIFT_BLOCK: &str = "WITH counter AS ( \
+         UPDATE block_counters SET last = last + 1 WHERE blocker = $1 AND EXISTS ( \
+             SELECT 1 FROM blocks WHERE blocker = $1 AND blocked = $2 \
+             AND since_ms IS NOT NULL) \
+         RETURNING last) \
+     UPDATE blocks b SET since_ms = NULL, change = counter.last, changed_ms = $3 \
+     FROM counter WHERE b.blocker = $1 AND b.blocked = $2 RETURNING b.change";
 const UPDATE_MESSAGE: &str = "UPDATE messages SET message = $3, seen_ms = $4, \
      client_message_id = $5, delivered_ms = $6, edited_ms = $7, deleted_ms = $8, change = $9 \
      WHERE room = $1 AND id = $2";
@@ -700,7 +730,8 @@ impl WriteTxn for Round {
         if !blockers.is_empty() {
             steps.push(Step::Query(
                 "SELECT blocker, blocked, since_ms FROM blocks \
-                 WHERE (blocker, blocked) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                 WHERE (blocker, blocked) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+                 AND since_ms IS NOT NULL",
                 &check,
             ));
         }
@@ -958,7 +989,8 @@ impl WriteTxn for Round {
         Ok(self
             .db
             .one(
-                "SELECT since_ms FROM blocks WHERE blocker = $1 AND blocked = $2",
+                "SELECT since_ms FROM blocks WHERE blocker = $1 AND blocked = $2 \
+                 AND since_ms IS NOT NULL",
                 &[&blocker, &blocked],
             )?
             .map(|r| r.get(0)))
@@ -966,37 +998,37 @@ impl WriteTxn for Round {
 
     fn count_blocks(&self, blocker: &str) -> Result<usize> {
         let row = self.db.one(
-            "SELECT count(*) FROM blocks WHERE blocker = $1",
+            "SELECT count(*) FROM blocks WHERE blocker = $1 AND since_ms IS NOT NULL",
             &[&blocker],
         )?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0) as usize))
     }
 
-    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<()> {
+    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<Option<u64>> {
         let pair = (blocker.to_owned(), blocked.to_owned());
         if let Some(known) = self.blocks.get_mut(&pair) {
             *known = Some(since_ms);
         }
-        self.db.q(
-            "INSERT INTO blocks (blocker, blocked, since_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (blocker, blocked) DO UPDATE SET since_ms = EXCLUDED.since_ms",
-            &[&blocker, &blocked, &since_ms],
-        )?;
-        Ok(())
+        let row = self.db.one(PUT_BLOCK, &[&blocker, &blocked, &since_ms])?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
-    fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool> {
+    fn remove_block(&mut self, blocker: &str, blocked: &str, now_ms: i64) -> Result<Lifted> {
         let pair = (blocker.to_owned(), blocked.to_owned());
         if let Some(known) = self.blocks.get_mut(&pair) {
             *known = None;
         }
-        Ok(self
-            .db
-            .one(
-                "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2 RETURNING 1",
-                &[&blocker, &blocked],
-            )?
-            .is_some())
+        let params: [&(dyn ToSql + Sync); 3] = [&blocker, &blocked, &now_ms];
+        let mut answers = self.db.run(&[
+            Step::Query(LOCK_BLOCK_COUNTER, &params[..1]),
+            Step::Query(LIFT_BLOCK, &params),
+        ])?;
+        Ok(match answers.pop().unwrap_or_default().first() {
+            Some(row) => Lifted::Lifted {
+                change: Some(row.get::<_, i64>(0) as u64),
+            },
+            None => Lifted::NotBlocked,
+        })
     }
 
     fn profile(&self, user: &str) -> Result<SessionUser> {

@@ -14,8 +14,8 @@ use super::{
 };
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{
-    Appended, DeleteOutcome, EditOutcome, Erasure, Expired, OutboxEvent, ReceivedOutcome, Result,
-    SeenOutcome, StoreError, WriteTxn,
+    Appended, DeleteOutcome, EditOutcome, Erasure, Expired, Lifted, OutboxEvent, ReceivedOutcome,
+    Result, SeenOutcome, StoreError, WriteTxn,
 };
 
 /// Messages of an erased user read from a room before they are rewritten: the scan and
@@ -249,19 +249,24 @@ impl WriteTxn for Batch {
         Ok(count)
     }
 
-    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<()> {
+    fn put_block(&mut self, blocker: &str, blocked: &str, since_ms: i64) -> Result<Option<u64>> {
         self.txn
             .open_table(BLOCKS)?
             .insert((blocker, blocked), since_ms)?;
-        Ok(())
+        Ok(None)
     }
 
-    fn remove_block(&mut self, blocker: &str, blocked: &str) -> Result<bool> {
-        Ok(self
+    fn remove_block(&mut self, blocker: &str, blocked: &str, _now_ms: i64) -> Result<Lifted> {
+        let removed = self
             .txn
             .open_table(BLOCKS)?
             .remove((blocker, blocked))?
-            .is_some())
+            .is_some();
+        Ok(if removed {
+            Lifted::Lifted { change: None }
+        } else {
+            Lifted::NotBlocked
+        })
     }
 
     fn profile(&self, user: &str) -> Result<SessionUser> {
