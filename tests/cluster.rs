@@ -20,7 +20,9 @@ use chat_server::model::{
     BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
     SessionUser,
 };
+use chat_server::protocol::time::now_millis;
 use chat_server::store::redb::RedbStore;
+use chat_server::store::WriteStore;
 use chat_server::store::{
     DeadLetter, ExpiryScan, MarkState, OutboxEvent, Read, ReadStore, WebhookCounts,
 };
@@ -30,6 +32,7 @@ use common::nats::{NatsCluster, NatsServer};
 use common::{connect_at, Client, Server, SECRET, WAIT};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// One chat-server node in this process.
 struct Node {
@@ -559,6 +562,124 @@ async fn after_a_nats_outage_a_node_catches_up_what_it_missed_with_no_later_mess
     b.stop().await;
 }
 
+#[tokio::test]
+async fn after_a_nats_outage_a_node_catches_up_a_conversation_it_never_delivered_to_the_user() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (a, b, mut bob) = (c.a, c.b, c.bob);
+    let mut carol_silent = silent.connect("carol").await;
+    // A new conversation whose first message is lost: node b never delivered anything of
+    // it to bob, so its tracker knows nothing of the room, and no later message comes.
+    carol_silent.send_message("bob-carol", "hello, lost").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut carol_silent).await), [1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    c.nats.kill();
+    c.nats.resume();
+    let caught_up = next_sent(&mut bob).await;
+    assert_eq!(caught_up["roomId"], "bob-carol");
+    assert_eq!(caught_up["user"]["id"], "carol");
+    assert_eq!(snapshot_ids(&caught_up), [1]);
+    assert_eq!(caught_up["messages"][0]["message"], "hello, lost");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(b.nats().stats().recovered(), 1);
+
+    // Now tracked: a second outage repeats nothing.
+    c.nats.kill();
+    c.nats.resume();
+    bob.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(b.nats().stats().recovered(), 1);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_catch_up_reads_at_most_a_bounded_number_of_untracked_rooms_most_recent_first() {
+    let mut c = Pair::start().await;
+    let (a, b, mut bob) = (c.a, c.b, c.bob);
+    let rooms = chat_server::fanout::nats::MAX_UNTRACKED_ROOMS + 3;
+    // Committed straight into the store, never published: a lost first message in each
+    // of more new conversations than one catch-up reads.
+    for n in 0..rooms {
+        let sender = format!("u{n:03}");
+        let mut txn = c.store.begin().unwrap();
+        txn.append(
+            &RoomKey::new("bob", &sender),
+            &sender,
+            "lost",
+            None,
+            now_millis(),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+        // Distinct `sent_ms`, so "most recent" is one order.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let reads = b.nats().stats().reads();
+    c.nats.kill();
+    c.nats.resume();
+    let mut senders = Vec::new();
+    for _ in 0..chat_server::fanout::nats::MAX_UNTRACKED_ROOMS {
+        senders.push(
+            next_sent(&mut bob).await["user"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    bob.expect_silence(Duration::from_millis(500)).await;
+    // The most recently active ones; the three oldest are left to their next message.
+    senders.sort();
+    let expected: Vec<String> = (3..rooms).map(|n| format!("u{n:03}")).collect();
+    assert_eq!(senders, expected);
+    // One read per room caught up (the list of rooms is no room read).
+    assert_eq!(
+        b.nats().stats().reads() - reads,
+        chat_server::fanout::nats::MAX_UNTRACKED_ROOMS as u64
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_nats_outage_a_node_closes_the_connections_of_a_user_erased_meanwhile() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
+    // Erased on a node whose notice never reaches NATS: bob's tab on node b stays open.
+    let (status, report) =
+        common::http_request(silent.addr, "DELETE", "/admin/users/bob", Some("admin")).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["connectionsClosed"], 0, "{report}");
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    c.nats.kill();
+    c.nats.resume();
+    let erased = (CloseCode::Library(4003), "user erased".to_owned());
+    assert_eq!(bob.close_frame().await, erased);
+    assert_eq!(b.nats().stats().erased(), 1);
+    // Only bob's: alice, on node a, is still served.
+    assert_eq!(
+        alice.send_message("alice-carol", "still here").await["ok"],
+        true
+    );
+
+    // Bob comes back with a token from after the erasure (the next second on): the next
+    // catch-up leaves that connection alone.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut bob = b.connect("bob").await;
+    b.wait_subscribed(1).await;
+    c.nats.kill();
+    c.nats.resume();
+    bob.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(bob.send_message("bob-carol", "back").await["ok"], true);
+    assert_eq!(b.nats().stats().erased(), 1);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The next `event`, skipping every other event.
 async fn next_event(client: &mut Client, event: &str) -> Value {
     loop {
@@ -942,5 +1063,18 @@ impl ReadStore for Held {
 
     fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>> {
         self.inner.erased_at(user)
+    }
+
+    fn rooms_active_since<'a>(
+        &'a self,
+        user: &'a str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<RoomKey>> {
+        self.inner.rooms_active_since(user, since_ms, limit)
+    }
+
+    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
+        self.inner.erasures(users)
     }
 }

@@ -114,6 +114,16 @@ const MAX_RECOVERED: u64 = MAX_MESSAGES_LIMIT as u64;
 /// `changes` read, as after a long disconnection.
 const MAX_CHANGE_PAGES: usize = 20;
 
+/// Most rooms the tracker does not hold that one catch-up reads for one user (see the
+/// module docs): past it, the least recently active ones are left to their next message.
+pub const MAX_UNTRACKED_ROOMS: usize = 64;
+
+/// How far apart the nodes' clocks may be, in ms: a message's `sent_ms` is the clock of
+/// the node that committed it, compared with this node's `since_ms`. A catch-up counts a
+/// message sent up to this long before a user came as one they may have missed: a repeat
+/// the client may have had (its own history read), rather than a loss.
+const CLOCK_SKEW_MS: i64 = 5_000;
+
 /// Most jobs a fan-out task takes from a queue at once, whose reads it shares.
 pub const BATCH: usize = 64;
 
@@ -393,6 +403,7 @@ pub struct ClusterStats {
     duplicate_changes: AtomicU64,
     change_gaps: AtomicU64,
     reads: AtomicU64,
+    erased: AtomicU64,
 }
 
 /// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
@@ -405,10 +416,11 @@ enum Repair {
     RecoveredChange,
     DuplicateChange,
     ChangeGap,
+    Erased,
 }
 
 impl Repair {
-    const ALL: [Repair; 7] = [
+    const ALL: [Repair; 8] = [
         Repair::Recovered,
         Repair::Duplicate,
         Repair::Dropped,
@@ -416,6 +428,7 @@ impl Repair {
         Repair::RecoveredChange,
         Repair::DuplicateChange,
         Repair::ChangeGap,
+        Repair::Erased,
     ];
 
     /// Its `kind` label.
@@ -428,6 +441,7 @@ impl Repair {
             Repair::RecoveredChange => "recovered_change",
             Repair::DuplicateChange => "duplicate_change",
             Repair::ChangeGap => "change_gap",
+            Repair::Erased => "erased",
         }
     }
 }
@@ -442,6 +456,7 @@ impl ClusterStats {
             Repair::RecoveredChange => &self.recovered_changes,
             Repair::DuplicateChange => &self.duplicate_changes,
             Repair::ChangeGap => &self.change_gaps,
+            Repair::Erased => &self.erased,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::cluster_repair(repair.kind());
@@ -482,6 +497,12 @@ impl ClusterStats {
     /// Holes found in a user's changes of a room, each read from the store.
     pub fn change_gaps(&self) -> u64 {
         self.change_gaps.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed by a catch-up because their user was erased and the erasure's
+    /// notice never came.
+    pub fn erased(&self) -> u64 {
+        self.erased.load(Ordering::Relaxed)
     }
 
     /// Reads of the store for `message:sent` events: notices from other nodes, gaps and
@@ -1179,6 +1200,7 @@ impl Fanout {
         since_ms: i64,
     ) -> Result<Vec<u64>, StoreError> {
         let low = id.saturating_sub(MAX_RECOVERED).max(1);
+        let since_ms = since_ms.saturating_sub(CLOCK_SKEW_MS);
         let page = self.page(user, room, low).await?;
         Ok(page
             .messages
@@ -1303,15 +1325,18 @@ impl Fanout {
     }
 
     /// After a possible loss: waits until NATS has every subscription again (so nothing
-    /// published from now on is missed), then delivers what each remembered room has past
-    /// its last delivered id.
+    /// published from now on is missed), closes the connections of users erased
+    /// meanwhile, then delivers what each remembered room has past its last delivered id,
+    /// and what the user's other rooms got since they came.
     async fn resync(&mut self) {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "NATS flush before catching up failed");
         }
+        let erased = self.close_erased().await;
         let rooms: Vec<(String, RoomKey, Told)> = self
             .users
             .iter()
+            .filter(|(user, _)| !erased.contains(*user))
             .flat_map(|(user, local)| {
                 local
                     .tracker
@@ -1328,6 +1353,74 @@ impl Fanout {
                 self.recover_changes(&user, &room, change, u64::MAX).await;
             }
         }
+        self.catch_up_untracked(&erased).await;
+    }
+
+    /// Closes the connections here of this task's users whose erasure's notice was lost:
+    /// one read of the store's erasures for all of them. Only connections admitted with
+    /// a token from before the erasure close, as its notice would have closed them; a user
+    /// admitted again since keeps their connection. Returns the users it closed.
+    async fn close_erased(&mut self) -> HashSet<String> {
+        let mut closed = HashSet::new();
+        if self.users.is_empty() {
+            return closed;
+        }
+        let users: Vec<String> = self.users.keys().cloned().collect();
+        let erasures = match self.store.erasures(&users).await {
+            Ok(erasures) => erasures,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read erasures to catch up");
+                return closed;
+            }
+        };
+        for (user, at_ms) in erasures {
+            let connections = self.hub.disconnect_erased(&user, at_ms);
+            if connections > 0 {
+                tracing::info!(%user, connections, "user erased, notice lost: connections closed");
+                for _ in 0..connections {
+                    self.shared.stats.count(Repair::Erased);
+                }
+                closed.insert(user);
+            }
+        }
+        closed
+    }
+
+    /// Catches up, for each local user, the rooms with messages sent since `since_ms`
+    /// that the tracker does not hold (a conversation this node never delivered to them,
+    /// or one it forgot): one read of the user's most recently active rooms, then one
+    /// read each, at most [`MAX_UNTRACKED_ROOMS`] of them.
+    async fn catch_up_untracked(&mut self, skip: &HashSet<String>) {
+        let users: Vec<(String, i64, usize)> = self
+            .users
+            .iter()
+            .filter(|(user, _)| !skip.contains(*user))
+            .map(|(user, local)| (user.clone(), local.since_ms, local.tracker.rooms.len()))
+            .collect();
+        for (user, since_ms, tracked) in users {
+            // The tracked rooms are among the most recent: read past them.
+            let limit = tracked + MAX_UNTRACKED_ROOMS;
+            let since = since_ms.saturating_sub(CLOCK_SKEW_MS);
+            let rooms = match self.store.rooms_active_since(&user, since, limit).await {
+                Ok(rooms) => rooms,
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "cannot read a user's active rooms");
+                    continue;
+                }
+            };
+            let untracked: Vec<RoomKey> = match self.users.get(&user) {
+                Some(local) => rooms
+                    .into_iter()
+                    .filter(|room| local.tracker.last(room).is_none())
+                    .take(MAX_UNTRACKED_ROOMS)
+                    .collect(),
+                None => continue,
+            };
+            for room in untracked {
+                // `since_ms` as it was: a room forgotten meanwhile moves it forward.
+                self.catch_up_since(&user, &room, None, since_ms).await;
+            }
+        }
     }
 
     /// Delivers what `room` has past message `last` for `user` (without one, what was
@@ -1337,6 +1430,21 @@ impl Fanout {
         let Some(since_ms) = self.users.get(user).map(|local| local.since_ms) else {
             return;
         };
+        self.catch_up_since(user, room, last, since_ms).await;
+    }
+
+    /// [`Fanout::catch_up_messages`], with the user's `since_ms` given.
+    async fn catch_up_since(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        last: Option<u64>,
+        since_ms: i64,
+    ) {
+        if !self.users.contains_key(user) {
+            return;
+        }
+        let since_ms = since_ms.saturating_sub(CLOCK_SKEW_MS);
         let page = match self
             .read(
                 user,

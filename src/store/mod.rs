@@ -215,6 +215,22 @@ pub trait ReadStore: Send + Sync {
     fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
+
+    // The cluster fan-out's catch-up after a NATS loss (`src/fanout/nats.rs`).
+
+    /// Up to `limit` of `user`'s rooms whose newest message was sent at or after
+    /// `since_ms`, most recent first: the rooms that may hold messages a node never
+    /// delivered to them.
+    fn rooms_active_since<'a>(
+        &'a self,
+        user: &'a str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<RoomKey>>;
+
+    /// Which of `users` were ever erased, with when (as [`ReadStore::erased_at`]), in one
+    /// read.
+    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>>;
 }
 
 /// One step of a retention scan over the rooms.

@@ -700,6 +700,50 @@ impl ReadStore for PgStore {
             Ok(rows.iter().map(|r| r.get(0)).collect())
         }))
     }
+
+    fn rooms_active_since<'a>(
+        &'a self,
+        user: &'a str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<RoomKey>> {
+        Box::pin(self.read(move |c| async move {
+            // One range of each inbox index (`rooms_inbox_low`, `rooms_inbox_high`), each
+            // stopping at `since_ms` and at `limit`; a self room is in the first only.
+            let rows = c
+                .query(
+                    "(SELECT low, high, last_sent_ms FROM rooms \
+                      WHERE listed AND low = $1 AND last_sent_ms >= $2 \
+                      ORDER BY last_sent_ms DESC LIMIT $3) \
+                     UNION ALL \
+                     (SELECT low, high, last_sent_ms FROM rooms \
+                      WHERE listed AND high = $1 AND low <> $1 AND last_sent_ms >= $2 \
+                      ORDER BY last_sent_ms DESC LIMIT $3) \
+                     ORDER BY last_sent_ms DESC LIMIT $3",
+                    &[&user, &since_ms, &limit_param(limit)],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| RoomKey {
+                    low: r.get(0),
+                    high: r.get(1),
+                })
+                .collect())
+        }))
+    }
+
+    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
+        Box::pin(self.read(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT user_id, at_ms FROM erased WHERE user_id = ANY($1)",
+                    &[&users],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        }))
+    }
 }
 
 fn outbox_event(r: &Row, at: usize) -> OutboxEvent {
