@@ -633,10 +633,10 @@ async fn a_catch_up_reads_at_most_a_bounded_number_of_untracked_rooms_most_recen
     senders.sort();
     let expected: Vec<String> = (3..rooms).map(|n| format!("u{n:03}")).collect();
     assert_eq!(senders, expected);
-    // One read per room caught up (the list of rooms is no room read).
+    // One read per room caught up, after one of bob's erasure and one of his rooms.
     assert_eq!(
         b.nats().stats().reads() - reads,
-        chat_server::fanout::nats::MAX_UNTRACKED_ROOMS as u64
+        chat_server::fanout::nats::MAX_UNTRACKED_ROOMS as u64 + 2
     );
     a.stop().await;
     b.stop().await;
@@ -837,6 +837,68 @@ async fn a_gap_of_several_lost_messages_costs_one_read_of_the_store() {
     // five on node a (whose own message came rendered): not one read per message.
     assert_eq!(c.b.nats().stats().reads(), 2);
     assert_eq!(c.a.nats().stats().reads(), 1);
+    silent.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_gap_in_the_changes_that_lost_a_message_costs_one_read_of_the_store() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (alice, bob) = (&mut c.alice, &mut c.bob);
+    let mut alice_silent = silent.connect("alice").await;
+    let mut bob_silent = silent.connect("bob").await;
+    alice.send_message("alice-bob", "one").await;
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [1]);
+    assert_eq!(
+        (c.a.nats().stats().reads(), c.b.nats().stats().reads()),
+        (0, 1)
+    );
+
+    // Lost on both nodes: bob's read of message 1 (its receipts), then message 2.
+    let read = json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 1,
+                        "seenDate": "2026-01-01T00:00:00Z" }]);
+    assert_eq!(bob_silent.request("message:read", read).await["ok"], true);
+    alice_silent.send_message("alice-bob", "two, lost").await;
+    next_sent(&mut alice_silent).await;
+    alice.expect_silence(Duration::from_millis(300)).await;
+
+    // Bob's next message shows both nodes the hole in the room's changes: alice's node
+    // reads the changes and the page for the lost message's snapshot at once, and builds
+    // the new message's from it too; bob's node the same for the lost message.
+    bob.send_message("alice-bob", "three").await;
+    let seen = next_event(alice, "message:seen").await;
+    assert_eq!(seen[0]["messageId"], 1);
+    let lost = next_sent(alice).await;
+    assert_eq!(snapshot_ids(&lost), [2, 1]);
+    assert_eq!(lost["messages"][0]["message"], "two, lost");
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [3, 2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [3, 2, 1]);
+    alice.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(c.a.nats().stats().change_gaps(), 1);
+    assert_eq!(c.b.nats().stats().change_gaps(), 1);
+    assert_eq!(c.a.nats().stats().reads(), 1);
+    assert_eq!(c.b.nats().stats().reads(), 2);
+
+    // The same after a NATS outage, with no later event: a receipt and a message lost,
+    // caught up with one read of the room (its messages and its changes), after one of
+    // the erasures of alice's fan-out task and one of her recently active rooms.
+    let read = json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 2,
+                        "seenDate": "2026-01-01T00:00:00Z" }]);
+    assert_eq!(bob_silent.request("message:read", read).await["ok"], true);
+    alice_silent.send_message("alice-bob", "four, lost").await;
+    next_sent(&mut alice_silent).await;
+    alice.expect_silence(Duration::from_millis(300)).await;
+    c.nats.kill();
+    c.nats.resume();
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [4, 3, 2, 1]);
+    let frame = alice.recv().await;
+    assert_eq!(frame["event"], "message:seen", "{frame}");
+    assert_eq!(frame["data"][0]["messageId"], 2);
+    alice.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(c.a.nats().stats().reads(), 1 + 3);
     silent.stop().await;
     c.stop().await;
 }
@@ -1076,5 +1138,18 @@ impl ReadStore for Held {
 
     fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
         self.inner.erasures(users)
+    }
+
+    fn changes_and_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+        before: Option<u64>,
+        page_limit: usize,
+    ) -> Read<'a, (ChangesPage, HistoryPage)> {
+        self.inner
+            .changes_and_page(room, viewer, since, limit, before, page_limit)
     }
 }

@@ -88,7 +88,7 @@ use tokio::task::JoinHandle;
 use super::hub::{Hub, Presence};
 use super::{Broker, Outbound, RoomChange};
 use crate::metrics;
-use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::model::{ChangesPage, ChatMessage, HistoryPage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::server_event::{Announced, DeliveredReceipt, SeenReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis};
@@ -505,8 +505,10 @@ impl ClusterStats {
         self.erased.load(Ordering::Relaxed)
     }
 
-    /// Reads of the store for `message:sent` events: notices from other nodes, gaps and
-    /// catch-ups.
+    /// Reads of the store: of a room's messages for `message:sent` events (notices from
+    /// other nodes, gaps, catch-ups), of its changes (gaps, catch-ups; with the messages
+    /// when both are needed, one read), and a catch-up's reads of its users' erasures and
+    /// of each user's recently active rooms.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
@@ -842,6 +844,16 @@ struct Page {
 }
 
 impl Page {
+    /// What a read of up to `limit` messages up to id `top` (or the latest) gave.
+    fn of(read: HistoryPage, top: Option<u64>, limit: usize) -> Page {
+        Page {
+            top: top.unwrap_or_else(|| read.messages.first().map_or(0, |m| m.id)),
+            whole: read.messages.len() < limit,
+            partner: read.partner,
+            messages: read.messages,
+        }
+    }
+
     /// Whether it answers for message `id`: holds it or shows it is gone, with the 49
     /// before it (or all there are).
     fn covers(&self, id: u64) -> bool {
@@ -939,10 +951,7 @@ impl Fanout {
                 continue;
             };
             let told = local.tracker.rooms.get(&room).copied().unwrap_or_default();
-            self.catch_up_messages(&user, &room, told.id).await;
-            if let Some(change) = told.change {
-                self.recover_changes(&user, &room, change, u64::MAX).await;
-            }
+            self.catch_up_room(&user, &room, told).await;
         }
     }
 
@@ -1239,12 +1248,7 @@ impl Fanout {
             .store
             .messages_page(room, user, top.map(|top| top.saturating_add(1)), limit)
             .await?;
-        Ok(Page {
-            top: top.unwrap_or_else(|| read.messages.first().map_or(0, |m| m.id)),
-            whole: read.messages.len() < limit,
-            partner: read.partner,
-            messages: read.messages,
-        })
+        Ok(Page::of(read, top, limit))
     }
 
     /// Builds message `id`'s `message:sent` (the room's latest messages up to it, as they
@@ -1346,12 +1350,7 @@ impl Fanout {
             })
             .collect();
         for (user, room, told) in rooms {
-            if told.id.is_some() {
-                self.catch_up_messages(&user, &room, told.id).await;
-            }
-            if let Some(change) = told.change {
-                self.recover_changes(&user, &room, change, u64::MAX).await;
-            }
+            self.catch_up_room(&user, &room, told).await;
         }
         self.catch_up_untracked(&erased).await;
     }
@@ -1366,6 +1365,7 @@ impl Fanout {
             return closed;
         }
         let users: Vec<String> = self.users.keys().cloned().collect();
+        self.shared.stats.count_read();
         let erasures = match self.store.erasures(&users).await {
             Ok(erasures) => erasures,
             Err(e) => {
@@ -1401,6 +1401,7 @@ impl Fanout {
             // The tracked rooms are among the most recent: read past them.
             let limit = tracked + MAX_UNTRACKED_ROOMS;
             let since = since_ms.saturating_sub(CLOCK_SKEW_MS);
+            self.shared.stats.count_read();
             let rooms = match self.store.rooms_active_since(&user, since, limit).await {
                 Ok(rooms) => rooms,
                 Err(e) => {
@@ -1411,55 +1412,87 @@ impl Fanout {
             let untracked: Vec<RoomKey> = match self.users.get(&user) {
                 Some(local) => rooms
                     .into_iter()
-                    .filter(|room| local.tracker.last(room).is_none())
+                    .filter(|room| !local.tracker.rooms.contains_key(room))
                     .take(MAX_UNTRACKED_ROOMS)
                     .collect(),
                 None => continue,
             };
             for room in untracked {
+                if !self.users.contains_key(&user) {
+                    break;
+                }
                 // `since_ms` as it was: a room forgotten meanwhile moves it forward.
-                self.catch_up_since(&user, &room, None, since_ms).await;
+                self.catch_up_latest(&user, &room, None, since_ms).await;
             }
         }
     }
 
-    /// Delivers what `room` has past message `last` for `user` (without one, what was
-    /// sent since the user came), from one read: the latest snapshot's messages and the
-    /// snapshot of each.
-    async fn catch_up_messages(&mut self, user: &str, room: &RoomKey, last: Option<u64>) {
+    /// Catches one remembered room up for `user`: what it has past the last message
+    /// delivered (without one, what was sent since the user came), then the changes past
+    /// the last one they were told of, all from one read of the store (the latest
+    /// snapshot's messages and the snapshot of each, and the changes).
+    async fn catch_up_room(&mut self, user: &str, room: &RoomKey, told: Told) {
         let Some(since_ms) = self.users.get(user).map(|local| local.since_ms) else {
             return;
         };
-        self.catch_up_since(user, room, last, since_ms).await;
+        let Some(change) = told.change else {
+            self.catch_up_latest(user, room, told.id, since_ms).await;
+            return;
+        };
+        let limit = MAX_MESSAGES_LIMIT + MAX_RECOVERED as usize;
+        self.shared.stats.count_read();
+        let read = self
+            .store
+            .changes_and_page(room, user, change, MAX_MESSAGES_LIMIT, None, limit)
+            .await;
+        let changes = match read {
+            Ok((changes, read)) => {
+                let page = Page::of(read, None, limit);
+                self.deliver_missing(user, room, told.id, since_ms, page)
+                    .await;
+                Ok(changes)
+            }
+            Err(e) => Err(e),
+        };
+        self.deliver_changes(user, room, change, u64::MAX, changes)
+            .await;
+        // Caught up outside a turn: nothing else will use the page.
+        let key = (user.to_owned(), room.clone());
+        self.pages.remove(&key);
+        self.wanted.remove(&key);
     }
 
-    /// [`Fanout::catch_up_messages`], with the user's `since_ms` given.
-    async fn catch_up_since(
+    /// Delivers what `room` has past message `last` for `user` (without one, what was
+    /// sent since `since_ms`), from one read of its latest messages.
+    async fn catch_up_latest(
         &mut self,
         user: &str,
         room: &RoomKey,
         last: Option<u64>,
         since_ms: i64,
     ) {
-        if !self.users.contains_key(user) {
-            return;
+        let limit = MAX_MESSAGES_LIMIT + MAX_RECOVERED as usize;
+        match self.read(user, room, None, limit).await {
+            Ok(page) => self.deliver_missing(user, room, last, since_ms, page).await,
+            Err(e) => tracing::warn!(%user, error = %e, "cannot catch up a room"),
         }
+        // Caught up outside a turn: nothing else will use the page.
+        let key = (user.to_owned(), room.clone());
+        self.pages.remove(&key);
+        self.wanted.remove(&key);
+    }
+
+    /// Delivers what `page` (the room's latest messages) holds past message `last` for
+    /// `user` (without one, what was sent since `since_ms`), with the snapshot of each.
+    async fn deliver_missing(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        last: Option<u64>,
+        since_ms: i64,
+        page: Page,
+    ) {
         let since_ms = since_ms.saturating_sub(CLOCK_SKEW_MS);
-        let page = match self
-            .read(
-                user,
-                room,
-                None,
-                MAX_MESSAGES_LIMIT + MAX_RECOVERED as usize,
-            )
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(%user, error = %e, "cannot catch up a room");
-                return;
-            }
-        };
         let missing: Vec<u64> = page
             .messages
             .iter()
@@ -1525,14 +1558,28 @@ impl Fanout {
     /// them to `user`: lost messages as `message:sent`, in id order, then each changed
     /// message as the event its state calls for. Records how far it read.
     async fn recover_changes(&mut self, user: &str, room: &RoomKey, after: u64, up_to: u64) {
+        let first = self.first_changes(user, room, after).await;
+        self.deliver_changes(user, room, after, up_to, first).await;
+    }
+
+    /// [`Fanout::recover_changes`], from the first page of the changes, already read.
+    async fn deliver_changes(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        after: u64,
+        up_to: u64,
+        first: Result<ChangesPage, StoreError>,
+    ) {
         let mut changed = Vec::new();
         let mut position = after;
+        let mut first = Some(first);
         for _ in 0..MAX_CHANGE_PAGES {
-            let page = match self
-                .store
-                .changes(room, user, position, MAX_MESSAGES_LIMIT)
-                .await
-            {
+            let page = match first.take() {
+                Some(first) => first,
+                None => self.read_changes(user, room, position).await,
+            };
+            let page = match page {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(%user, error = %e, "cannot read the changes a user missed");
@@ -1578,6 +1625,65 @@ impl Fanout {
                 local.since_ms = now_millis();
             }
         }
+    }
+
+    /// The first page of `room`'s changes after `after`, for `user`. When this turn
+    /// builds a `message:sent` of the room for them (so reads its messages anyway) and has
+    /// no page of it yet, the same read brings that page, reaching down to the first id
+    /// they may have lost ([`ReadStore::changes_and_page`]): a gap that lost messages
+    /// costs one read, not the changes and then the page.
+    async fn first_changes(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        after: u64,
+    ) -> Result<ChangesPage, StoreError> {
+        let key = (user.to_owned(), room.clone());
+        let Some(wanted) = self
+            .wanted
+            .get(&key)
+            .copied()
+            .filter(|&wanted| !self.pages.get(&key).is_some_and(|page| page.covers(wanted)))
+        else {
+            return self.read_changes(user, room, after).await;
+        };
+        let last = self
+            .users
+            .get(user)
+            .and_then(|local| local.tracker.last(room));
+        let low = last
+            .map_or(wanted, |last| last.saturating_add(1))
+            .clamp(wanted.saturating_sub(MAX_RECOVERED), wanted);
+        // As `page` reads for `low`: up to the highest id wanted, within `READ_AHEAD`.
+        let top = wanted.min(low.saturating_add(READ_AHEAD));
+        let limit = MAX_MESSAGES_LIMIT + (top - low) as usize;
+        self.shared.stats.count_read();
+        let (changes, read) = self
+            .store
+            .changes_and_page(
+                room,
+                user,
+                after,
+                MAX_MESSAGES_LIMIT,
+                Some(top.saturating_add(1)),
+                limit,
+            )
+            .await?;
+        self.pages.insert(key, Page::of(read, Some(top), limit));
+        Ok(changes)
+    }
+
+    /// One page of `room`'s changes after `after`, for `user`.
+    async fn read_changes(
+        &self,
+        user: &str,
+        room: &RoomKey,
+        after: u64,
+    ) -> Result<ChangesPage, StoreError> {
+        self.shared.stats.count_read();
+        self.store
+            .changes(room, user, after, MAX_MESSAGES_LIMIT)
+            .await
     }
 }
 

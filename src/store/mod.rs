@@ -231,6 +231,19 @@ pub trait ReadStore: Send + Sync {
     /// Which of `users` were ever erased, with when (as [`ReadStore::erased_at`]), in one
     /// read.
     fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>>;
+
+    /// [`ReadStore::changes`] after `since` (up to `limit`) and [`ReadStore::messages_page`]
+    /// below `before` (up to `page_limit`), in one read: a gap in a user's changes that
+    /// lost messages too needs both, the page for the lost messages' snapshots.
+    fn changes_and_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+        before: Option<u64>,
+        page_limit: usize,
+    ) -> Read<'a, (ChangesPage, HistoryPage)>;
 }
 
 /// One step of a retention scan over the rooms.

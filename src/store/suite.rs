@@ -36,7 +36,8 @@ macro_rules! store_suite {
             messages_after_an_id_come_oldest_first,
             erasing_a_user_tombstones_their_messages_everywhere_and_keeps_the_rest,
             rooms_active_since_a_time_come_most_recent_first_within_the_limit,
-            erasures_of_many_users_come_from_one_read
+            erasures_of_many_users_come_from_one_read,
+            changes_and_page_answer_as_the_two_reads_do
         );
     };
     (@tests $fixture:ty; $($test:ident),* $(,)?) => {$(
@@ -863,4 +864,58 @@ pub async fn erasures_of_many_users_come_from_one_read<F: Fixture>() {
     erased.sort();
     assert_eq!(erased, [("a".to_owned(), 2000), ("c".to_owned(), 3000)]);
     assert!(store.erasures(&[]).await.unwrap().is_empty());
+}
+
+pub async fn changes_and_page_answer_as_the_two_reads_do<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    for n in 1..=6 {
+        send(&store, &ab, "a", &format!("{n}"), None, 100 + n);
+    }
+    commit(&store, |t| {
+        t.edit(&ab, "a", 2, "2, edited", 1_000, 200).unwrap();
+    });
+    let cases = [
+        (0, 50, None, 50),
+        (3, 2, None, 50),
+        (3, 50, Some(5), 2),
+        (7, 50, Some(2), 50),
+        (100, 50, None, 50),
+    ];
+    for (since, limit, before, page_limit) in cases {
+        let (changes, page) = store
+            .changes_and_page(&ab, "b", since, limit, before, page_limit)
+            .await
+            .unwrap();
+        let alone = store.changes(&ab, "b", since, limit).await.unwrap();
+        assert_eq!(
+            ids(&changes.messages),
+            ids(&alone.messages),
+            "{since} {limit}"
+        );
+        assert_eq!(
+            (changes.position, changes.more),
+            (alone.position, alone.more),
+            "{since} {limit}"
+        );
+        assert_eq!(changes.partner, alone.partner);
+        let alone = store
+            .messages_page(&ab, "b", before, page_limit)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&page.messages),
+            ids(&alone.messages),
+            "{before:?} {page_limit}"
+        );
+        assert_eq!(page.position, alone.position);
+        assert_eq!(page.messages[0], alone.messages[0]);
+    }
+    let (changes, page) = store
+        .changes_and_page(&RoomKey::new("a", "z"), "a", 4, 50, None, 50)
+        .await
+        .unwrap();
+    assert!(changes.messages.is_empty() && page.messages.is_empty());
+    assert_eq!(changes.position, 4);
 }

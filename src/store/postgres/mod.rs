@@ -733,6 +733,87 @@ impl ReadStore for PgStore {
         }))
     }
 
+    fn changes_and_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+        before: Option<u64>,
+        page_limit: usize,
+    ) -> Read<'a, (ChangesPage, HistoryPage)> {
+        Box::pin(self.read(move |c| async move {
+            // One statement: the changes (one more than asked for: whether more follow)
+            // and the page, each message tagged with the half it answers; a message in
+            // both comes twice.
+            let inner = format!(
+                "(SELECT true AS changed, {MESSAGE_COLUMNS} FROM messages \
+                  WHERE room = r.num AND change > $3 ORDER BY change LIMIT $4) \
+                 UNION ALL \
+                 (SELECT false, {MESSAGE_COLUMNS} FROM messages \
+                  WHERE room = r.num AND id < $5 ORDER BY id DESC LIMIT $6)"
+            );
+            let sql = format!(
+                "SELECT r.change, m.* FROM rooms r LEFT JOIN LATERAL ({inner}) m ON true \
+                 WHERE r.low = $1 AND r.high = $2"
+            );
+            let (rows, partner) = futures_util::future::try_join(
+                async {
+                    let statement = c.prepare_cached(&sql).await?;
+                    Ok::<_, StoreError>(
+                        c.query(
+                            &statement,
+                            &[
+                                &room.low,
+                                &room.high,
+                                &id_param(since),
+                                &limit_param(limit.saturating_add(1)),
+                                &before.map_or(i64::MAX, id_param),
+                                &limit_param(page_limit),
+                            ],
+                        )
+                        .await?,
+                    )
+                },
+                profile_of(&c, room.partner_of(viewer)),
+            )
+            .await?;
+            let counter = rows.first().map(|r| r.get::<_, i64>(0) as u64);
+            let (mut changed, mut latest) = (Vec::new(), Vec::new());
+            for r in &rows {
+                match r.get::<_, Option<bool>>(1) {
+                    Some(true) => changed.push(message_from(r, 2)),
+                    Some(false) => latest.push(message_from(r, 2)),
+                    None => {}
+                }
+            }
+            changed.sort_by_key(|m| m.change);
+            latest.sort_by_key(|m| std::cmp::Reverse(m.id));
+            let more = changed.len() > limit;
+            changed.truncate(limit);
+            // As `changes`: the last listed change while more follow, else the room's
+            // counter (or `since` for a room that does not exist).
+            let room_exists = counter.is_some_and(|c| c > 0) || !changed.is_empty();
+            let position = match counter {
+                _ if more => changed.last().map_or(since, |m| m.change),
+                Some(counter) if room_exists => counter,
+                _ => since,
+            };
+            let changes = ChangesPage {
+                partner: partner.clone(),
+                messages: changed,
+                position,
+                more,
+            };
+            let page = HistoryPage {
+                partner,
+                messages: latest,
+                position: counter.unwrap_or(0),
+            };
+            Ok((changes, page))
+        }))
+    }
+
     fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
         Box::pin(self.read(move |c| async move {
             let rows = c
