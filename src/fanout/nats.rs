@@ -18,6 +18,28 @@
 //! - a NATS reconnect, a slow consumer or a full queue here may have lost anything, so
 //!   every remembered room is caught up from the store.
 //!
+//! A room the tracker does not hold (a conversation this node never delivered to the
+//! user, or one it forgot under `cluster.tracked_rooms_per_user`) shows no gap: its first
+//! message here may come after lost ones. The node remembers when the user came (or a
+//! room of theirs was last forgotten, `since_ms`), and delivers what such a room got since:
+//! when its next message arrives, and at a catch-up, which also reads the user's rooms
+//! most recently sent to since then (one read per user, the store's inbox order) and
+//! catches up those the tracker does not hold, at most [`MAX_UNTRACKED_ROOMS`] a user,
+//! most recent first; an older one waits for its next message, or the client's `rooms`
+//! read. A message's `sent_ms` is the clock of the node that committed it: the code
+//! assumes the nodes' clocks agree within [`CLOCK_SKEW_MS`] (5 s; NTP keeps them within
+//! milliseconds), and counts a message sent up to that long before `since_ms` as one
+//! the user may have missed. A message they had (their own history read) may so come
+//! again, the same message with the same id: a repeat, never a loss.
+//!
+//! An erasure's notice ([`Notice::Erased`]) crosses NATS once. A catch-up also asks the
+//! store which of the task's users were erased (one read for all of them) and closes the
+//! connections admitted with a token from before the erasure, as the notice would have
+//! ([`Hub::disconnect_erased`]); a connection admitted after it stays. A lost notice with
+//! no outage signal here (the erasing node's NATS link was down) is caught by the
+//! presence heartbeat's check in cluster mode (`store::postgres::presence`), within
+//! seconds.
+//!
 //! The same holds for every other change to a room (a delivered or seen mark, an edit, a
 //! delete): each takes the room's next change number (the counter `changes` reads), and
 //! the event that reports it carries its span of that counter. A member of the room who
@@ -71,7 +93,13 @@
 //! a task takes what its queues hold at once (up to [`BATCH`] jobs) and, for each user
 //! and room, reads the room once up to the highest id announced in it, `50 + k - 1`
 //! messages, which holds the snapshot of each of the `k` messages in between ([`Page`]).
-//! A gap and a catch-up are one such read per room too, not one per message. A page lives
+//! A gap and a catch-up are one such read per room too, not one per message. A gap in a
+//! user's changes that lost messages needs the room's changes and the page for the lost
+//! messages' snapshots (the changes hold only the messages that changed, not the 49
+//! before each): one read brings both ([`ReadStore::changes_and_page`]) when the turn
+//! builds a `message:sent` of the room anyway, and at a catch-up of a remembered room. A
+//! gap revealed by a receipt or an update reads the changes alone, then the page only if
+//! a message was lost. A page lives
 //! for one turn of the task (one batch), so a snapshot is as fresh as the events queued
 //! with it.
 
@@ -689,8 +717,9 @@ impl Broker for NatsBroker {
     /// Closes the user's connections here, and publishes [`Notice::Erased`] on their
     /// subject: the nodes holding their other connections listen to it, and close those.
     /// Straight to NATS, not through the fan-out queue, so a full queue cannot drop it.
-    /// Core NATS may still lose it (a NATS outage at that moment): such a connection stays
-    /// open until it ends, and its token is refused on the next connect.
+    /// Core NATS may still lose it (a NATS outage at that moment): the next catch-up there,
+    /// or the presence heartbeat's check of the store's erasures, closes such a connection,
+    /// and its token is refused on the next connect.
     fn disconnect_user(&self, user: &str) -> usize {
         let closed = self.hub.disconnect_user(user);
         let client = self.client.clone();
