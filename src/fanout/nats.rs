@@ -1365,11 +1365,10 @@ impl Fanout {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "NATS flush before catching up failed");
         }
-        let erased = self.close_erased().await;
+        self.close_erased().await;
         let rooms: Vec<(String, RoomKey, Told)> = self
             .users
             .iter()
-            .filter(|(user, _)| !erased.contains(*user))
             .flat_map(|(user, local)| {
                 local
                     .tracker
@@ -1381,17 +1380,16 @@ impl Fanout {
         for (user, room, told) in rooms {
             self.catch_up_room(&user, &room, told).await;
         }
-        self.catch_up_untracked(&erased).await;
+        self.catch_up_untracked().await;
     }
 
     /// Closes the connections here of this task's users whose erasure's notice was lost:
     /// one read of the store's erasures for all of them. Only connections admitted with
     /// a token from before the erasure close, as its notice would have closed them; a user
-    /// admitted again since keeps their connection. Returns the users it closed.
-    async fn close_erased(&mut self) -> HashSet<String> {
-        let mut closed = HashSet::new();
+    /// admitted again since keeps their connection (and is caught up as any other).
+    async fn close_erased(&mut self) {
         if self.users.is_empty() {
-            return closed;
+            return;
         }
         let users: Vec<String> = self.users.keys().cloned().collect();
         self.shared.stats.count_read();
@@ -1399,7 +1397,7 @@ impl Fanout {
             Ok(erasures) => erasures,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read erasures to catch up");
-                return closed;
+                return;
             }
         };
         for (user, at_ms) in erasures {
@@ -1409,21 +1407,18 @@ impl Fanout {
                 for _ in 0..connections {
                     self.shared.stats.count(Repair::Erased);
                 }
-                closed.insert(user);
             }
         }
-        closed
     }
 
     /// Catches up, for each local user, the rooms with messages sent since `since_ms`
     /// that the tracker does not hold (a conversation this node never delivered to them,
     /// or one it forgot): one read of the user's most recently active rooms, then one
     /// read each, at most [`MAX_UNTRACKED_ROOMS`] of them.
-    async fn catch_up_untracked(&mut self, skip: &HashSet<String>) {
+    async fn catch_up_untracked(&mut self) {
         let users: Vec<(String, i64, usize)> = self
             .users
             .iter()
-            .filter(|(user, _)| !skip.contains(*user))
             .map(|(user, local)| (user.clone(), local.since_ms, local.tracker.rooms.len()))
             .collect();
         for (user, since_ms, tracked) in users {
