@@ -30,7 +30,9 @@
 //! assumes the nodes' clocks agree within [`CLOCK_SKEW_MS`] (5 s; NTP keeps them within
 //! milliseconds), and counts a message sent up to that long before `since_ms` as one
 //! the user may have missed. A message they had (their own history read) may so come
-//! again, the same message with the same id: a repeat, never a loss.
+//! again, the same message with the same id: a repeat rather than a loss. With clocks
+//! further apart, a message sent just after the user came can be missed until the
+//! room's next message.
 //!
 //! An erasure's notice ([`Notice::Erased`]) crosses NATS once. A catch-up also asks the
 //! store which of the task's users were erased (one read for all of them) and closes the
