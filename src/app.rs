@@ -87,6 +87,7 @@ impl App {
             .hub()
             .subscribe(
                 &who.user.id,
+                who.issued_at,
                 limits.max_connections_per_user,
                 limits.max_outbound_bytes,
             )

@@ -356,15 +356,17 @@ pub fn cluster_started(kinds: &[&'static str]) {
         "Cluster fan-out repairs, by kind: messages recovered from the store after a lost NATS \
          message, duplicates dropped, events dropped for a full fan-out queue, catch-ups of \
          every room after a NATS reconnect or slow consumer, receipts and updates recovered \
-         from the store, duplicate ones dropped, holes in a room's changes read from the store."
+         from the store, duplicate ones dropped, holes in a room's changes read from the store, \
+         connections of erased users closed by a catch-up after their notice was lost."
     );
     for &kind in kinds {
         counter!(CLUSTER_REPAIRS, "kind" => kind).absolute(0);
     }
     describe_counter!(
         CLUSTER_READS,
-        "Cluster fan-out reads of a room from the store, each building one or more \
-         message:sent events: notices from other nodes, gaps, catch-ups."
+        "Cluster fan-out reads of the store: a room's messages for message:sent events \
+         (notices from other nodes, gaps, catch-ups), its changes (with its messages when \
+         both are needed, one read), a catch-up's erasures and users' active rooms."
     );
     counter!(CLUSTER_READS).absolute(0);
 }
@@ -374,8 +376,8 @@ pub fn cluster_repair(kind: &'static str) {
     counter!(CLUSTER_REPAIRS, "kind" => kind).increment(1);
 }
 
-/// The cluster fan-out read a room from the store to build `message:sent` events (a
-/// notice from another node, a gap, a catch-up).
+/// The cluster fan-out read the store: a room's messages or changes, or for a catch-up
+/// its users' erasures or active rooms.
 pub fn cluster_read() {
     counter!(CLUSTER_READS).increment(1);
 }

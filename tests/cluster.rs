@@ -20,7 +20,9 @@ use chat_server::model::{
     BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
     SessionUser,
 };
+use chat_server::protocol::time::now_millis;
 use chat_server::store::redb::RedbStore;
+use chat_server::store::WriteStore;
 use chat_server::store::{
     DeadLetter, ExpiryScan, MarkState, OutboxEvent, Read, ReadStore, WebhookCounts,
 };
@@ -30,6 +32,7 @@ use common::nats::{NatsCluster, NatsServer};
 use common::{connect_at, Client, Server, SECRET, WAIT};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// One chat-server node in this process.
 struct Node {
@@ -559,6 +562,161 @@ async fn after_a_nats_outage_a_node_catches_up_what_it_missed_with_no_later_mess
     b.stop().await;
 }
 
+#[tokio::test]
+async fn after_a_nats_outage_a_node_catches_up_a_conversation_it_never_delivered_to_the_user() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (a, b, mut bob) = (c.a, c.b, c.bob);
+    let mut carol_silent = silent.connect("carol").await;
+    // A new conversation whose first message is lost: node b never delivered anything of
+    // it to bob, so its tracker knows nothing of the room, and no later message comes.
+    carol_silent.send_message("bob-carol", "hello, lost").await;
+    assert_eq!(snapshot_ids(&next_sent(&mut carol_silent).await), [1]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    c.nats.kill();
+    c.nats.resume();
+    let caught_up = next_sent(&mut bob).await;
+    assert_eq!(caught_up["roomId"], "bob-carol");
+    assert_eq!(caught_up["user"]["id"], "carol");
+    assert_eq!(snapshot_ids(&caught_up), [1]);
+    assert_eq!(caught_up["messages"][0]["message"], "hello, lost");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(b.nats().stats().recovered(), 1);
+
+    // Now tracked: a second outage repeats nothing.
+    c.nats.kill();
+    c.nats.resume();
+    bob.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(b.nats().stats().recovered(), 1);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_nats_outage_a_node_catches_up_a_room_its_tracker_forgot() {
+    let mut c = Pair::start().await;
+    let (a, b, mut bob) = (c.a, c.b, c.bob);
+    // Bob writes in one more room than node b remembers per user (16): the first one,
+    // the least recently active, is forgotten.
+    for n in 0..17 {
+        let room = format!("bob-u{n:02}");
+        assert_eq!(bob.send_message(&room, "hi").await["ok"], true);
+        assert_eq!(next_sent(&mut bob).await["roomId"], room.as_str());
+    }
+    // A message lost in the forgotten room: nothing else comes there.
+    let forgotten = RoomKey::new("bob", "u00");
+    let mut txn = c.store.begin().unwrap();
+    txn.append(&forgotten, "u00", "lost", None, now_millis())
+        .unwrap();
+    txn.commit().unwrap();
+
+    c.nats.kill();
+    c.nats.resume();
+    // Bob's own first message there may come again (sent within the clock-skew allowance
+    // before the room was forgotten): a repeat, then the lost one.
+    let caught_up = loop {
+        let sent = next_sent(&mut bob).await;
+        assert_eq!(sent["roomId"], "bob-u00", "{sent}");
+        if snapshot_ids(&sent) == [2, 1] {
+            break sent;
+        }
+        assert_eq!(snapshot_ids(&sent), [1], "{sent}");
+    };
+    assert_eq!(caught_up["messages"][0]["message"], "lost");
+    assert_eq!(caught_up["user"]["id"], "u00");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_catch_up_reads_at_most_a_bounded_number_of_untracked_rooms_most_recent_first() {
+    let mut c = Pair::start().await;
+    let (a, b, mut bob) = (c.a, c.b, c.bob);
+    let rooms = chat_server::fanout::nats::MAX_UNTRACKED_ROOMS + 3;
+    // Committed straight into the store, never published: a lost first message in each
+    // of more new conversations than one catch-up reads.
+    for n in 0..rooms {
+        let sender = format!("u{n:03}");
+        let mut txn = c.store.begin().unwrap();
+        txn.append(
+            &RoomKey::new("bob", &sender),
+            &sender,
+            "lost",
+            None,
+            now_millis(),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+        // Distinct `sent_ms`, so "most recent" is one order.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let reads = b.nats().stats().reads();
+    c.nats.kill();
+    c.nats.resume();
+    let mut senders = Vec::new();
+    for _ in 0..chat_server::fanout::nats::MAX_UNTRACKED_ROOMS {
+        senders.push(
+            next_sent(&mut bob).await["user"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    bob.expect_silence(Duration::from_millis(500)).await;
+    // The most recently active ones; the three oldest are left to their next message.
+    senders.sort();
+    let expected: Vec<String> = (3..rooms).map(|n| format!("u{n:03}")).collect();
+    assert_eq!(senders, expected);
+    // One read per room caught up, after one of bob's erasure and one of his rooms.
+    assert_eq!(
+        b.nats().stats().reads() - reads,
+        chat_server::fanout::nats::MAX_UNTRACKED_ROOMS as u64 + 2
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_nats_outage_a_node_closes_the_connections_of_a_user_erased_meanwhile() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (a, b, mut alice, mut bob) = (c.a, c.b, c.alice, c.bob);
+    // Erased on a node whose notice never reaches NATS: bob's tab on node b stays open.
+    let (status, report) =
+        common::http_request(silent.addr, "DELETE", "/admin/users/bob", Some("admin")).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["connectionsClosed"], 0, "{report}");
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    c.nats.kill();
+    c.nats.resume();
+    let erased = (CloseCode::Library(4003), "user erased".to_owned());
+    assert_eq!(bob.close_frame().await, erased);
+    assert_eq!(b.nats().stats().erased(), 1);
+    // Only bob's: alice, on node a, is still served.
+    assert_eq!(
+        alice.send_message("alice-carol", "still here").await["ok"],
+        true
+    );
+
+    // Bob comes back with a token from after the erasure (the next second on): the next
+    // catch-up leaves that connection alone.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut bob = b.connect("bob").await;
+    b.wait_subscribed(1).await;
+    c.nats.kill();
+    c.nats.resume();
+    bob.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(bob.send_message("bob-carol", "back").await["ok"], true);
+    assert_eq!(b.nats().stats().erased(), 1);
+    silent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The next `event`, skipping every other event.
 async fn next_event(client: &mut Client, event: &str) -> Value {
     loop {
@@ -716,6 +874,68 @@ async fn a_gap_of_several_lost_messages_costs_one_read_of_the_store() {
     // five on node a (whose own message came rendered): not one read per message.
     assert_eq!(c.b.nats().stats().reads(), 2);
     assert_eq!(c.a.nats().stats().reads(), 1);
+    silent.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_gap_in_the_changes_that_lost_a_message_costs_one_read_of_the_store() {
+    let mut c = Pair::start().await;
+    let silent = c.silent_node().await;
+    let (alice, bob) = (&mut c.alice, &mut c.bob);
+    let mut alice_silent = silent.connect("alice").await;
+    let mut bob_silent = silent.connect("bob").await;
+    alice.send_message("alice-bob", "one").await;
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [1]);
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [1]);
+    assert_eq!(
+        (c.a.nats().stats().reads(), c.b.nats().stats().reads()),
+        (0, 1)
+    );
+
+    // Lost on both nodes: bob's read of message 1 (its receipts), then message 2.
+    let read = json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 1,
+                        "seenDate": "2026-01-01T00:00:00Z" }]);
+    assert_eq!(bob_silent.request("message:read", read).await["ok"], true);
+    alice_silent.send_message("alice-bob", "two, lost").await;
+    next_sent(&mut alice_silent).await;
+    alice.expect_silence(Duration::from_millis(300)).await;
+
+    // Bob's next message shows both nodes the hole in the room's changes: alice's node
+    // reads the changes and the page for the lost message's snapshot at once, and builds
+    // the new message's from it too; bob's node the same for the lost message.
+    bob.send_message("alice-bob", "three").await;
+    let seen = next_event(alice, "message:seen").await;
+    assert_eq!(seen[0]["messageId"], 1);
+    let lost = next_sent(alice).await;
+    assert_eq!(snapshot_ids(&lost), [2, 1]);
+    assert_eq!(lost["messages"][0]["message"], "two, lost");
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [3, 2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [2, 1]);
+    assert_eq!(snapshot_ids(&next_sent(bob).await), [3, 2, 1]);
+    alice.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(c.a.nats().stats().change_gaps(), 1);
+    assert_eq!(c.b.nats().stats().change_gaps(), 1);
+    assert_eq!(c.a.nats().stats().reads(), 1);
+    assert_eq!(c.b.nats().stats().reads(), 2);
+
+    // The same after a NATS outage, with no later event: a receipt and a message lost,
+    // caught up with one read of the room (its messages and its changes), after one of
+    // the erasures of alice's fan-out task and one of her recently active rooms.
+    let read = json!([{ "userId": "bob", "roomId": "alice-bob", "messageId": 2,
+                        "seenDate": "2026-01-01T00:00:00Z" }]);
+    assert_eq!(bob_silent.request("message:read", read).await["ok"], true);
+    alice_silent.send_message("alice-bob", "four, lost").await;
+    next_sent(&mut alice_silent).await;
+    alice.expect_silence(Duration::from_millis(300)).await;
+    c.nats.kill();
+    c.nats.resume();
+    assert_eq!(snapshot_ids(&next_sent(alice).await), [4, 3, 2, 1]);
+    let frame = alice.recv().await;
+    assert_eq!(frame["event"], "message:seen", "{frame}");
+    assert_eq!(frame["data"][0]["messageId"], 2);
+    alice.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(c.a.nats().stats().reads(), 1 + 3);
     silent.stop().await;
     c.stop().await;
 }
@@ -942,5 +1162,31 @@ impl ReadStore for Held {
 
     fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>> {
         self.inner.erased_at(user)
+    }
+
+    fn rooms_active_since<'a>(
+        &'a self,
+        user: &'a str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<RoomKey>> {
+        self.inner.rooms_active_since(user, since_ms, limit)
+    }
+
+    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
+        self.inner.erasures(users)
+    }
+
+    fn changes_and_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+        before: Option<u64>,
+        page_limit: usize,
+    ) -> Read<'a, (ChangesPage, HistoryPage)> {
+        self.inner
+            .changes_and_page(room, viewer, since, limit, before, page_limit)
     }
 }

@@ -411,4 +411,30 @@ impl ReadStore for HeldBlocks {
     fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
         self.inner.webhooks_gone()
     }
+
+    fn rooms_active_since<'a>(
+        &'a self,
+        user: &'a str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<RoomKey>> {
+        self.inner.rooms_active_since(user, since_ms, limit)
+    }
+
+    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
+        self.inner.erasures(users)
+    }
+
+    fn changes_and_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+        before: Option<u64>,
+        page_limit: usize,
+    ) -> Read<'a, (ChangesPage, HistoryPage)> {
+        self.inner
+            .changes_and_page(room, viewer, since, limit, before, page_limit)
+    }
 }

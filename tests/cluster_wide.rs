@@ -236,6 +236,43 @@ async fn erasing_a_user_on_one_node_closes_their_tabs_on_every_node() {
     assert_eq!(reply["ok"], true, "{reply}");
 }
 
+#[tokio::test]
+async fn an_erasure_whose_nats_notice_is_lost_closes_the_tabs_on_other_nodes_within_seconds() {
+    let pg = TestPostgres::start();
+    // Two NATS servers that do not know each other: nothing node A publishes reaches node
+    // B, and neither sees an outage. Only the presence heartbeat's check of the store can
+    // close alice's tab on B.
+    let (nats_a, nats_b) = (NatsServer::start(), NatsServer::start());
+    let a = node(&pg, &nats_a, &[]);
+    let b = node(&pg, &nats_b, &[]);
+    let mut on_b = b.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    wait_presence_rows(&pg, "alice", "1");
+
+    let started = Instant::now();
+    let (status, report) = http_request(a.addr, "DELETE", "/admin/users/alice", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["connectionsClosed"], 0, "{report}");
+    let erased = (CloseCode::Library(4003), "user erased".to_owned());
+    assert_eq!(on_b.close_frame().await, erased);
+    // Within a heartbeat (5 s) and the time to answer.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A token from after the erasure (the next second on) is admitted, and the next
+    // heartbeats leave that connection alone; bob was never touched.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut again = b.connect("alice").await;
+    again.expect_silence(Duration::from_secs(6)).await;
+    let reply: Value = again.send_message("alice-carol", "a new start").await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let reply: Value = bob.send_message("bob-carol", "still here").await;
+    assert_eq!(reply["ok"], true, "{reply}");
+}
+
 /// Waits until `user` has `rows` rows in the shared presence table.
 fn wait_presence_rows(pg: &TestPostgres, user: &str, rows: &str) {
     let sql = format!("SELECT count(*) FROM presence WHERE user_id = '{user}'");

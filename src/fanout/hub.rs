@@ -61,6 +61,9 @@ struct QueueState {
     /// empty queue (milliseconds since the hub started): a queue with bytes that has not
     /// moved since long ago belongs to a client that stopped reading.
     moved_ms: AtomicU64,
+    /// The `iat` of the token it was admitted with: an erasure after it closes the
+    /// connection ([`Hub::disconnect_erased`]).
+    issued_at: Option<u64>,
 }
 
 impl QueueState {
@@ -234,10 +237,12 @@ impl Hub {
         })
     }
 
-    /// Subscribes one connection of `user`, unless the user already has `per_user_cap`.
+    /// Subscribes one connection of `user`, admitted with a token issued at `issued_at`,
+    /// unless the user already has `per_user_cap`.
     pub fn subscribe(
         self: &Arc<Self>,
         user: &str,
+        issued_at: Option<u64>,
         per_user_cap: usize,
         max_outbound_bytes: usize,
     ) -> Result<Subscription, TooManyConnections> {
@@ -248,6 +253,7 @@ impl Hub {
             overflow: Notify::new(),
             erased: AtomicBool::new(false),
             moved_ms: AtomicU64::new(self.outstanding.now_ms()),
+            issued_at,
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
@@ -375,16 +381,35 @@ impl Hub {
     /// socket with 4003, a Socket.IO one with a DISCONNECT); returns how many it cut. The
     /// caller makes sure no new connection of the user is admitted afterwards.
     pub fn disconnect_user(&self, user: &str) -> usize {
+        self.disconnect_where(user, |_| true)
+    }
+
+    /// Cuts, as [`Hub::disconnect_user`] does, the connections of `user` admitted with a
+    /// token from before their erasure at `erased_at_ms`: the ones admission would refuse
+    /// now ([`crate::auth::predates_erasure`]). A connection admitted after the erasure is
+    /// left alone, so this can be asked again and again (the cluster's checks of the
+    /// store's erasures).
+    pub fn disconnect_erased(&self, user: &str, erased_at_ms: i64) -> usize {
+        self.disconnect_where(user, |state| {
+            crate::auth::predates_erasure(state.issued_at, erased_at_ms)
+        })
+    }
+
+    fn disconnect_where(&self, user: &str, cut: impl Fn(&QueueState) -> bool) -> usize {
         let users = self.users.read().expect("hub lock poisoned");
         let Some(conns) = users.get(user) else {
             return 0;
         };
+        let mut closed = 0;
         for (_, queue) in conns {
-            queue.state.erased.store(true, Ordering::Release);
+            if !cut(&queue.state) || queue.state.erased.swap(true, Ordering::AcqRel) {
+                continue;
+            }
             self.outstanding.cut(&queue.state);
             queue.state.overflow.notify_one();
+            closed += 1;
         }
-        conns.len()
+        closed
     }
 
     fn unsubscribe(&self, user: &str, id: u64, state: &QueueState) {
@@ -513,9 +538,9 @@ mod tests {
     #[tokio::test]
     async fn every_connection_of_a_user_receives_and_others_do_not() {
         let hub = Hub::new(usize::MAX, 0);
-        let mut a1 = hub.subscribe("a", 4, 1 << 20).unwrap();
-        let mut a2 = hub.subscribe("a", 4, 1 << 20).unwrap();
-        let mut b = hub.subscribe("b", 4, 1 << 20).unwrap();
+        let mut a1 = hub.subscribe("a", None, 4, 1 << 20).unwrap();
+        let mut a2 = hub.subscribe("a", None, 4, 1 << 20).unwrap();
+        let mut b = hub.subscribe("b", None, 4, 1 << 20).unwrap();
         let event = Outbound::new(ServerEvent::Typing {
             room_id: "a".into(),
             user_id: "b".into(),
@@ -545,11 +570,11 @@ mod tests {
         let hub = Hub::new(usize::MAX, 0);
         let changes = Arc::new(Changes::default());
         hub.watch_presence(changes.clone());
-        let a1 = hub.subscribe("a", 4, 1024).unwrap();
-        let a2 = hub.subscribe("a", 4, 1024).unwrap();
-        let b = hub.subscribe("b", 4, 1024).unwrap();
+        let a1 = hub.subscribe("a", None, 4, 1024).unwrap();
+        let a2 = hub.subscribe("a", None, 4, 1024).unwrap();
+        let b = hub.subscribe("b", None, 4, 1024).unwrap();
         // Refused for the cap: not a change.
-        assert!(hub.subscribe("b", 1, 1024).is_err());
+        assert!(hub.subscribe("b", None, 1, 1024).is_err());
         drop(a1);
         assert_eq!(*changes.0.lock().unwrap(), ["a", "b"]);
         drop(a2);
@@ -560,15 +585,15 @@ mod tests {
     #[test]
     fn per_user_cap_is_enforced() {
         let hub = Hub::new(usize::MAX, 0);
-        let _one = hub.subscribe("a", 1, 1024).unwrap();
-        assert!(hub.subscribe("a", 1, 1024).is_err());
-        assert!(hub.subscribe("b", 1, 1024).is_ok());
+        let _one = hub.subscribe("a", None, 1, 1024).unwrap();
+        assert!(hub.subscribe("a", None, 1, 1024).is_err());
+        assert!(hub.subscribe("b", None, 1, 1024).is_ok());
     }
 
     #[tokio::test]
     async fn a_full_queue_flags_the_slow_consumer_instead_of_growing() {
         let hub = Hub::new(usize::MAX, 0);
-        let sub = hub.subscribe("a", 1, 1000).unwrap();
+        let sub = hub.subscribe("a", None, 1, 1000).unwrap();
         let event = event_of(432);
         for _ in 0..10 {
             hub.publish("a", &event);
@@ -585,9 +610,9 @@ mod tests {
     #[tokio::test]
     async fn disconnecting_a_user_cuts_each_of_their_connections_as_erased_and_no_other() {
         let hub = Hub::new(usize::MAX, 0);
-        let a1 = hub.subscribe("a", 4, 1 << 20).unwrap();
-        let a2 = hub.subscribe("a", 4, 1 << 20).unwrap();
-        let b = hub.subscribe("b", 4, 1 << 20).unwrap();
+        let a1 = hub.subscribe("a", None, 4, 1 << 20).unwrap();
+        let a2 = hub.subscribe("a", None, 4, 1 << 20).unwrap();
+        let b = hub.subscribe("b", None, 4, 1 << 20).unwrap();
         hub.publish("a", &event_of(300));
         assert_eq!(hub.disconnect_user("a"), 2);
         assert_eq!(hub.disconnect_user("nobody"), 0);
@@ -599,9 +624,27 @@ mod tests {
         assert_eq!((hub.slow_consumers(), hub.queued_bytes()), (0, 0));
     }
 
+    #[tokio::test]
+    async fn an_erasure_cuts_only_the_connections_whose_token_predates_it_and_only_once() {
+        let hub = Hub::new(usize::MAX, 0);
+        let old = hub.subscribe("a", Some(1_000), 4, 1 << 20).unwrap();
+        let unknown = hub.subscribe("a", None, 4, 1 << 20).unwrap();
+        let fresh = hub.subscribe("a", Some(3_000), 4, 1 << 20).unwrap();
+        // Erased at 2,000.5 s: tokens of 1,000 s and without `iat` go, one of 3,000 s stays.
+        assert_eq!(hub.disconnect_erased("a", 2_000_500), 2);
+        for sub in [&old, &unknown] {
+            assert_eq!(sub.overflow_signal().overflowed().await, Cut::Erased);
+        }
+        assert!(!fresh.state.is_cut());
+        // Asked again (a periodic check): nothing more to close.
+        assert_eq!(hub.disconnect_erased("a", 2_000_500), 0);
+        assert_eq!(hub.disconnect_erased("nobody", 2_000_500), 0);
+        assert!(!fresh.state.is_cut());
+    }
+
     /// A connection of its own user with a generous per-connection bound.
     fn connect(hub: &Arc<Hub>, user: &str) -> Subscription {
-        hub.subscribe(user, 1, 1 << 30).unwrap()
+        hub.subscribe(user, None, 1, 1 << 30).unwrap()
     }
 
     /// An event that costs `bytes` in a queue: the cost of an empty one, then its payload.
@@ -762,7 +805,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for round in 0..50 {
                         let user = format!("u{t}-{round}");
-                        let mut sub = hub.subscribe(&user, 1, 20_000).unwrap();
+                        let mut sub = hub.subscribe(&user, None, 1, 20_000).unwrap();
                         for i in 0..200 {
                             hub.publish(&user, &event_of(250 + (i % 7) * 300));
                             hub.publish(&format!("u{}-{round}", (t + 1) % 4), &event_of(500));

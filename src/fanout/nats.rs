@@ -18,6 +18,30 @@
 //! - a NATS reconnect, a slow consumer or a full queue here may have lost anything, so
 //!   every remembered room is caught up from the store.
 //!
+//! A room the tracker does not hold (a conversation this node never delivered to the
+//! user, or one it forgot under `cluster.tracked_rooms_per_user`) shows no gap: its first
+//! message here may come after lost ones. The node remembers when the user came (or a
+//! room of theirs was last forgotten, `since_ms`), and delivers what such a room got since:
+//! when its next message arrives, and at a catch-up, which also reads the user's rooms
+//! most recently sent to since then (one read per user, the store's inbox order) and
+//! catches up those the tracker does not hold, at most [`MAX_UNTRACKED_ROOMS`] a user,
+//! most recent first; an older one waits for its next message, or the client's `rooms`
+//! read. A message's `sent_ms` is the clock of the node that committed it: the code
+//! assumes the nodes' clocks agree within [`CLOCK_SKEW_MS`] (5 s; NTP keeps them within
+//! milliseconds), and counts a message sent up to that long before `since_ms` as one
+//! the user may have missed. A message they had (their own history read) may so come
+//! again, the same message with the same id: a repeat rather than a loss. With clocks
+//! further apart, a message sent just after the user came can be missed until the
+//! room's next message.
+//!
+//! An erasure's notice ([`Notice::Erased`]) crosses NATS once. A catch-up also asks the
+//! store which of the task's users were erased (one read for all of them) and closes the
+//! connections admitted with a token from before the erasure, as the notice would have
+//! ([`Hub::disconnect_erased`]); a connection admitted after it stays. A lost notice with
+//! no outage signal here (the erasing node's NATS link was down) is caught by the
+//! presence heartbeat's check in cluster mode (`store::postgres::presence`), within
+//! seconds.
+//!
 //! The same holds for every other change to a room (a delivered or seen mark, an edit, a
 //! delete): each takes the room's next change number (the counter `changes` reads), and
 //! the event that reports it carries its span of that counter. A member of the room who
@@ -85,7 +109,13 @@
 //! a task takes what its queues hold at once (up to [`BATCH`] jobs) and, for each user
 //! and room, reads the room once up to the highest id announced in it, `50 + k - 1`
 //! messages, which holds the snapshot of each of the `k` messages in between ([`Page`]).
-//! A gap and a catch-up are one such read per room too, not one per message. A page lives
+//! A gap and a catch-up are one such read per room too, not one per message. A gap in a
+//! user's changes that lost messages needs the room's changes and the page for the lost
+//! messages' snapshots (the changes hold only the messages that changed, not the 49
+//! before each): one read brings both ([`ReadStore::changes_and_page`]) when the turn
+//! builds a `message:sent` of the room anyway, and at a catch-up of a remembered room. A
+//! gap revealed by a receipt or an update reads the changes alone, then the page only if
+//! a message was lost. A page lives
 //! for one turn of the task (one batch), so a snapshot is as fresh as the events queued
 //! with it.
 
@@ -102,7 +132,7 @@ use tokio::task::JoinHandle;
 use super::hub::{Hub, Presence};
 use super::{Broker, Outbound, RoomChange};
 use crate::metrics;
-use crate::model::{ChatMessage, RoomKey, SessionUser};
+use crate::model::{ChangesPage, ChatMessage, HistoryPage, RoomKey, SessionUser};
 use crate::protocol::event::MAX_MESSAGES_LIMIT;
 use crate::protocol::server_event::{Announced, DeliveredReceipt, SeenReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis};
@@ -127,6 +157,16 @@ const MAX_RECOVERED: u64 = MAX_MESSAGES_LIMIT as u64;
 /// Most pages of `changes` read to fill one gap: a larger gap is left to the client's own
 /// `changes` read, as after a long disconnection.
 const MAX_CHANGE_PAGES: usize = 20;
+
+/// Most rooms the tracker does not hold that one catch-up reads for one user (see the
+/// module docs): past it, the least recently active ones are left to their next message.
+pub const MAX_UNTRACKED_ROOMS: usize = 64;
+
+/// How far apart the nodes' clocks may be, in ms: a message's `sent_ms` is the clock of
+/// the node that committed it, compared with this node's `since_ms`. A catch-up counts a
+/// message sent up to this long before a user came as one they may have missed: a repeat
+/// the client may have had (its own history read), rather than a loss.
+const CLOCK_SKEW_MS: i64 = 5_000;
 
 /// Most jobs a fan-out task takes from a queue at once, whose reads it shares.
 pub const BATCH: usize = 64;
@@ -446,6 +486,7 @@ pub struct ClusterStats {
     recovered_blocks: AtomicU64,
     duplicate_blocks: AtomicU64,
     block_gaps: AtomicU64,
+    erased: AtomicU64,
 }
 
 /// One kind of repair, counted in [`ClusterStats`] and in `chat_cluster_repairs_total`.
@@ -461,10 +502,11 @@ enum Repair {
     RecoveredBlock,
     DuplicateBlock,
     BlockGap,
+    Erased,
 }
 
 impl Repair {
-    const ALL: [Repair; 10] = [
+    const ALL: [Repair; 11] = [
         Repair::Recovered,
         Repair::Duplicate,
         Repair::Dropped,
@@ -475,6 +517,7 @@ impl Repair {
         Repair::RecoveredBlock,
         Repair::DuplicateBlock,
         Repair::BlockGap,
+        Repair::Erased,
     ];
 
     /// Its `kind` label.
@@ -490,6 +533,7 @@ impl Repair {
             Repair::RecoveredBlock => "recovered_block",
             Repair::DuplicateBlock => "duplicate_block",
             Repair::BlockGap => "block_gap",
+            Repair::Erased => "erased",
         }
     }
 }
@@ -507,6 +551,7 @@ impl ClusterStats {
             Repair::RecoveredBlock => &self.recovered_blocks,
             Repair::DuplicateBlock => &self.duplicate_blocks,
             Repair::BlockGap => &self.block_gaps,
+            Repair::Erased => &self.erased,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::cluster_repair(repair.kind());
@@ -564,8 +609,16 @@ impl ClusterStats {
         self.block_gaps.load(Ordering::Relaxed)
     }
 
-    /// Reads of the store for `message:sent` events: notices from other nodes, gaps and
-    /// catch-ups.
+    /// Connections closed by a catch-up because their user was erased and the erasure's
+    /// notice never came.
+    pub fn erased(&self) -> u64 {
+        self.erased.load(Ordering::Relaxed)
+    }
+
+    /// Reads of the store: of a room's messages for `message:sent` events (notices from
+    /// other nodes, gaps, catch-ups), of its changes (gaps, catch-ups; with the messages
+    /// when both are needed, one read), and a catch-up's reads of its users' erasures and
+    /// of each user's recently active rooms.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
@@ -751,8 +804,9 @@ impl Broker for NatsBroker {
     /// Closes the user's connections here, and publishes [`Notice::Erased`] on their
     /// subject: the nodes holding their other connections listen to it, and close those.
     /// Straight to NATS, not through the fan-out queue, so a full queue cannot drop it.
-    /// Core NATS may still lose it (a NATS outage at that moment): such a connection stays
-    /// open until it ends, and its token is refused on the next connect.
+    /// Core NATS may still lose it (a NATS outage at that moment): the next catch-up there,
+    /// or the presence heartbeat's check of the store's erasures, closes such a connection,
+    /// and its token is refused on the next connect.
     fn disconnect_user(&self, user: &str) -> usize {
         let closed = self.hub.disconnect_user(user);
         let client = self.client.clone();
@@ -908,6 +962,16 @@ struct Page {
 }
 
 impl Page {
+    /// What a read of up to `limit` messages up to id `top` (or the latest) gave.
+    fn of(read: HistoryPage, top: Option<u64>, limit: usize) -> Page {
+        Page {
+            top: top.unwrap_or_else(|| read.messages.first().map_or(0, |m| m.id)),
+            whole: read.messages.len() < limit,
+            partner: read.partner,
+            messages: read.messages,
+        }
+    }
+
     /// Whether it answers for message `id`: holds it or shows it is gone, with the 49
     /// before it (or all there are).
     fn covers(&self, id: u64) -> bool {
@@ -1006,10 +1070,7 @@ impl Fanout {
                 continue;
             };
             let told = local.tracker.rooms.get(&room).copied().unwrap_or_default();
-            self.catch_up_messages(&user, &room, told.id).await;
-            if let Some(change) = told.change {
-                self.recover_changes(&user, &room, change, u64::MAX).await;
-            }
+            self.catch_up_room(&user, &room, told).await;
         }
     }
 
@@ -1278,6 +1339,7 @@ impl Fanout {
         since_ms: i64,
     ) -> Result<Vec<u64>, StoreError> {
         let low = id.saturating_sub(MAX_RECOVERED).max(1);
+        let since_ms = since_ms.saturating_sub(CLOCK_SKEW_MS);
         let page = self.page(user, room, low).await?;
         Ok(page
             .messages
@@ -1316,12 +1378,7 @@ impl Fanout {
             .store
             .messages_page(room, user, top.map(|top| top.saturating_add(1)), limit)
             .await?;
-        Ok(Page {
-            top: top.unwrap_or_else(|| read.messages.first().map_or(0, |m| m.id)),
-            whole: read.messages.len() < limit,
-            partner: read.partner,
-            messages: read.messages,
-        })
+        Ok(Page::of(read, top, limit))
     }
 
     /// Builds message `id`'s `message:sent` (the room's latest messages up to it, as they
@@ -1402,12 +1459,14 @@ impl Fanout {
     }
 
     /// After a possible loss: waits until NATS has every subscription again (so nothing
-    /// published from now on is missed), then delivers what each remembered room has past
-    /// its last delivered id.
+    /// published from now on is missed), closes the connections of users erased
+    /// meanwhile, then delivers what each remembered room has past its last delivered id,
+    /// and what the user's other rooms got since they came.
     async fn resync(&mut self) {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "NATS flush before catching up failed");
         }
+        self.close_erased().await;
         let rooms: Vec<(String, RoomKey, Told)> = self
             .users
             .iter()
@@ -1420,38 +1479,146 @@ impl Fanout {
             })
             .collect();
         for (user, room, told) in rooms {
-            if told.id.is_some() {
-                self.catch_up_messages(&user, &room, told.id).await;
+            self.catch_up_room(&user, &room, told).await;
+        }
+        self.catch_up_untracked().await;
+    }
+
+    /// Closes the connections here of this task's users whose erasure's notice was lost:
+    /// one read of the store's erasures for all of them. Only connections admitted with
+    /// a token from before the erasure close, as its notice would have closed them; a user
+    /// admitted again since keeps their connection (and is caught up as any other).
+    async fn close_erased(&mut self) {
+        if self.users.is_empty() {
+            return;
+        }
+        let users: Vec<String> = self.users.keys().cloned().collect();
+        self.shared.stats.count_read();
+        let erasures = match self.store.erasures(&users).await {
+            Ok(erasures) => erasures,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read erasures to catch up");
+                return;
             }
-            if let Some(change) = told.change {
-                self.recover_changes(&user, &room, change, u64::MAX).await;
+        };
+        for (user, at_ms) in erasures {
+            let connections = self.hub.disconnect_erased(&user, at_ms);
+            if connections > 0 {
+                tracing::info!(%user, connections, "user erased, notice lost: connections closed");
+                for _ in 0..connections {
+                    self.shared.stats.count(Repair::Erased);
+                }
             }
         }
         self.catch_up_blocks(None).await;
     }
 
-    /// Delivers what `room` has past message `last` for `user` (without one, what was
-    /// sent since the user came), from one read: the latest snapshot's messages and the
-    /// snapshot of each.
-    async fn catch_up_messages(&mut self, user: &str, room: &RoomKey, last: Option<u64>) {
+    /// Catches up, for each local user, the rooms with messages sent since `since_ms`
+    /// that the tracker does not hold (a conversation this node never delivered to them,
+    /// or one it forgot): one read of the user's most recently active rooms, then one
+    /// read each, at most [`MAX_UNTRACKED_ROOMS`] of them.
+    async fn catch_up_untracked(&mut self) {
+        let users: Vec<(String, i64, usize)> = self
+            .users
+            .iter()
+            .map(|(user, local)| (user.clone(), local.since_ms, local.tracker.rooms.len()))
+            .collect();
+        for (user, since_ms, tracked) in users {
+            // The tracked rooms are among the most recent: read past them.
+            let limit = tracked + MAX_UNTRACKED_ROOMS;
+            let since = since_ms.saturating_sub(CLOCK_SKEW_MS);
+            self.shared.stats.count_read();
+            let rooms = match self.store.rooms_active_since(&user, since, limit).await {
+                Ok(rooms) => rooms,
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "cannot read a user's active rooms");
+                    continue;
+                }
+            };
+            let untracked: Vec<RoomKey> = match self.users.get(&user) {
+                Some(local) => rooms
+                    .into_iter()
+                    .filter(|room| !local.tracker.rooms.contains_key(room))
+                    .take(MAX_UNTRACKED_ROOMS)
+                    .collect(),
+                None => continue,
+            };
+            for room in untracked {
+                if !self.users.contains_key(&user) {
+                    break;
+                }
+                // `since_ms` as it was: a room forgotten meanwhile moves it forward.
+                self.catch_up_latest(&user, &room, None, since_ms).await;
+            }
+        }
+    }
+
+    /// Catches one remembered room up for `user`: what it has past the last message
+    /// delivered (without one, what was sent since the user came), then the changes past
+    /// the last one they were told of, all from one read of the store (the latest
+    /// snapshot's messages and the snapshot of each, and the changes).
+    async fn catch_up_room(&mut self, user: &str, room: &RoomKey, told: Told) {
         let Some(since_ms) = self.users.get(user).map(|local| local.since_ms) else {
             return;
         };
-        let page = match self
-            .read(
-                user,
-                room,
-                None,
-                MAX_MESSAGES_LIMIT + MAX_RECOVERED as usize,
-            )
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(%user, error = %e, "cannot catch up a room");
-                return;
-            }
+        let Some(change) = told.change else {
+            self.catch_up_latest(user, room, told.id, since_ms).await;
+            return;
         };
+        let limit = MAX_MESSAGES_LIMIT + MAX_RECOVERED as usize;
+        self.shared.stats.count_read();
+        let read = self
+            .store
+            .changes_and_page(room, user, change, MAX_MESSAGES_LIMIT, None, limit)
+            .await;
+        let changes = match read {
+            Ok((changes, read)) => {
+                let page = Page::of(read, None, limit);
+                self.deliver_missing(user, room, told.id, since_ms, page)
+                    .await;
+                Ok(changes)
+            }
+            Err(e) => Err(e),
+        };
+        self.deliver_changes(user, room, change, u64::MAX, changes)
+            .await;
+        // Caught up outside a turn: nothing else will use the page.
+        let key = (user.to_owned(), room.clone());
+        self.pages.remove(&key);
+        self.wanted.remove(&key);
+    }
+
+    /// Delivers what `room` has past message `last` for `user` (without one, what was
+    /// sent since `since_ms`), from one read of its latest messages.
+    async fn catch_up_latest(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        last: Option<u64>,
+        since_ms: i64,
+    ) {
+        let limit = MAX_MESSAGES_LIMIT + MAX_RECOVERED as usize;
+        match self.read(user, room, None, limit).await {
+            Ok(page) => self.deliver_missing(user, room, last, since_ms, page).await,
+            Err(e) => tracing::warn!(%user, error = %e, "cannot catch up a room"),
+        }
+        // Caught up outside a turn: nothing else will use the page.
+        let key = (user.to_owned(), room.clone());
+        self.pages.remove(&key);
+        self.wanted.remove(&key);
+    }
+
+    /// Delivers what `page` (the room's latest messages) holds past message `last` for
+    /// `user` (without one, what was sent since `since_ms`), with the snapshot of each.
+    async fn deliver_missing(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        last: Option<u64>,
+        since_ms: i64,
+        page: Page,
+    ) {
+        let since_ms = since_ms.saturating_sub(CLOCK_SKEW_MS);
         let missing: Vec<u64> = page
             .messages
             .iter()
@@ -1517,14 +1684,28 @@ impl Fanout {
     /// them to `user`: lost messages as `message:sent`, in id order, then each changed
     /// message as the event its state calls for. Records how far it read.
     async fn recover_changes(&mut self, user: &str, room: &RoomKey, after: u64, up_to: u64) {
+        let first = self.first_changes(user, room, after).await;
+        self.deliver_changes(user, room, after, up_to, first).await;
+    }
+
+    /// [`Fanout::recover_changes`], from the first page of the changes, already read.
+    async fn deliver_changes(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        after: u64,
+        up_to: u64,
+        first: Result<ChangesPage, StoreError>,
+    ) {
         let mut changed = Vec::new();
         let mut position = after;
+        let mut first = Some(first);
         for _ in 0..MAX_CHANGE_PAGES {
-            let page = match self
-                .store
-                .changes(room, user, position, MAX_MESSAGES_LIMIT)
-                .await
-            {
+            let page = match first.take() {
+                Some(first) => first,
+                None => self.read_changes(user, room, position).await,
+            };
+            let page = match page {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(%user, error = %e, "cannot read the changes a user missed");
@@ -1570,6 +1751,65 @@ impl Fanout {
                 local.since_ms = now_millis();
             }
         }
+    }
+
+    /// The first page of `room`'s changes after `after`, for `user`. When this turn
+    /// builds a `message:sent` of the room for them (so reads its messages anyway) and has
+    /// no page of it yet, the same read brings that page, reaching down to the first id
+    /// they may have lost ([`ReadStore::changes_and_page`]): a gap that lost messages
+    /// costs one read, not the changes and then the page.
+    async fn first_changes(
+        &mut self,
+        user: &str,
+        room: &RoomKey,
+        after: u64,
+    ) -> Result<ChangesPage, StoreError> {
+        let key = (user.to_owned(), room.clone());
+        let Some(wanted) = self
+            .wanted
+            .get(&key)
+            .copied()
+            .filter(|&wanted| !self.pages.get(&key).is_some_and(|page| page.covers(wanted)))
+        else {
+            return self.read_changes(user, room, after).await;
+        };
+        let last = self
+            .users
+            .get(user)
+            .and_then(|local| local.tracker.last(room));
+        let low = last
+            .map_or(wanted, |last| last.saturating_add(1))
+            .clamp(wanted.saturating_sub(MAX_RECOVERED), wanted);
+        // As `page` reads for `low`: up to the highest id wanted, within `READ_AHEAD`.
+        let top = wanted.min(low.saturating_add(READ_AHEAD));
+        let limit = MAX_MESSAGES_LIMIT + (top - low) as usize;
+        self.shared.stats.count_read();
+        let (changes, read) = self
+            .store
+            .changes_and_page(
+                room,
+                user,
+                after,
+                MAX_MESSAGES_LIMIT,
+                Some(top.saturating_add(1)),
+                limit,
+            )
+            .await?;
+        self.pages.insert(key, Page::of(read, Some(top), limit));
+        Ok(changes)
+    }
+
+    /// One page of `room`'s changes after `after`, for `user`.
+    async fn read_changes(
+        &self,
+        user: &str,
+        room: &RoomKey,
+        after: u64,
+    ) -> Result<ChangesPage, StoreError> {
+        self.shared.stats.count_read();
+        self.store
+            .changes(room, user, after, MAX_MESSAGES_LIMIT)
+            .await
     }
 }
 

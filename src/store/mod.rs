@@ -224,6 +224,35 @@ pub trait ReadStore: Send + Sync {
     fn block_changes<'a>(&'a self, _blockers: &'a [BlockCursor]) -> Read<'a, Vec<BlockChange>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
+
+    // The cluster fan-out's catch-up after a NATS loss (`src/fanout/nats.rs`).
+
+    /// Up to `limit` of `user`'s rooms whose newest message was sent at or after
+    /// `since_ms`, most recent first: the rooms that may hold messages a node never
+    /// delivered to them.
+    fn rooms_active_since<'a>(
+        &'a self,
+        user: &'a str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<RoomKey>>;
+
+    /// Which of `users` were ever erased, with when (as [`ReadStore::erased_at`]), in one
+    /// read.
+    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>>;
+
+    /// [`ReadStore::changes`] after `since` (up to `limit`) and [`ReadStore::messages_page`]
+    /// below `before` (up to `page_limit`), in one read: a gap in a user's changes that
+    /// lost messages too needs both, the page for the lost messages' snapshots.
+    fn changes_and_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+        before: Option<u64>,
+        page_limit: usize,
+    ) -> Read<'a, (ChangesPage, HistoryPage)>;
 }
 
 /// Where a read of one blocker's block changes starts ([`ReadStore::block_changes`]).

@@ -34,7 +34,10 @@ macro_rules! store_suite {
             only_the_sender_edits_within_the_window_and_deletes_into_a_tombstone,
             changes_list_each_changed_message_once_in_change_order_and_page,
             messages_after_an_id_come_oldest_first,
-            erasing_a_user_tombstones_their_messages_everywhere_and_keeps_the_rest
+            erasing_a_user_tombstones_their_messages_everywhere_and_keeps_the_rest,
+            rooms_active_since_a_time_come_most_recent_first_within_the_limit,
+            erasures_of_many_users_come_from_one_read,
+            changes_and_page_answer_as_the_two_reads_do
         );
     };
     (@tests $fixture:ty; $($test:ident),* $(,)?) => {$(
@@ -806,4 +809,124 @@ pub async fn erasing_a_user_tombstones_their_messages_everywhere_and_keeps_the_r
     assert_eq!(store.erased_at("a").await.unwrap(), Some(4000));
     let page = store.messages_page(&ab, "b", None, 50).await.unwrap();
     assert!(page.messages[0].is_deleted());
+}
+
+pub async fn rooms_active_since_a_time_come_most_recent_first_within_the_limit<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let (ab, ac, aa, bc, ad) = (
+        RoomKey::new("a", "b"),
+        RoomKey::new("a", "c"),
+        RoomKey::new("a", "a"),
+        RoomKey::new("b", "c"),
+        RoomKey::new("0", "a"),
+    );
+    send(&store, &ab, "b", "old", None, 100);
+    send(&store, &ac, "c", "newer", None, 300);
+    send(&store, &aa, "a", "note", None, 400);
+    send(&store, &bc, "b", "not a's", None, 500);
+    // `a` is the high side of this one.
+    send(&store, &ad, "0", "newest", None, 600);
+    assert_eq!(
+        store.rooms_active_since("a", 300, 10).await.unwrap(),
+        [ad.clone(), aa.clone(), ac.clone()]
+    );
+    assert_eq!(
+        store.rooms_active_since("a", 0, 2).await.unwrap(),
+        [ad.clone(), aa]
+    );
+    assert_eq!(
+        store
+            .rooms_active_since("a", i64::MIN, 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(store
+        .rooms_active_since("a", 601, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .rooms_active_since("z", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A new message moves the room to the front.
+    send(&store, &ab, "a", "again", None, 700);
+    assert_eq!(
+        store.rooms_active_since("a", 600, 10).await.unwrap(),
+        [ab, ad]
+    );
+}
+
+pub async fn erasures_of_many_users_come_from_one_read<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    commit(&store, |t| {
+        t.erase_user("a", 2000).unwrap();
+    });
+    commit(&store, |t| {
+        t.erase_user("c", 3000).unwrap();
+    });
+    let users: Vec<String> = ["a", "b", "c", "d"].map(String::from).into();
+    let mut erased = store.erasures(&users).await.unwrap();
+    erased.sort();
+    assert_eq!(erased, [("a".to_owned(), 2000), ("c".to_owned(), 3000)]);
+    assert!(store.erasures(&[]).await.unwrap().is_empty());
+}
+
+pub async fn changes_and_page_answer_as_the_two_reads_do<F: Fixture>() {
+    let place = F::new();
+    let store = place.open();
+    let ab = RoomKey::new("a", "b");
+    for n in 1..=6 {
+        send(&store, &ab, "a", &format!("{n}"), None, 100 + n);
+    }
+    commit(&store, |t| {
+        t.edit(&ab, "a", 2, "2, edited", 1_000, 200).unwrap();
+    });
+    let cases = [
+        (0, 50, None, 50),
+        (3, 2, None, 50),
+        (3, 50, Some(5), 2),
+        (7, 50, Some(2), 50),
+        (100, 50, None, 50),
+    ];
+    for (since, limit, before, page_limit) in cases {
+        let (changes, page) = store
+            .changes_and_page(&ab, "b", since, limit, before, page_limit)
+            .await
+            .unwrap();
+        let alone = store.changes(&ab, "b", since, limit).await.unwrap();
+        assert_eq!(
+            ids(&changes.messages),
+            ids(&alone.messages),
+            "{since} {limit}"
+        );
+        assert_eq!(
+            (changes.position, changes.more),
+            (alone.position, alone.more),
+            "{since} {limit}"
+        );
+        assert_eq!(changes.partner, alone.partner);
+        let alone = store
+            .messages_page(&ab, "b", before, page_limit)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&page.messages),
+            ids(&alone.messages),
+            "{before:?} {page_limit}"
+        );
+        assert_eq!(page.position, alone.position);
+        assert_eq!(page.messages[0], alone.messages[0]);
+    }
+    let (changes, page) = store
+        .changes_and_page(&RoomKey::new("a", "z"), "a", 4, 50, None, 50)
+        .await
+        .unwrap();
+    assert!(changes.messages.is_empty() && page.messages.is_empty());
+    assert_eq!(changes.position, 4);
 }

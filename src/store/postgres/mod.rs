@@ -743,6 +743,131 @@ impl ReadStore for PgStore {
             Ok(rows.iter().map(|r| r.get(0)).collect())
         }))
     }
+
+    fn rooms_active_since<'a>(
+        &'a self,
+        user: &'a str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Read<'a, Vec<RoomKey>> {
+        Box::pin(self.read(move |c| async move {
+            // One range of each inbox index (`rooms_inbox_low`, `rooms_inbox_high`), each
+            // stopping at `since_ms` and at `limit`; a self room is in the first only.
+            let rows = c
+                .query(
+                    "(SELECT low, high, last_sent_ms FROM rooms \
+                      WHERE listed AND low = $1 AND last_sent_ms >= $2 \
+                      ORDER BY last_sent_ms DESC LIMIT $3) \
+                     UNION ALL \
+                     (SELECT low, high, last_sent_ms FROM rooms \
+                      WHERE listed AND high = $1 AND low <> $1 AND last_sent_ms >= $2 \
+                      ORDER BY last_sent_ms DESC LIMIT $3) \
+                     ORDER BY last_sent_ms DESC LIMIT $3",
+                    &[&user, &since_ms, &limit_param(limit)],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| RoomKey {
+                    low: r.get(0),
+                    high: r.get(1),
+                })
+                .collect())
+        }))
+    }
+
+    fn changes_and_page<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        viewer: &'a str,
+        since: u64,
+        limit: usize,
+        before: Option<u64>,
+        page_limit: usize,
+    ) -> Read<'a, (ChangesPage, HistoryPage)> {
+        Box::pin(self.read(move |c| async move {
+            // One statement: the changes (one more than asked for: whether more follow)
+            // and the page, each message tagged with the half it answers; a message in
+            // both comes twice.
+            let inner = format!(
+                "(SELECT true AS changed, {MESSAGE_COLUMNS} FROM messages \
+                  WHERE room = r.num AND change > $3 ORDER BY change LIMIT $4) \
+                 UNION ALL \
+                 (SELECT false, {MESSAGE_COLUMNS} FROM messages \
+                  WHERE room = r.num AND id < $5 ORDER BY id DESC LIMIT $6)"
+            );
+            let sql = format!(
+                "SELECT r.change, m.* FROM rooms r LEFT JOIN LATERAL ({inner}) m ON true \
+                 WHERE r.low = $1 AND r.high = $2"
+            );
+            let (rows, partner) = futures_util::future::try_join(
+                async {
+                    let statement = c.prepare_cached(&sql).await?;
+                    Ok::<_, StoreError>(
+                        c.query(
+                            &statement,
+                            &[
+                                &room.low,
+                                &room.high,
+                                &id_param(since),
+                                &limit_param(limit.saturating_add(1)),
+                                &before.map_or(i64::MAX, id_param),
+                                &limit_param(page_limit),
+                            ],
+                        )
+                        .await?,
+                    )
+                },
+                profile_of(&c, room.partner_of(viewer)),
+            )
+            .await?;
+            let counter = rows.first().map(|r| r.get::<_, i64>(0) as u64);
+            let (mut changed, mut latest) = (Vec::new(), Vec::new());
+            for r in &rows {
+                match r.get::<_, Option<bool>>(1) {
+                    Some(true) => changed.push(message_from(r, 2)),
+                    Some(false) => latest.push(message_from(r, 2)),
+                    None => {}
+                }
+            }
+            changed.sort_by_key(|m| m.change);
+            latest.sort_by_key(|m| std::cmp::Reverse(m.id));
+            let more = changed.len() > limit;
+            changed.truncate(limit);
+            // As `changes`: the last listed change while more follow, else the room's
+            // counter (or `since` for a room that does not exist).
+            let room_exists = counter.is_some_and(|c| c > 0) || !changed.is_empty();
+            let position = match counter {
+                _ if more => changed.last().map_or(since, |m| m.change),
+                Some(counter) if room_exists => counter,
+                _ => since,
+            };
+            let changes = ChangesPage {
+                partner: partner.clone(),
+                messages: changed,
+                position,
+                more,
+            };
+            let page = HistoryPage {
+                partner,
+                messages: latest,
+                position: counter.unwrap_or(0),
+            };
+            Ok((changes, page))
+        }))
+    }
+
+    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
+        Box::pin(self.read(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT user_id, at_ms FROM erased WHERE user_id = ANY($1)",
+                    &[&users],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        }))
+    }
 }
 
 fn outbox_event(r: &Row, at: usize) -> OutboxEvent {

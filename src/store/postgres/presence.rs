@@ -18,6 +18,13 @@
 //! as one server's last until it restarts). It does so before it serves or takes the
 //! duties.
 //!
+//! The heartbeat also enforces erasures: an erasure's notice crosses NATS once, and core
+//! NATS may lose it (the erasing node's NATS link down at that moment, which no other node
+//! hears of). With each heartbeat the node asks which of the users it lists here were
+//! erased, and closes the connections admitted with a token from before the erasure,
+//! as the notice would have: an erasure holds on every node within a heartbeat or two,
+//! for one query joining this node's presence rows to `erased` every 5 s.
+//!
 //! Changes wait in a set, one entry per user, until the task writes them (milliseconds,
 //! unless PostgreSQL is down); past `cluster.presence_pending_users` the set is dropped
 //! and the next write rewrites the node's whole list from the hub instead.
@@ -243,6 +250,9 @@ async fn serve(
                 if let Err(e) = heartbeat(client, node).await {
                     return e;
                 }
+                if let Err(e) = close_erased(client, node, hub).await {
+                    return e;
+                }
             }
         }
     }
@@ -317,4 +327,31 @@ async fn heartbeat(
              DELETE FROM cluster_nodes WHERE seen < now() - interval '1 hour'",
         )
         .await
+}
+
+/// Closes this node's connections of users erased after they were admitted (the ones
+/// whose token predates the erasure, [`Hub::disconnect_erased`]): the erasure's NATS
+/// notice closes them at once, and this, with every heartbeat, whatever became of the
+/// notice. One index probe of `erased` per user listed here; a connection admitted
+/// after the erasure is left alone, so asking again closes nothing twice.
+async fn close_erased(
+    client: &tokio_postgres::Client,
+    node: &str,
+    hub: &Hub,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT e.user_id, e.at_ms FROM presence p \
+             JOIN erased e ON e.user_id = p.user_id WHERE p.node = $1",
+            &[&node],
+        )
+        .await?;
+    for row in rows {
+        let (user, at_ms): (String, i64) = (row.get(0), row.get(1));
+        let connections = hub.disconnect_erased(&user, at_ms);
+        if connections > 0 {
+            tracing::info!(%user, connections, "user erased on another node: connections closed");
+        }
+    }
+    Ok(())
 }
