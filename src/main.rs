@@ -34,9 +34,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let command = cli::load();
-    if let Some(refused) = file_command_in_cluster_mode(&command) {
-        return fail(refused);
-    }
     match command {
         Command::Serve(config) => serve(config),
         Command::Token {
@@ -225,7 +222,15 @@ fn verify(config: &Config) -> ExitCode {
     }
 }
 
+/// Compacts the redb file (server stopped). In cluster mode the data is in PostgreSQL,
+/// which reclaims its own space: refused before anything is opened.
 fn compact(config: &Config) -> ExitCode {
+    if config.cluster.postgres_url.is_some() {
+        return fail(
+            "`compact` works on the embedded store's file, but cluster.postgres_url is set: \
+             the data is in PostgreSQL, which reclaims its own space (VACUUM, autovacuum)",
+        );
+    }
     match offline::compact(&config.data_dir) {
         Ok((before, after)) => print_line(&format!(
             "compacted {}: {before} bytes before, {after} bytes after",
@@ -238,40 +243,23 @@ fn compact(config: &Config) -> ExitCode {
     }
 }
 
+/// Erases a user from the redb file (server stopped) or, in cluster mode, from the
+/// PostgreSQL database while the nodes run.
 fn erase_user(config: &Config, user_id: &str) -> ExitCode {
-    match erase::erase_offline(&config.data_dir, &config.webhooks, user_id) {
-        Ok(report) => print_line(&serde_json::to_string(&report).expect("a plain report")),
-        Err(e) => fail(format_args!(
-            "cannot erase {user_id} in {}: {e}",
-            config.data_dir.display()
-        )),
-    }
-}
-
-/// The offline commands that work on the redb file in the data directory; in cluster mode
-/// the data is in PostgreSQL, whose own tools do this. `export`, `import`, `backup`,
-/// `restore` and `verify` work on either store.
-/// Erasing a user still works, online, through `DELETE /admin/users/{id}` on any node.
-fn file_command_in_cluster_mode(command: &Command) -> Option<String> {
-    let (config, name) = match command {
-        Command::Compact(config) => (config, "compact"),
-        Command::EraseUser { config, .. } => (config, "erase-user"),
-        Command::Serve(_)
-        | Command::Verify(_)
-        | Command::Token { .. }
-        | Command::AdminToken(_)
-        | Command::Export { .. }
-        | Command::Import { .. }
-        | Command::Backup(_)
-        | Command::Restore { .. } => return None,
+    let erased = match &config.cluster.postgres_url {
+        Some(url) => erase::erase_in_database(url, &config.webhooks, user_id)
+            .map_err(|e| format!("cannot erase {user_id} in the PostgreSQL store: {e}")),
+        None => erase::erase_offline(&config.data_dir, &config.webhooks, user_id).map_err(|e| {
+            format!(
+                "cannot erase {user_id} in {}: {e}",
+                config.data_dir.display()
+            )
+        }),
     };
-    config.cluster.postgres_url.as_ref().map(|_| {
-        format!(
-            "`{name}` works on the embedded store's file, but cluster.postgres_url is set: \
-             the data is in PostgreSQL, which reclaims its own space (VACUUM); erase a user with the admin API's `DELETE /admin/users/{{id}}` on a \
-             running node"
-        )
-    })
+    match erased {
+        Ok(report) => print_line(&serde_json::to_string(&report).expect("a plain report")),
+        Err(e) => fail(e),
+    }
 }
 
 /// Prints one line, without `println!`'s panic on a closed pipe.

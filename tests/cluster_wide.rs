@@ -273,6 +273,52 @@ async fn an_erasure_whose_nats_notice_is_lost_closes_the_tabs_on_other_nodes_wit
     assert_eq!(reply["ok"], true, "{reply}");
 }
 
+#[tokio::test]
+async fn erase_user_on_the_database_while_nodes_run_closes_the_tabs_within_seconds() {
+    let pg = TestPostgres::start();
+    let nats = NatsServer::start();
+    let a = node(&pg, &nats, &[]);
+    let old_token = a.token("alice");
+    let mut alice = a.connect_token("alice", &old_token).await;
+    let mut bob = a.connect("bob").await;
+    let reply: Value = alice.send_message("alice-bob", "erase me").await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    wait_presence_rows(&pg, "alice", "1");
+
+    let started = Instant::now();
+    let out = common::dump::chat_server()
+        .args(["erase-user", "alice"])
+        .env("CHAT_CLUSTER_POSTGRES_URL", pg.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["messagesTombstoned"], 1, "{report}");
+    // No node was asked: the presence heartbeat's check of the store closes the tab.
+    let erased = (CloseCode::Library(4003), "user erased".to_owned());
+    assert_eq!(alice.close_frame().await, erased);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let page = bob
+        .request(
+            "messages",
+            serde_json::json!({ "roomId": "alice-bob", "limit": 50 }),
+        )
+        .await;
+    assert_eq!(page["room"]["messages"][0]["deleted"], true, "{page}");
+    let (status, _) = a
+        .refused_handshake(&format!("/ws?token={old_token}"), None)
+        .await;
+    assert_eq!(status, 401);
+}
+
 /// Waits until `user` has `rows` rows in the shared presence table.
 fn wait_presence_rows(pg: &TestPostgres, user: &str, rows: &str) {
     let sql = format!("SELECT count(*) FROM presence WHERE user_id = '{user}'");

@@ -5,7 +5,8 @@
 //! committed once with fsync before anything is answered or printed. Online, it goes
 //! through the writer like every write ([`crate::chat::Chat::erase_user`]), which then
 //! closes the user's connections; offline, redb's file lock refuses the command while a
-//! server holds the store, so the two never run on one store at once.
+//! server holds the store, so the two never run on one store at once. In cluster mode the
+//! command is one more writer on the shared database, as a node is.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::http::query::percent_decode_strict;
 use crate::protocol::room::is_valid_user_id;
 use crate::protocol::time::now_millis;
 use crate::protocol::ChatError;
+use crate::store::postgres::PgStore;
 use crate::store::redb::{RedbStore, DB_FILE};
 use crate::store::{StoreError, WriteStore};
 use crate::webhook;
@@ -64,18 +66,38 @@ pub fn erase_offline(
         ))
         .into());
     }
-    let store = RedbStore::open(data_dir)?;
+    erase_in(&RedbStore::open(data_dir)?, hooks, user)
+}
+
+/// Erases `user` from cluster mode's PostgreSQL database at `url`, while the nodes run:
+/// one more writer, as a node is, in a transaction that takes the same row locks. The
+/// nodes close the user's connections at their next presence heartbeat (every 5 s), which
+/// checks their users against the erasures; the duties holder posts the `user.erased`
+/// events at once (the outbox's notification wakes it).
+pub fn erase_in_database(
+    url: &str,
+    hooks: &[WebhookConfig],
+    user: &str,
+) -> Result<ErasureReport, OfflineError> {
+    erase_in(&PgStore::open(url, 1)?, hooks, user)
+}
+
+/// The erasure in `store`'s one write transaction, with its webhook events.
+fn erase_in(
+    store: &dyn WriteStore,
+    hooks: &[WebhookConfig],
+    user: &str,
+) -> Result<ErasureReport, OfflineError> {
     let mut txn = store.begin()?;
     let erasure = txn.erase_user(user, now_millis())?;
     let erased_at_ms = txn.erased_at(user)?.unwrap_or_default();
     webhook::user_erased_offline(txn.as_mut(), hooks, user, erased_at_ms)?;
     txn.commit()?;
-    let report = ErasureReport {
+    Ok(ErasureReport {
         user_id: user.to_owned(),
         messages_tombstoned: erasure.messages,
         rooms_touched: erasure.rooms.len() as u64,
         connections_closed: 0,
         erased_at_ms,
-    };
-    Ok(report)
+    })
 }
