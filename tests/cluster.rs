@@ -16,18 +16,14 @@ use chat_server::config::Config;
 use chat_server::fanout::hub::Hub;
 use chat_server::fanout::nats::{NatsBroker, NatsOptions};
 use chat_server::fanout::Broker;
-use chat_server::model::{
-    BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
-    SessionUser,
-};
+use chat_server::model::RoomKey;
 use chat_server::protocol::time::now_millis;
 use chat_server::store::redb::RedbStore;
+use chat_server::store::ReadStore;
 use chat_server::store::WriteStore;
-use chat_server::store::{
-    DeadLetter, ExpiryScan, MarkState, OutboxEvent, Read, ReadStore, WebhookCounts,
-};
 use chat_server::webhook::Hooks;
 use chat_server::writer::{Writer, WriterConfig, WriterThread};
+use common::held::{HeldStore, Hold};
 use common::nats::{NatsCluster, NatsServer};
 use common::{connect_at, Client, Server, SECRET, WAIT};
 use serde_json::{json, Value};
@@ -944,7 +940,10 @@ async fn a_gap_in_the_changes_that_lost_a_message_costs_one_read_of_the_store() 
 async fn a_read_held_for_one_user_does_not_hold_up_another_users_messages() {
     let nats = NatsServer::start();
     let (_dir, store) = shared_store();
-    let held = Arc::new(Held::new(store.clone(), RoomKey::new("alice", "bob")));
+    let held = Arc::new(HeldStore::new(
+        store.clone(),
+        Hold::Room(RoomKey::new("alice", "bob")),
+    ));
     let a = Node::start(&store, Some(&nats.url()), "a").await;
     let b = Node::start_reading(&store, Some(&nats.url()), "b", held.clone(), 4096).await;
     // Carol is owned by another fan-out task than bob on node b (the test nodes have 4).
@@ -981,7 +980,10 @@ async fn a_read_held_for_one_user_does_not_hold_up_another_users_messages() {
 async fn events_dropped_from_a_full_queue_are_caught_up_room_by_room_once_it_empties() {
     let nats = NatsServer::start();
     let (_dir, store) = shared_store();
-    let held = Arc::new(Held::new(store.clone(), RoomKey::new("alice", "bob")));
+    let held = Arc::new(HeldStore::new(
+        store.clone(),
+        Hold::Room(RoomKey::new("alice", "bob")),
+    ));
     let a = Node::start(&store, Some(&nats.url()), "a").await;
     // Each task of node b holds one event of its node's own.
     let b = Node::start_reading(&store, Some(&nats.url()), "b", held.clone(), 1).await;
@@ -1020,173 +1022,4 @@ async fn events_dropped_from_a_full_queue_are_caught_up_room_by_room_once_it_emp
     assert_eq!(stats.reads(), 2);
     a.stop().await;
     b.stop().await;
-}
-
-/// The store, with reads of one room's messages held until released: a slow read.
-struct Held {
-    inner: Arc<RedbStore>,
-    room: RoomKey,
-    open: tokio::sync::watch::Sender<bool>,
-    reached: tokio::sync::Notify,
-}
-
-impl Held {
-    fn new(inner: Arc<RedbStore>, room: RoomKey) -> Held {
-        Held {
-            inner,
-            room,
-            open: tokio::sync::watch::channel(false).0,
-            reached: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Waits until a read of the room is being held.
-    async fn wait_held(&self) {
-        tokio::time::timeout(WAIT, self.reached.notified())
-            .await
-            .expect("no read of the held room");
-    }
-
-    fn release(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl ReadStore for Held {
-    fn find_by_client_id<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        sender: &'a str,
-        client_message_id: &'a str,
-    ) -> Read<'a, Option<ChatMessage>> {
-        self.inner
-            .find_by_client_id(room, sender, client_message_id)
-    }
-
-    fn messages_page<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Read<'a, HistoryPage> {
-        Box::pin(async move {
-            if *room == self.room {
-                let mut open = self.open.subscribe();
-                self.reached.notify_one();
-                let _ = open.wait_for(|open| *open).await;
-            }
-            self.inner.messages_page(room, viewer, before, limit).await
-        })
-    }
-
-    fn messages_after<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        after: u64,
-        limit: usize,
-    ) -> Read<'a, HistoryPage> {
-        self.inner.messages_after(room, viewer, after, limit)
-    }
-
-    fn changes<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        since: u64,
-        limit: usize,
-    ) -> Read<'a, ChangesPage> {
-        self.inner.changes(room, viewer, since, limit)
-    }
-
-    fn inbox_page<'a>(
-        &'a self,
-        user: &'a str,
-        after: Option<&'a InboxCursor>,
-        limit: usize,
-    ) -> Read<'a, Vec<InboxRoom>> {
-        self.inner.inbox_page(user, after, limit)
-    }
-
-    fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser> {
-        self.inner.profile(user)
-    }
-
-    fn blocks<'a>(&'a self, blocker: &'a str) -> Read<'a, Vec<BlockedUser>> {
-        self.inner.blocks(blocker)
-    }
-
-    fn delivered_mark<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        reader: &'a str,
-    ) -> Read<'a, Option<MarkState>> {
-        self.inner.delivered_mark(room, reader)
-    }
-
-    fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool> {
-        self.inner.blocked_between(a, b)
-    }
-
-    fn webhook_outbox<'a>(
-        &'a self,
-        hook: &'a str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Read<'a, Vec<OutboxEvent>> {
-        self.inner.webhook_outbox(hook, after, limit)
-    }
-
-    fn webhook_dead_letters<'a>(
-        &'a self,
-        hook: &'a str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Read<'a, Vec<DeadLetter>> {
-        self.inner.webhook_dead_letters(hook, after, limit)
-    }
-
-    fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts> {
-        self.inner.webhook_counts(hook)
-    }
-
-    fn rooms_to_expire(
-        &self,
-        cutoff_ms: i64,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Read<'_, ExpiryScan> {
-        self.inner.rooms_to_expire(cutoff_ms, after, limit)
-    }
-
-    fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>> {
-        self.inner.erased_at(user)
-    }
-
-    fn rooms_active_since<'a>(
-        &'a self,
-        user: &'a str,
-        since_ms: i64,
-        limit: usize,
-    ) -> Read<'a, Vec<RoomKey>> {
-        self.inner.rooms_active_since(user, since_ms, limit)
-    }
-
-    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
-        self.inner.erasures(users)
-    }
-
-    fn changes_and_page<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        since: u64,
-        limit: usize,
-        before: Option<u64>,
-        page_limit: usize,
-    ) -> Read<'a, (ChangesPage, HistoryPage)> {
-        self.inner
-            .changes_and_page(room, viewer, since, limit, before, page_limit)
-    }
 }

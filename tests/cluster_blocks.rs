@@ -17,17 +17,10 @@ use chat_server::config::Config;
 use chat_server::fanout::hub::Hub;
 use chat_server::fanout::nats::{NatsBroker, NatsOptions};
 use chat_server::fanout::Broker;
-use chat_server::model::{
-    BlockedUser, ChangesPage, ChatMessage, HistoryPage, InboxCursor, InboxRoom, RoomKey,
-    SessionUser,
-};
 use chat_server::store::postgres::PgStore;
-use chat_server::store::{
-    BlockChange, BlockCursor, DeadLetter, ExpiryScan, MarkState, OutboxEvent, Read, ReadStore,
-    WebhookCounts,
-};
 use chat_server::webhook::Hooks;
 use chat_server::writer::{Writer, WriterConfig};
+use common::held::{HeldStore, Hold};
 use common::metrics::{scrape, value};
 use common::nats::NatsServer;
 use common::postgres::TestPostgres;
@@ -186,7 +179,7 @@ async fn block_events_dropped_from_a_full_queue_are_caught_up_once_it_empties() 
     let pg = TestPostgres::start();
     let nats = NatsServer::start();
     let store = Arc::new(PgStore::open(&pg.url(), 4).unwrap());
-    let held = Arc::new(HeldBlocks::new(store.clone()));
+    let held = Arc::new(HeldStore::new(store.clone(), Hold::BlockChanges));
     // One fan-out task holding one event of its node's own.
     let hub = Hub::new(usize::MAX, 0);
     let options = NatsOptions {
@@ -264,177 +257,4 @@ async fn block_events_dropped_from_a_full_queue_are_caught_up_once_it_empties() 
     let _ = server.await;
     writer.shutdown().await;
     broker.stop();
-}
-
-/// The PostgreSQL store, with reads of block changes held until released: a slow read.
-struct HeldBlocks {
-    inner: Arc<PgStore>,
-    open: tokio::sync::watch::Sender<bool>,
-    reached: tokio::sync::Notify,
-}
-
-impl HeldBlocks {
-    fn new(inner: Arc<PgStore>) -> HeldBlocks {
-        HeldBlocks {
-            inner,
-            open: tokio::sync::watch::channel(false).0,
-            reached: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Waits until a read of block changes is being held.
-    async fn wait_held(&self) {
-        tokio::time::timeout(WAIT, self.reached.notified())
-            .await
-            .expect("no read of block changes");
-    }
-
-    fn release(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl ReadStore for HeldBlocks {
-    fn block_changes<'a>(&'a self, blockers: &'a [BlockCursor]) -> Read<'a, Vec<BlockChange>> {
-        Box::pin(async move {
-            let mut open = self.open.subscribe();
-            self.reached.notify_one();
-            let _ = open.wait_for(|open| *open).await;
-            self.inner.block_changes(blockers).await
-        })
-    }
-
-    fn find_by_client_id<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        sender: &'a str,
-        client_message_id: &'a str,
-    ) -> Read<'a, Option<ChatMessage>> {
-        self.inner
-            .find_by_client_id(room, sender, client_message_id)
-    }
-
-    fn messages_page<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Read<'a, HistoryPage> {
-        self.inner.messages_page(room, viewer, before, limit)
-    }
-
-    fn messages_after<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        after: u64,
-        limit: usize,
-    ) -> Read<'a, HistoryPage> {
-        self.inner.messages_after(room, viewer, after, limit)
-    }
-
-    fn changes<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        since: u64,
-        limit: usize,
-    ) -> Read<'a, ChangesPage> {
-        self.inner.changes(room, viewer, since, limit)
-    }
-
-    fn inbox_page<'a>(
-        &'a self,
-        user: &'a str,
-        after: Option<&'a InboxCursor>,
-        limit: usize,
-    ) -> Read<'a, Vec<InboxRoom>> {
-        self.inner.inbox_page(user, after, limit)
-    }
-
-    fn profile<'a>(&'a self, user: &'a str) -> Read<'a, SessionUser> {
-        self.inner.profile(user)
-    }
-
-    fn blocks<'a>(&'a self, blocker: &'a str) -> Read<'a, Vec<BlockedUser>> {
-        self.inner.blocks(blocker)
-    }
-
-    fn delivered_mark<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        reader: &'a str,
-    ) -> Read<'a, Option<MarkState>> {
-        self.inner.delivered_mark(room, reader)
-    }
-
-    fn blocked_between<'a>(&'a self, a: &'a str, b: &'a str) -> Read<'a, bool> {
-        self.inner.blocked_between(a, b)
-    }
-
-    fn webhook_outbox<'a>(
-        &'a self,
-        hook: &'a str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Read<'a, Vec<OutboxEvent>> {
-        self.inner.webhook_outbox(hook, after, limit)
-    }
-
-    fn webhook_dead_letters<'a>(
-        &'a self,
-        hook: &'a str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Read<'a, Vec<DeadLetter>> {
-        self.inner.webhook_dead_letters(hook, after, limit)
-    }
-
-    fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts> {
-        self.inner.webhook_counts(hook)
-    }
-
-    fn rooms_to_expire(
-        &self,
-        cutoff_ms: i64,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Read<'_, ExpiryScan> {
-        self.inner.rooms_to_expire(cutoff_ms, after, limit)
-    }
-
-    fn erased_at<'a>(&'a self, user: &'a str) -> Read<'a, Option<i64>> {
-        self.inner.erased_at(user)
-    }
-
-    fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
-        self.inner.webhooks_gone()
-    }
-
-    fn rooms_active_since<'a>(
-        &'a self,
-        user: &'a str,
-        since_ms: i64,
-        limit: usize,
-    ) -> Read<'a, Vec<RoomKey>> {
-        self.inner.rooms_active_since(user, since_ms, limit)
-    }
-
-    fn erasures<'a>(&'a self, users: &'a [String]) -> Read<'a, Vec<(String, i64)>> {
-        self.inner.erasures(users)
-    }
-
-    fn changes_and_page<'a>(
-        &'a self,
-        room: &'a RoomKey,
-        viewer: &'a str,
-        since: u64,
-        limit: usize,
-        before: Option<u64>,
-        page_limit: usize,
-    ) -> Read<'a, (ChangesPage, HistoryPage)> {
-        self.inner
-            .changes_and_page(room, viewer, since, limit, before, page_limit)
-    }
 }

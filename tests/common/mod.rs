@@ -681,6 +681,7 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str) -> (String, String) {
     (head.to_ascii_lowercase(), body.to_owned())
 }
 pub mod dump;
+pub mod held;
 pub mod load;
 pub mod metrics;
 pub mod postgres;
