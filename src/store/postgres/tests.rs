@@ -444,3 +444,62 @@ fn a_round_s_webhook_events_ride_with_its_commit_in_order() {
         "40|40"
     );
 }
+
+#[test]
+fn a_round_s_webhook_events_read_their_recipients_profiles_with_its_locks() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let rooms: Vec<RoomKey> = (0..10).map(|i| room("a", &format!("u{i}"))).collect();
+    let recipients: Vec<&str> = rooms.iter().map(|r| r.high.as_str()).collect();
+    // Each send's event reads its recipient's profile, as `message.created` does; u1
+    // reconnects with a new name earlier in the round.
+    let round = |rename: bool| -> Vec<String> {
+        let mut txn = store.begin().unwrap();
+        txn.read_profiles(&recipients).unwrap();
+        let locks: Vec<RoomLock<'_>> = rooms
+            .iter()
+            .map(|room| RoomLock { room, create: true })
+            .collect();
+        txn.lock_rooms(&locks, &[]).unwrap();
+        if rename {
+            txn.put_profile(&crate::model::SessionUser {
+                id: "u1".into(),
+                name: "Una".into(),
+            })
+            .unwrap();
+        }
+        let names = rooms
+            .iter()
+            .map(|room| {
+                txn.append(room, "a", "x", None, 1).unwrap();
+                txn.profile(&room.high).unwrap().name
+            })
+            .collect();
+        txn.commit().unwrap();
+        names
+    };
+    pg.psql(
+        "INSERT INTO profiles (user_id, name) \
+         SELECT 'u' || i, 'Name ' || i FROM generate_series(0, 8) AS i",
+    );
+    // The first round prepares the statements.
+    round(false);
+    // Renamed meanwhile by another node: the next round reads the new name.
+    pg.psql("UPDATE profiles SET name = 'Zed' WHERE user_id = 'u2'");
+    let before = store.round_trips();
+    let names = round(false);
+    // BEGIN, the profiles and the room locks; then the inserts, the room rows and COMMIT.
+    assert_eq!(store.round_trips() - before, 2);
+    let mut expected: Vec<String> = (0..9).map(|i| format!("Name {i}")).collect();
+    expected[2] = "Zed".into();
+    // A user with no profile is named by their id.
+    expected.push("u9".into());
+    assert_eq!(names, expected);
+    // A name the round itself stores is the one its later events carry.
+    let before = store.round_trips();
+    let names = round(true);
+    // One more to store it (and one to prepare that statement, its first use).
+    assert_eq!(store.round_trips() - before, 2 + 2);
+    expected[1] = "Una".into();
+    assert_eq!(names, expected);
+}
