@@ -503,3 +503,70 @@ fn a_round_s_webhook_events_read_their_recipients_profiles_with_its_locks() {
     expected[1] = "Una".into();
     assert_eq!(names, expected);
 }
+
+fn hook_event(recipient: &str, id: &str) -> OutboxEvent {
+    OutboxEvent {
+        seq: 0,
+        recipient: recipient.into(),
+        id: id.into(),
+        created_ms: 1,
+        body: "{}".into(),
+    }
+}
+
+#[test]
+fn a_round_s_webhook_events_hold_no_other_node_up_before_its_commit() {
+    let pg = TestPostgres::start();
+    let (one, two) = (
+        PgStore::open(&pg.url(), 2).unwrap(),
+        PgStore::open(&pg.url(), 2).unwrap(),
+    );
+    let ab = room("a", "b");
+    // Node one: a send and its event, then more statements of the round (a reload of
+    // the room's latest messages), not yet committed.
+    let mut held = one.begin().unwrap();
+    held.lock_rooms(
+        &[RoomLock {
+            room: &ab,
+            create: true,
+        }],
+        &[],
+    )
+    .unwrap();
+    held.append(&ab, "a", "x", None, 1).unwrap();
+    held.enqueue_webhook("http://hook.example", &hook_event("b", "one"))
+        .unwrap();
+    assert_eq!(held.latest(&ab, 50).unwrap().len(), 1);
+    // Node two, in another room, commits an event of its own meanwhile: it must not
+    // wait for node one's round (the events' seq row is taken with the commit).
+    let racing = std::thread::spawn(move || {
+        let cd = room("c", "d");
+        let mut txn = two.begin().unwrap();
+        txn.lock_rooms(
+            &[RoomLock {
+                room: &cd,
+                create: true,
+            }],
+            &[],
+        )
+        .unwrap();
+        txn.append(&cd, "c", "x", None, 1).unwrap();
+        txn.enqueue_webhook("http://hook.example", &hook_event("d", "two"))
+            .unwrap();
+        txn.commit().unwrap();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !racing.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let finished = racing.is_finished();
+    held.commit().unwrap();
+    racing.join().unwrap();
+    assert!(finished, "node two waited for node one's round");
+    // Seqs in commit order.
+    assert_eq!(
+        pg.psql("SELECT string_agg(id || '=' || seq, ',' ORDER BY seq) FROM webhook_outbox")
+            .trim(),
+        "two=1,one=2"
+    );
+}

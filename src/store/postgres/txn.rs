@@ -198,10 +198,14 @@ const READ_PROFILES: &str = "SELECT user_id, name FROM profiles WHERE user_id = 
 ///
 /// Round trips, not PostgreSQL's work, are what a round waited on: so `BEGIN` is not
 /// sent alone but in front of the round's first statement, the profiles named to the
-/// round are read in front of it too, and the round's new messages
-/// (`pending`) and webhook events (`outbox`) are held back and stored in one multi-row
-/// statement each, sent in front of the next statement, or of the commit. Every
-/// statement sees the rows written before it, as if each had been inserted at once.
+/// round are read in front of it too, and the round's new messages (`pending`) are held
+/// back and stored in one multi-row statement, sent in front of the next statement, or
+/// of the commit: every statement sees the rows written before it, as if each had been
+/// inserted at once. Its webhook events (`outbox`) are held back to the commit itself
+/// (no statement of a round reads its own events): their statement takes the one seq
+/// row's lock, which every node's events wait for, so it is held for the commit's round
+/// trip alone, not across the round's later statements (a round that reloads its rooms'
+/// latest messages, say, which another node wrote, makes one read per room).
 /// Holding them back is safe because nothing is acknowledged before the commit: a failed
 /// insert fails the round and every command of it, and an event commits with what it
 /// describes or not at all. `pending` holds at most one round's sends
@@ -226,6 +230,15 @@ impl Db {
     /// Runs `steps` in one round trip, behind `BEGIN` and the held-back messages if those
     /// are still to be sent; the rows of `steps`, in their order.
     fn run(&self, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>> {
+        self.send(steps, false)
+    }
+
+    /// [`Db::run`] for the round's last steps (its `COMMIT`), behind its webhook events.
+    fn run_last(&self, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>> {
+        self.send(steps, true)
+    }
+
+    fn send(&self, steps: &[Step<'_>], last: bool) -> Result<Vec<Vec<Row>>> {
         if self.failed.get() {
             return Err(backend(
                 "PostgreSQL: an earlier statement of this round failed; nothing of it is kept"
@@ -239,7 +252,11 @@ impl Db {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         let columns = InsertColumns::of(&pending);
         let params = columns.params();
-        let outbox = std::mem::take(&mut *self.outbox.borrow_mut());
+        let outbox = if last {
+            std::mem::take(&mut *self.outbox.borrow_mut())
+        } else {
+            Vec::new()
+        };
         let events = OutboxColumns::of(&outbox);
         let event_params = events.params();
         let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
@@ -642,12 +659,12 @@ impl Round {
             || !steps.is_empty()
         {
             steps.push(Step::Simple("COMMIT"));
-            self.db.run(&steps)?;
+            self.db.run_last(&steps)?;
         }
         Ok(())
     }
 
-    /// Holds a webhook event back until the round's next statement ([`Db`]).
+    /// Holds a webhook event back until the round's commit ([`Db`]).
     fn enqueue(&self, hook: &str, event: &OutboxEvent) {
         self.db
             .outbox
