@@ -11,8 +11,9 @@
 //!   through its outbox, holding at most `memory.webhook_window_events` events, so a hook
 //!   that is down makes the outbox grow on disk, never the heap, and never slows a send.
 //!   Each recipient's events go out in commit order, one at a time; recipients go
-//!   concurrently. Finished events leave the outbox through small writer commands, so
-//!   there is still one writer.
+//!   concurrently. Finished events leave the outbox through writer commands, so there is
+//!   still one writer: delivered ones in batches, one command for all delivered while the
+//!   previous batch was being taken out.
 //! - **One node posts** ([`crate::duties`]): in cluster mode every node writes into the
 //!   one outbox, and only the holder of the duties lock posts it; a commit on any node
 //!   wakes it through a PostgreSQL notification.
