@@ -66,6 +66,9 @@ const GONE_RETRY: Duration = Duration::from_secs(1);
 
 async fn run(work: Work, leader: Option<Leader>, mut stopped: oneshot::Receiver<()>) {
     metrics::cluster_duties(false);
+    if leader.is_some() {
+        webhook::not_counting(&work.hooks);
+    }
     let follower = leader
         .as_ref()
         .map(|_| webhook::follow_gone(work.hooks.clone(), work.store.clone()));
@@ -88,6 +91,7 @@ async fn terms(work: &Work, leader: Option<&Leader>, stopped: &mut oneshot::Rece
                 }
             }
         };
+        let mut counting = None;
         if term.is_some() {
             tracing::info!("cluster duties: this node now delivers webhooks and sweeps retention");
             // Before posting: a hook gone (410) for the last holder stays gone.
@@ -97,6 +101,8 @@ async fn terms(work: &Work, leader: Option<&Leader>, stopped: &mut oneshot::Rece
                     _ = &mut *stopped => return,
                 }
             }
+            // The holder's `chat_webhook_queued` is the cluster's outbox.
+            counting = Some(webhook::follow_queued(work.hooks.clone(), work.store.clone()).await);
         }
         metrics::cluster_duties(true);
         let delivery = webhook::start(
@@ -114,6 +120,9 @@ async fn terms(work: &Work, leader: Option<&Leader>, stopped: &mut oneshot::Rece
         // Stopped before the lock is released (`term` dropped), so the next holder never
         // runs them alongside this node.
         delivery.stop();
+        if let Some(counting) = counting {
+            counting.stop();
+        }
         if let Some(sweeping) = sweeper {
             sweeping.abort();
         }

@@ -392,6 +392,12 @@ pub fn webhook_queued(change: i64) {
     gauge!(WEBHOOK_QUEUED).increment(change as f64);
 }
 
+/// Cluster mode: the outbox holds `count` events for this node's hooks, as counted in
+/// PostgreSQL by the duties holder.
+pub fn webhook_queued_counted(count: u64) {
+    gauge!(WEBHOOK_QUEUED).set(count as f64);
+}
+
 /// A hook's delivery task found `count` dead letters already stored at startup.
 pub fn webhook_dead_letters_stored(count: u64) {
     gauge!(WEBHOOK_DEAD_LETTERS).increment(count as f64);

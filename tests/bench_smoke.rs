@@ -256,16 +256,23 @@ fn the_webhook_options_post_events_and_the_drain_empties_the_outbox() {
     );
 }
 
-/// `--nodes 2`: a throwaway PostgreSQL and nats-server, two nodes, both scenarios, and
-/// the cluster's CPU and memory figures; nothing of the cluster is left afterwards.
+/// `--nodes 2`: a throwaway PostgreSQL and nats-server, two nodes, the three scenarios,
+/// and the cluster's CPU, reads and memory figures; nothing of the cluster is left
+/// afterwards.
 #[test]
 fn a_two_node_cluster_is_measured_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     let child = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
         .args(["--server", env!("CARGO_BIN_EXE_chat-server")])
-        .args(["--nodes", "2", "--scenarios", "throughput,latency"])
+        .args([
+            "--nodes",
+            "2",
+            "--scenarios",
+            "throughput,latency,webhook-drain",
+        ])
         .args(["--runs", "1", "--users", "4", "--window", "2"])
+        .args(["--drain-events", "200", "--drain-users", "5"])
         .args(["--warmup-secs", "1", "--duration-secs", "1"])
         .args(["--latency-users", "10", "--rate", "50"])
         .args(["--latency-secs", "1"])
@@ -287,6 +294,10 @@ fn a_two_node_cluster_is_measured_and_removed() {
         stdout.contains("summed over 2 nodes, PostgreSQL"),
         "no cluster CPU in\n{stdout}"
     );
+    assert!(
+        stdout.contains("chat_cluster_reads_total"),
+        "no cluster reads in\n{stdout}"
+    );
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let throughput = &report["scenarios"]["throughput"];
@@ -299,6 +310,17 @@ fn a_two_node_cluster_is_measured_and_removed() {
     }
     // Counted in clock ticks (10 ms): a second of this tiny load may not reach one.
     assert!(run["nats_cpu_us_per_msg"].as_f64().unwrap() >= 0.0, "{run}");
+    // Every message crosses to the partner's node, which reads its room from the store.
+    assert!(
+        run["cluster_reads_per_msg"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
+    assert!(
+        throughput["cluster_reads_per_msg"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     let rss = run["peak_rss_bytes_per_server"].as_array().unwrap();
     assert_eq!(rss.len(), 2, "{run}");
     assert!(rss.iter().all(|b| b.as_u64().unwrap() > 0), "{run}");
@@ -312,6 +334,17 @@ fn a_two_node_cluster_is_measured_and_removed() {
     );
     // The bare relay's floor is the embedded runs' business.
     assert!(latency["floor"].is_null());
+    let drain = &report["scenarios"]["webhook-drain"];
+    assert_eq!(drain["nodes"], 2);
+    let run = &drain["details"][0];
+    assert_eq!(run["events"], 200);
+    for key in [
+        "events_per_sec",
+        "server_cpu_us_per_event",
+        "postgres_cpu_us_per_event",
+    ] {
+        assert!(run[key].as_f64().unwrap() > 0.0, "{key}: {run}");
+    }
 
     // The nodes, nats-server and PostgreSQL were stopped and their dir removed.
     let prefix = format!("chat-bench-{pid}-");

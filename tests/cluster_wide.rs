@@ -445,3 +445,58 @@ async fn a_hook_gone_for_one_node_is_gone_for_the_cluster_until_the_cluster_rest
     assert_eq!(received.len(), 2, "{received:?}");
     assert_eq!(received[1].json()["data"]["recipient"]["id"], "frank");
 }
+
+/// Waits until `node`'s `series` satisfies `done`; returns its value.
+async fn wait_value(node: &Server, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = value(&scrape(node).await, series);
+        if done(now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{series} stuck at {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_duties_holder_reports_the_cluster_s_outbox_and_the_others_report_none() {
+    let pg = TestPostgres::start();
+    let nats = NatsServer::start();
+    let receiver = Receiver::start(Mode::Status(503)).await;
+    let url = receiver.url();
+    let nodes = [
+        node(&pg, &nats, &hook_env(&url)),
+        node(&pg, &nats, &hook_env(&url)),
+    ];
+    let holder = duties_holder(&[&nodes[0], &nodes[1]]).await;
+    let other = 1 - holder;
+    // Events committed on the node that does not post them: the receiver refuses them,
+    // so they stay in the outbox.
+    let mut alice = nodes[other].connect("alice").await;
+    for n in 0..5 {
+        send(&mut alice, &format!("alice-u{n}"), "hi").await;
+    }
+    // Seen by the holder's next count of the outbox in PostgreSQL.
+    wait_value(&nodes[holder], "chat_webhook_queued", |v| v == 5.0).await;
+    assert_eq!(
+        value(&scrape(&nodes[other]).await, "chat_webhook_queued"),
+        0.0
+    );
+    // One more committed on the holder counts at once, with no count in between.
+    let mut bob = nodes[holder].connect("bob").await;
+    send(&mut bob, "bob-u9", "hi").await;
+    assert_eq!(
+        value(&scrape(&nodes[holder]).await, "chat_webhook_queued"),
+        6.0
+    );
+    // Delivered: down to nothing on the holder, as each leaves the outbox.
+    receiver.set_mode(Mode::Status(200));
+    wait_value(&nodes[holder], "chat_webhook_delivered_total", |v| v == 6.0).await;
+    wait_value(&nodes[holder], "chat_webhook_queued", |v| v == 0.0).await;
+    assert_eq!(
+        value(&scrape(&nodes[other]).await, "chat_webhook_queued"),
+        0.0
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM webhook_outbox").trim(), "0");
+}

@@ -599,3 +599,43 @@ async fn erase_user_offline_queues_user_erased_for_the_next_start() {
         report["erasedAtMs"].as_i64()
     );
 }
+
+#[tokio::test]
+async fn delivered_events_leave_the_outbox_in_batches_not_one_write_each() {
+    let receiver = Receiver::start(Mode::Status(503)).await;
+    let url = receiver.url();
+    let mut server = Server::start_with(&hook_env(&url, &[]));
+    let mut ann = server.connect("ann").await;
+    // A hundred recipients, so that a hundred events are posted at once once it is back.
+    let events = 100;
+    for i in 0..events {
+        let ack = ann.send_message(&format!("ann-u{i:03}"), "hi").await;
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    wait_metric(&server, "chat_webhook_queued", |v| v == events as f64).await;
+    server.kill9();
+    drop(ann);
+
+    receiver.set_mode(Mode::Status(200));
+    server.restart();
+    wait_metric(&server, "chat_webhook_delivered_total", |v| {
+        v == events as f64
+    })
+    .await;
+    let samples = scrape(&server).await;
+    assert_eq!(value(&samples, "chat_webhook_queued"), 0.0);
+    // The restarted server's only writes were taking the events out: in a few batches,
+    // not one command (one PostgreSQL statement) per event.
+    let writes = value(&samples, "chat_commit_batch_size_sum");
+    assert!(
+        writes > 0.0 && writes <= events as f64 / 4.0,
+        "{writes} writes"
+    );
+    let unique: BTreeSet<String> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.answered == Some(200))
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(unique.len(), events);
+}

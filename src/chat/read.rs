@@ -17,7 +17,7 @@ use crate::protocol::time::{format_millis, now_millis, parse_rfc3339_millis};
 use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
 use crate::store::{RoomLock, SeenOutcome, WriteTxn};
-use crate::webhook;
+use crate::webhook::{self, Hooks};
 use crate::writer::{outcome, Command, Context};
 
 impl Chat {
@@ -198,6 +198,12 @@ impl Command for MarkSeen {
             room: &item.room,
             create: false,
         }));
+    }
+
+    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>) {
+        for item in &self.items {
+            webhook::message_seen_profiles(hooks, &item.room, out);
+        }
     }
 
     fn apply(

@@ -15,7 +15,7 @@ use crate::protocol::time::now_millis;
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
 use crate::store::{Appended, ClientKey, RoomLock, WriteTxn};
-use crate::webhook;
+use crate::webhook::{self, Hooks};
 use crate::writer::{outcome, Command, Context};
 
 impl Chat {
@@ -136,6 +136,10 @@ impl Command for AppendMessage {
                 client_message_id,
             });
         }
+    }
+
+    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>) {
+        webhook::message_created_profiles(hooks, &self.room, &self.sender.id, out);
     }
 
     fn apply(

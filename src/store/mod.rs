@@ -196,6 +196,18 @@ pub trait ReadStore: Send + Sync {
     /// How many events `hook` has waiting in its outbox, and how many dead letters.
     fn webhook_counts<'a>(&'a self, hook: &'a str) -> Read<'a, WebhookCounts>;
 
+    /// How many events `hooks` have waiting in the outbox, all together (cluster mode's
+    /// `chat_webhook_queued`): by default each hook's [`ReadStore::webhook_counts`].
+    fn webhook_queued<'a>(&'a self, hooks: &'a [String]) -> Read<'a, u64> {
+        Box::pin(async move {
+            let mut queued = 0;
+            for hook in hooks {
+                queued += self.webhook_counts(hook).await?.pending;
+            }
+            Ok(queued)
+        })
+    }
+
     /// Retention: of up to `limit` rooms after the position `after`, those whose oldest
     /// message was sent before `cutoff_ms`, and where the next scan starts (`None` once
     /// every room was looked at).
@@ -330,6 +342,14 @@ pub trait WriteTxn {
         Ok(())
     }
 
+    /// Names, before the round's first command, the users whose profiles its commands'
+    /// webhook events will read ([`WriteTxn::profile`]): a backend whose reads cost a
+    /// round trip each (PostgreSQL) reads them all with its next statement, so that
+    /// `profile` need not. A backend with local reads (redb) has nothing to do.
+    fn read_profiles(&mut self, _users: &[&str]) -> Result<()> {
+        Ok(())
+    }
+
     /// Stores a new message (upserting the room: ids 1, 2, 3, … per room, `sentAt` never
     /// going back), or finds the one this sender already stored under `client_message_id`
     /// in this room, in this transaction or before.
@@ -416,8 +436,10 @@ pub trait WriteTxn {
     /// next statement or the commit (PostgreSQL: no round trip per event).
     fn enqueue_webhook(&mut self, hook: &str, event: &OutboxEvent) -> Result<()>;
 
-    /// Takes a delivered event out of `hook`'s outbox; false when it was not there.
-    fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool>;
+    /// Takes delivered events out of `hook`'s outbox, all in one go (PostgreSQL: one
+    /// statement); answers the seqs that were there (a node that held the duties before
+    /// may have taken some).
+    fn remove_webhooks(&mut self, hook: &str, seqs: &[u64]) -> Result<Vec<u64>>;
 
     /// Moves an undeliverable event from `hook`'s outbox to its dead letters, with why;
     /// false when it was not in the outbox.

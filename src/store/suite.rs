@@ -455,8 +455,12 @@ pub async fn the_webhook_outbox_is_per_hook_in_commit_order_and_dead_letters_kee
     );
 
     let mut txn = store.begin().unwrap();
-    assert!(txn.remove_webhook(h1, seqs[0]).unwrap());
-    assert!(!txn.remove_webhook(h1, seqs[0]).unwrap());
+    assert_eq!(txn.remove_webhooks(h1, &seqs[..1]).unwrap(), [seqs[0]]);
+    // Removed already, or never queued: not there.
+    assert!(txn
+        .remove_webhooks(h1, &[seqs[0], 12345])
+        .unwrap()
+        .is_empty());
     assert!(txn
         .dead_letter_webhook(h1, seqs[2], "answered 500", 99)
         .unwrap());

@@ -9,6 +9,14 @@
 //! endpoint is gone for good, so its events go to the dead letters rather than being
 //! retried for a day.
 //!
+//! A delivered event is taken out of the outbox with the others delivered meanwhile: one
+//! writer command (PostgreSQL: one statement) per batch, not one per event. One batch is
+//! in flight at a time and the next is sent as soon as it is answered, so a batch holds
+//! what was delivered during one writer round: at most the window, and never waiting on
+//! a timer. Until removed, an event keeps its place in the window. A recipient's next
+//! event is posted once the previous one got its 2xx, not once it is removed: if the
+//! node stops in between, both are posted again, in order, with their ids (at least once).
+//!
 //! Redirects are never followed (hyper's client does not, and nothing here does): a 3xx
 //! counts as a failure and is retried, so a receiver that moved must be reconfigured,
 //! and an event is never posted to a host the operator did not name.
@@ -26,7 +34,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::outbox::Finish;
+use super::outbox::{GiveUp, RemoveDelivered};
 use super::sign::signature;
 use super::{Hook, Hooks};
 use crate::metrics;
@@ -126,12 +134,10 @@ struct HookTask {
 
 /// What became of one event.
 enum Outcome {
-    Delivered,
+    /// Answered 2xx, this long after its commit.
+    Delivered(Duration),
     /// Given up on, with why; `gone` when the receiver answered 410 Gone.
-    Dead {
-        reason: String,
-        gone: bool,
-    },
+    Dead { reason: String, gone: bool },
 }
 
 impl Outcome {
@@ -161,7 +167,12 @@ impl HookTask {
         // The events in memory, by recipient, oldest first; each lane's head is being
         // posted by a task in `posting`.
         let mut lanes: HashMap<String, VecDeque<OutboxEvent>> = HashMap::new();
-        let mut posting: JoinSet<String> = JoinSet::new();
+        let mut posting: JoinSet<Posted> = JoinSet::new();
+        // Delivered events not yet taken out of the outbox, and the one batch being taken
+        // out (its size, once done).
+        let mut delivered: Vec<(u64, Duration)> = Vec::new();
+        let mut removing: JoinSet<usize> = JoinSet::new();
+        // Events read and not yet finished (removed, or given up on).
         let mut loaded = 0;
         let mut last_seq = None;
         let mut maybe_more = true;
@@ -188,14 +199,24 @@ impl HookTask {
                     }
                 }
             }
+            if removing.is_empty() && !delivered.is_empty() {
+                removing.spawn(Arc::clone(&this).remove(std::mem::take(&mut delivered)));
+            }
             tokio::select! {
                 () = this.hook().wake.notified(), if !maybe_more => maybe_more = true,
+                Some(removed) = removing.join_next() => match removed {
+                    Ok(count) => loaded -= count,
+                    Err(e) => panic!("taking delivered webhook events out panicked: {e}"),
+                },
                 Some(finished) = posting.join_next() => {
-                    let recipient = match finished {
-                        Ok(recipient) => recipient,
+                    let Posted { recipient, seq, delivered: took } = match finished {
+                        Ok(posted) => posted,
                         Err(e) => panic!("a webhook post panicked: {e}"),
                     };
-                    loaded -= 1;
+                    match took {
+                        Some(took) => delivered.push((seq, took)),
+                        None => loaded -= 1,
+                    }
                     let lane = lanes.get_mut(&recipient).expect("a posted event has a lane");
                     lane.pop_front();
                     match lane.front() {
@@ -211,47 +232,73 @@ impl HookTask {
         }
     }
 
-    /// Posts `event` until it is delivered or given up, then takes it out of the outbox.
-    /// Returns its recipient, whose next event may go.
-    async fn post(self: Arc<Self>, event: OutboxEvent) -> String {
+    /// Posts `event` until it is delivered or given up; one given up on goes to the dead
+    /// letters now, one delivered is left to [`HookTask::remove`].
+    async fn post(self: Arc<Self>, event: OutboxEvent) -> Posted {
         let hook = self.hook();
         let url = &hook.config.url;
-        let outcome_of = self.attempts(&event).await;
-        let finish = match &outcome_of {
-            Outcome::Delivered => Finish::Delivered {
-                hook: url.clone(),
-                seq: event.seq,
-            },
-            Outcome::Dead { reason, gone } => Finish::GiveUp {
-                hook: url.clone(),
-                seq: event.seq,
-                reason: reason.clone(),
-                gone: *gone,
-            },
+        let (reason, gone) = match self.attempts(&event).await {
+            Outcome::Delivered(took) => {
+                return Posted {
+                    recipient: event.recipient,
+                    seq: event.seq,
+                    delivered: Some(took),
+                }
+            }
+            Outcome::Dead { reason, gone } => (reason, gone),
         };
-        match outcome(self.writer.submit(finish).await).await {
+        let give_up = GiveUp {
+            hook: url.clone(),
+            seq: event.seq,
+            reason: reason.clone(),
+            gone,
+        };
+        match outcome(self.writer.submit(give_up).await).await {
             Ok(true) => {
                 metrics::webhook_queued(-1);
-                match outcome_of {
-                    Outcome::Delivered => {
-                        metrics::webhook_delivered(elapsed_since(event.created_ms))
-                    }
-                    Outcome::Dead { reason, .. } => {
-                        tracing::error!(
-                            hook = %url, id = %event.id, recipient = %event.recipient, %reason,
-                            "webhook event moved to the dead letters"
-                        );
-                        metrics::webhook_dead_lettered();
-                    }
-                }
+                tracing::error!(
+                    hook = %url, id = %event.id, recipient = %event.recipient, %reason,
+                    "webhook event moved to the dead letters"
+                );
+                metrics::webhook_dead_lettered();
             }
             // Already gone: a node that held the duties before this one delivered it.
             Ok(false) => {}
             // It stays in the outbox and is posted again after a restart.
             Err(e) => tracing::error!(error = %e.message, hook = %url, id = %event.id,
-                "cannot take a finished webhook event out of the outbox"),
+                "cannot move a webhook event to the dead letters"),
         }
-        event.recipient
+        Posted {
+            recipient: event.recipient,
+            seq: event.seq,
+            delivered: None,
+        }
+    }
+
+    /// Takes a batch of delivered events out of the outbox; answers how many it held.
+    async fn remove(self: Arc<Self>, delivered: Vec<(u64, Duration)>) -> usize {
+        let url = &self.hook().config.url;
+        let command = RemoveDelivered {
+            hook: url.clone(),
+            seqs: delivered.iter().map(|(seq, _)| *seq).collect(),
+        };
+        match outcome(self.writer.submit(command).await).await {
+            Ok(mut removed) => {
+                removed.sort_unstable();
+                // Those not there any more were delivered by a node that held the duties
+                // before this one, and counted there.
+                for (seq, took) in &delivered {
+                    if removed.binary_search(seq).is_ok() {
+                        metrics::webhook_delivered(*took);
+                    }
+                }
+                metrics::webhook_queued(-(removed.len() as i64));
+            }
+            // They stay in the outbox and are posted again after a restart.
+            Err(e) => tracing::error!(error = %e.message, hook = %url, events = delivered.len(),
+                "cannot take delivered webhook events out of the outbox"),
+        }
+        delivered.len()
     }
 
     /// Attempts until a 2xx, a 410, or the give-up time.
@@ -268,7 +315,9 @@ impl HookTask {
                 return Outcome::gone();
             }
             let failure = match self.attempt(event).await {
-                Ok(status) if status.is_success() => return Outcome::Delivered,
+                Ok(status) if status.is_success() => {
+                    return Outcome::Delivered(elapsed_since(event.created_ms))
+                }
                 Ok(StatusCode::GONE) => {
                     if hook.disable() {
                         tracing::error!(
@@ -330,6 +379,14 @@ impl HookTask {
             Err(_) => Err(format!("no answer within {} s", config.timeout_secs)),
         }
     }
+}
+
+/// A post finished: whose lane may go on, and when it was delivered, how long after its
+/// commit (`None`: given up on).
+struct Posted {
+    recipient: String,
+    seq: u64,
+    delivered: Option<Duration>,
 }
 
 /// The error and its causes, which is where hyper's client says what went wrong.

@@ -11,8 +11,9 @@
 //!   through its outbox, holding at most `memory.webhook_window_events` events, so a hook
 //!   that is down makes the outbox grow on disk, never the heap, and never slows a send.
 //!   Each recipient's events go out in commit order, one at a time; recipients go
-//!   concurrently. Finished events leave the outbox through small writer commands, so
-//!   there is still one writer.
+//!   concurrently. Finished events leave the outbox through writer commands, so there is
+//!   still one writer: delivered ones in batches, one command for all delivered while the
+//!   previous batch was being taken out.
 //! - **One node posts** ([`crate::duties`]): in cluster mode every node writes into the
 //!   one outbox, and only the holder of the duties lock posts it; a commit on any node
 //!   wakes it through a PostgreSQL notification.
@@ -21,6 +22,9 @@
 //!   [`GONE_POLL`] (so its writer stops writing the hook's events) and a node taking the
 //!   duties reads it before it posts, so no node posts to that hook again until the
 //!   cluster restarts, as one server does not until it restarts.
+//! - **The cluster's outbox size** (in cluster mode): `chat_webhook_queued` is the
+//!   duties holder's, counted in PostgreSQL ([`follow_queued`]); the other nodes, which
+//!   post nothing, report 0, so that a sum over the nodes is the outbox.
 //! - **At least once**: an event is removed only after a 2xx; a crash in between posts it
 //!   again after the restart, with the same `id`, which receivers use to drop duplicates.
 //! - **Signed** (`sign.rs`): HMAC-SHA256 over `"{timestamp}.{body}"`, the Stripe scheme,
@@ -32,7 +36,7 @@ mod sign;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -43,8 +47,8 @@ use crate::store::ReadStore;
 
 pub use deliver::{count, start, Delivery};
 pub use outbox::{
-    message_created, message_seen, user_erased, user_erased_offline, RetryDeadLetters,
-    EVENT_ID_PREFIX,
+    message_created, message_created_profiles, message_seen, message_seen_profiles, user_erased,
+    user_erased_offline, RetryDeadLetters, EVENT_ID_PREFIX,
 };
 pub use sign::{signature, SIGNATURE_VERSION};
 
@@ -52,6 +56,9 @@ pub use sign::{signature, SIGNATURE_VERSION};
 /// delivery tasks.
 pub struct Hooks {
     hooks: Vec<Hook>,
+    /// Whether this node's `chat_webhook_queued` counts the outbox: always on one node;
+    /// in cluster mode while it holds the duties ([`follow_queued`]).
+    counting: AtomicBool,
 }
 
 /// One hook and what delivery has learnt about it.
@@ -75,12 +82,13 @@ impl Hooks {
                     wake: Notify::new(),
                 })
                 .collect(),
+            counting: AtomicBool::new(true),
         }
     }
 
     /// No hooks: commands write no events.
     pub fn none() -> Hooks {
-        Hooks { hooks: Vec::new() }
+        Hooks::new(&[])
     }
 
     /// Each enabled hook subscribed to `event`, with its index.
@@ -103,7 +111,9 @@ impl Hooks {
 
     /// A commit put an event in hook `index`'s outbox.
     pub fn queued(&self, index: usize) {
-        metrics::webhook_queued(1);
+        if self.counting.load(Ordering::Relaxed) {
+            metrics::webhook_queued(1);
+        }
         self.hooks[index].wake.notify_one();
     }
 
@@ -162,6 +172,74 @@ pub fn follow_gone(hooks: Arc<Hooks>, store: Arc<dyn ReadStore>) -> JoinHandle<(
             learn_gone(&hooks, store.as_ref()).await;
         }
     })
+}
+
+/// The shortest wait between two counts of the cluster's outbox.
+pub const QUEUED_POLL: Duration = Duration::from_secs(2);
+
+/// Counting the outbox takes at most one part in this many of the time: a count that
+/// took 50 ms (a few hundred thousand events) waits 5 s for the next.
+const QUEUED_COUNT_SHARE: u32 = 100;
+
+/// Cluster mode, on the duties holder: `chat_webhook_queued` is the outbox of the whole
+/// cluster (this node's hooks), counted in PostgreSQL now and then every [`QUEUED_POLL`]
+/// or longer, so that counting a large outbox (one index scan per count) stays a small
+/// share of the database's time. In between, this node's own commits and deliveries
+/// move it; what other nodes commit shows at the next count. Until then, and on the
+/// other nodes, the gauge is 0. Stop it with [`Counting::stop`].
+pub async fn follow_queued(hooks: Arc<Hooks>, store: Arc<dyn ReadStore>) -> Counting {
+    hooks.counting.store(true, Ordering::Relaxed);
+    let urls: Vec<String> = hooks.all().iter().map(|h| h.config.url.clone()).collect();
+    if urls.is_empty() {
+        return Counting { hooks, task: None };
+    }
+    let count = move || {
+        let (store, urls) = (Arc::clone(&store), urls.clone());
+        async move {
+            let started = Instant::now();
+            match store.webhook_queued(&urls).await {
+                Ok(queued) => metrics::webhook_queued_counted(queued),
+                Err(e) => tracing::warn!(error = %e, "cannot count the webhook outbox"),
+            }
+            QUEUED_POLL.max(started.elapsed() * QUEUED_COUNT_SHARE)
+        }
+    };
+    // Once before delivery starts, so that the gauge never shows an outbox emptier than
+    // it is.
+    let mut wait = count().await;
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = count().await;
+        }
+    });
+    Counting {
+        hooks,
+        task: Some(task),
+    }
+}
+
+/// A running [`follow_queued`].
+pub struct Counting {
+    hooks: Arc<Hooks>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Counting {
+    /// This node no longer posts the outbox: its gauge says 0 again.
+    pub fn stop(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        not_counting(&self.hooks);
+    }
+}
+
+/// Cluster mode, on a node that does not hold the duties: its `chat_webhook_queued`
+/// stays 0 ([`follow_queued`]).
+pub fn not_counting(hooks: &Hooks) {
+    hooks.counting.store(false, Ordering::Relaxed);
+    metrics::webhook_queued_counted(0);
 }
 
 impl Hook {

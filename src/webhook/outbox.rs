@@ -13,6 +13,8 @@ use crate::protocol::ChatError;
 use crate::store::{self, OutboxEvent, WriteTxn};
 use crate::writer::{Command, Context};
 
+use super::Hooks;
+
 /// Every event id starts with it; 32 random hex digits follow.
 pub const EVENT_ID_PREFIX: &str = "evt_";
 
@@ -46,6 +48,33 @@ pub fn message_created(
             }))
         },
     )
+}
+
+/// The profile a [`message_created`] event of a send by `sender` in `room` reads (the
+/// recipient's), if a hook subscribes to it, for [`crate::writer::Command::profiles`].
+pub fn message_created_profiles<'a>(
+    hooks: &Hooks,
+    room: &'a RoomKey,
+    sender: &str,
+    out: &mut Vec<&'a str>,
+) {
+    if !room.is_self_room()
+        && hooks
+            .subscribed(WebhookEvent::MessageCreated)
+            .next()
+            .is_some()
+    {
+        out.push(room.partner_of(sender));
+    }
+}
+
+/// The profiles a [`message_seen`] event in `room` reads (its reader's and its author's:
+/// the room's two members, as no one sees their own message), if a hook subscribes to
+/// it, for [`crate::writer::Command::profiles`].
+pub fn message_seen_profiles<'a>(hooks: &Hooks, room: &'a RoomKey, out: &mut Vec<&'a str>) {
+    if !room.is_self_room() && hooks.subscribed(WebhookEvent::MessageSeen).next().is_some() {
+        out.extend([room.low.as_str(), room.high.as_str()]);
+    }
 }
 
 /// Writes a `message.seen` event for the author of `message`, which `reader` has just seen
@@ -227,40 +256,40 @@ impl Command for RetryDeadLetters {
     }
 }
 
-/// Takes a delivered event (`Delivered`) or one given up on (`GiveUp`) out of a hook's
-/// outbox. Answers whether the row was still there. A `GiveUp` for a 410 (`gone`) also
-/// records the hook as gone, in the same commit, for the other nodes of a cluster.
-pub(super) enum Finish {
-    Delivered {
-        hook: String,
-        seq: u64,
-    },
-    GiveUp {
-        hook: String,
-        seq: u64,
-        reason: String,
-        gone: bool,
-    },
+/// Takes a batch of delivered events out of a hook's outbox. Answers the seqs that were
+/// still there.
+pub(super) struct RemoveDelivered {
+    pub hook: String,
+    pub seqs: Vec<u64>,
 }
 
-impl Command for Finish {
+impl Command for RemoveDelivered {
+    type Output = Vec<u64>;
+
+    fn apply(self, txn: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<Vec<u64>, ChatError> {
+        txn.remove_webhooks(&self.hook, &self.seqs)
+            .map_err(ChatError::internal)
+    }
+}
+
+/// Moves an event given up on from a hook's outbox to its dead letters. Answers whether
+/// the row was still there. For a 410 (`gone`) it also records the hook as gone, in the
+/// same commit, for the other nodes of a cluster.
+pub(super) struct GiveUp {
+    pub hook: String,
+    pub seq: u64,
+    pub reason: String,
+    pub gone: bool,
+}
+
+impl Command for GiveUp {
     type Output = bool;
 
     fn apply(self, txn: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<bool, ChatError> {
-        match self {
-            Finish::Delivered { hook, seq } => txn.remove_webhook(&hook, seq),
-            Finish::GiveUp {
-                hook,
-                seq,
-                reason,
-                gone,
-            } => {
-                if gone {
-                    txn.webhook_gone(&hook).map_err(ChatError::internal)?;
-                }
-                txn.dead_letter_webhook(&hook, seq, &reason, now_millis())
-            }
+        if self.gone {
+            txn.webhook_gone(&self.hook).map_err(ChatError::internal)?;
         }
-        .map_err(ChatError::internal)
+        txn.dead_letter_webhook(&self.hook, self.seq, &self.reason, now_millis())
+            .map_err(ChatError::internal)
     }
 }

@@ -75,6 +75,10 @@ pub trait Command: Send + 'static {
     /// The idempotency keys of the sends this command makes, in rooms it names in
     /// [`Command::rooms`], for [`WriteTxn::lock_rooms`].
     fn client_keys<'a>(&'a self, _out: &mut Vec<ClientKey<'a>>) {}
+
+    /// The users whose profiles this command's webhook events (for `hooks`) will read,
+    /// for [`WriteTxn::read_profiles`].
+    fn profiles<'a>(&'a self, _hooks: &Hooks, _out: &mut Vec<&'a str>) {}
 }
 
 /// Work that commands of one round leave to be applied once, after the round's last
@@ -240,6 +244,9 @@ trait Queued: Send {
     /// The command's [`Command::client_keys`].
     fn client_keys<'a>(&'a self, out: &mut Vec<ClientKey<'a>>);
 
+    /// The command's [`Command::profiles`].
+    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>);
+
     /// Applies the command, keeping its answer for [`Queued::answer`].
     fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>);
 
@@ -288,6 +295,12 @@ impl<C: Command, R: Reply<C::Output>> Queued for Job<C, R> {
     fn client_keys<'a>(&'a self, out: &mut Vec<ClientKey<'a>>) {
         if let Some(command) = &self.command {
             command.client_keys(out);
+        }
+    }
+
+    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>) {
+        if let Some(command) = &self.command {
+            command.profiles(hooks, out);
         }
     }
 
@@ -500,10 +513,16 @@ impl State {
         let (hooks, broker) = (&*self.hooks, &*self.broker);
         let mut round_ends = Vec::new();
         let committed = self.store.begin().and_then(|mut txn| {
-            let (mut rooms, mut sends) = (Vec::new(), Vec::new());
+            let (mut rooms, mut sends, mut profiles) = (Vec::new(), Vec::new(), Vec::new());
             for job in &jobs {
                 job.rooms(&mut rooms);
                 job.client_keys(&mut sends);
+                job.profiles(hooks, &mut profiles);
+            }
+            if !profiles.is_empty() {
+                profiles.sort_unstable();
+                profiles.dedup();
+                txn.read_profiles(&profiles)?;
             }
             if !rooms.is_empty() {
                 // Once each, creating it if any command of the round stores a message.
@@ -713,7 +732,7 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
-        fn remove_webhook(&mut self, _: &str, _: u64) -> store::Result<bool> {
+        fn remove_webhooks(&mut self, _: &str, _: &[u64]) -> store::Result<Vec<u64>> {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
@@ -735,6 +754,12 @@ mod tests {
 
         fn erased_at(&self, _: &str) -> store::Result<Option<i64>> {
             unreachable!("{ONLY_TEST_COMMANDS}")
+        }
+
+        fn read_profiles(&mut self, users: &[&str]) -> store::Result<()> {
+            let entry = format!("profiles {}", users.join(","));
+            self.log.lock().unwrap().push(entry);
+            Ok(())
         }
 
         fn commit(self: Box<Self>) -> store::Result<()> {
@@ -790,6 +815,21 @@ mod tests {
         fn apply(self, _: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<(), ChatError> {
             self.started.send(()).unwrap();
             self.release.recv().unwrap();
+            Ok(())
+        }
+    }
+
+    /// Names two users whose profiles its webhook events would read.
+    struct Named([&'static str; 2]);
+
+    impl Command for Named {
+        type Output = ();
+
+        fn profiles<'a>(&'a self, _: &Hooks, out: &mut Vec<&'a str>) {
+            out.extend(self.0);
+        }
+
+        fn apply(self, _: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<(), ChatError> {
             Ok(())
         }
     }
@@ -853,6 +893,32 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             ["commit", "commit", "publish a r1", "publish c r3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_round_names_its_commands_profiles_to_the_store_once_each_before_they_run() {
+        let (thread, log) = start(false);
+        let writer = thread.writer();
+        let (release, held) = std_mpsc::channel();
+        let (started, holding) = oneshot::channel();
+        let hold = writer
+            .submit(Hold {
+                started,
+                release: held,
+            })
+            .await;
+        holding.await.unwrap();
+        let first = writer.submit(Named(["cat", "bob"])).await;
+        let second = writer.submit(Named(["bob", "ann"])).await;
+        release.send(()).unwrap();
+        outcome(hold).await.unwrap();
+        outcome(first).await.unwrap();
+        outcome(second).await.unwrap();
+        thread.shutdown().await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["commit", "profiles ann,bob,cat", "commit"]
         );
     }
 

@@ -37,7 +37,8 @@ pub enum Servers {
     Given(SocketAddr),
 }
 
-/// CPU used by each part of the system under test: seconds so far, or µs per message.
+/// CPU used by each part of the system under test: seconds so far, or µs per message;
+/// and, in cluster mode, the nodes' store reads, which cost CPU on both sides.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CpuUse {
     /// The chat-server processes, summed over the nodes.
@@ -45,16 +46,24 @@ pub struct CpuUse {
     /// PostgreSQL and nats-server, in cluster mode.
     pub postgres: Option<f64>,
     pub nats: Option<f64>,
+    /// The nodes' `chat_cluster_reads_total`, summed: reads so far, or reads per message
+    /// (not µs). `None` outside cluster mode, or when a node did not answer `/metrics`.
+    pub reads: Option<f64>,
 }
 
 impl CpuUse {
-    /// µs per message between two readings.
+    /// µs (reads) per message between two readings.
     pub fn per_message_us(before: CpuUse, after: CpuUse, messages: u64) -> CpuUse {
-        let per = |b: f64, a: f64| (a - b) * 1e6 / messages.max(1) as f64;
+        let messages = messages.max(1) as f64;
+        let per = |b: f64, a: f64| (a - b) * 1e6 / messages;
         CpuUse {
             servers: per(before.servers, after.servers),
             postgres: before.postgres.zip(after.postgres).map(|(b, a)| per(b, a)),
             nats: before.nats.zip(after.nats).map(|(b, a)| per(b, a)),
+            reads: before
+                .reads
+                .zip(after.reads)
+                .map(|(b, a)| (a - b) / messages),
         }
     }
 }
@@ -76,6 +85,7 @@ impl Servers {
                 servers: target::cpu_secs(target.pid()),
                 postgres: None,
                 nats: None,
+                reads: None,
             }),
             Servers::Cluster(cluster) => Some(CpuUse {
                 servers: cluster
@@ -85,6 +95,7 @@ impl Servers {
                     .sum(),
                 postgres: Some(cluster.postgres_cpu_secs()),
                 nats: Some(cluster.nats_cpu_secs()),
+                reads: cluster.reads().ok(),
             }),
             Servers::Given(_) => None,
         }
@@ -128,6 +139,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running cluster: PostgreSQL, one nats-server, the nodes.
 pub struct Cluster {
     pub nodes: Vec<Target>,
+    /// How each node was started, for [`Cluster::restart_nodes`].
+    launches: Vec<Launch>,
     nats: Option<Child>,
     /// The postmaster, whose children are the backends serving the nodes.
     postmaster: u32,
@@ -154,6 +167,7 @@ impl Cluster {
         // From here on, an error drops the cluster built so far, and the watchdog cleans up.
         let mut cluster = Cluster {
             nodes: Vec::new(),
+            launches: Vec::new(),
             nats: None,
             postmaster: 0,
             watchdog: Some(watchdog),
@@ -224,8 +238,33 @@ impl Cluster {
             let target = Target::start(&launch, None)?;
             target::wait_healthy(target.addr)?;
             cluster.nodes.push(target);
+            cluster.launches.push(launch);
         }
         Ok(cluster)
+    }
+
+    /// Stops every node (SIGTERM, so the duties lock is handed on at once), then starts
+    /// them again on the same PostgreSQL and nats-server, each on its own data dir.
+    pub fn restart_nodes(&mut self) -> Result<(), String> {
+        for node in self.nodes.drain(..) {
+            node.stop();
+        }
+        for launch in &self.launches {
+            let target = Target::start(launch, None)?;
+            target::wait_healthy(target.addr)?;
+            self.nodes.push(target);
+        }
+        Ok(())
+    }
+
+    /// The nodes' `chat_cluster_reads_total`, summed: the fan-out's reads of a room from
+    /// PostgreSQL (notices from other nodes, gaps, catch-ups).
+    pub fn reads(&self) -> Result<f64, String> {
+        let mut sum = 0.0;
+        for node in &self.nodes {
+            sum += target::metric(node.addr, "chat_cluster_reads_total")?;
+        }
+        Ok(sum)
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {

@@ -8,8 +8,8 @@
 //! `relay`), and, only when named, `soak` (memory under a long steady load), `history`
 //! (paging through cold rooms of a large store) and `webhook-drain` (events per second
 //! from a full webhook outbox). `--webhook STATUS` points every server at a receiver in
-//! the bench answering STATUS. `--nodes N` runs the throughput and latency scenarios
-//! against cluster mode instead: N nodes on a PostgreSQL and a nats-server the bench
+//! the bench answering STATUS. `--nodes N` runs the throughput, latency and webhook-drain
+//! scenarios against cluster mode instead: N nodes on a PostgreSQL and a nats-server the bench
 //! starts (see `cluster`). Everything targets loopback and is bounded in time and count.
 
 mod backups;
@@ -92,7 +92,7 @@ struct Opts {
     addr: Option<SocketAddr>,
     /// Run against cluster mode: this many nodes of `--server`, on a throwaway PostgreSQL
     /// and nats-server started for each run, each pair's two users on different nodes
-    /// (throughput, latency and ceiling only).
+    /// (throughput, latency, ceiling and webhook-drain only).
     #[arg(long, conflicts_with = "addr")]
     nodes: Option<usize>,
     /// JWT secret given to the server and used to mint tokens.
@@ -353,7 +353,7 @@ fn check_cluster_options(opts: &Opts) -> Result<(), String> {
         .scenarios
         .split(',')
         .map(str::trim)
-        .find(|s| !matches!(*s, "throughput" | "latency" | "ceiling"))
+        .find(|s| !matches!(*s, "throughput" | "latency" | "ceiling" | "webhook-drain"))
     {
         return Err(format!(
             "--nodes: the {other:?} scenario runs against the embedded server only"
@@ -368,29 +368,54 @@ fn check_cluster_options(opts: &Opts) -> Result<(), String> {
 /// Events per second posted from a full outbox to a fast receiver (see `webhook`).
 fn webhook_drain(opts: &Opts, runs: usize) -> Result<Value, String> {
     let auth = Auth::new(opts.secret.as_bytes());
-    let mut rates = Vec::new();
+    let (mut rates, mut cpu, mut postgres) = (Vec::new(), Vec::new(), Vec::new());
     let mut details = Vec::new();
     for _ in 0..runs {
-        let dir = target::temp_dir("webhook-drain");
-        let launch = server_launch(opts, &dir);
-        let run = webhook::drain(&launch, dir, &auth, opts.drain_users, opts.drain_events)?;
+        let run = match opts.nodes {
+            Some(nodes) => webhook::drain_cluster(
+                nodes,
+                |dir| server_launch(opts, dir),
+                &auth,
+                opts.drain_users,
+                opts.drain_events,
+            )?,
+            None => {
+                let dir = target::temp_dir("webhook-drain");
+                let launch = server_launch(opts, &dir);
+                webhook::drain(&launch, dir, &auth, opts.drain_users, opts.drain_events)?
+            }
+        };
         rates.push(run.events_per_sec);
+        cpu.push(run.server_cpu_us_per_event);
+        postgres.extend(run.postgres_cpu_us_per_event);
         details.push(json!({
             "events": run.events,
             "secs": run.secs,
             "events_per_sec": run.events_per_sec,
+            "server_cpu_us_per_event": run.server_cpu_us_per_event,
+            "postgres_cpu_us_per_event": run.postgres_cpu_us_per_event,
         }));
     }
     let spread = Spread::of(&rates);
+    let postgres_text = if postgres.is_empty() {
+        String::new()
+    } else {
+        format!(", PostgreSQL {} µs", Spread::of(&postgres).text(1))
+    };
     println!(
         "webhook-drain: {} events/s posted to a 204 receiver from a full outbox, median \
-         (lowest–highest) of {runs}; {} events, {} recipients, server start included",
+         (lowest–highest) of {runs}; {} events, {} recipients, server start included; CPU \
+         per event: chat-server {} µs{postgres_text}",
         spread.text(0),
         opts.drain_events,
         opts.drain_users,
+        Spread::of(&cpu).text(1),
     );
     Ok(json!({
         "events_per_sec": spread.json(&rates),
+        "server_cpu_us_per_event": Spread::summary(&cpu),
+        "postgres_cpu_us_per_event": Spread::summary(&postgres),
+        "nodes": opts.nodes,
         "events": opts.drain_events,
         "recipients": opts.drain_users,
         "details": details,
@@ -494,6 +519,7 @@ fn throughput_on(
             "server_cpu_us_per_msg": result.cpu_us_per_msg.map(|c| c.servers),
             "postgres_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.postgres),
             "nats_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.nats),
+            "cluster_reads_per_msg": result.cpu_us_per_msg.and_then(|c| c.reads),
             "peak_rss_bytes_per_server": rss,
             "cluster_repairs": repairs?,
         }));
@@ -540,6 +566,8 @@ struct CpuRuns {
     servers: Vec<f64>,
     postgres: Vec<f64>,
     nats: Vec<f64>,
+    /// The cluster's store reads per message (not CPU, but paid in it on both sides).
+    reads: Vec<f64>,
 }
 
 impl CpuRuns {
@@ -548,6 +576,7 @@ impl CpuRuns {
         self.servers.push(cpu.servers);
         self.postgres.extend(cpu.postgres);
         self.nats.extend(cpu.nats);
+        self.reads.extend(cpu.reads);
     }
 
     /// The report's words for it, with the node count in cluster mode.
@@ -557,10 +586,12 @@ impl CpuRuns {
             None => format!("server CPU {servers} µs per message"),
             Some(n) => format!(
                 "CPU per message: chat-server {servers} µs summed over {n} node{}, \
-                 PostgreSQL {} µs, nats-server {} µs",
+                 PostgreSQL {} µs, nats-server {} µs; chat_cluster_reads_total {} per \
+                 message",
                 if n == 1 { "" } else { "s" },
                 Spread::of(&self.postgres).text(1),
                 Spread::of(&self.nats).text(1),
+                Spread::of(&self.reads).text(3),
             ),
         }
     }
@@ -570,6 +601,7 @@ impl CpuRuns {
         if nodes.is_some() {
             value["postgres_cpu_us_per_msg"] = Spread::summary(&self.postgres);
             value["nats_cpu_us_per_msg"] = Spread::summary(&self.nats);
+            value["cluster_reads_per_msg"] = Spread::summary(&self.reads);
         }
     }
 }
@@ -756,6 +788,7 @@ impl LatencyRuns {
             "server_cpu_us_per_msg": result.cpu_us_per_msg.map(|c| c.servers),
             "postgres_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.postgres),
             "nats_cpu_us_per_msg": result.cpu_us_per_msg.and_then(|c| c.nats),
+            "cluster_reads_per_msg": result.cpu_us_per_msg.and_then(|c| c.reads),
         }));
     }
 

@@ -1,8 +1,8 @@
 //! Webhook figures. [`Receiver`] is a webhook receiver in the bench process that answers
 //! every POST with one status: `--webhook 500` points every server the bench starts at one
 //! that always fails (the send latency a failing hook costs), `--webhook 204` at a fast
-//! one. The `webhook-drain` scenario measures how many events per second a server posts
-//! from a full outbox to a fast receiver.
+//! one. The `webhook-drain` scenario measures how many events per second a server (with
+//! `--nodes N`, a cluster) posts from a full outbox to a fast receiver.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Dialect};
+use crate::cluster::Cluster;
 use crate::target::{self, Launch, Target};
 
 /// The secret every bench server signs with; the receiver does not check signatures.
@@ -94,6 +95,17 @@ pub struct Drain {
     pub events: usize,
     pub secs: f64,
     pub events_per_sec: f64,
+    /// CPU of the restarted server(s), start included, per event; and PostgreSQL's over
+    /// the same time, in cluster mode.
+    pub server_cpu_us_per_event: f64,
+    pub postgres_cpu_us_per_event: Option<f64>,
+}
+
+/// A closed loopback port: the hook's, until the drain starts a receiver on it.
+fn closed_port() -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())
 }
 
 /// Fills a server's outbox with `messages` events while its hook's port is closed, stops
@@ -106,9 +118,7 @@ pub fn drain(
     users: usize,
     messages: usize,
 ) -> Result<Drain, String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?;
+    let port = closed_port()?;
     let mut launch = launch.clone();
     launch.env.extend(server_env(port));
     let server = Target::start(&launch, None)?;
@@ -136,17 +146,96 @@ pub fn drain(
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = target::cpu_secs(server.pid());
     server.stop();
+    drained(&receiver, messages, secs, cpu, None)
+}
+
+/// [`drain`] against a cluster of `nodes` (launched by `node`): filled through the first
+/// node, then every node restarted with the receiver up, and timed until the node holding
+/// the duties sees its outbox empty.
+pub fn drain_cluster(
+    nodes: usize,
+    node: impl Fn(&std::path::Path) -> Launch,
+    auth: &Auth,
+    users: usize,
+    messages: usize,
+) -> Result<Drain, String> {
+    let port = closed_port()?;
+    let mut cluster = Cluster::start(nodes, |dir| {
+        let mut launch = node(dir);
+        launch.env.extend(server_env(port));
+        launch
+    })?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(fill(cluster.nodes[0].addr, auth, users, messages))?;
+    // What the nodes report together is the outbox however they split it: the committing
+    // node's own count, or the duties holder's count of the whole (after its next poll).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut queued = 0.0;
+        for node in &cluster.nodes {
+            queued += target::metric(node.addr, "chat_webhook_queued")?;
+        }
+        if queued >= messages as f64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {queued} of {messages} events queued"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let receiver = Receiver::start(port, 204)?;
+    let started = Instant::now();
+    let postgres_before = cluster.postgres_cpu_secs();
+    cluster.restart_nodes()?;
+    let deadline = started + Duration::from_secs(600);
+    'drained: loop {
+        for node in &cluster.nodes {
+            if target::metric(node.addr, "chat_duties_running")? == 1.0
+                && target::metric(node.addr, "chat_webhook_queued")? == 0.0
+            {
+                break 'drained;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the outbox did not drain within 600 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cluster
+        .nodes
+        .iter()
+        .map(|n| target::cpu_secs(n.pid()))
+        .sum();
+    let postgres = cluster.postgres_cpu_secs() - postgres_before;
+    drop(cluster);
+    drained(&receiver, messages, secs, cpu, Some(postgres))
+}
+
+/// The drain's figures, once the receiver is known to have had every event.
+fn drained(
+    receiver: &Receiver,
+    messages: usize,
+    secs: f64,
+    server_cpu_secs: f64,
+    postgres_cpu_secs: Option<f64>,
+) -> Result<Drain, String> {
     if receiver.requests() < messages as u64 {
         return Err(format!(
             "the receiver got {} of {messages} events",
             receiver.requests()
         ));
     }
+    let per_event = |secs: f64| secs * 1e6 / messages.max(1) as f64;
     Ok(Drain {
         events: messages,
         secs,
         events_per_sec: messages as f64 / secs,
+        server_cpu_us_per_event: per_event(server_cpu_secs),
+        postgres_cpu_us_per_event: postgres_cpu_secs.map(per_event),
     })
 }
 

@@ -735,6 +735,19 @@ impl ReadStore for PgStore {
         }))
     }
 
+    /// One count over the outbox's primary key (hook, seq), without the dead letters.
+    fn webhook_queued<'a>(&'a self, hooks: &'a [String]) -> Read<'a, u64> {
+        Box::pin(self.read(move |c| async move {
+            let row = c
+                .query_one(
+                    "SELECT count(*) FROM webhook_outbox WHERE hook = ANY($1)",
+                    &[&hooks],
+                )
+                .await?;
+            Ok(row.get::<_, i64>(0) as u64)
+        }))
+    }
+
     fn webhooks_gone(&self) -> Read<'_, Vec<String>> {
         Box::pin(self.read(|c| async move {
             let rows = c

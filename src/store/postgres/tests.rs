@@ -664,3 +664,129 @@ async fn an_import_numbers_its_blocks_and_the_next_change_goes_on_from_there() {
     assert_eq!(txn.put_block("z", "d", 30).unwrap(), Some(2));
     txn.commit().unwrap();
 }
+
+#[test]
+fn a_round_s_webhook_events_read_their_recipients_profiles_with_its_locks() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let rooms: Vec<RoomKey> = (0..10).map(|i| room("a", &format!("u{i}"))).collect();
+    let recipients: Vec<&str> = rooms.iter().map(|r| r.high.as_str()).collect();
+    // Each send's event reads its recipient's profile, as `message.created` does; u1
+    // reconnects with a new name earlier in the round.
+    let round = |rename: bool| -> Vec<String> {
+        let mut txn = store.begin().unwrap();
+        txn.read_profiles(&recipients).unwrap();
+        let locks: Vec<RoomLock<'_>> = rooms
+            .iter()
+            .map(|room| RoomLock { room, create: true })
+            .collect();
+        txn.lock_rooms(&locks, &[]).unwrap();
+        if rename {
+            txn.put_profile(&crate::model::SessionUser {
+                id: "u1".into(),
+                name: "Una".into(),
+            })
+            .unwrap();
+        }
+        let names = rooms
+            .iter()
+            .map(|room| {
+                txn.append(room, "a", "x", None, 1).unwrap();
+                txn.profile(&room.high).unwrap().name
+            })
+            .collect();
+        txn.commit().unwrap();
+        names
+    };
+    pg.psql(
+        "INSERT INTO profiles (user_id, name) \
+         SELECT 'u' || i, 'Name ' || i FROM generate_series(0, 8) AS i",
+    );
+    // The first round prepares the statements.
+    round(false);
+    // Renamed meanwhile by another node: the next round reads the new name.
+    pg.psql("UPDATE profiles SET name = 'Zed' WHERE user_id = 'u2'");
+    let before = store.round_trips();
+    let names = round(false);
+    // BEGIN, the profiles and the room locks; then the inserts, the room rows and COMMIT.
+    assert_eq!(store.round_trips() - before, 2);
+    let mut expected: Vec<String> = (0..9).map(|i| format!("Name {i}")).collect();
+    expected[2] = "Zed".into();
+    // A user with no profile is named by their id.
+    expected.push("u9".into());
+    assert_eq!(names, expected);
+    // A name the round itself stores is the one its later events carry.
+    let before = store.round_trips();
+    let names = round(true);
+    // One more to store it (and one to prepare that statement, its first use).
+    assert_eq!(store.round_trips() - before, 2 + 2);
+    expected[1] = "Una".into();
+    assert_eq!(names, expected);
+}
+
+fn hook_event(recipient: &str, id: &str) -> OutboxEvent {
+    OutboxEvent {
+        seq: 0,
+        recipient: recipient.into(),
+        id: id.into(),
+        created_ms: 1,
+        body: "{}".into(),
+    }
+}
+
+#[test]
+fn a_round_s_webhook_events_hold_no_other_node_up_before_its_commit() {
+    let pg = TestPostgres::start();
+    let (one, two) = (
+        PgStore::open(&pg.url(), 2).unwrap(),
+        PgStore::open(&pg.url(), 2).unwrap(),
+    );
+    let ab = room("a", "b");
+    // Node one: a send and its event, then more statements of the round (a reload of
+    // the room's latest messages), not yet committed.
+    let mut held = one.begin().unwrap();
+    held.lock_rooms(
+        &[RoomLock {
+            room: &ab,
+            create: true,
+        }],
+        &[],
+    )
+    .unwrap();
+    held.append(&ab, "a", "x", None, 1).unwrap();
+    held.enqueue_webhook("http://hook.example", &hook_event("b", "one"))
+        .unwrap();
+    assert_eq!(held.latest(&ab, 50).unwrap().len(), 1);
+    // Node two, in another room, commits an event of its own meanwhile: it must not
+    // wait for node one's round (the events' seq row is taken with the commit).
+    let racing = std::thread::spawn(move || {
+        let cd = room("c", "d");
+        let mut txn = two.begin().unwrap();
+        txn.lock_rooms(
+            &[RoomLock {
+                room: &cd,
+                create: true,
+            }],
+            &[],
+        )
+        .unwrap();
+        txn.append(&cd, "c", "x", None, 1).unwrap();
+        txn.enqueue_webhook("http://hook.example", &hook_event("d", "two"))
+            .unwrap();
+        txn.commit().unwrap();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !racing.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let finished = racing.is_finished();
+    held.commit().unwrap();
+    racing.join().unwrap();
+    assert!(finished, "node two waited for node one's round");
+    // Seqs in commit order.
+    assert_eq!(
+        pg.psql("SELECT string_agg(id || '=' || seq, ',' ORDER BY seq) FROM webhook_outbox")
+            .trim(),
+        "two=1,one=2"
+    );
+}

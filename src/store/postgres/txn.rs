@@ -16,11 +16,15 @@
 //!
 //! **Round trips.** A round's statements are pipelined (`Db`): `BEGIN` rides with the
 //! room locks, the block checks of its sends and the lookup of all their
-//! `clientMessageId`s (one statement, after the locks); new messages and webhook events
-//! are held back and stored in one multi-row statement each, with the room rows and
-//! `COMMIT`. A round of sends costs two round trips however many it holds, with or
-//! without `clientMessageId`s; a retry (a key found) adds one, to read the stored
-//! message as it is now.
+//! `clientMessageId`s (one statement, after the locks) and the profiles its webhook
+//! events will carry ([`WriteTxn::read_profiles`], one statement); new messages and
+//! webhook events are held back and stored in one multi-row statement each, with the
+//! room rows and `COMMIT`. A round of sends costs two round trips however many it holds,
+//! with or without `clientMessageId`s or webhook events; a retry (a key found) adds one,
+//! to read the stored message as it is now. The profiles are read in the round, not
+//! cached across rounds: a user renamed on another node (a reconnect with a new name)
+//! is read as renamed by the next round on every node, and one renamed earlier in the
+//! round by the round's own write.
 //!
 //! **Block changes.** A blocker's blocks and unblocks are numbered gap-free like a room's
 //! ids: the round takes the blocker's `block_counters` row lock and `last + 1` in the
@@ -193,13 +197,21 @@ const INSERT_OUTBOX: &str = "WITH s AS (INSERT INTO webhook_seq (last) VALUES ($
      FROM s, unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
        WITH ORDINALITY AS v(hook, recipient, id, created_ms, body, n)";
 
+/// Reads the profiles the round's webhook events will need ([`WriteTxn::read_profiles`]).
+const READ_PROFILES: &str = "SELECT user_id, name FROM profiles WHERE user_id = ANY($1)";
+
 /// The round's connection; a failure marks the round failed.
 ///
 /// Round trips, not PostgreSQL's work, are what a round waited on: so `BEGIN` is not
-/// sent alone but in front of the round's first statement, and the round's new messages
-/// (`pending`) and webhook events (`outbox`) are held back and stored in one multi-row
-/// statement each, sent in front of the next statement, or of the commit. Every
-/// statement sees the rows written before it, as if each had been inserted at once.
+/// sent alone but in front of the round's first statement, the profiles named to the
+/// round are read in front of it too, and the round's new messages (`pending`) are held
+/// back and stored in one multi-row statement, sent in front of the next statement, or
+/// of the commit: every statement sees the rows written before it, as if each had been
+/// inserted at once. Its webhook events (`outbox`) are held back to the commit itself
+/// (no statement of a round reads its own events): their statement takes the one seq
+/// row's lock, which every node's events wait for, so it is held for the commit's round
+/// trip alone, not across the round's later statements (a round that reloads its rooms'
+/// latest messages, say, which another node wrote, makes one read per room).
 /// Holding them back is safe because nothing is acknowledged before the commit: a failed
 /// insert fails the round and every command of it, and an event commits with what it
 /// describes or not at all. `pending` holds at most one round's sends
@@ -213,12 +225,26 @@ struct Db {
     pending: RefCell<Vec<NewMessage>>,
     /// Held-back webhook events, with their hooks.
     outbox: RefCell<Vec<(String, OutboxEvent)>>,
+    /// Users whose profiles are to be read with the next statement.
+    wanted: RefCell<Vec<String>>,
+    /// The profiles read so, then as this round changed them (`None`: no profile). At
+    /// most one per user named to the round: two per command of it.
+    profiles: RefCell<HashMap<String, Option<String>>>,
 }
 
 impl Db {
     /// Runs `steps` in one round trip, behind `BEGIN` and the held-back messages if those
     /// are still to be sent; the rows of `steps`, in their order.
     fn run(&self, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>> {
+        self.send(steps, false)
+    }
+
+    /// [`Db::run`] for the round's last steps (its `COMMIT`), behind its webhook events.
+    fn run_last(&self, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>> {
+        self.send(steps, true)
+    }
+
+    fn send(&self, steps: &[Step<'_>], last: bool) -> Result<Vec<Vec<Row>>> {
         if self.failed.get() {
             return Err(backend(
                 "PostgreSQL: an earlier statement of this round failed; nothing of it is kept"
@@ -232,12 +258,22 @@ impl Db {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         let columns = InsertColumns::of(&pending);
         let params = columns.params();
-        let outbox = std::mem::take(&mut *self.outbox.borrow_mut());
+        let outbox = if last {
+            std::mem::take(&mut *self.outbox.borrow_mut())
+        } else {
+            Vec::new()
+        };
         let events = OutboxColumns::of(&outbox);
         let event_params = events.params();
-        let mut all = Vec::with_capacity(steps.len() + 3);
+        let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
+        let wanted_params: [&(dyn ToSql + Sync); 1] = [&wanted];
+        let mut all = Vec::with_capacity(steps.len() + 4);
         if !self.begun.get() {
             all.push(Step::Simple("BEGIN"));
+        }
+        let profiles_at = all.len();
+        if !wanted.is_empty() {
+            all.push(Step::Query(READ_PROFILES, &wanted_params));
         }
         if !pending.is_empty() {
             all.push(Step::Query(INSERT_MESSAGES, &params));
@@ -253,6 +289,15 @@ impl Db {
         match conn.pipeline(&all) {
             Ok(mut rows) => {
                 self.begun.set(true);
+                if !wanted.is_empty() {
+                    let mut profiles = self.profiles.borrow_mut();
+                    for user in wanted {
+                        profiles.insert(user, None);
+                    }
+                    for row in &rows[profiles_at] {
+                        profiles.insert(row.get(0), Some(row.get(1)));
+                    }
+                }
                 Ok(rows.split_off(before))
             }
             Err(e) => {
@@ -508,6 +553,8 @@ impl Round {
                 begun: Cell::new(false),
                 pending: RefCell::new(Vec::new()),
                 outbox: RefCell::new(Vec::new()),
+                wanted: RefCell::new(Vec::new()),
+                profiles: RefCell::new(HashMap::new()),
             },
             home,
             rooms: HashMap::new(),
@@ -642,12 +689,12 @@ impl Round {
             || !steps.is_empty()
         {
             steps.push(Step::Simple("COMMIT"));
-            self.db.run(&steps)?;
+            self.db.run_last(&steps)?;
         }
         Ok(())
     }
 
-    /// Holds a webhook event back until the round's next statement ([`Db`]).
+    /// Holds a webhook event back until the round's commit ([`Db`]).
     fn enqueue(&self, hook: &str, event: &OutboxEvent) {
         self.db
             .outbox
@@ -978,6 +1025,10 @@ impl WriteTxn for Round {
              DO UPDATE SET name = EXCLUDED.name WHERE profiles.name <> EXCLUDED.name",
             &[&user.id, &user.name],
         )?;
+        self.db
+            .profiles
+            .borrow_mut()
+            .insert(user.id.clone(), Some(user.name.clone()));
         Ok(())
     }
 
@@ -1031,13 +1082,29 @@ impl WriteTxn for Round {
         })
     }
 
+    fn read_profiles(&mut self, users: &[&str]) -> Result<()> {
+        let known = self.db.profiles.borrow();
+        let mut wanted = self.db.wanted.borrow_mut();
+        for user in users {
+            if !known.contains_key(*user) && !wanted.iter().any(|w| w == user) {
+                wanted.push((*user).to_owned());
+            }
+        }
+        Ok(())
+    }
+
     fn profile(&self, user: &str) -> Result<SessionUser> {
-        let row = self
-            .db
-            .one("SELECT name FROM profiles WHERE user_id = $1", &[&user])?;
+        let known = self.db.profiles.borrow().get(user).cloned();
+        let name = match known {
+            Some(name) => name,
+            None => self
+                .db
+                .one("SELECT name FROM profiles WHERE user_id = $1", &[&user])?
+                .map(|r| r.get(0)),
+        };
         Ok(SessionUser {
             id: user.to_owned(),
-            name: row.map_or_else(|| user.to_owned(), |r| r.get(0)),
+            name: name.unwrap_or_else(|| user.to_owned()),
         })
     }
 
@@ -1046,15 +1113,13 @@ impl WriteTxn for Round {
         Ok(())
     }
 
-    fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool> {
-        let seq = super::id_param(seq);
-        Ok(self
-            .db
-            .one(
-                "DELETE FROM webhook_outbox WHERE hook = $1 AND seq = $2 RETURNING 1",
-                &[&hook, &seq],
-            )?
-            .is_some())
+    fn remove_webhooks(&mut self, hook: &str, seqs: &[u64]) -> Result<Vec<u64>> {
+        let seqs: Vec<i64> = seqs.iter().map(|&seq| super::id_param(seq)).collect();
+        let rows = self.db.q(
+            "DELETE FROM webhook_outbox WHERE hook = $1 AND seq = ANY($2) RETURNING seq",
+            &[&hook, &seqs],
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     fn dead_letter_webhook(
@@ -1219,6 +1284,7 @@ impl WriteTxn for Round {
         }
         self.db
             .q("DELETE FROM profiles WHERE user_id = $1", &[&user])?;
+        self.db.profiles.borrow_mut().insert(user.to_owned(), None);
         // Never backwards: a clock stepped back must not re-admit tokens refused before.
         self.db.q(
             "INSERT INTO erased (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) \

@@ -277,8 +277,14 @@ impl WriteTxn for Batch {
         outbox::enqueue(&self.txn, hook, event)
     }
 
-    fn remove_webhook(&mut self, hook: &str, seq: u64) -> Result<bool> {
-        outbox::remove(&self.txn, hook, seq)
+    fn remove_webhooks(&mut self, hook: &str, seqs: &[u64]) -> Result<Vec<u64>> {
+        let mut removed = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if outbox::remove(&self.txn, hook, seq)? {
+                removed.push(seq);
+            }
+        }
+        Ok(removed)
     }
 
     fn dead_letter_webhook(
