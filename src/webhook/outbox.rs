@@ -10,7 +10,7 @@ use crate::config::{WebhookConfig, WebhookEvent};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::ChatError;
-use crate::store::{self, OutboxEvent, WriteTxn};
+use crate::store::{self, HookUser, OutboxEvent, WriteTxn};
 use crate::writer::{Command, Context};
 
 use super::Hooks;
@@ -50,31 +50,48 @@ pub fn message_created(
     )
 }
 
-/// The profile a [`message_created`] event of a send by `sender` in `room` reads (the
-/// recipient's), if a hook subscribes to it, for [`crate::writer::Command::profiles`].
-pub fn message_created_profiles<'a>(
+/// The user a [`message_created`] event of a send by `sender` in `room` reads (the
+/// recipient: their profile, and whether they are connected), if a hook subscribes to
+/// it, for [`crate::writer::Command::hook_users`].
+pub fn message_created_users<'a>(
     hooks: &Hooks,
     room: &'a RoomKey,
     sender: &str,
-    out: &mut Vec<&'a str>,
+    out: &mut Vec<HookUser<'a>>,
 ) {
-    if !room.is_self_room()
-        && hooks
-            .subscribed(WebhookEvent::MessageCreated)
-            .next()
-            .is_some()
-    {
-        out.push(room.partner_of(sender));
+    if !room.is_self_room() && is_subscribed(hooks, WebhookEvent::MessageCreated) {
+        out.push(HookUser {
+            user: room.partner_of(sender),
+            presence: true,
+        });
     }
 }
 
-/// The profiles a [`message_seen`] event in `room` reads (its reader's and its author's:
-/// the room's two members, as no one sees their own message), if a hook subscribes to
-/// it, for [`crate::writer::Command::profiles`].
-pub fn message_seen_profiles<'a>(hooks: &Hooks, room: &'a RoomKey, out: &mut Vec<&'a str>) {
-    if !room.is_self_room() && hooks.subscribed(WebhookEvent::MessageSeen).next().is_some() {
-        out.extend([room.low.as_str(), room.high.as_str()]);
+/// The users a [`message_seen`] event of `reader`'s in `room` reads (the reader's profile;
+/// the author's, their partner's as no one sees their own message, and whether the author
+/// is connected), if a hook subscribes to it, for [`crate::writer::Command::hook_users`].
+pub fn message_seen_users<'a>(
+    hooks: &Hooks,
+    room: &'a RoomKey,
+    reader: &'a str,
+    out: &mut Vec<HookUser<'a>>,
+) {
+    if !room.is_self_room() && is_subscribed(hooks, WebhookEvent::MessageSeen) {
+        out.extend([
+            HookUser {
+                user: reader,
+                presence: false,
+            },
+            HookUser {
+                user: room.partner_of(reader),
+                presence: true,
+            },
+        ]);
     }
+}
+
+fn is_subscribed(hooks: &Hooks, kind: WebhookEvent) -> bool {
+    hooks.subscribed(kind).next().is_some()
 }
 
 /// Writes a `message.seen` event for the author of `message`, which `reader` has just seen
@@ -185,7 +202,8 @@ fn write_event(
     }
     // Connected here, or (cluster mode) on another node: asked of the store only when the
     // answer matters (a `user.erased` goes out either way) and this node has no
-    // connection of theirs.
+    // connection of theirs; read with the round's first statement when the command named
+    // the recipient ([`crate::writer::Command::hook_users`]).
     let online = offline_only == OfflineOnly::Applies
         && (cx.is_online(recipient) || txn.online_elsewhere(recipient)?);
     let hooks: Vec<(usize, String)> = subscribed
