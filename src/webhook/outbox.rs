@@ -311,3 +311,56 @@ impl Command for GiveUp {
             .map_err(ChatError::internal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Which users a round reads for its commands' events: a wrong name or a missing
+    //! presence mark costs a round trip per event in cluster mode, unseen by any answer.
+
+    use super::*;
+
+    fn hooks(events: &[WebhookEvent]) -> Hooks {
+        Hooks::new(&[WebhookConfig {
+            events: events.to_vec(),
+            ..WebhookConfig::default()
+        }])
+    }
+
+    fn users<'a>(name: impl FnOnce(&mut Vec<HookUser<'a>>)) -> Vec<(&'a str, bool)> {
+        let mut out = Vec::new();
+        name(&mut out);
+        out.into_iter().map(|u| (u.user, u.presence)).collect()
+    }
+
+    #[test]
+    fn a_send_names_its_recipient_and_a_read_both_members_with_the_author_s_presence() {
+        let both = hooks(&[WebhookEvent::MessageCreated, WebhookEvent::MessageSeen]);
+        let (ab, self_room) = (RoomKey::new("bob", "ann"), RoomKey::new("ann", "ann"));
+        assert_eq!(
+            users(|out| message_created_users(&both, &ab, "bob", out)),
+            [("ann", true)]
+        );
+        // bob reads ann's message: bob's profile, ann's profile and presence.
+        assert_eq!(
+            users(|out| message_seen_users(&both, &ab, "bob", out)),
+            [("bob", false), ("ann", true)]
+        );
+        // A self room has no recipient, so no event.
+        assert!(users(|out| message_created_users(&both, &self_room, "ann", out)).is_empty());
+        assert!(users(|out| message_seen_users(&both, &self_room, "ann", out)).is_empty());
+        // Every event says whether its recipient is online (`recipientOnline`), so a hook
+        // without `offline_only` needs the presence as well.
+        let all_posted = Hooks::new(&[WebhookConfig {
+            offline_only: false,
+            ..WebhookConfig::default()
+        }]);
+        assert_eq!(
+            users(|out| message_created_users(&all_posted, &ab, "bob", out)),
+            [("ann", true)]
+        );
+        // Nothing for an event no hook subscribes to.
+        let erased = hooks(&[WebhookEvent::UserErased]);
+        assert!(users(|out| message_created_users(&erased, &ab, "bob", out)).is_empty());
+        assert!(users(|out| message_seen_users(&erased, &ab, "bob", out)).is_empty());
+    }
+}
