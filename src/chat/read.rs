@@ -16,7 +16,7 @@ use crate::protocol::server_event::{SeenReceipt, ServerEvent};
 use crate::protocol::time::{format_millis, now_millis, parse_rfc3339_millis};
 use crate::protocol::ChatError;
 use crate::ratelimit::Bucket;
-use crate::store::{RoomLock, SeenOutcome, WriteTxn};
+use crate::store::{HookUser, RoomLock, SeenOutcome, WriteTxn};
 use crate::webhook::{self, Hooks};
 use crate::writer::{outcome, Command, Context};
 
@@ -200,9 +200,9 @@ impl Command for MarkSeen {
         }));
     }
 
-    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>) {
+    fn hook_users<'a>(&'a self, hooks: &Hooks, out: &mut Vec<HookUser<'a>>) {
         for item in &self.items {
-            webhook::message_seen_profiles(hooks, &item.room, out);
+            webhook::message_seen_users(hooks, &item.room, &self.reader, out);
         }
     }
 

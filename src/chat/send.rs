@@ -14,7 +14,7 @@ use crate::protocol::server_event::{Announced, ServerEvent};
 use crate::protocol::time::now_millis;
 use crate::protocol::{ChatError, ErrorCode};
 use crate::ratelimit::Bucket;
-use crate::store::{Appended, ClientKey, RoomLock, WriteTxn};
+use crate::store::{Appended, ClientKey, HookUser, RoomLock, WriteTxn};
 use crate::webhook::{self, Hooks};
 use crate::writer::{outcome, Command, Context};
 
@@ -138,8 +138,8 @@ impl Command for AppendMessage {
         }
     }
 
-    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>) {
-        webhook::message_created_profiles(hooks, &self.room, &self.sender.id, out);
+    fn hook_users<'a>(&'a self, hooks: &Hooks, out: &mut Vec<HookUser<'a>>) {
+        webhook::message_created_users(hooks, &self.room, &self.sender.id, out);
     }
 
     fn apply(

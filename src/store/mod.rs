@@ -342,11 +342,13 @@ pub trait WriteTxn {
         Ok(())
     }
 
-    /// Names, before the round's first command, the users whose profiles its commands'
-    /// webhook events will read ([`WriteTxn::profile`]): a backend whose reads cost a
-    /// round trip each (PostgreSQL) reads them all with its next statement, so that
-    /// `profile` need not. A backend with local reads (redb) has nothing to do.
-    fn read_profiles(&mut self, _users: &[&str]) -> Result<()> {
+    /// Names, before the round's first command, the users its commands' webhook events
+    /// will read: their profiles ([`WriteTxn::profile`]) and, for those marked, whether
+    /// they are connected to another node ([`WriteTxn::online_elsewhere`]). A backend
+    /// whose reads cost a round trip each (PostgreSQL) reads them all with its next
+    /// statement, so that those need not. A backend with local reads (redb) has nothing
+    /// to do.
+    fn read_hook_users(&mut self, _users: &[HookUser<'_>]) -> Result<()> {
         Ok(())
     }
 
@@ -506,6 +508,16 @@ pub struct ClientKey<'a> {
     pub room: &'a RoomKey,
     pub sender: &'a str,
     pub client_message_id: &'a str,
+}
+
+/// A user a round's webhook events will read ([`WriteTxn::read_hook_users`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookUser<'a> {
+    pub user: &'a str,
+    /// Their event says whether they are connected (`recipientOnline`; an `offline_only`
+    /// hook's is held back if so) and they have no connection on this node: whether they
+    /// have one on another node is read too.
+    pub presence: bool,
 }
 
 /// What erasing a user did.

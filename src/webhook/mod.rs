@@ -47,7 +47,7 @@ use crate::store::ReadStore;
 
 pub use deliver::{count, start, Delivery};
 pub use outbox::{
-    message_created, message_created_profiles, message_seen, message_seen_profiles, user_erased,
+    message_created, message_created_users, message_seen, message_seen_users, user_erased,
     user_erased_offline, RetryDeadLetters, EVENT_ID_PREFIX,
 };
 pub use sign::{signature, SIGNATURE_VERSION};

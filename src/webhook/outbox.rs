@@ -10,7 +10,7 @@ use crate::config::{WebhookConfig, WebhookEvent};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::protocol::time::{format_millis, now_millis};
 use crate::protocol::ChatError;
-use crate::store::{self, OutboxEvent, WriteTxn};
+use crate::store::{self, HookUser, OutboxEvent, WriteTxn};
 use crate::writer::{Command, Context};
 
 use super::Hooks;
@@ -50,31 +50,48 @@ pub fn message_created(
     )
 }
 
-/// The profile a [`message_created`] event of a send by `sender` in `room` reads (the
-/// recipient's), if a hook subscribes to it, for [`crate::writer::Command::profiles`].
-pub fn message_created_profiles<'a>(
+/// The user a [`message_created`] event of a send by `sender` in `room` reads (the
+/// recipient: their profile, and whether they are connected), if a hook subscribes to
+/// it, for [`crate::writer::Command::hook_users`].
+pub fn message_created_users<'a>(
     hooks: &Hooks,
     room: &'a RoomKey,
     sender: &str,
-    out: &mut Vec<&'a str>,
+    out: &mut Vec<HookUser<'a>>,
 ) {
-    if !room.is_self_room()
-        && hooks
-            .subscribed(WebhookEvent::MessageCreated)
-            .next()
-            .is_some()
-    {
-        out.push(room.partner_of(sender));
+    if !room.is_self_room() && is_subscribed(hooks, WebhookEvent::MessageCreated) {
+        out.push(HookUser {
+            user: room.partner_of(sender),
+            presence: true,
+        });
     }
 }
 
-/// The profiles a [`message_seen`] event in `room` reads (its reader's and its author's:
-/// the room's two members, as no one sees their own message), if a hook subscribes to
-/// it, for [`crate::writer::Command::profiles`].
-pub fn message_seen_profiles<'a>(hooks: &Hooks, room: &'a RoomKey, out: &mut Vec<&'a str>) {
-    if !room.is_self_room() && hooks.subscribed(WebhookEvent::MessageSeen).next().is_some() {
-        out.extend([room.low.as_str(), room.high.as_str()]);
+/// The users a [`message_seen`] event of `reader`'s in `room` reads (the reader's profile;
+/// the author's, their partner's as no one sees their own message, and whether the author
+/// is connected), if a hook subscribes to it, for [`crate::writer::Command::hook_users`].
+pub fn message_seen_users<'a>(
+    hooks: &Hooks,
+    room: &'a RoomKey,
+    reader: &'a str,
+    out: &mut Vec<HookUser<'a>>,
+) {
+    if !room.is_self_room() && is_subscribed(hooks, WebhookEvent::MessageSeen) {
+        out.extend([
+            HookUser {
+                user: reader,
+                presence: false,
+            },
+            HookUser {
+                user: room.partner_of(reader),
+                presence: true,
+            },
+        ]);
     }
+}
+
+fn is_subscribed(hooks: &Hooks, kind: WebhookEvent) -> bool {
+    hooks.subscribed(kind).next().is_some()
 }
 
 /// Writes a `message.seen` event for the author of `message`, which `reader` has just seen
@@ -185,7 +202,8 @@ fn write_event(
     }
     // Connected here, or (cluster mode) on another node: asked of the store only when the
     // answer matters (a `user.erased` goes out either way) and this node has no
-    // connection of theirs.
+    // connection of theirs; read with the round's first statement when the command named
+    // the recipient ([`crate::writer::Command::hook_users`]).
     let online = offline_only == OfflineOnly::Applies
         && (cx.is_online(recipient) || txn.online_elsewhere(recipient)?);
     let hooks: Vec<(usize, String)> = subscribed
@@ -291,5 +309,58 @@ impl Command for GiveUp {
         }
         txn.dead_letter_webhook(&self.hook, self.seq, &self.reason, now_millis())
             .map_err(ChatError::internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Which users a round reads for its commands' events: a wrong name or a missing
+    //! presence mark costs a round trip per event in cluster mode, unseen by any answer.
+
+    use super::*;
+
+    fn hooks(events: &[WebhookEvent]) -> Hooks {
+        Hooks::new(&[WebhookConfig {
+            events: events.to_vec(),
+            ..WebhookConfig::default()
+        }])
+    }
+
+    fn users<'a>(name: impl FnOnce(&mut Vec<HookUser<'a>>)) -> Vec<(&'a str, bool)> {
+        let mut out = Vec::new();
+        name(&mut out);
+        out.into_iter().map(|u| (u.user, u.presence)).collect()
+    }
+
+    #[test]
+    fn a_send_names_its_recipient_and_a_read_both_members_with_the_author_s_presence() {
+        let both = hooks(&[WebhookEvent::MessageCreated, WebhookEvent::MessageSeen]);
+        let (ab, self_room) = (RoomKey::new("bob", "ann"), RoomKey::new("ann", "ann"));
+        assert_eq!(
+            users(|out| message_created_users(&both, &ab, "bob", out)),
+            [("ann", true)]
+        );
+        // bob reads ann's message: bob's profile, ann's profile and presence.
+        assert_eq!(
+            users(|out| message_seen_users(&both, &ab, "bob", out)),
+            [("bob", false), ("ann", true)]
+        );
+        // A self room has no recipient, so no event.
+        assert!(users(|out| message_created_users(&both, &self_room, "ann", out)).is_empty());
+        assert!(users(|out| message_seen_users(&both, &self_room, "ann", out)).is_empty());
+        // Every event says whether its recipient is online (`recipientOnline`), so a hook
+        // without `offline_only` needs the presence as well.
+        let all_posted = Hooks::new(&[WebhookConfig {
+            offline_only: false,
+            ..WebhookConfig::default()
+        }]);
+        assert_eq!(
+            users(|out| message_created_users(&all_posted, &ab, "bob", out)),
+            [("ann", true)]
+        );
+        // Nothing for an event no hook subscribes to.
+        let erased = hooks(&[WebhookEvent::UserErased]);
+        assert!(users(|out| message_created_users(&erased, &ab, "bob", out)).is_empty());
+        assert!(users(|out| message_seen_users(&erased, &ab, "bob", out)).is_empty());
     }
 }

@@ -45,7 +45,7 @@ use crate::model::RoomKey;
 use crate::protocol::server_event::ServerEvent;
 use crate::protocol::ChatError;
 use crate::snapshot::{CacheStats, RecentCache};
-use crate::store::{ClientKey, RoomLock, StoreError, WriteStore, WriteTxn};
+use crate::store::{ClientKey, HookUser, RoomLock, StoreError, WriteStore, WriteTxn};
 use crate::webhook::Hooks;
 
 use hints::Hint;
@@ -76,9 +76,10 @@ pub trait Command: Send + 'static {
     /// [`Command::rooms`], for [`WriteTxn::lock_rooms`].
     fn client_keys<'a>(&'a self, _out: &mut Vec<ClientKey<'a>>) {}
 
-    /// The users whose profiles this command's webhook events (for `hooks`) will read,
-    /// for [`WriteTxn::read_profiles`].
-    fn profiles<'a>(&'a self, _hooks: &Hooks, _out: &mut Vec<&'a str>) {}
+    /// The users this command's webhook events (for `hooks`) will read, for
+    /// [`WriteTxn::read_hook_users`]. The writer drops the presence of those connected
+    /// here ([`Context::is_online`] answers for them).
+    fn hook_users<'a>(&'a self, _hooks: &Hooks, _out: &mut Vec<HookUser<'a>>) {}
 }
 
 /// Work that commands of one round leave to be applied once, after the round's last
@@ -244,8 +245,8 @@ trait Queued: Send {
     /// The command's [`Command::client_keys`].
     fn client_keys<'a>(&'a self, out: &mut Vec<ClientKey<'a>>);
 
-    /// The command's [`Command::profiles`].
-    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>);
+    /// The command's [`Command::hook_users`].
+    fn hook_users<'a>(&'a self, hooks: &Hooks, out: &mut Vec<HookUser<'a>>);
 
     /// Applies the command, keeping its answer for [`Queued::answer`].
     fn apply(&mut self, txn: &mut dyn WriteTxn, cx: &mut Context<'_>);
@@ -298,9 +299,9 @@ impl<C: Command, R: Reply<C::Output>> Queued for Job<C, R> {
         }
     }
 
-    fn profiles<'a>(&'a self, hooks: &Hooks, out: &mut Vec<&'a str>) {
+    fn hook_users<'a>(&'a self, hooks: &Hooks, out: &mut Vec<HookUser<'a>>) {
         if let Some(command) = &self.command {
-            command.profiles(hooks, out);
+            command.hook_users(hooks, out);
         }
     }
 
@@ -513,16 +514,20 @@ impl State {
         let (hooks, broker) = (&*self.hooks, &*self.broker);
         let mut round_ends = Vec::new();
         let committed = self.store.begin().and_then(|mut txn| {
-            let (mut rooms, mut sends, mut profiles) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut rooms, mut sends, mut users) = (Vec::new(), Vec::new(), Vec::new());
             for job in &jobs {
                 job.rooms(&mut rooms);
                 job.client_keys(&mut sends);
-                job.profiles(hooks, &mut profiles);
+                job.hook_users(hooks, &mut users);
             }
-            if !profiles.is_empty() {
-                profiles.sort_unstable();
-                profiles.dedup();
-                txn.read_profiles(&profiles)?;
+            if !users.is_empty() {
+                for named in &mut users {
+                    named.presence = named.presence && !broker.is_online(named.user);
+                }
+                // Once each, with their presence if any command of the round needs it.
+                users.sort_unstable_by(|a, b| (a.user, !a.presence).cmp(&(b.user, !b.presence)));
+                users.dedup_by(|later, first| later.user == first.user);
+                txn.read_hook_users(&users)?;
             }
             if !rooms.is_empty() {
                 // Once each, creating it if any command of the round stores a message.
@@ -620,8 +625,9 @@ mod tests {
             self.0.lock().unwrap().push(entry);
         }
 
-        fn is_online(&self, _: &str) -> bool {
-            false
+        /// Only cat is connected here.
+        fn is_online(&self, user: &str) -> bool {
+            user == "cat"
         }
 
         // No connections to close: these tests only record what is published.
@@ -756,9 +762,15 @@ mod tests {
             unreachable!("{ONLY_TEST_COMMANDS}")
         }
 
-        fn read_profiles(&mut self, users: &[&str]) -> store::Result<()> {
-            let entry = format!("profiles {}", users.join(","));
-            self.log.lock().unwrap().push(entry);
+        fn read_hook_users(&mut self, users: &[HookUser<'_>]) -> store::Result<()> {
+            let named: Vec<String> = users
+                .iter()
+                .map(|u| format!("{}{}", u.user, if u.presence { "+presence" } else { "" }))
+                .collect();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("hook users {}", named.join(",")));
             Ok(())
         }
 
@@ -819,14 +831,18 @@ mod tests {
         }
     }
 
-    /// Names two users whose profiles its webhook events would read.
-    struct Named([&'static str; 2]);
+    /// Names two users its webhook events would read, and whether their presence too.
+    struct Named([(&'static str, bool); 2]);
 
     impl Command for Named {
         type Output = ();
 
-        fn profiles<'a>(&'a self, _: &Hooks, out: &mut Vec<&'a str>) {
-            out.extend(self.0);
+        fn hook_users<'a>(&'a self, _: &Hooks, out: &mut Vec<HookUser<'a>>) {
+            out.extend(
+                self.0
+                    .iter()
+                    .map(|&(user, presence)| HookUser { user, presence }),
+            );
         }
 
         fn apply(self, _: &mut dyn WriteTxn, _: &mut Context<'_>) -> Result<(), ChatError> {
@@ -897,7 +913,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_round_names_its_commands_profiles_to_the_store_once_each_before_they_run() {
+    async fn a_round_names_its_commands_hook_users_to_the_store_once_each_before_they_run() {
         let (thread, log) = start(false);
         let writer = thread.writer();
         let (release, held) = std_mpsc::channel();
@@ -909,8 +925,8 @@ mod tests {
             })
             .await;
         holding.await.unwrap();
-        let first = writer.submit(Named(["cat", "bob"])).await;
-        let second = writer.submit(Named(["bob", "ann"])).await;
+        let first = writer.submit(Named([("cat", true), ("bob", false)])).await;
+        let second = writer.submit(Named([("bob", true), ("ann", false)])).await;
         release.send(()).unwrap();
         outcome(hold).await.unwrap();
         outcome(first).await.unwrap();
@@ -918,7 +934,9 @@ mod tests {
         thread.shutdown().await;
         assert_eq!(
             *log.lock().unwrap(),
-            ["commit", "profiles ann,bob,cat", "commit"]
+            // bob's presence is asked once, as one command needs it; cat's is not, as
+            // cat is connected here.
+            ["commit", "hook users ann,bob+presence,cat", "commit"]
         );
     }
 

@@ -5,7 +5,9 @@
 //! 2) as its hub's presence changes (a user's first connection here, their last one), and
 //! beats a heartbeat in `cluster_nodes`. The writer asks the table, inside its
 //! transaction, only when the hub says the recipient has no connection here, and leaves
-//! this node's rows out ([`crate::store::WriteTxn::online_elsewhere`]). A node that dies stops beating: after
+//! this node's rows out ([`crate::store::WriteTxn::online_elsewhere`]): for all the
+//! recipients a round's commands name at once, with the round's first statement
+//! ([`crate::store::WriteTxn::read_hook_users`]). A node that dies stops beating: after
 //! [`NODE_EXPIRY`] its rows count for nothing, and an hour later they are deleted. A node
 //! starting (or reconnecting to PostgreSQL) rewrites its whole list, which clears what a
 //! previous run under the same name left.

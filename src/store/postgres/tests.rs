@@ -9,8 +9,8 @@ use crate::model::RoomKey;
 use crate::store::dump::Load;
 use crate::store::suite::{store_suite, Fixture};
 use crate::store::{
-    Appended, BlockCursor, BlockFrom, ClientKey, Lifted, Maintenance, OutboxEvent, ReadStore,
-    RoomLock, StoreError, WriteStore,
+    Appended, BlockCursor, BlockFrom, ClientKey, HookUser, Lifted, Maintenance, OutboxEvent,
+    ReadStore, RoomLock, StoreError, WriteStore,
 };
 
 #[path = "../../../tests/common/postgres.rs"]
@@ -670,12 +670,18 @@ fn a_round_s_webhook_events_read_their_recipients_profiles_with_its_locks() {
     let pg = TestPostgres::start();
     let store = PgStore::open(&pg.url(), 2).unwrap();
     let rooms: Vec<RoomKey> = (0..10).map(|i| room("a", &format!("u{i}"))).collect();
-    let recipients: Vec<&str> = rooms.iter().map(|r| r.high.as_str()).collect();
+    let recipients: Vec<HookUser<'_>> = rooms
+        .iter()
+        .map(|r| HookUser {
+            user: &r.high,
+            presence: false,
+        })
+        .collect();
     // Each send's event reads its recipient's profile, as `message.created` does; u1
     // reconnects with a new name earlier in the round.
     let round = |rename: bool| -> Vec<String> {
         let mut txn = store.begin().unwrap();
-        txn.read_profiles(&recipients).unwrap();
+        txn.read_hook_users(&recipients).unwrap();
         let locks: Vec<RoomLock<'_>> = rooms
             .iter()
             .map(|room| RoomLock { room, create: true })
@@ -722,6 +728,90 @@ fn a_round_s_webhook_events_read_their_recipients_profiles_with_its_locks() {
     assert_eq!(store.round_trips() - before, 2 + 2);
     expected[1] = "Una".into();
     assert_eq!(names, expected);
+}
+
+#[test]
+fn a_round_s_webhook_events_read_their_recipients_presence_with_its_locks() {
+    let pg = TestPostgres::start();
+    let store = PgStore::open(&pg.url(), 2).unwrap();
+    let rooms: Vec<RoomKey> = (0..8).map(|i| room("a", &format!("u{i}"))).collect();
+    let named: Vec<HookUser<'_>> = rooms
+        .iter()
+        .map(|r| HookUser {
+            user: &r.high,
+            presence: true,
+        })
+        .collect();
+    // Each send to an offline-only recipient: its event is written only if they are not
+    // connected to another node, as `message.created` with an `offline_only` hook does.
+    // `hooked` says whether the round has the hook; `asked` is a user the round did not
+    // name but asks about anyway. Answers who was taken for online.
+    let round = |hooked: bool, asked: Option<&str>| -> Vec<String> {
+        let mut txn = store.begin().unwrap();
+        if hooked {
+            txn.read_hook_users(&named).unwrap();
+        }
+        let locks: Vec<RoomLock<'_>> = rooms
+            .iter()
+            .map(|room| RoomLock { room, create: true })
+            .collect();
+        txn.lock_rooms(&locks, &[]).unwrap();
+        let mut online = Vec::new();
+        for room in &rooms {
+            txn.append(room, "a", "x", None, 1).unwrap();
+            if !hooked {
+                continue;
+            }
+            if txn.online_elsewhere(&room.high).unwrap() {
+                online.push(room.high.clone());
+            } else {
+                txn.profile(&room.high).unwrap();
+                txn.enqueue_webhook("http://hook.example", &hook_event(&room.high, "e"))
+                    .unwrap();
+            }
+        }
+        if let Some(user) = asked {
+            if txn.online_elsewhere(user).unwrap() {
+                online.push(user.to_owned());
+            }
+        }
+        txn.commit().unwrap();
+        online
+    };
+    // A live node (`live`), one whose heartbeat stopped (`dead`) and this one: u1 is on
+    // the live node, u2 on the dead one, u3 here only (the hub answers for this node's
+    // rows), u4 on the live and the dead one, u9 (named by no send) on the live one.
+    pg.psql(&format!(
+        "INSERT INTO cluster_nodes (name, seen) VALUES ('live', now()), \
+           ('dead', now() - interval '1 minute'), ('{here}', now()); \
+         INSERT INTO presence (user_id, node) VALUES ('u1', 'live'), ('u2', 'dead'), \
+           ('u3', '{here}'), ('u4', 'live'), ('u4', 'dead'), ('u9', 'live')",
+        here = super::presence::this_node()
+    ));
+    // The first rounds prepare the statements.
+    round(false, None);
+    round(true, Some("u9"));
+    let before = store.round_trips();
+    assert!(round(false, None).is_empty());
+    let without_hook = store.round_trips() - before;
+    // BEGIN, the room locks; then the inserts, the room rows and COMMIT.
+    assert_eq!(without_hook, 2);
+    let before = store.round_trips();
+    assert_eq!(round(true, None), ["u1", "u4"]);
+    // The same two: presence and profiles ride with the locks, the events with COMMIT.
+    assert_eq!(store.round_trips() - before, without_hook);
+    // Read in the round, not cached: u1 left the live node, u2's node is back.
+    pg.psql(
+        "DELETE FROM presence WHERE user_id = 'u1'; \
+         UPDATE cluster_nodes SET seen = now() WHERE name = 'dead'",
+    );
+    let before = store.round_trips();
+    assert_eq!(round(true, None), ["u2", "u4"]);
+    assert_eq!(store.round_trips() - before, without_hook);
+    // A user the round did not name is still answered right, with a read of its own.
+    let before = store.round_trips();
+    assert_eq!(round(true, Some("u9")), ["u2", "u4", "u9"]);
+    assert_eq!(store.round_trips() - before, without_hook + 1);
 }
 
 fn hook_event(recipient: &str, id: &str) -> OutboxEvent {

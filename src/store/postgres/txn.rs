@@ -16,15 +16,18 @@
 //!
 //! **Round trips.** A round's statements are pipelined (`Db`): `BEGIN` rides with the
 //! room locks, the block checks of its sends and the lookup of all their
-//! `clientMessageId`s (one statement, after the locks) and the profiles its webhook
-//! events will carry ([`WriteTxn::read_profiles`], one statement); new messages and
-//! webhook events are held back and stored in one multi-row statement each, with the
-//! room rows and `COMMIT`. A round of sends costs two round trips however many it holds,
-//! with or without `clientMessageId`s or webhook events; a retry (a key found) adds one,
-//! to read the stored message as it is now. The profiles are read in the round, not
-//! cached across rounds: a user renamed on another node (a reconnect with a new name)
-//! is read as renamed by the next round on every node, and one renamed earlier in the
-//! round by the round's own write.
+//! `clientMessageId`s (one statement, after the locks) and what its webhook events will
+//! carry: their users' profiles and, for a recipient not connected to this node, whether
+//! another live node lists them in `presence` ([`WriteTxn::read_hook_users`], one
+//! statement); new messages and webhook events are held back and stored in one
+//! multi-row statement each, with the room rows and `COMMIT`. A round of sends costs
+//! two round trips however many it holds, with or without `clientMessageId`s or webhook
+//! events, `offline_only` ones included; a retry (a key found) adds one, to read the
+//! stored message as it is now. Profiles and presence are read in the round, not cached
+//! across rounds: a user renamed on another node (a reconnect with a new name) is read
+//! as renamed by the next round on every node, and one renamed earlier in the round by
+//! the round's own write; a recipient who connected to or left another node, or whose
+//! node stopped beating, counts as such from the next round on.
 //!
 //! **Block changes.** A blocker's blocks and unblocks are numbered gap-free like a room's
 //! ids: the round takes the blocker's `block_counters` row lock and `last + 1` in the
@@ -60,8 +63,8 @@ use tokio_postgres::{Client, Row, Statement};
 use super::{backend, limit_param, message_from, wait, OP_TIMEOUT};
 use crate::model::{ChatMessage, RoomKey, SessionUser};
 use crate::store::{
-    Appended, ClientKey, DeleteOutcome, EditOutcome, Erasure, Expired, Lifted, OutboxEvent,
-    ReceivedOutcome, Result, RoomLock, SeenOutcome, WriteTxn,
+    Appended, ClientKey, DeleteOutcome, EditOutcome, Erasure, Expired, HookUser, Lifted,
+    OutboxEvent, ReceivedOutcome, Result, RoomLock, SeenOutcome, WriteTxn,
 };
 
 /// The message columns, in [`message_from`]'s order.
@@ -197,16 +200,43 @@ const INSERT_OUTBOX: &str = "WITH s AS (INSERT INTO webhook_seq (last) VALUES ($
      FROM s, unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
        WITH ORDINALITY AS v(hook, recipient, id, created_ms, body, n)";
 
-/// Reads the profiles the round's webhook events will need ([`WriteTxn::read_profiles`]).
-const READ_PROFILES: &str = "SELECT user_id, name FROM profiles WHERE user_id = ANY($1)";
+/// Whether the user `$user` is listed by a node other than this one (`$node`) whose
+/// heartbeat is recent (`$expiry` seconds, `presence.rs`): connected to another live node.
+macro_rules! connected_elsewhere {
+    ($user:literal, $expiry:literal, $node:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM presence p JOIN cluster_nodes n ON n.name = p.node \
+             WHERE p.user_id = ",
+            $user,
+            " AND p.node <> ",
+            $node,
+            " AND n.seen > now() - make_interval(secs => ",
+            $expiry,
+            "))"
+        )
+    };
+}
+
+/// Reads the users the round's webhook events will need ([`WriteTxn::read_hook_users`]):
+/// one row per user in `$1`, with their name if they have a profile and, where `$2` says
+/// so, whether they are connected to another live node.
+const READ_HOOK_USERS: &str = concat!(
+    "SELECT w.user_id, pr.name, CASE WHEN w.presence THEN ",
+    connected_elsewhere!("w.user_id", "$3", "$4"),
+    " END FROM unnest($1::text[], $2::bool[]) AS w(user_id, presence) \
+     LEFT JOIN profiles pr ON pr.user_id = w.user_id"
+);
+
+/// [`WriteTxn::online_elsewhere`] for a user the round did not name.
+const ONLINE_ELSEWHERE: &str = concat!("SELECT ", connected_elsewhere!("$1", "$2", "$3"));
 
 /// The round's connection; a failure marks the round failed.
 ///
 /// Round trips, not PostgreSQL's work, are what a round waited on: so `BEGIN` is not
-/// sent alone but in front of the round's first statement, the profiles named to the
-/// round are read in front of it too, and the round's new messages (`pending`) are held
-/// back and stored in one multi-row statement, sent in front of the next statement, or
-/// of the commit: every statement sees the rows written before it, as if each had been
+/// sent alone but in front of the round's first statement, the users named to the round
+/// (profiles and presence) are read in front of it too, and the round's new messages
+/// (`pending`) are held back and stored in one multi-row statement, sent in front of the
+/// next statement, or of the commit: every statement sees the rows written before it, as if each had been
 /// inserted at once. Its webhook events (`outbox`) are held back to the commit itself
 /// (no statement of a round reads its own events): their statement takes the one seq
 /// row's lock, which every node's events wait for, so it is held for the commit's round
@@ -225,11 +255,21 @@ struct Db {
     pending: RefCell<Vec<NewMessage>>,
     /// Held-back webhook events, with their hooks.
     outbox: RefCell<Vec<(String, OutboxEvent)>>,
-    /// Users whose profiles are to be read with the next statement.
-    wanted: RefCell<Vec<String>>,
+    /// Users to be read with the next statement.
+    wanted: RefCell<Wanted>,
     /// The profiles read so, then as this round changed them (`None`: no profile). At
     /// most one per user named to the round: two per command of it.
     profiles: RefCell<HashMap<String, Option<String>>>,
+    /// Whether each user named for their presence is connected to another live node, as
+    /// read so. At most one per user named to the round.
+    online: RefCell<HashMap<String, bool>>,
+}
+
+/// Users named to the round and not read yet ([`READ_HOOK_USERS`]'s `$1` and `$2`).
+#[derive(Default)]
+struct Wanted {
+    users: Vec<String>,
+    presence: Vec<bool>,
 }
 
 impl Db {
@@ -266,14 +306,19 @@ impl Db {
         let events = OutboxColumns::of(&outbox);
         let event_params = events.params();
         let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
-        let wanted_params: [&(dyn ToSql + Sync); 1] = [&wanted];
+        let (expiry, node) = (
+            super::presence::NODE_EXPIRY.as_secs_f64(),
+            super::presence::this_node(),
+        );
+        let wanted_params: [&(dyn ToSql + Sync); 4] =
+            [&wanted.users, &wanted.presence, &expiry, &node];
         let mut all = Vec::with_capacity(steps.len() + 4);
         if !self.begun.get() {
             all.push(Step::Simple("BEGIN"));
         }
-        let profiles_at = all.len();
-        if !wanted.is_empty() {
-            all.push(Step::Query(READ_PROFILES, &wanted_params));
+        let wanted_at = all.len();
+        if !wanted.users.is_empty() {
+            all.push(Step::Query(READ_HOOK_USERS, &wanted_params));
         }
         if !pending.is_empty() {
             all.push(Step::Query(INSERT_MESSAGES, &params));
@@ -289,13 +334,15 @@ impl Db {
         match conn.pipeline(&all) {
             Ok(mut rows) => {
                 self.begun.set(true);
-                if !wanted.is_empty() {
-                    let mut profiles = self.profiles.borrow_mut();
-                    for user in wanted {
-                        profiles.insert(user, None);
-                    }
-                    for row in &rows[profiles_at] {
-                        profiles.insert(row.get(0), Some(row.get(1)));
+                if !wanted.users.is_empty() {
+                    let (mut profiles, mut online) =
+                        (self.profiles.borrow_mut(), self.online.borrow_mut());
+                    for row in &rows[wanted_at] {
+                        let user: String = row.get(0);
+                        if let Some(elsewhere) = row.get::<_, Option<bool>>(2) {
+                            online.insert(user.clone(), elsewhere);
+                        }
+                        profiles.insert(user, row.get(1));
                     }
                 }
                 Ok(rows.split_off(before))
@@ -553,8 +600,9 @@ impl Round {
                 begun: Cell::new(false),
                 pending: RefCell::new(Vec::new()),
                 outbox: RefCell::new(Vec::new()),
-                wanted: RefCell::new(Vec::new()),
+                wanted: RefCell::default(),
                 profiles: RefCell::new(HashMap::new()),
+                online: RefCell::new(HashMap::new()),
             },
             home,
             rooms: HashMap::new(),
@@ -1082,12 +1130,18 @@ impl WriteTxn for Round {
         })
     }
 
-    fn read_profiles(&mut self, users: &[&str]) -> Result<()> {
-        let known = self.db.profiles.borrow();
+    fn read_hook_users(&mut self, users: &[HookUser<'_>]) -> Result<()> {
+        let (profiles, online) = (self.db.profiles.borrow(), self.db.online.borrow());
         let mut wanted = self.db.wanted.borrow_mut();
-        for user in users {
-            if !known.contains_key(*user) && !wanted.iter().any(|w| w == user) {
-                wanted.push((*user).to_owned());
+        for named in users {
+            let presence = named.presence && !online.contains_key(named.user);
+            match wanted.users.iter().position(|w| w == named.user) {
+                Some(at) => wanted.presence[at] |= presence,
+                None if presence || !profiles.contains_key(named.user) => {
+                    wanted.users.push(named.user.to_owned());
+                    wanted.presence.push(presence);
+                }
+                None => {}
             }
         }
         Ok(())
@@ -1171,16 +1225,18 @@ impl WriteTxn for Round {
         Ok(())
     }
 
-    /// Listed by another node whose heartbeat is recent (`presence.rs`).
+    /// Listed by another node whose heartbeat is recent (`presence.rs`): as read with the
+    /// round's first statement if the round named the user, else read now.
     fn online_elsewhere(&mut self, user: &str) -> Result<bool> {
+        if let Some(&elsewhere) = self.db.online.borrow().get(user) {
+            return Ok(elsewhere);
+        }
         let expiry = super::presence::NODE_EXPIRY.as_secs_f64();
         let row = self.db.one(
-            "SELECT 1 FROM presence p JOIN cluster_nodes n ON n.name = p.node \
-             WHERE p.user_id = $1 AND p.node <> $3 \
-               AND n.seen > now() - make_interval(secs => $2) LIMIT 1",
+            ONLINE_ELSEWHERE,
             &[&user, &expiry, &super::presence::this_node()],
         )?;
-        Ok(row.is_some())
+        Ok(row.is_some_and(|r| r.get(0)))
     }
 
     fn expire(&mut self, room: &RoomKey, cutoff_ms: i64, max: usize) -> Result<Expired> {
